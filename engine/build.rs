@@ -1,0 +1,1 @@
+include!("../training/build_link.rs");

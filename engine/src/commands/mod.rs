@@ -1,0 +1,4 @@
+//! One module per `tessera` subcommand.
+
+pub mod encode;
+pub mod score;

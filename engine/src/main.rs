@@ -1,0 +1,50 @@
+//! `tessera`: the command-line face of the Tessera retrieval engine.
+//!
+//! Each subcommand lives in [`commands`]; this file parses arguments, sets up
+//! logging and threads, and turns errors into a message and exit status 1.
+
+mod commands;
+mod input;
+mod model;
+
+use clap::{Parser, Subcommand};
+
+/// Tessera: a multi-vector (ColBERT-style) retrieval engine.
+#[derive(Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+#[command(after_help = "Examples:\n  \
+    tessera encode --query \"what causes tides?\"\n  \
+    tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n\n\
+    Logs go to stderr; set RUST_LOG=debug for more.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Encode(commands::encode::EncodeArgs),
+    Score(commands::score::ScoreArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Encode(args) => commands::encode::run(args),
+        Command::Score(args) => commands::score::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

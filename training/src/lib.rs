@@ -1,0 +1,56 @@
+//! # tessera-training
+//!
+//! Tessera's model on libtorch (through `tch`): everything that turns text
+//! into ColBERT token vectors, and — in later milestones — trains the pieces
+//! that shape them.
+//!
+//! * [`config`]: the BERT `config.json` and per-model ColBERT settings.
+//! * [`weights`]: reading checkpoint tensors (safetensors, PyTorch zip).
+//! * [`bert`]: the BERT backbone, Hugging Face-compatible by construction.
+//! * [`heads`]: projection heads (identity, linear).
+//! * [`checkpoint`]: recognising and loading Hugging Face, Stanford ColBERT,
+//!   PyLate and Tessera model directories.
+//! * [`tokenize`]: ColBERT tokenisation (markers by id, `[MASK]` augmentation).
+//! * [`encoder`]: the batched encoder used by indexing and search.
+//! * [`device`]: `--device cpu|cuda|auto`.
+//!
+//! It does not know about gRPC, indexes or datasets: the `engine` crate
+//! composes it with those.
+
+pub mod bert;
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod encoder;
+pub mod error;
+pub mod heads;
+pub mod tokenize;
+pub mod weights;
+
+pub use checkpoint::{CheckpointLayout, ColbertModel};
+pub use config::{BertConfig, ColbertSettings};
+pub use device::DeviceChoice;
+pub use encoder::{EncodeOutput, EncodedText, Encoder, EncoderOptions};
+pub use error::{Result, TrainingError};
+pub use heads::{HeadKind, ProjectionHead};
+pub use tokenize::TextKind;
+
+/// The libtorch binding this crate is built on, for callers that need it.
+pub use tch;
+
+/// Where `scripts/setup` installs the default model (all-MiniLM-L6-v2):
+/// `$TESSERA_MODEL` if set, else `$TESSERA_HOME/models/default`, where
+/// `TESSERA_HOME` defaults to `$XDG_DATA_HOME/tessera` (`~/.local/share/tessera`).
+pub fn default_model_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(m) = env("TESSERA_MODEL") {
+        return Some(m);
+    }
+    let home = env("TESSERA_HOME").or_else(|| {
+        env("XDG_DATA_HOME")
+            .or_else(|| env("HOME").map(|h| h.join(".local/share")))
+            .map(|d| d.join("tessera"))
+    })?;
+    Some(home.join("models/default"))
+}
