@@ -25,6 +25,15 @@ pub enum HeadKind {
     Linear,
 }
 
+impl std::fmt::Display for HeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Identity => "identity",
+            Self::Linear => "linear",
+        })
+    }
+}
+
 /// `head.json`: describes `head.safetensors`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -53,9 +53,20 @@ impl WeightFile {
                 })
             }
         }
-        .map_err(|e| TrainingError::Weights {
-            path: path.to_owned(),
-            message: first_line(&e.to_string()),
+        .map_err(|e| {
+            let text = e.to_string();
+            let message = if text.contains("Expected GenericDict but got None") {
+                // libtorch's unpickler maps collections.OrderedDict to None.
+                "this PyTorch pickle holds an OrderedDict, which libtorch cannot read; \
+                 convert it to model.safetensors (e.g. safetensors.torch.save_file(dict(sd), ...))"
+                    .to_owned()
+            } else {
+                first_line(&text)
+            };
+            TrainingError::Weights {
+                path: path.to_owned(),
+                message,
+            }
         })?;
         let tensors = list.into_iter().collect();
         Ok(Self {
@@ -160,6 +171,15 @@ mod tests {
         assert_eq!(f.take("a.weight", &[2, 3]).unwrap().size(), vec![2, 3]);
         let e = f.take("b.weight", &[1]).unwrap_err();
         assert!(e.to_string().contains("missing tensor b.weight"), "{e}");
+    }
+
+    #[test]
+    fn ordered_dict_pickle_gets_an_actionable_error() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/ordered-dict.bin");
+        let e = WeightFile::read(&path).err().expect("OrderedDict is unreadable");
+        let msg = e.to_string();
+        assert!(msg.contains("ordered-dict.bin") && msg.contains("OrderedDict"), "{msg}");
     }
 
     #[test]

@@ -141,7 +141,7 @@ fn print_header(w: &mut impl Write, enc: &Encoder) -> Result<()> {
     let marker = |m: &Option<String>| m.clone().unwrap_or_else(|| "none".into());
     writeln!(
         w,
-        "model: {} ({}, {:?} head, {} dims, {})",
+        "model: {} ({}, {} head, {} dims, {})",
         enc.model().dir.display(),
         enc.layout(),
         enc.model().head.kind(),

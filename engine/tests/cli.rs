@@ -1,0 +1,171 @@
+//! End-to-end tests of the `tessera` binary: arguments, output formats and
+//! the errors a user sees.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/tests/fixtures/tiny-bert")
+}
+
+fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("tessera runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `COMMAND --model <tiny> --device cpu --threads 1 REST…`
+fn tiny_args(command: &str, rest: &[&str]) -> Vec<String> {
+    let mut v = vec![command.to_owned(), "--model".into(), tiny().to_string_lossy().into_owned()];
+    v.extend(["--device", "cpu", "--threads", "1"].map(String::from));
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
+}
+
+#[test]
+fn help_lists_commands_with_examples() {
+    let o = tessera(&["--help"]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(out.contains("encode") && out.contains("score") && out.contains("Examples"), "{out}");
+    for cmd in ["encode", "score"] {
+        let o = tessera(&[cmd, "--help"]);
+        assert!(o.status.success());
+        let out = stdout(&o);
+        assert!(out.contains("Example") && out.contains("--device"), "{cmd}: {out}");
+    }
+}
+
+#[test]
+fn encode_json_gives_normalised_vectors_with_tokens() {
+    let o = tessera(&tiny_args("encode", &["--query", "what causes tides", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["kind"], "query");
+    assert_eq!(v["dim"], 32);
+    let tokens = v["tokens"].as_array().unwrap();
+    let names: Vec<&str> = tokens.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(names.first(), Some(&"[CLS]"));
+    assert_eq!(names.last(), Some(&"[SEP]"));
+    assert!(names.contains(&"what"));
+    for t in tokens {
+        let norm: f64 = t["vector"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap().powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+}
+
+#[test]
+fn encode_text_output_shows_a_summary() {
+    let o = tessera(&tiny_args("encode", &["--doc", "the sea, the sea."]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("huggingface-bert, identity head, 32 dims, cpu"), "{out}");
+    assert!(out.contains("doc \"the sea, the sea.\": 6 vectors × 32 dims"), "{out}");
+}
+
+#[test]
+fn encode_file_reads_lines_and_reports_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("docs.txt");
+    let long = "the sea rises ".repeat(200);
+    std::fs::write(&f, format!("the moon\r\n{long}\nthe sun\n")).unwrap();
+    let o = tessera(&tiny_args("encode", &["--docs", f.to_str().unwrap(), "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["text"], "the moon");
+    assert_eq!(lines[1]["truncated"], true);
+    assert_eq!(lines[2]["truncated"], false);
+    assert!(stderr(&o).contains("1 of 3 texts were longer than doc_maxlen=300"), "{}", stderr(&o));
+}
+
+#[test]
+fn invalid_utf8_and_empty_lines_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.txt");
+    std::fs::write(&f, b"fine line\nbad \xff\xfe byte\n").unwrap();
+    let o = tessera(&tiny_args("encode", &["--docs", f.to_str().unwrap()]));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("bad.txt:2: invalid UTF-8 at byte 5"), "{err}");
+    assert!(stdout(&o).is_empty(), "nothing is printed for a partly bad file");
+
+    std::fs::write(&f, "one\n   \nthree\n").unwrap();
+    let o = tessera(&tiny_args("encode", &["--queries", f.to_str().unwrap()]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.txt:2: line is empty"), "{}", stderr(&o));
+}
+
+#[test]
+fn empty_text_argument_is_rejected() {
+    for text in ["", "  \t "] {
+        let o = tessera(&tiny_args("encode", &["--query", text]));
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("TEXT is empty"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn missing_model_and_unavailable_device_are_clear_errors() {
+    let o = tessera(&["encode", "--model", "/nonexistent/model", "--query", "x"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/nonexistent/model"), "{}", stderr(&o));
+
+    let o = tessera(&["encode", "--device", "tpu", "--query", "x"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("unknown device \"tpu\""), "{}", stderr(&o));
+
+    if std::env::var_os("TESSERA_EXPECT_CUDA").is_none() {
+        let mut args = tiny_args("encode", &["--query", "x"]);
+        let i = args.iter().position(|a| a == "cpu").unwrap();
+        args[i] = "cuda".into();
+        let o = tessera(&args);
+        if !o.status.success() {
+            assert!(stderr(&o).contains("CUDA was requested"), "{}", stderr(&o));
+        }
+    }
+}
+
+#[test]
+fn score_ranks_the_relevant_document_first_with_the_default_model() {
+    let o = tessera(&[
+        "score",
+        "--device",
+        "cpu",
+        "--query",
+        "What causes ocean tides?",
+        "--doc",
+        "Volcanoes erupt molten rock from the mantle.",
+        "--doc",
+        "Tides are caused by the Moon's gravity pulling on the oceans.",
+        "--json",
+    ]);
+    assert!(
+        o.status.success(),
+        "the default model must be installed (scripts/setup): {}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results[0]["doc"], 2);
+    assert!(results[0]["score"].as_f64().unwrap() > results[1]["score"].as_f64().unwrap());
+}
