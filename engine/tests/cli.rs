@@ -26,7 +26,11 @@ fn stderr(o: &Output) -> String {
 
 /// `COMMAND --model <tiny> --device cpu --threads 1 REST…`
 fn tiny_args(command: &str, rest: &[&str]) -> Vec<String> {
-    let mut v = vec![command.to_owned(), "--model".into(), tiny().to_string_lossy().into_owned()];
+    let mut v = vec![
+        command.to_owned(),
+        "--model".into(),
+        tiny().to_string_lossy().into_owned(),
+    ];
     v.extend(["--device", "cpu", "--threads", "1"].map(String::from));
     v.extend(rest.iter().map(|s| s.to_string()));
     v
@@ -37,24 +41,36 @@ fn help_lists_commands_with_examples() {
     let o = tessera(&["--help"]);
     assert!(o.status.success());
     let out = stdout(&o);
-    assert!(out.contains("encode") && out.contains("score") && out.contains("Examples"), "{out}");
+    assert!(
+        out.contains("encode") && out.contains("score") && out.contains("Examples"),
+        "{out}"
+    );
     for cmd in ["encode", "score"] {
         let o = tessera(&[cmd, "--help"]);
         assert!(o.status.success());
         let out = stdout(&o);
-        assert!(out.contains("Example") && out.contains("--device"), "{cmd}: {out}");
+        assert!(
+            out.contains("Example") && out.contains("--device"),
+            "{cmd}: {out}"
+        );
     }
 }
 
 #[test]
 fn encode_json_gives_normalised_vectors_with_tokens() {
-    let o = tessera(&tiny_args("encode", &["--query", "what causes tides", "--json"]));
+    let o = tessera(&tiny_args(
+        "encode",
+        &["--query", "what causes tides", "--json"],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["kind"], "query");
     assert_eq!(v["dim"], 32);
     let tokens = v["tokens"].as_array().unwrap();
-    let names: Vec<&str> = tokens.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    let names: Vec<&str> = tokens
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
     assert_eq!(names.first(), Some(&"[CLS]"));
     assert_eq!(names.last(), Some(&"[SEP]"));
     assert!(names.contains(&"what"));
@@ -75,8 +91,14 @@ fn encode_text_output_shows_a_summary() {
     let o = tessera(&tiny_args("encode", &["--doc", "the sea, the sea."]));
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("huggingface-bert, identity head, 32 dims, cpu"), "{out}");
-    assert!(out.contains("doc \"the sea, the sea.\": 6 vectors × 32 dims"), "{out}");
+    assert!(
+        out.contains("huggingface-bert, identity head, 32 dims, cpu"),
+        "{out}"
+    );
+    assert!(
+        out.contains("doc \"the sea, the sea.\": 6 vectors × 32 dims"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -85,7 +107,10 @@ fn encode_file_reads_lines_and_reports_truncation() {
     let f = dir.path().join("docs.txt");
     let long = "the sea rises ".repeat(200);
     std::fs::write(&f, format!("the moon\r\n{long}\nthe sun\n")).unwrap();
-    let o = tessera(&tiny_args("encode", &["--docs", f.to_str().unwrap(), "--json"]));
+    let o = tessera(&tiny_args(
+        "encode",
+        &["--docs", f.to_str().unwrap(), "--json"],
+    ));
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<serde_json::Value> = stdout(&o)
         .lines()
@@ -95,7 +120,11 @@ fn encode_file_reads_lines_and_reports_truncation() {
     assert_eq!(lines[0]["text"], "the moon");
     assert_eq!(lines[1]["truncated"], true);
     assert_eq!(lines[2]["truncated"], false);
-    assert!(stderr(&o).contains("1 of 3 texts were longer than doc_maxlen=300"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 of 3 texts were longer than doc_maxlen=300"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -107,12 +136,19 @@ fn invalid_utf8_and_empty_lines_name_file_and_line() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(err.contains("bad.txt:2: invalid UTF-8 at byte 5"), "{err}");
-    assert!(stdout(&o).is_empty(), "nothing is printed for a partly bad file");
+    assert!(
+        stdout(&o).is_empty(),
+        "nothing is printed for a partly bad file"
+    );
 
     std::fs::write(&f, "one\n   \nthree\n").unwrap();
     let o = tessera(&tiny_args("encode", &["--queries", f.to_str().unwrap()]));
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("bad.txt:2: line is empty"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bad.txt:2: line is empty"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -132,7 +168,11 @@ fn missing_model_and_unavailable_device_are_clear_errors() {
 
     let o = tessera(&["encode", "--device", "tpu", "--query", "x"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("unknown device \"tpu\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown device \"tpu\""),
+        "{}",
+        stderr(&o)
+    );
 
     if std::env::var_os("TESSERA_EXPECT_CUDA").is_none() {
         let mut args = tiny_args("encode", &["--query", "x"]);

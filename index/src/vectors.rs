@@ -62,7 +62,10 @@ mod tests {
 
     #[test]
     fn shape_is_checked() {
-        assert!(matches!(TokenVectors::new(0, vec![]), Err(IndexError::ZeroDim)));
+        assert!(matches!(
+            TokenVectors::new(0, vec![]),
+            Err(IndexError::ZeroDim)
+        ));
         assert!(matches!(
             TokenVectors::new(3, vec![0.0; 4]),
             Err(IndexError::Ragged { len: 4, dim: 3 })

@@ -12,9 +12,28 @@ use tch::{Kind, Tensor};
 
 use crate::config::{Activation, BertConfig};
 
-/// One linear map `x · Wᵀ + b`, named like `torch.nn.Linear`.
-fn linear(p: nn::Path, d_in: i64, d_out: i64) -> nn::Linear {
-    nn::linear(p, d_in, d_out, Default::default())
+/// A linear map `x · Wᵀ + b` with `torch.nn.Linear`'s variable names.
+///
+/// Forward goes through `at::linear` (one fused `addmm` for contiguous
+/// input), exactly what PyTorch runs, rather than tch's `matmul` + add.
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+fn linear(p: nn::Path, d_in: i64, d_out: i64) -> Linear {
+    // Zeros: every backbone weight is overwritten from the checkpoint.
+    Linear {
+        weight: p.zeros("weight", &[d_out, d_in]),
+        bias: p.zeros("bias", &[d_out]),
+    }
 }
 
 fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -35,7 +54,8 @@ struct Embeddings {
 
 impl Embeddings {
     fn new(p: nn::Path, c: &BertConfig) -> Self {
-        let emb = |name: &str, n: i64| nn::embedding(&p / name, n, c.hidden_size, Default::default());
+        let emb =
+            |name: &str, n: i64| nn::embedding(&p / name, n, c.hidden_size, Default::default());
         Self {
             word: emb("word_embeddings", c.vocab_size),
             position: emb("position_embeddings", c.max_position_embeddings),
@@ -58,10 +78,10 @@ impl Embeddings {
 
 #[derive(Debug)]
 struct SelfAttention {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    output: nn::Linear,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
     norm: nn::LayerNorm,
     heads: i64,
 }
@@ -88,7 +108,8 @@ impl SelfAttention {
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false);
+        let ctx =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([b, l, h]);
         self.norm.forward(&(self.output.forward(&ctx) + x))
     }
@@ -97,8 +118,8 @@ impl SelfAttention {
 #[derive(Debug)]
 struct Layer {
     attention: SelfAttention,
-    intermediate: nn::Linear,
-    output: nn::Linear,
+    intermediate: Linear,
+    output: Linear,
     norm: nn::LayerNorm,
     act: Activation,
 }
@@ -107,7 +128,11 @@ impl Layer {
     fn new(p: nn::Path, c: &BertConfig) -> Self {
         Self {
             attention: SelfAttention::new(&p / "attention", c),
-            intermediate: linear(&p / "intermediate" / "dense", c.hidden_size, c.intermediate_size),
+            intermediate: linear(
+                &p / "intermediate" / "dense",
+                c.hidden_size,
+                c.intermediate_size,
+            ),
             output: linear(&p / "output" / "dense", c.intermediate_size, c.hidden_size),
             norm: layer_norm(&p / "output" / "LayerNorm", c.hidden_size, c.layer_norm_eps),
             act: c.hidden_act,

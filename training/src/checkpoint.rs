@@ -72,13 +72,19 @@ impl ColbertModel {
 
         let hidden = config.hidden_size;
         let (head, layout) = if dir.join("head.json").is_file() {
-            (ProjectionHead::load_tessera(dir, hidden)?, CheckpointLayout::Tessera)
+            (
+                ProjectionHead::load_tessera(dir, hidden)?,
+                CheckpointLayout::Tessera,
+            )
         } else if let Some(layers) = pylate_dense_layers(dir)? {
             let head = ProjectionHead::from_layers(layers, hidden, &dir.join("modules.json"))?;
             (head, CheckpointLayout::PyLate)
         } else if let Some(w) = weights.tensors.remove("linear.weight") {
             let w = w.to_kind(tch::Kind::Float);
-            let layer = LinearLayer { weight: w, bias: None };
+            let layer = LinearLayer {
+                weight: w,
+                bias: None,
+            };
             let head = ProjectionHead::from_layers(vec![layer], hidden, &weights_path)?;
             (head, CheckpointLayout::Stanford)
         } else {

@@ -246,9 +246,9 @@ impl ColbertSettings {
             return Ok(None);
         };
         let string = |field: &str, x: &serde_json::Value| {
-            x.as_str()
-                .map(str::to_owned)
-                .ok_or_else(|| TrainingError::config(path, format!("field {field} must be a string")))
+            x.as_str().map(str::to_owned).ok_or_else(|| {
+                TrainingError::config(path, format!("field {field} must be a string"))
+            })
         };
         let mut s = Self {
             query_marker: Some(string("query_prefix", q)?),
@@ -318,12 +318,12 @@ impl ColbertSettings {
 fn usize_field(path: &Path, v: &serde_json::Value, field: &str) -> Result<Option<usize>> {
     match v.get(field) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(x) => x
-            .as_u64()
-            .map(|n| Some(n as usize))
-            .ok_or_else(|| {
-                TrainingError::config(path, format!("field {field} must be a non-negative integer"))
-            }),
+        Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            TrainingError::config(
+                path,
+                format!("field {field} must be a non-negative integer"),
+            )
+        }),
     }
 }
 
@@ -359,7 +359,9 @@ pub(crate) fn json_message(e: &serde_json::Error) -> String {
     let msg = e.to_string().replace('`', "");
     // serde_json appends " at line L column C"; restate it in parentheses.
     match msg.rfind(" at line ") {
-        Some(i) if e.line() > 0 => format!("{} (line {}, column {})", &msg[..i], e.line(), e.column()),
+        Some(i) if e.line() > 0 => {
+            format!("{} (line {}, column {})", &msg[..i], e.line(), e.column())
+        }
         _ => msg,
     }
 }
@@ -386,7 +388,10 @@ mod tests {
             "num_attention_heads": 2, "intermediate_size": 16}"#;
         let e = BertConfig::from_json(Path::new("m/config.json"), text).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.starts_with("m/config.json: missing field hidden_size"), "{msg}");
+        assert!(
+            msg.starts_with("m/config.json: missing field hidden_size"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -401,7 +406,8 @@ mod tests {
 
     #[test]
     fn malformed_json_reports_position() {
-        let e = BertConfig::from_json(Path::new("config.json"), "{\"vocab_size\": 1,,}").unwrap_err();
+        let e =
+            BertConfig::from_json(Path::new("config.json"), "{\"vocab_size\": 1,,}").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
     }
 
@@ -420,7 +426,10 @@ mod tests {
         let (s, from) = ColbertSettings::resolve(dir.path()).unwrap();
         assert_eq!(from, "stanford");
         assert_eq!(s.query_marker.as_deref(), Some("[unused0]"));
-        assert_eq!((s.query_maxlen, s.doc_maxlen, s.query_augmentation), (24, 200, true));
+        assert_eq!(
+            (s.query_maxlen, s.doc_maxlen, s.query_augmentation),
+            (24, 200, true)
+        );
 
         std::fs::write(
             dir.path().join("config_sentence_transformers.json"),
@@ -440,11 +449,21 @@ mod tests {
         .unwrap();
         let (s, from) = ColbertSettings::resolve(dir.path()).unwrap();
         assert_eq!(from, "tessera.json");
-        assert_eq!((s.query_maxlen, s.doc_maxlen, s.query_augmentation), (8, 300, true));
+        assert_eq!(
+            (s.query_maxlen, s.doc_maxlen, s.query_augmentation),
+            (8, 300, true)
+        );
 
-        std::fs::write(dir.path().join("tessera.json"), r#"{"colbert": {"query_maxlen": 2}}"#).unwrap();
+        std::fs::write(
+            dir.path().join("tessera.json"),
+            r#"{"colbert": {"query_maxlen": 2}}"#,
+        )
+        .unwrap();
         let e = ColbertSettings::resolve(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("tessera.json: field query_maxlen"), "{e}");
+        assert!(
+            e.to_string().contains("tessera.json: field query_maxlen"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ impl FromStr for DeviceChoice {
             "cpu" => Ok(Self::Cpu),
             "cuda" | "gpu" => Ok(Self::Cuda),
             "auto" => Ok(Self::Auto),
-            other => Err(format!("unknown device {other:?} (expected cpu, cuda or auto)")),
+            other => Err(format!(
+                "unknown device {other:?} (expected cpu, cuda or auto)"
+            )),
         }
     }
 }

@@ -77,7 +77,9 @@ impl Encoder {
             max_positions,
         )?;
         if options.batch_size == 0 {
-            return Err(TrainingError::InvalidInput("batch size must be at least 1".into()));
+            return Err(TrainingError::InvalidInput(
+                "batch size must be at least 1".into(),
+            ));
         }
         Ok(Self {
             model,

@@ -209,7 +209,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 2.0]).view([2, 3]);
         let head = ProjectionHead::from_layers(
-            vec![LinearLayer { weight: w, bias: None }],
+            vec![LinearLayer {
+                weight: w,
+                bias: None,
+            }],
             3,
             Path::new("x"),
         )
@@ -232,7 +235,10 @@ mod tests {
         )
         .unwrap();
         let e = ProjectionHead::load_tessera(dir.path(), 16).unwrap_err();
-        assert!(e.to_string().contains("head.json: field in_dim is 8"), "{e}");
+        assert!(
+            e.to_string().contains("head.json: field in_dim is 8"),
+            "{e}"
+        );
         let e = ProjectionHead::load_tessera(dir.path(), 8).unwrap_err();
         assert!(e.to_string().contains("head.safetensors"), "{e}");
     }

@@ -43,7 +43,11 @@ pub use tch;
 /// `TESSERA_HOME` defaults to `$XDG_DATA_HOME/tessera` (`~/.local/share/tessera`).
 pub fn default_model_dir() -> Option<std::path::PathBuf> {
     use std::path::PathBuf;
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(m) = env("TESSERA_MODEL") {
         return Some(m);
     }

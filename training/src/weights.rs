@@ -166,7 +166,10 @@ mod tests {
         Tensor::write_safetensors(&[("bert.a.weight", &t)], &path).unwrap();
         let mut f = WeightFile::read(&path).unwrap().normalised_bert_names();
         let e = f.take("a.weight", &[3, 2]).unwrap_err();
-        assert!(e.to_string().contains("has shape [2, 3], expected [3, 2]"), "{e}");
+        assert!(
+            e.to_string().contains("has shape [2, 3], expected [3, 2]"),
+            "{e}"
+        );
         let mut f = WeightFile::read(&path).unwrap().normalised_bert_names();
         assert_eq!(f.take("a.weight", &[2, 3]).unwrap().size(), vec![2, 3]);
         let e = f.take("b.weight", &[1]).unwrap_err();
@@ -177,9 +180,14 @@ mod tests {
     fn ordered_dict_pickle_gets_an_actionable_error() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/ordered-dict.bin");
-        let e = WeightFile::read(&path).err().expect("OrderedDict is unreadable");
+        let e = WeightFile::read(&path)
+            .err()
+            .expect("OrderedDict is unreadable");
         let msg = e.to_string();
-        assert!(msg.contains("ordered-dict.bin") && msg.contains("OrderedDict"), "{msg}");
+        assert!(
+            msg.contains("ordered-dict.bin") && msg.contains("OrderedDict"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -187,7 +195,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (name, bytes) in [
             ("short.safetensors", &b"abc"[..]),
-            ("junk.safetensors", &b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header"[..]),
+            (
+                "junk.safetensors",
+                &b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header"[..],
+            ),
             ("junk.bin", &b"this is not a zip archive at all"[..]),
         ] {
             let path = dir.path().join(name);

@@ -71,7 +71,10 @@ fn plain_bert_has_identity_head_and_no_markers() {
     let ids = &q.items[0].token_ids;
     assert_eq!(ids.first(), Some(&101));
     assert_eq!(ids.last(), Some(&102));
-    assert!(!ids.contains(&103), "no [MASK] augmentation for a plain BERT");
+    assert!(
+        !ids.contains(&103),
+        "no [MASK] augmentation for a plain BERT"
+    );
 }
 
 #[test]
@@ -100,7 +103,10 @@ fn stanford_checkpoint_loads_with_markers_masks_and_linear_head() {
     assert_eq!(&qi.token_ids[..2], &[101, 1], "[CLS] [unused0]");
     let sep = qi.token_ids.iter().position(|&t| t == 102).unwrap();
     assert!(sep < 31, "room left for augmentation");
-    assert!(qi.token_ids[sep + 1..].iter().all(|&t| t == 103), "[MASK] padding");
+    assert!(
+        qi.token_ids[sep + 1..].iter().all(|&t| t == 103),
+        "[MASK] padding"
+    );
 
     let d = enc.encode_documents(&[DOC]).unwrap();
     let di = &d.items[0];
@@ -122,7 +128,11 @@ fn stanford_checkpoint_loads_with_markers_masks_and_linear_head() {
     let keep: Vec<i64> = (0..full.len() as i64)
         .filter(|&j| !enc.tokenizer().is_punctuation(full[j as usize]))
         .collect();
-    let want = normalise(&states(&full).index_select(0, &Tensor::from_slice(&keep)).matmul(&w.tr()));
+    let want = normalise(
+        &states(&full)
+            .index_select(0, &Tensor::from_slice(&keep))
+            .matmul(&w.tr()),
+    );
     let diff = max_abs_diff(&vectors(di), &want);
     assert!(diff <= 1e-4, "max |Δ| = {diff:e}");
 }
@@ -184,7 +194,10 @@ fn pylate_checkpoint_uses_prefix_tokens_lengths_and_dense_modules() {
 #[test]
 fn tessera_head_file_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    copy_tiny(dir.path(), &["config.json", "model.safetensors", "tokenizer.json"]);
+    copy_tiny(
+        dir.path(),
+        &["config.json", "model.safetensors", "tokenizer.json"],
+    );
     tch::manual_seed(3);
     let w = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
     let head = ProjectionHead::from_layers(
@@ -245,14 +258,30 @@ fn long_documents_are_truncated_and_counted() {
     assert_eq!(out.truncated, 2);
     // The tiny model has 128 positions, below doc_maxlen 300: the smaller wins.
     assert_eq!(out.items[0].token_ids.len(), 128);
-    assert_eq!(out.items[0].token_ids.last(), Some(&102), "[SEP] kept at the end");
+    assert_eq!(
+        out.items[0].token_ids.last(),
+        Some(&102),
+        "[SEP] kept at the end"
+    );
     assert!(!out.items[1].truncated);
 }
 
 #[test]
 fn batch_size_does_not_change_results() {
-    let texts = [DOC, "short", "the moon", "a much longer text about the sea and the moon"];
-    let one = Encoder::load(&tiny(), EncoderOptions { batch_size: 1, ..cpu() }).unwrap();
+    let texts = [
+        DOC,
+        "short",
+        "the moon",
+        "a much longer text about the sea and the moon",
+    ];
+    let one = Encoder::load(
+        &tiny(),
+        EncoderOptions {
+            batch_size: 1,
+            ..cpu()
+        },
+    )
+    .unwrap();
     let many = Encoder::load(&tiny(), cpu()).unwrap();
     let a = one.encode_documents(&texts).unwrap();
     let b = many.encode_documents(&texts).unwrap();
@@ -280,7 +309,10 @@ fn bad_model_directories_give_errors_naming_the_file() {
 
     copy_tiny(p, &["config.json"]);
     let e = load_err(p);
-    assert!(e.contains("model.safetensors") && e.contains("pytorch_model.bin"), "{e}");
+    assert!(
+        e.contains("model.safetensors") && e.contains("pytorch_model.bin"),
+        "{e}"
+    );
 
     // Truncated weights.
     let bytes = std::fs::read(tiny().join("model.safetensors")).unwrap();
@@ -295,7 +327,10 @@ fn bad_model_directories_give_errors_naming_the_file() {
         .collect();
     Tensor::write_safetensors(&named, p.join("model.safetensors")).unwrap();
     let e = load_err(p);
-    assert!(e.contains("missing tensor encoder.layer.1.output.dense.weight"), "{e}");
+    assert!(
+        e.contains("missing tensor encoder.layer.1.output.dense.weight"),
+        "{e}"
+    );
 
     // Weights from a model of another shape.
     let cfg = std::fs::read_to_string(tiny().join("config.json"))
@@ -308,17 +343,24 @@ fn bad_model_directories_give_errors_naming_the_file() {
 
     // A config without hidden_size.
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tiny().join("config.json")).unwrap())
+            .unwrap();
     let mut cfg = cfg.as_object().unwrap().clone();
     cfg.remove("hidden_size");
-    write(&p.join("config.json"), &serde_json::to_string(&cfg).unwrap());
+    write(
+        &p.join("config.json"),
+        &serde_json::to_string(&cfg).unwrap(),
+    );
     let e = load_err(p);
     assert!(e.contains("config.json: missing field hidden_size"), "{e}");
 
     // No tokenizer.
     copy_tiny(p, &["config.json"]);
     let e = load_err(p);
-    assert!(e.contains("tokenizer.json") && e.contains("not found"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("not found"),
+        "{e}"
+    );
 
     // A tokenizer that is not JSON.
     write(&p.join("tokenizer.json"), "{ not json");
@@ -329,7 +371,10 @@ fn bad_model_directories_give_errors_naming_the_file() {
 #[test]
 fn marker_missing_from_vocabulary_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    copy_tiny(dir.path(), &["config.json", "model.safetensors", "tokenizer.json"]);
+    copy_tiny(
+        dir.path(),
+        &["config.json", "model.safetensors", "tokenizer.json"],
+    );
     write(
         &dir.path().join("tessera.json"),
         r#"{"colbert": {"query_marker": "[NOPE]"}}"#,

@@ -23,7 +23,8 @@ struct Reference {
 
 fn reference(dir: &Path) -> Reference {
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
     let sentences = meta["sentences"]
         .as_array()
         .unwrap()
@@ -34,7 +35,13 @@ fn reference(dir: &Path) -> Reference {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect())
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_i64().unwrap())
+                .collect()
+        })
         .collect();
     let named = Tensor::read_safetensors(dir.join("reference.safetensors")).unwrap();
     let hidden = (0..sentences.len())

@@ -75,9 +75,11 @@ pub fn run(args: EncodeArgs) -> Result<()> {
         ProgressBar::hidden()
     };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} encoding [{bar:30}] {pos}/{len} texts, {per_sec}, eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} encoding [{bar:30}] {pos}/{len} texts, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let out = encoder.encode(&refs, kind, &mut |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
@@ -117,7 +119,12 @@ fn kind_name(kind: TextKind) -> &'static str {
     }
 }
 
-fn json_item<'a>(enc: &Encoder, kind: TextKind, text: &'a str, item: &'a EncodedText) -> TextOut<'a> {
+fn json_item<'a>(
+    enc: &Encoder,
+    kind: TextKind,
+    text: &'a str,
+    item: &'a EncodedText,
+) -> TextOut<'a> {
     TextOut {
         kind: kind_name(kind),
         text,
@@ -182,7 +189,12 @@ fn print_item(
     if vectors {
         for (i, (&id, v)) in item.token_ids.iter().zip(item.vectors.rows()).enumerate() {
             let head: Vec<String> = v.iter().take(6).map(|x| format!("{x:+.4}")).collect();
-            writeln!(w, "  {i:>3}  {:<14} [{} …]", enc.tokenizer().token(id), head.join(" "))?;
+            writeln!(
+                w,
+                "  {i:>3}  {:<14} [{} …]",
+                enc.tokenizer().token(id),
+                head.join(" ")
+            )?;
         }
     }
     Ok(())

@@ -50,7 +50,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             .iter()
             .map(|&(i, s)| serde_json::json!({"doc": i + 1, "score": s, "text": refs[i]}))
             .collect();
-        serde_json::to_writer(&mut w, &serde_json::json!({"query": args.query, "results": rows}))?;
+        serde_json::to_writer(
+            &mut w,
+            &serde_json::json!({"query": args.query, "results": rows}),
+        )?;
         writeln!(w)?;
     } else {
         writeln!(
