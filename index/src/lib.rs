@@ -1,18 +1,44 @@
 //! # tessera-index
 //!
-//! The retrieval side of Tessera, free of any torch dependency: it takes
-//! token vectors in and gives ranked documents out.
+//! The retrieval side of Tessera, free of any torch dependency: token vectors
+//! in, ranked documents out.
 //!
-//! Today it holds the vocabulary every other crate shares — [`TokenVectors`],
-//! a bag of equal-width vectors — and the exact late-interaction score,
-//! [`maxsim::maxsim`]. The on-disk index (manifest, codecs, k-means
-//! centroids, IVF/HNSW candidates, tantivy text store) grows here next; see
-//! `docs/` and `../shared/DESIGN.md` for the plan.
+//! * [`builder`]: stream documents into a new index with bounded memory
+//!   (spill, k-means, encode, atomic commit).
+//! * [`index`]: open a validated, memory-mapped snapshot; [`index::Index::verify`]
+//!   recomputes checksums.
+//! * [`search`]: exhaustive, PLAID-style and HNSW candidate generation with
+//!   exact MaxSim re-ranking on `rayon`; metadata [`filter`]s.
+//! * [`writer`]: append, delete (tombstones), compact — each an atomic
+//!   manifest swap.
+//! * [`codec`]: f32, f16, int8 and PLAID residual codecs; [`kmeans`];
+//!   [`reduction`]; [`maxsim`] kernels.
+//! * [`manifest`], [`segment`], [`io`]: the on-disk format (`index/FORMAT.md`).
 
+pub mod builder;
+pub mod codec;
 pub mod error;
+pub mod filter;
+pub mod index;
+pub mod io;
+pub mod kmeans;
+pub mod linalg;
+pub mod manifest;
 pub mod maxsim;
+pub mod reduction;
+pub mod search;
+pub mod segment;
+pub mod synthetic;
 pub mod vectors;
+pub mod writer;
 
-pub use error::IndexError;
+pub use builder::{BuildOptions, BuildStats, Document, IndexBuilder, Phase, Progress};
+pub use codec::CodecKind;
+pub use error::{IndexError, Result};
+pub use filter::Filter;
+pub use index::{Index, StoredDoc, VerifyReport};
 pub use maxsim::maxsim;
+pub use reduction::Reduction;
+pub use search::{Candidates, Hit, SearchParams};
 pub use vectors::TokenVectors;
+pub use writer::{append, compact, delete};

@@ -1,0 +1,674 @@
+//! Building an index from a stream of documents with bounded memory.
+//!
+//! 1. **Collect.** Documents arrive one by one ([`IndexBuilder::add`]); their
+//!    vectors are buffered and spilled to chunk files in a staging folder
+//!    whenever the buffer passes half the memory budget. A reservoir keeps a
+//!    uniform sample of token vectors for training.
+//! 2. **Train.** k-means centroids on the sample (`K` by default
+//!    `2^floor(log2(16·√tokens))`), and the residual codec's buckets.
+//! 3. **Encode.** Each chunk is read back, its tokens assigned to centroids
+//!    and encoded, and appended to one new segment.
+//! 4. **Commit.** Files are fsynced; a new index folder is renamed into
+//!    place, or — when rebuilding an existing index — the manifest is swapped
+//!    atomically. A build killed at any point leaves either no index or the
+//!    previous complete one; staging folders start with `.` and never open.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::codec::{Buckets, Codec, CodecKind};
+use crate::error::{IndexError, Result};
+use crate::io::{write_array, FileEntry};
+use crate::kmeans;
+use crate::linalg::norm2;
+use crate::manifest::{Manifest, ReductionEntry, SegmentEntry, FORMAT_NAME, FORMAT_VERSION};
+use crate::reduction::Reduction;
+use crate::segment::SegmentWriter;
+use crate::vectors::TokenVectors;
+use crate::writer::{collect_garbage, WriteLock};
+
+/// One document for the builder.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// External id, unique in the index.
+    pub id: String,
+    /// Token vectors (before any reduction).
+    pub vectors: TokenVectors,
+    pub title: String,
+    pub text: String,
+    /// Arbitrary JSON; numeric and string fields can be filtered on.
+    pub metadata: serde_json::Value,
+}
+
+#[derive(Serialize)]
+pub(crate) struct StoredRef<'a> {
+    pub title: &'a str,
+    pub text: &'a str,
+    pub metadata: &'a serde_json::Value,
+}
+
+/// Build settings.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub codec: CodecKind,
+    /// Number of centroids; default `2^floor(log2(16·√tokens))`.
+    pub num_centroids: Option<usize>,
+    pub kmeans_iters: usize,
+    /// Training sample: at most this many tokens (and at least enough for
+    /// 8 per centroid when the corpus has them).
+    pub max_sample_tokens: usize,
+    /// Approximate bound on the builder's memory for buffered vectors,
+    /// bytes. Chunks spill to disk past half of it.
+    pub memory_budget: usize,
+    pub seed: u64,
+    /// Optional reduction applied to every vector before coding.
+    pub reduction: Option<Reduction>,
+    /// Replace an existing index at the output path (atomically).
+    pub overwrite: bool,
+    /// Free-form facts stored in the manifest (e.g. which model built it).
+    pub info: serde_json::Value,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self {
+            codec: CodecKind::Residual { nbits: 2 },
+            num_centroids: None,
+            kmeans_iters: 4,
+            max_sample_tokens: 1 << 17,
+            memory_budget: 1 << 30,
+            seed: 42,
+            reduction: None,
+            overwrite: false,
+            info: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Build phases reported to the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Train,
+    Encode,
+    Commit,
+}
+
+/// Progress of [`IndexBuilder::finish`]: `done` of `total` units (tokens
+/// while encoding).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub phase: Phase,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildStats {
+    pub docs: u64,
+    pub tokens: u64,
+    pub dim: usize,
+    pub num_centroids: usize,
+    pub codec: String,
+    /// Bytes of codes, vectors and offsets per token.
+    pub bytes_per_token: f64,
+    /// All index files, bytes.
+    pub index_bytes: u64,
+    pub spilled_chunks: usize,
+    pub seconds: f64,
+}
+
+/// Buffered documents, in memory or spilled.
+#[derive(Debug, Default)]
+struct Chunk {
+    vectors: Vec<f32>,
+    lens: Vec<u32>,
+    /// `(id, stored JSON)` per document.
+    docs: Vec<(String, Vec<u8>)>,
+    bytes: usize,
+}
+
+/// Streams documents into a new index.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    out: PathBuf,
+    staging: PathBuf,
+    /// Some when replacing an existing index in place.
+    existing: Option<(Manifest, WriteLock)>,
+    opts: BuildOptions,
+    dim: Option<usize>,
+    buffer: Chunk,
+    spilled: Vec<PathBuf>,
+    ids: HashSet<String>,
+    reservoir: Vec<f32>,
+    seen_tokens: u64,
+    docs: u64,
+    rng: StdRng,
+    started: Instant,
+}
+
+impl IndexBuilder {
+    /// Prepares a build of a new index at `out` (which must not exist, be an
+    /// empty folder, or — with `overwrite` — be an index).
+    pub fn create(out: &Path, opts: BuildOptions) -> Result<Self> {
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(|e| IndexError::io(parent, e))?;
+        let name = out.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+            IndexError::InvalidParameter(format!("{}: not a usable index path", out.display()))
+        })?;
+        let mut existing = None;
+        if out.join(crate::manifest::MANIFEST).exists() {
+            if !opts.overwrite {
+                return Err(IndexError::InvalidParameter(format!(
+                    "{}: an index exists already (use overwrite to replace it)",
+                    out.display()
+                )));
+            }
+            let lock = WriteLock::acquire(out)?;
+            existing = Some((Manifest::load(out)?, lock));
+        } else if out.exists() {
+            let empty = std::fs::read_dir(out)
+                .map_err(|e| IndexError::io(out, e))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(IndexError::InvalidParameter(format!(
+                    "{}: exists and is not a Tessera index; refusing to overwrite",
+                    out.display()
+                )));
+            }
+        }
+        let staging = parent.join(format!(
+            ".{name}.building-{}-{}",
+            std::process::id(),
+            nanos()
+        ));
+        std::fs::create_dir_all(&staging).map_err(|e| IndexError::io(&staging, e))?;
+        if let Some(r) = &opts.reduction {
+            Reduction::new(r.in_dim, r.out_dim, r.matrix.clone(), Some(r.mean.clone()))?;
+        }
+        let seed = opts.seed;
+        Ok(Self {
+            out: out.to_owned(),
+            staging,
+            existing,
+            opts,
+            dim: None,
+            buffer: Chunk::default(),
+            spilled: Vec::new(),
+            ids: HashSet::new(),
+            reservoir: Vec::new(),
+            seen_tokens: 0,
+            docs: 0,
+            rng: StdRng::seed_from_u64(seed),
+            started: Instant::now(),
+        })
+    }
+
+    /// Documents added so far.
+    pub fn docs(&self) -> u64 {
+        self.docs
+    }
+
+    /// Tokens added so far.
+    pub fn tokens(&self) -> u64 {
+        self.seen_tokens
+    }
+
+    /// Whether `id` was added already.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Adds one document. Rejects (without side effects) an empty or
+    /// duplicate id, a document without vectors, a dimension that differs
+    /// from the first document's, and non-finite values.
+    pub fn add(&mut self, doc: Document) -> Result<()> {
+        let invalid = |m: String| IndexError::InvalidDocument {
+            id: doc.id.clone(),
+            message: m,
+        };
+        if doc.id.is_empty() {
+            return Err(invalid("empty id".into()));
+        }
+        if self.ids.contains(&doc.id) {
+            return Err(invalid("duplicate id".into()));
+        }
+        if doc.vectors.is_empty() {
+            return Err(invalid("no token vectors".into()));
+        }
+        let in_dim = self
+            .opts
+            .reduction
+            .as_ref()
+            .map_or(doc.vectors.dim(), |r| r.in_dim);
+        if doc.vectors.dim() != in_dim {
+            return Err(invalid(format!(
+                "vectors are {}-dim, the reduction expects {in_dim}",
+                doc.vectors.dim()
+            )));
+        }
+        if let Some(d) = self.dim {
+            if doc.vectors.dim() != d {
+                return Err(invalid(format!(
+                    "vectors are {}-dim, earlier documents {d}-dim",
+                    doc.vectors.dim()
+                )));
+            }
+        }
+        if doc.vectors.as_slice().iter().any(|x| !x.is_finite()) {
+            return Err(invalid("non-finite vector value".into()));
+        }
+        self.dim = Some(doc.vectors.dim());
+        let vectors = match &self.opts.reduction {
+            Some(r) => r.apply(doc.vectors.as_slice()),
+            None => doc.vectors.into_vec(),
+        };
+        let stored = serde_json::to_vec(&StoredRef {
+            title: &doc.title,
+            text: &doc.text,
+            metadata: &doc.metadata,
+        })
+        .expect("stored document serialises");
+        let out_dim = self.out_dim();
+        self.sample(&vectors, out_dim);
+        let n = vectors.len() / out_dim;
+        self.buffer.bytes += vectors.len() * 4 + stored.len() + doc.id.len() + 64;
+        self.buffer.vectors.extend_from_slice(&vectors);
+        self.buffer.lens.push(n as u32);
+        self.buffer.docs.push((doc.id.clone(), stored));
+        self.ids.insert(doc.id);
+        self.docs += 1;
+        if self.buffer.bytes > self.opts.memory_budget / 2 {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn out_dim(&self) -> usize {
+        self.opts
+            .reduction
+            .as_ref()
+            .map_or_else(|| self.dim.unwrap_or(0), |r| r.out_dim)
+    }
+
+    /// Reservoir sampling over all tokens (Algorithm R).
+    fn sample(&mut self, vectors: &[f32], dim: usize) {
+        let cap = self.opts.max_sample_tokens.max(1);
+        for v in vectors.chunks_exact(dim) {
+            self.seen_tokens += 1;
+            let have = self.reservoir.len() / dim;
+            if have < cap {
+                self.reservoir.extend_from_slice(v);
+            } else {
+                let j = self.rng.gen_range(0..self.seen_tokens) as usize;
+                if j < cap {
+                    self.reservoir[j * dim..(j + 1) * dim].copy_from_slice(v);
+                }
+            }
+        }
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        let path = self
+            .staging
+            .join(format!("chunk-{:05}.bin", self.spilled.len()));
+        let chunk = std::mem::take(&mut self.buffer);
+        write_chunk(&path, &chunk)?;
+        tracing::debug!(path = %path.display(), docs = chunk.lens.len(), "spilled chunk");
+        self.spilled.push(path);
+        Ok(())
+    }
+
+    /// Trains, encodes and commits the index.
+    pub fn finish(mut self, progress: &mut dyn FnMut(Progress)) -> Result<BuildStats> {
+        let result = self.finish_inner(progress);
+        // The staging folder goes whatever happened (on success it was
+        // renamed, or emptied of everything but chunks).
+        let _ = std::fs::remove_dir_all(&self.staging);
+        result
+    }
+
+    fn finish_inner(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<BuildStats> {
+        if self.docs == 0 {
+            return Err(IndexError::InvalidParameter("no documents to index".into()));
+        }
+        let dim = self.out_dim();
+        let codec_kind = self.opts.codec;
+        codec_kind.validate(dim)?;
+        let total = self.seen_tokens;
+        let generation = self.existing.as_ref().map_or(1, |(m, _)| m.generation + 1);
+
+        // Train.
+        progress(Progress {
+            phase: Phase::Train,
+            done: 0,
+            total: 1,
+        });
+        let k = self
+            .opts
+            .num_centroids
+            .unwrap_or_else(|| kmeans::default_num_centroids(total as usize))
+            .clamp(1, (total as usize).min(crate::manifest::MAX_CENTROIDS));
+        let sample_n = self.reservoir.len() / dim;
+        let want = (k * 8)
+            .max(self.opts.max_sample_tokens.min(sample_n))
+            .min(sample_n);
+        let sample = &self.reservoir[..want * dim];
+        let unit = sample
+            .chunks_exact(dim)
+            .all(|v| (norm2(v) - 1.0).abs() < 1e-3);
+        let t = Instant::now();
+        let centroids = kmeans::train(sample, dim, k, self.opts.kmeans_iters, self.opts.seed, unit);
+        let k = centroids.len() / dim;
+        let buckets = match codec_kind {
+            CodecKind::Residual { nbits } => {
+                let codes = kmeans::assign(sample, &centroids, dim);
+                let residuals: Vec<f32> = sample
+                    .chunks_exact(dim)
+                    .zip(&codes)
+                    .flat_map(|(v, &c)| {
+                        let c = &centroids[c as usize * dim..(c as usize + 1) * dim];
+                        v.iter().zip(c).map(|(a, b)| a - b).collect::<Vec<_>>()
+                    })
+                    .collect();
+                Some(Buckets::train(nbits, residuals))
+            }
+            _ => None,
+        };
+        tracing::info!(
+            k,
+            sample = want,
+            secs = t.elapsed().as_secs_f64(),
+            "centroids trained"
+        );
+        let codec = Codec::new(codec_kind, dim, buckets.clone(), unit)?;
+
+        // Index-level files.
+        let mut files = BTreeMap::new();
+        let cname = format!("centroids.g{generation}.f32");
+        files.insert(
+            cname.clone(),
+            write_array(&self.staging.join(&cname), &centroids)?,
+        );
+        if let Some(b) = &buckets {
+            let bname = format!("buckets.g{generation}.f32");
+            let mut v = b.cutoffs.clone();
+            v.extend_from_slice(&b.weights);
+            files.insert(bname.clone(), write_array(&self.staging.join(&bname), &v)?);
+        }
+        let reduction = match &self.opts.reduction {
+            Some(r) => {
+                let rname = format!("reduction.g{generation}.f32");
+                files.insert(
+                    rname.clone(),
+                    write_array(&self.staging.join(&rname), &r.to_floats())?,
+                );
+                Some(ReductionEntry {
+                    in_dim: r.in_dim,
+                    out_dim: r.out_dim,
+                    file: rname,
+                })
+            }
+            None => None,
+        };
+
+        // Encode every chunk into one segment.
+        let seg_name = format!("seg-g{generation}-0001");
+        let mut writer = SegmentWriter::create(&self.staging, &seg_name, k)?;
+        let mut done = 0u64;
+        let last = std::mem::take(&mut self.buffer);
+        let spilled = std::mem::take(&mut self.spilled);
+        let spilled_chunks = spilled.len();
+        for path in &spilled {
+            let chunk = read_chunk(path, dim)?;
+            encode_chunk(&chunk.view(), &codec, &centroids, dim, &mut writer)?;
+            std::fs::remove_file(path).map_err(|e| IndexError::io(path, e))?;
+            done += chunk.vectors.len() as u64 / dim as u64;
+            progress(Progress {
+                phase: Phase::Encode,
+                done,
+                total,
+            });
+        }
+        encode_chunk(&last.view(), &codec, &centroids, dim, &mut writer)?;
+        drop(last);
+        progress(Progress {
+            phase: Phase::Encode,
+            done: total,
+            total,
+        });
+        let segment = writer.finish()?;
+
+        // Commit.
+        progress(Progress {
+            phase: Phase::Commit,
+            done: 0,
+            total: 1,
+        });
+        let manifest = Manifest {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            generation,
+            dim,
+            codec: codec_kind,
+            num_centroids: k,
+            renormalise: unit,
+            reduction,
+            files,
+            segments: vec![segment],
+            info: self.opts.info.clone(),
+        };
+        let stats = self.stats(&manifest);
+        match self.existing.take() {
+            None => {
+                manifest.store(&self.staging)?;
+                crate::io::sync_dir(&self.staging)?;
+                if self.out.exists() {
+                    // An empty folder (checked in create).
+                    std::fs::remove_dir(&self.out).map_err(|e| IndexError::io(&self.out, e))?;
+                }
+                std::fs::rename(&self.staging, &self.out)
+                    .map_err(|e| IndexError::io(&self.out, e))?;
+                let parent = self
+                    .out
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                crate::io::sync_dir(parent)?;
+            }
+            Some((_, lock)) => {
+                // Move the new files next to the old ones, then swap the
+                // manifest: until the swap, the old index is what opens.
+                for name in manifest
+                    .files
+                    .keys()
+                    .chain(std::iter::once(&manifest.segments[0].name))
+                {
+                    let (from, to) = (self.staging.join(name), self.out.join(name));
+                    std::fs::rename(&from, &to).map_err(|e| IndexError::io(&to, e))?;
+                }
+                crate::io::sync_dir(&self.out)?;
+                manifest.store(&self.out)?;
+                collect_garbage(&self.out, &manifest, &lock);
+            }
+        }
+        progress(Progress {
+            phase: Phase::Commit,
+            done: 1,
+            total: 1,
+        });
+        Ok(BuildStats {
+            seconds: self.started.elapsed().as_secs_f64(),
+            spilled_chunks,
+            ..stats
+        })
+    }
+
+    fn stats(&self, m: &Manifest) -> BuildStats {
+        let seg_bytes = |s: &SegmentEntry, names: &[&str]| -> u64 {
+            names
+                .iter()
+                .filter_map(|n| s.files.get(*n))
+                .map(|f: &FileEntry| f.bytes)
+                .sum()
+        };
+        let core: u64 = m
+            .segments
+            .iter()
+            .map(|s| seg_bytes(s, &["codes.u32", "vectors.bin", "offsets.u64"]))
+            .sum();
+        let all: u64 = m
+            .segments
+            .iter()
+            .flat_map(|s| s.files.values())
+            .map(|f| f.bytes)
+            .sum::<u64>()
+            + m.files.values().map(|f| f.bytes).sum::<u64>();
+        let tokens = m.tokens();
+        BuildStats {
+            docs: m.live_docs(),
+            tokens,
+            dim: m.dim,
+            num_centroids: m.num_centroids,
+            codec: m.codec.to_string(),
+            bytes_per_token: core as f64 / tokens.max(1) as f64,
+            index_bytes: all,
+            spilled_chunks: 0,
+            seconds: 0.0,
+        }
+    }
+}
+
+impl Drop for IndexBuilder {
+    fn drop(&mut self) {
+        // A builder dropped without finish (error, Ctrl-C unwinding) leaves
+        // nothing behind; a killed process leaves a dot-folder that never
+        // opens as an index.
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Assigns, encodes and appends the documents of `chunk` to `writer`.
+pub(crate) fn encode_chunk(
+    chunk: &ChunkView<'_>,
+    codec: &Codec,
+    centroids: &[f32],
+    dim: usize,
+    writer: &mut SegmentWriter,
+) -> Result<()> {
+    let codes = kmeans::assign(chunk.vectors, centroids, dim);
+    let bpt = codec.bytes_per_token();
+    let mut bytes = vec![0u8; codes.len() * bpt];
+    bytes
+        .par_chunks_mut(bpt * 1024)
+        .zip(chunk.vectors.par_chunks(dim * 1024))
+        .zip(codes.par_chunks(1024))
+        .for_each_init(Vec::new, |buf: &mut Vec<u8>, ((out, vs), cs)| {
+            buf.clear();
+            for (v, &c) in vs.chunks_exact(dim).zip(cs) {
+                codec.encode(v, &centroids[c as usize * dim..(c as usize + 1) * dim], buf);
+            }
+            out.copy_from_slice(buf);
+        });
+    let mut tok = 0usize;
+    for (len, (id, stored)) in chunk.lens.iter().zip(chunk.docs) {
+        let n = *len as usize;
+        writer.add(
+            id,
+            stored,
+            &codes[tok..tok + n],
+            &bytes[tok * bpt..(tok + n) * bpt],
+        )?;
+        tok += n;
+    }
+    Ok(())
+}
+
+/// Borrowed view of buffered documents.
+pub(crate) struct ChunkView<'a> {
+    pub vectors: &'a [f32],
+    pub lens: &'a [u32],
+    pub docs: &'a [(String, Vec<u8>)],
+}
+
+impl Chunk {
+    fn view(&self) -> ChunkView<'_> {
+        ChunkView {
+            vectors: &self.vectors,
+            lens: &self.lens,
+            docs: &self.docs,
+        }
+    }
+}
+
+fn write_chunk(path: &Path, c: &Chunk) -> Result<()> {
+    let f = std::fs::File::create(path).map_err(|e| IndexError::io(path, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let io = |e| IndexError::io(path, e);
+    w.write_all(&(c.lens.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(bytemuck::cast_slice(&c.lens)).map_err(io)?;
+    w.write_all(bytemuck::cast_slice(&c.vectors)).map_err(io)?;
+    for (id, stored) in &c.docs {
+        w.write_all(&(id.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(id.as_bytes()).map_err(io)?;
+        w.write_all(&(stored.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(stored).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+fn read_chunk(path: &Path, dim: usize) -> Result<Chunk> {
+    let f = std::fs::File::open(path).map_err(|e| IndexError::io(path, e))?;
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let io = |e| IndexError::io(path, e);
+    let mut u64buf = [0u8; 8];
+    let mut read_u64 = |r: &mut BufReader<std::fs::File>| -> Result<usize> {
+        r.read_exact(&mut u64buf).map_err(io)?;
+        Ok(u64::from_le_bytes(u64buf) as usize)
+    };
+    let n = read_u64(&mut r)?;
+    let mut lens = vec![0u32; n];
+    r.read_exact(bytemuck::cast_slice_mut(&mut lens))
+        .map_err(io)?;
+    let tokens: usize = lens.iter().map(|&l| l as usize).sum();
+    let mut vectors = vec![0f32; tokens * dim];
+    r.read_exact(bytemuck::cast_slice_mut(&mut vectors))
+        .map_err(io)?;
+    let mut docs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let l = read_u64(&mut r)?;
+        let mut id = vec![0u8; l];
+        r.read_exact(&mut id).map_err(io)?;
+        let l = read_u64(&mut r)?;
+        let mut stored = vec![0u8; l];
+        r.read_exact(&mut stored).map_err(io)?;
+        let id = String::from_utf8(id)
+            .map_err(|_| IndexError::corrupt(path, "chunk id is not UTF-8"))?;
+        docs.push((id, stored));
+    }
+    Ok(Chunk {
+        vectors,
+        lens,
+        docs,
+        bytes: 0,
+    })
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}

@@ -1,0 +1,326 @@
+//! Vector codecs: how each token vector is stored.
+//!
+//! | codec | bytes per token (dim d) | decode |
+//! |---|---|---|
+//! | `f32` | 4d | exact |
+//! | `f16` | 2d | IEEE half |
+//! | `int8` | d + 4 | per-vector scale `max|x|/127` |
+//! | `residual{1,2,4}` | d·nbits/8 | centroid + per-dimension bucket weight (PLAID) |
+//!
+//! Every codec also stores the token's centroid id (4 bytes, `codes.u32`),
+//! which candidate generation uses; those bytes are counted separately.
+//! The residual codec learns its buckets from data: cutoffs at the
+//! `i/2^nbits` quantiles of all residual coordinates, and each bucket's value
+//! at the `(i+½)/2^nbits` quantile, as ColBERTv2 does.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IndexError, Result};
+use crate::linalg::normalise;
+
+/// Which codec an index uses; recorded in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CodecKind {
+    F32,
+    F16,
+    Int8,
+    Residual { nbits: u8 },
+}
+
+impl FromStr for CodecKind {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => Self::F32,
+            "f16" => Self::F16,
+            "int8" => Self::Int8,
+            "residual1" => Self::Residual { nbits: 1 },
+            "residual2" => Self::Residual { nbits: 2 },
+            "residual4" => Self::Residual { nbits: 4 },
+            other => {
+                return Err(IndexError::InvalidParameter(format!(
+                    "unknown codec {other:?} (f32, f16, int8, residual1, residual2, residual4)"
+                )))
+            }
+        })
+    }
+}
+
+impl fmt::Display for CodecKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::F32 => f.write_str("f32"),
+            Self::F16 => f.write_str("f16"),
+            Self::Int8 => f.write_str("int8"),
+            Self::Residual { nbits } => write!(f, "residual{nbits}"),
+        }
+    }
+}
+
+impl CodecKind {
+    /// Bytes of `vectors.bin` per token.
+    pub fn bytes_per_token(self, dim: usize) -> usize {
+        match self {
+            Self::F32 => 4 * dim,
+            Self::F16 => 2 * dim,
+            Self::Int8 => dim + 4,
+            Self::Residual { nbits } => (dim * nbits as usize).div_ceil(8),
+        }
+    }
+
+    pub fn validate(self, dim: usize) -> Result<()> {
+        if let Self::Residual { nbits } = self {
+            if !matches!(nbits, 1 | 2 | 4) {
+                return Err(IndexError::InvalidParameter(format!(
+                    "residual codec needs nbits 1, 2 or 4, got {nbits}"
+                )));
+            }
+            if dim * nbits as usize % 8 != 0 {
+                return Err(IndexError::InvalidParameter(format!(
+                    "residual{nbits} needs dim·nbits to be a multiple of 8 (dim {dim})"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Learnt bucket cutoffs and values of the residual codec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Buckets {
+    /// `2^nbits − 1` increasing cutoffs.
+    pub cutoffs: Vec<f32>,
+    /// `2^nbits` reconstruction values.
+    pub weights: Vec<f32>,
+}
+
+impl Buckets {
+    /// Learns buckets from residual coordinates (any order).
+    pub fn train(nbits: u8, mut values: Vec<f32>) -> Self {
+        let n = 1usize << nbits;
+        values.retain(|v| v.is_finite());
+        if values.is_empty() {
+            return Self {
+                cutoffs: vec![0.0; n - 1],
+                weights: vec![0.0; n],
+            };
+        }
+        values.sort_by(f32::total_cmp);
+        let q = |p: f64| values[((p * values.len() as f64) as usize).min(values.len() - 1)];
+        Self {
+            cutoffs: (1..n).map(|i| q(i as f64 / n as f64)).collect(),
+            weights: (0..n).map(|i| q((i as f64 + 0.5) / n as f64)).collect(),
+        }
+    }
+
+    fn bucket(&self, x: f32) -> u8 {
+        self.cutoffs.iter().take_while(|&&c| x >= c).count() as u8
+    }
+}
+
+/// A codec with everything it needs to encode and decode.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    pub kind: CodecKind,
+    pub dim: usize,
+    pub buckets: Option<Buckets>,
+    /// Renormalise decoded residual vectors (the input vectors were unit
+    /// length).
+    pub renormalise: bool,
+    /// For residual decoding: per byte value, the `8/nbits` weights it holds.
+    lut: Vec<f32>,
+}
+
+impl Codec {
+    pub fn new(
+        kind: CodecKind,
+        dim: usize,
+        buckets: Option<Buckets>,
+        renormalise: bool,
+    ) -> Result<Self> {
+        kind.validate(dim)?;
+        let lut = match (kind, &buckets) {
+            (CodecKind::Residual { nbits }, Some(b)) => {
+                let per = 8 / nbits as usize;
+                let mask = (1u16 << nbits) - 1;
+                let mut lut = Vec::with_capacity(256 * per);
+                for byte in 0..256u16 {
+                    for j in 0..per {
+                        let bucket = (byte >> (j * nbits as usize)) & mask;
+                        lut.push(b.weights[bucket as usize]);
+                    }
+                }
+                lut
+            }
+            (CodecKind::Residual { .. }, None) => {
+                return Err(IndexError::InvalidParameter(
+                    "residual codec without buckets".into(),
+                ))
+            }
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            kind,
+            dim,
+            buckets,
+            renormalise,
+            lut,
+        })
+    }
+
+    pub fn bytes_per_token(&self) -> usize {
+        self.kind.bytes_per_token(self.dim)
+    }
+
+    /// Appends the encoding of `v` (nearest centroid `centroid`) to `out`.
+    pub fn encode(&self, v: &[f32], centroid: &[f32], out: &mut Vec<u8>) {
+        match self.kind {
+            CodecKind::F32 => out.extend_from_slice(bytemuck::cast_slice(v)),
+            CodecKind::F16 => {
+                for &x in v {
+                    out.extend_from_slice(&half::f16::from_f32(x).to_le_bytes());
+                }
+            }
+            CodecKind::Int8 => {
+                let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                out.extend_from_slice(&scale.to_le_bytes());
+                out.extend(
+                    v.iter()
+                        .map(|x| (x / scale).round().clamp(-127.0, 127.0) as i8 as u8),
+                );
+            }
+            CodecKind::Residual { nbits } => {
+                let b = self.buckets.as_ref().expect("checked in Codec::new");
+                let per = 8 / nbits as usize;
+                for (xs, cs) in v.chunks(per).zip(centroid.chunks(per)) {
+                    let mut byte = 0u8;
+                    for (j, (x, c)) in xs.iter().zip(cs).enumerate() {
+                        byte |= b.bucket(x - c) << (j * nbits as usize);
+                    }
+                    out.push(byte);
+                }
+            }
+        }
+    }
+
+    /// Decodes one token's bytes into `out` (`dim` floats).
+    pub fn decode(&self, bytes: &[u8], centroid: &[f32], out: &mut [f32]) {
+        match self.kind {
+            CodecKind::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            CodecKind::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            CodecKind::Int8 => {
+                let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                for (o, &q) in out.iter_mut().zip(&bytes[4..]) {
+                    *o = q as i8 as f32 * scale;
+                }
+            }
+            CodecKind::Residual { nbits } => {
+                let per = 8 / nbits as usize;
+                for (i, &byte) in bytes.iter().enumerate() {
+                    let w = &self.lut[byte as usize * per..(byte as usize + 1) * per];
+                    let base = i * per;
+                    for j in 0..per {
+                        out[base + j] = centroid[base + j] + w[j];
+                    }
+                }
+                if self.renormalise {
+                    normalise(out);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::dot;
+
+    fn unit(seed: u32, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim)
+            .map(|i| ((i as u32 * 7919 + seed * 104729) as f32 * 0.001).sin())
+            .collect();
+        normalise(&mut v);
+        v
+    }
+
+    #[test]
+    fn parses_and_sizes() {
+        assert_eq!(
+            "residual2".parse::<CodecKind>().unwrap(),
+            CodecKind::Residual { nbits: 2 }
+        );
+        assert!("residual3".parse::<CodecKind>().is_err());
+        assert_eq!(CodecKind::Residual { nbits: 2 }.bytes_per_token(128), 32);
+        assert_eq!(CodecKind::Int8.bytes_per_token(128), 132);
+        assert!(CodecKind::Residual { nbits: 4 }.validate(3).is_err());
+    }
+
+    #[test]
+    fn round_trips_within_codec_precision() {
+        let dim = 64;
+        let v = unit(1, dim);
+        let mut centroid = unit(2, dim);
+        for (c, x) in centroid.iter_mut().zip(&v) {
+            *c = 0.8 * x + 0.2 * *c;
+        }
+        let residuals: Vec<f32> = (0..200)
+            .flat_map(|s| {
+                let u = unit(s + 10, dim);
+                u.iter()
+                    .zip(&centroid)
+                    .map(|(a, b)| (a - b) * 0.3)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (kind, tol) in [
+            (CodecKind::F32, 0.0),
+            (CodecKind::F16, 1e-3),
+            (CodecKind::Int8, 1e-2),
+            (CodecKind::Residual { nbits: 4 }, 0.15),
+            (CodecKind::Residual { nbits: 2 }, 0.3),
+            (CodecKind::Residual { nbits: 1 }, 0.5),
+        ] {
+            let buckets = match kind {
+                CodecKind::Residual { nbits } => Some(Buckets::train(nbits, residuals.clone())),
+                _ => None,
+            };
+            let codec = Codec::new(kind, dim, buckets, true).unwrap();
+            let mut bytes = Vec::new();
+            codec.encode(&v, &centroid, &mut bytes);
+            assert_eq!(bytes.len(), codec.bytes_per_token(), "{kind}");
+            let mut out = vec![0.0; dim];
+            codec.decode(&bytes, &centroid, &mut out);
+            let err = out
+                .iter()
+                .zip(&v)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= tol, "{kind}: max error {err}");
+            assert!(dot(&out, &v) > 0.9, "{kind}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_quantiles() {
+        let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+        let b = Buckets::train(2, values);
+        assert_eq!(b.cutoffs, vec![250.0, 500.0, 750.0]);
+        assert_eq!(b.weights, vec![125.0, 375.0, 625.0, 875.0]);
+        assert_eq!(b.bucket(-1.0), 0);
+        assert_eq!(b.bucket(500.0), 2);
+        assert_eq!(b.bucket(1e9), 3);
+    }
+}

@@ -1,0 +1,180 @@
+//! `manifest.json`: the one file that says what an index is.
+//!
+//! Everything else in the directory is immutable once written; a commit
+//! writes new files, then atomically replaces the manifest (see
+//! [`crate::io::write_atomic`]). A reader that loaded generation `g` keeps
+//! seeing exactly generation `g`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::CodecKind;
+use crate::error::{IndexError, Result};
+use crate::io::FileEntry;
+
+pub const FORMAT_NAME: &str = "tessera-index";
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST: &str = "manifest.json";
+
+/// Upper bounds that keep a damaged manifest from asking for absurd
+/// allocations.
+pub const MAX_DIM: usize = 1 << 16;
+pub const MAX_CENTROIDS: usize = 1 << 24;
+
+/// A linear dimension reduction applied to every vector before coding:
+/// `y = R · (x − mean)` (then renormalised), `R` is `out_dim × in_dim`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReductionEntry {
+    pub in_dim: usize,
+    pub out_dim: usize,
+    /// File holding `R` (`out_dim × in_dim` f32) followed by `mean` (`in_dim` f32).
+    pub file: String,
+}
+
+/// One immutable segment: a batch of documents written together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentEntry {
+    /// Folder name inside the index directory.
+    pub name: String,
+    pub docs: u32,
+    pub tokens: u64,
+    /// Files of the segment (relative to its folder) with sizes and CRCs.
+    pub files: BTreeMap<String, FileEntry>,
+    /// Local ids of deleted documents (tombstones), sorted.
+    #[serde(default)]
+    pub deleted: Vec<u32>,
+}
+
+/// The parsed manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    /// Incremented by every commit.
+    pub generation: u64,
+    /// Dimension of the stored vectors (after reduction).
+    pub dim: usize,
+    pub codec: CodecKind,
+    pub num_centroids: usize,
+    /// Decoded residual vectors are renormalised (inputs were unit length).
+    pub renormalise: bool,
+    #[serde(default)]
+    pub reduction: Option<ReductionEntry>,
+    /// Index-level files: `centroids.f32`, `buckets.f32`, the reduction.
+    pub files: BTreeMap<String, FileEntry>,
+    pub segments: Vec<SegmentEntry>,
+    /// Free-form facts recorded by the builder's caller (e.g. the model).
+    #[serde(default)]
+    pub info: serde_json::Value,
+}
+
+impl Manifest {
+    /// Reads and checks `dir/manifest.json` (shape only; files are checked by
+    /// the reader).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(MANIFEST);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                IndexError::corrupt(
+                    &path,
+                    "missing: this is not a Tessera index (or it was never completed)",
+                )
+            } else {
+                IndexError::io(&path, e)
+            }
+        })?;
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| IndexError::corrupt(&path, format!("invalid manifest: {e}")))?;
+        m.check(&path)?;
+        Ok(m)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Err(IndexError::corrupt(path, m));
+        if self.format != FORMAT_NAME {
+            return bad(format!("format is {:?}, not {FORMAT_NAME:?}", self.format));
+        }
+        if self.version != FORMAT_VERSION {
+            return bad(format!(
+                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                self.version
+            ));
+        }
+        if self.dim == 0 || self.dim > MAX_DIM {
+            return bad(format!("dim {} out of range", self.dim));
+        }
+        if self.num_centroids == 0 || self.num_centroids > MAX_CENTROIDS {
+            return bad(format!("num_centroids {} out of range", self.num_centroids));
+        }
+        self.codec
+            .validate(self.dim)
+            .or_else(|e| bad(e.to_string()))?;
+        if let Some(r) = &self.reduction {
+            if r.out_dim != self.dim || r.in_dim == 0 || r.in_dim > MAX_DIM {
+                return bad(format!(
+                    "reduction {}→{} does not fit dim {}",
+                    r.in_dim, r.out_dim, self.dim
+                ));
+            }
+            if !self.files.contains_key(&r.file) {
+                return bad(format!("reduction file {:?} is not listed", r.file));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for s in &self.segments {
+            if !safe_name(&s.name) || !names.insert(&s.name) {
+                return bad(format!("bad or duplicate segment name {:?}", s.name));
+            }
+            if s.deleted.windows(2).any(|w| w[0] >= w[1])
+                || s.deleted.last().is_some_and(|&d| d >= s.docs)
+            {
+                return bad(format!(
+                    "segment {}: tombstones are not sorted local ids",
+                    s.name
+                ));
+            }
+            for f in s.files.keys() {
+                if !safe_name(f) {
+                    return bad(format!("segment {}: bad file name {f:?}", s.name));
+                }
+            }
+        }
+        for f in self.files.keys() {
+            if !safe_name(f) {
+                return bad(format!("bad file name {f:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn live_docs(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|s| u64::from(s.docs) - s.deleted.len() as u64)
+            .sum()
+    }
+
+    pub fn tokens(&self) -> u64 {
+        self.segments.iter().map(|s| s.tokens).sum()
+    }
+
+    /// Writes the manifest atomically into `dir`.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        crate::io::write_atomic(&dir.join(MANIFEST), &json)
+    }
+}
+
+/// A plain file or folder name: no separators, no `..`, not hidden.
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}

@@ -1,0 +1,368 @@
+//! Search: candidate generation, then exact MaxSim on the best candidates.
+//!
+//! * [`Candidates::Exhaustive`] scores every live document exactly — the
+//!   correctness reference.
+//! * [`Candidates::Plaid`]: query-token × centroid scores (one SGEMM), the
+//!   `n_probe` best cells per query token, their IVF lists as candidates, an
+//!   approximate score from centroid codes alone (centroids whose best query
+//!   score is under `centroid_threshold` contribute nothing), then exact
+//!   MaxSim on the `n_candidates` best after decoding.
+//! * [`Candidates::Hnsw`]: like PLAID, but the cells come from an HNSW graph
+//!   over the centroids (`hnsw_rs`), built on first use.
+//!
+//! Filters are applied before ranking: when few documents pass, they are
+//! scored exactly; otherwise candidates are restricted to them, and if that
+//! leaves fewer than `k`, the passing documents are scored exhaustively.
+
+use hnsw_rs::prelude::{DistL2, Hnsw};
+use rayon::prelude::*;
+
+use crate::error::{IndexError, Result};
+use crate::filter::{FieldValue, Filter};
+use crate::index::{Index, StoredDoc};
+use crate::linalg::gemm_abt;
+use crate::maxsim::Scratch;
+use crate::vectors::TokenVectors;
+
+/// How candidates are generated before exact re-ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Candidates {
+    Exhaustive,
+    Plaid,
+    Hnsw,
+}
+
+impl std::str::FromStr for Candidates {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "exhaustive" | "exact" => Ok(Self::Exhaustive),
+            "plaid" | "ivf" => Ok(Self::Plaid),
+            "hnsw" => Ok(Self::Hnsw),
+            o => Err(IndexError::InvalidParameter(format!(
+                "unknown candidate generator {o:?} (exhaustive, plaid, hnsw)"
+            ))),
+        }
+    }
+}
+
+/// Search settings. Defaults were chosen with `scripts/bench-index`
+/// (docs/BENCHMARKS.md) for recall@10 ≥ 0.99 against exhaustive search.
+#[derive(Debug, Clone)]
+pub struct SearchParams {
+    pub k: usize,
+    pub candidates: Candidates,
+    /// Cells probed per query token.
+    pub n_probe: usize,
+    /// Centroids whose best query-token score is below this are ignored in
+    /// approximate scoring.
+    pub centroid_threshold: f32,
+    /// Documents re-ranked exactly (at least `k`).
+    pub n_candidates: usize,
+    /// HNSW search breadth.
+    pub hnsw_ef: usize,
+    pub filter: Option<Filter>,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        Self {
+            k: 10,
+            candidates: Candidates::Plaid,
+            n_probe: 4,
+            centroid_threshold: 0.4,
+            n_candidates: 256,
+            hnsw_ef: 64,
+            filter: None,
+        }
+    }
+}
+
+/// One ranked document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    pub segment: usize,
+    pub doc: u32,
+}
+
+/// HNSW graph over the index's centroids.
+pub struct CentroidGraph {
+    graph: Hnsw<'static, f32, DistL2>,
+}
+
+type Allowed = Vec<Vec<bool>>;
+
+impl Index {
+    /// Top-`k` documents for `query` (before the index's reduction).
+    pub fn search(&self, query: &TokenVectors, p: &SearchParams) -> Result<Vec<Hit>> {
+        self.check_query(query, p)?;
+        let q = self.prepare(query.as_slice());
+        let allowed = self.allowed(p.filter.as_ref());
+        let hits = match p.candidates {
+            Candidates::Exhaustive => self.rank_exact(&q, self.all_docs(allowed.as_ref()), p.k),
+            Candidates::Plaid | Candidates::Hnsw => self.search_ivf(&q, p, allowed.as_ref()),
+        };
+        Ok(hits)
+    }
+
+    /// [`Index::search`] for many queries, in parallel.
+    pub fn search_batch(
+        &self,
+        queries: &[TokenVectors],
+        p: &SearchParams,
+    ) -> Result<Vec<Vec<Hit>>> {
+        queries.par_iter().map(|q| self.search(q, p)).collect()
+    }
+
+    /// Stored fields of a hit's document.
+    pub fn hit_document(&self, hit: &Hit) -> Option<StoredDoc> {
+        self.stored(hit.segment, hit.doc)
+    }
+
+    fn check_query(&self, query: &TokenVectors, p: &SearchParams) -> Result<()> {
+        if query.dim() != self.query_dim() {
+            return Err(IndexError::DimMismatch {
+                left: query.dim(),
+                right: self.query_dim(),
+            });
+        }
+        if query.is_empty() {
+            return Err(IndexError::InvalidParameter("query has no vectors".into()));
+        }
+        if query.as_slice().iter().any(|x| !x.is_finite()) {
+            return Err(IndexError::InvalidParameter(
+                "query has non-finite values".into(),
+            ));
+        }
+        if p.k == 0 || p.n_probe == 0 {
+            return Err(IndexError::InvalidParameter(
+                "k and n_probe must be at least 1".into(),
+            ));
+        }
+        if let Some(f) = &p.filter {
+            f.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Per segment, which documents are live and pass `filter`; `None`
+    /// without a filter (then liveness alone decides).
+    fn allowed(&self, filter: Option<&Filter>) -> Option<Allowed> {
+        let filter = filter?;
+        let mut fields = Vec::new();
+        filter.fields(&mut fields);
+        fields.sort();
+        fields.dedup();
+        static MISSING: FieldValue = FieldValue::Missing;
+        Some(
+            self.segments()
+                .iter()
+                .enumerate()
+                .map(|(si, seg)| {
+                    let cols: Vec<_> = fields
+                        .iter()
+                        .map(|f| (f.as_str(), self.column(si, f)))
+                        .collect();
+                    (0..seg.num_docs())
+                        .map(|d| {
+                            seg.is_live(d as u32)
+                                && filter.matches(&|name| {
+                                    cols.iter()
+                                        .find(|(n, _)| *n == name)
+                                        .map_or(&MISSING, |(_, c)| &c[d])
+                                })
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    fn passes(&self, allowed: Option<&Allowed>, seg: usize, doc: u32) -> bool {
+        match allowed {
+            Some(a) => a[seg][doc as usize],
+            None => self.segments()[seg].is_live(doc),
+        }
+    }
+
+    fn all_docs(&self, allowed: Option<&Allowed>) -> Vec<(usize, u32)> {
+        self.segments()
+            .iter()
+            .enumerate()
+            .flat_map(|(si, seg)| (0..seg.num_docs() as u32).map(move |d| (si, d)))
+            .filter(|&(s, d)| self.passes(allowed, s, d))
+            .collect()
+    }
+
+    /// Decodes document `doc` of segment `seg` into `out`.
+    pub fn decode_doc(&self, seg: usize, doc: u32, out: &mut Vec<f32>) {
+        let s = &self.segments()[seg];
+        let r = s.token_range(doc);
+        let dim = self.dim();
+        let bpt = self.codec().bytes_per_token();
+        let codes = &s.codes()[r.clone()];
+        let bytes = s.vector_bytes(r);
+        let cents = self.centroids();
+        out.resize(codes.len() * dim, 0.0);
+        for (t, &c) in codes.iter().enumerate() {
+            let c = c as usize;
+            self.codec().decode(
+                &bytes[t * bpt..(t + 1) * bpt],
+                &cents[c * dim..(c + 1) * dim],
+                &mut out[t * dim..(t + 1) * dim],
+            );
+        }
+    }
+
+    /// Exact MaxSim of `q` over `docs`, top `k`.
+    fn rank_exact(&self, q: &[f32], docs: Vec<(usize, u32)>, k: usize) -> Vec<Hit> {
+        let dim = self.dim();
+        let mut scored: Vec<(f32, usize, u32)> = docs
+            .into_par_iter()
+            .map_init(Scratch::default, |scratch, (s, d)| {
+                let mut buf = std::mem::take(&mut scratch.doc);
+                self.decode_doc(s, d, &mut buf);
+                scratch.doc = buf;
+                (scratch.score_decoded(q, dim), s, d)
+            })
+            .collect();
+        top_k(&mut scored, k);
+        scored
+            .into_iter()
+            .map(|(score, segment, doc)| Hit {
+                id: self.segments()[segment].external_id(doc).to_owned(),
+                score,
+                segment,
+                doc,
+            })
+            .collect()
+    }
+
+    fn search_ivf(&self, q: &[f32], p: &SearchParams, allowed: Option<&Allowed>) -> Vec<Hit> {
+        let n_candidates = p.n_candidates.max(p.k);
+        if let Some(a) = allowed {
+            let passing: usize = a.iter().map(|s| s.iter().filter(|&&x| x).count()).sum();
+            if passing <= n_candidates {
+                return self.rank_exact(q, self.all_docs(allowed), p.k);
+            }
+        }
+        let dim = self.dim();
+        let nq = q.len() / dim;
+        let k = self.manifest().num_centroids;
+        let mut qc = vec![0.0f32; nq * k];
+        gemm_abt(q, nq, self.centroids(), k, dim, &mut qc);
+
+        // Cells to probe.
+        let mut probe = vec![false; k];
+        match p.candidates {
+            Candidates::Hnsw => {
+                let g = self
+                    .hnsw
+                    .get_or_init(|| CentroidGraph::build(self.centroids(), dim));
+                for qi in q.chunks_exact(dim) {
+                    for n in g
+                        .graph
+                        .search(qi, p.n_probe.min(k), p.hnsw_ef.max(p.n_probe))
+                    {
+                        probe[n.d_id] = true;
+                    }
+                }
+            }
+            _ => {
+                let mut idx: Vec<u32> = Vec::with_capacity(k);
+                for row in qc.chunks_exact(k) {
+                    idx.clear();
+                    idx.extend(0..k as u32);
+                    let n = p.n_probe.min(k);
+                    idx.select_nth_unstable_by(n - 1, |&a, &b| {
+                        row[b as usize].total_cmp(&row[a as usize])
+                    });
+                    for &c in &idx[..n] {
+                        probe[c as usize] = true;
+                    }
+                }
+            }
+        }
+
+        // Candidate documents: union of the probed IVF lists.
+        let mut cands = Vec::new();
+        for (si, seg) in self.segments().iter().enumerate() {
+            let mut seen = vec![false; seg.num_docs()];
+            for (c, _) in probe.iter().enumerate().filter(|(_, &p)| p) {
+                for &d in seg.ivf_list(c) {
+                    if !seen[d as usize] {
+                        seen[d as usize] = true;
+                        if self.passes(allowed, si, d) {
+                            cands.push((si, d));
+                        }
+                    }
+                }
+            }
+        }
+        if allowed.is_some() && cands.len() < p.k {
+            return self.rank_exact(q, self.all_docs(allowed), p.k);
+        }
+
+        // Approximate scores from centroid codes: transpose the useful part
+        // of Q·Cᵀ to centroid-major rows, zeroing pruned centroids.
+        let mut qct = vec![0.0f32; k * nq];
+        for c in 0..k {
+            let best = (0..nq)
+                .map(|i| qc[i * k + c])
+                .fold(f32::NEG_INFINITY, f32::max);
+            if best >= p.centroid_threshold {
+                for i in 0..nq {
+                    qct[c * nq + i] = qc[i * k + c];
+                }
+            }
+        }
+        let mut approx: Vec<(f32, usize, u32)> = cands
+            .into_par_iter()
+            .map_init(
+                || vec![0.0f32; nq],
+                |acc, (s, d)| {
+                    acc.fill(f32::NEG_INFINITY);
+                    let seg = &self.segments()[s];
+                    for &c in &seg.codes()[seg.token_range(d)] {
+                        let row = &qct[c as usize * nq..(c as usize + 1) * nq];
+                        for (a, &x) in acc.iter_mut().zip(row) {
+                            *a = a.max(x);
+                        }
+                    }
+                    (acc.iter().sum::<f32>(), s, d)
+                },
+            )
+            .collect();
+        top_k(&mut approx, n_candidates);
+        self.rank_exact(q, approx.into_iter().map(|(_, s, d)| (s, d)).collect(), p.k)
+    }
+}
+
+impl CentroidGraph {
+    fn build(centroids: &[f32], dim: usize) -> Self {
+        let k = centroids.len() / dim;
+        let graph = Hnsw::<f32, DistL2>::new(24, k, 16, 200, DistL2 {});
+        let rows: Vec<(&[f32], usize)> = centroids
+            .chunks_exact(dim)
+            .enumerate()
+            .map(|(i, c)| (c, i))
+            .collect();
+        graph.parallel_insert_slice(&rows);
+        Self { graph }
+    }
+}
+
+/// Keeps the `k` best `(score, seg, doc)` in descending score order (ties:
+/// segment, then document, ascending — deterministic).
+fn top_k(v: &mut Vec<(f32, usize, u32)>, k: usize) {
+    let cmp = |a: &(f32, usize, u32), b: &(f32, usize, u32)| {
+        b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+    };
+    if v.len() > k {
+        v.select_nth_unstable_by(k - 1, cmp);
+        v.truncate(k);
+    }
+    v.sort_by(cmp);
+}

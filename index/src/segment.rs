@@ -1,0 +1,333 @@
+//! Segments: immutable batches of documents, written once, read in place.
+//!
+//! Files of a segment folder (all little-endian arrays, see `index/FORMAT.md`):
+//!
+//! | file | type | length |
+//! |---|---|---|
+//! | `offsets.u64` | u64 | docs + 1: token range of each document |
+//! | `codes.u32` | u32 | tokens: nearest centroid of each token |
+//! | `vectors.bin` | bytes | tokens × codec bytes per token |
+//! | `ivf_offsets.u64` | u64 | centroids + 1 |
+//! | `ivf_docs.u32` | u32 | per centroid, sorted local ids of documents with a token there |
+//! | `ids_offsets.u64`, `ids.bin` | u64, UTF-8 | external ids |
+//! | `docs_offsets.u64`, `docs.bin` | u64, JSON | stored `{title, text, metadata}` |
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IndexError, Result};
+use crate::io::{write_array, ArrayWriter, FileEntry, Mapped};
+use crate::manifest::SegmentEntry;
+
+const OFFSETS: &str = "offsets.u64";
+const CODES: &str = "codes.u32";
+const VECTORS: &str = "vectors.bin";
+const IVF_OFFSETS: &str = "ivf_offsets.u64";
+const IVF_DOCS: &str = "ivf_docs.u32";
+const IDS_OFFSETS: &str = "ids_offsets.u64";
+const IDS: &str = "ids.bin";
+const DOCS_OFFSETS: &str = "docs_offsets.u64";
+const DOCS: &str = "docs.bin";
+
+pub(crate) const SEGMENT_FILES: [&str; 9] = [
+    OFFSETS,
+    CODES,
+    VECTORS,
+    IVF_OFFSETS,
+    IVF_DOCS,
+    IDS_OFFSETS,
+    IDS,
+    DOCS_OFFSETS,
+    DOCS,
+];
+
+/// Writes one segment folder.
+pub struct SegmentWriter {
+    dir: PathBuf,
+    name: String,
+    num_centroids: usize,
+    codes: ArrayWriter,
+    vectors: ArrayWriter,
+    ids: ArrayWriter,
+    docs: ArrayWriter,
+    offsets: Vec<u64>,
+    ids_offsets: Vec<u64>,
+    docs_offsets: Vec<u64>,
+    /// `(centroid, local doc)` pairs, one per distinct centroid of a doc.
+    ivf: Vec<(u32, u32)>,
+    scratch: Vec<u32>,
+}
+
+impl SegmentWriter {
+    /// Creates `parent/name/` and its files.
+    pub fn create(parent: &Path, name: &str, num_centroids: usize) -> Result<Self> {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+        Ok(Self {
+            codes: ArrayWriter::create(&dir.join(CODES))?,
+            vectors: ArrayWriter::create(&dir.join(VECTORS))?,
+            ids: ArrayWriter::create(&dir.join(IDS))?,
+            docs: ArrayWriter::create(&dir.join(DOCS))?,
+            offsets: vec![0],
+            ids_offsets: vec![0],
+            docs_offsets: vec![0],
+            ivf: Vec::new(),
+            scratch: Vec::new(),
+            dir,
+            name: name.to_owned(),
+            num_centroids,
+        })
+    }
+
+    pub fn docs(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Appends one document: its centroid codes, encoded vector bytes, id and
+    /// stored JSON.
+    pub fn add(
+        &mut self,
+        id: &str,
+        stored: &[u8],
+        codes: &[u32],
+        vector_bytes: &[u8],
+    ) -> Result<()> {
+        let local = self.docs() as u32;
+        self.codes.write(codes)?;
+        self.vectors.write_bytes(vector_bytes)?;
+        self.ids.write_bytes(id.as_bytes())?;
+        self.docs.write_bytes(stored)?;
+        let last = |v: &Vec<u64>| *v.last().expect("offsets start with 0");
+        self.offsets.push(last(&self.offsets) + codes.len() as u64);
+        self.ids_offsets
+            .push(last(&self.ids_offsets) + id.len() as u64);
+        self.docs_offsets
+            .push(last(&self.docs_offsets) + stored.len() as u64);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(codes);
+        self.scratch.sort_unstable();
+        self.scratch.dedup();
+        self.ivf.extend(self.scratch.iter().map(|&c| (c, local)));
+        Ok(())
+    }
+
+    /// Writes the remaining files, fsyncs everything and returns the entry.
+    pub fn finish(mut self) -> Result<SegmentEntry> {
+        let mut files = BTreeMap::new();
+        files.insert(CODES.to_owned(), self.codes.finish()?);
+        files.insert(VECTORS.to_owned(), self.vectors.finish()?);
+        files.insert(IDS.to_owned(), self.ids.finish()?);
+        files.insert(DOCS.to_owned(), self.docs.finish()?);
+        files.insert(
+            OFFSETS.to_owned(),
+            write_array(&self.dir.join(OFFSETS), &self.offsets)?,
+        );
+        files.insert(
+            IDS_OFFSETS.to_owned(),
+            write_array(&self.dir.join(IDS_OFFSETS), &self.ids_offsets)?,
+        );
+        files.insert(
+            DOCS_OFFSETS.to_owned(),
+            write_array(&self.dir.join(DOCS_OFFSETS), &self.docs_offsets)?,
+        );
+        // IVF: counting sort by centroid; docs within a list stay in
+        // increasing order because they were added in order.
+        let k = self.num_centroids;
+        let mut ivf_offsets = vec![0u64; k + 1];
+        for &(c, _) in &self.ivf {
+            ivf_offsets[c as usize + 1] += 1;
+        }
+        for i in 0..k {
+            ivf_offsets[i + 1] += ivf_offsets[i];
+        }
+        let mut cursor = ivf_offsets.clone();
+        let mut ivf_docs = vec![0u32; self.ivf.len()];
+        for &(c, d) in &self.ivf {
+            ivf_docs[cursor[c as usize] as usize] = d;
+            cursor[c as usize] += 1;
+        }
+        self.ivf = Vec::new();
+        files.insert(
+            IVF_OFFSETS.to_owned(),
+            write_array(&self.dir.join(IVF_OFFSETS), &ivf_offsets)?,
+        );
+        files.insert(
+            IVF_DOCS.to_owned(),
+            write_array(&self.dir.join(IVF_DOCS), &ivf_docs)?,
+        );
+        crate::io::sync_dir(&self.dir)?;
+        Ok(SegmentEntry {
+            name: self.name,
+            docs: (self.offsets.len() - 1) as u32,
+            tokens: *self.offsets.last().expect("non-empty"),
+            files,
+            deleted: Vec::new(),
+        })
+    }
+}
+
+/// A segment opened for reading: every file mapped and validated, so that
+/// accessors can index without further checks.
+#[derive(Debug)]
+pub struct Segment {
+    pub entry: SegmentEntry,
+    files: BTreeMap<&'static str, Mapped>,
+    live: Vec<bool>,
+    bytes_per_token: usize,
+}
+
+impl Segment {
+    /// Opens and validates the segment described by `entry` under `index_dir`.
+    pub fn open(
+        index_dir: &Path,
+        entry: &SegmentEntry,
+        num_centroids: usize,
+        bytes_per_token: usize,
+    ) -> Result<Self> {
+        let dir = index_dir.join(&entry.name);
+        let mut files = BTreeMap::new();
+        for name in SEGMENT_FILES {
+            let fe = entry.files.get(name).ok_or_else(|| {
+                IndexError::corrupt(&dir, format!("manifest lists no {name} for this segment"))
+            })?;
+            files.insert(name, Mapped::open(&dir.join(name), fe)?);
+        }
+        let seg = Self {
+            live: {
+                let mut live = vec![true; entry.docs as usize];
+                for &d in &entry.deleted {
+                    live[d as usize] = false; // bounds checked by Manifest::check
+                }
+                live
+            },
+            entry: entry.clone(),
+            files,
+            bytes_per_token,
+        };
+        seg.validate(num_centroids)?;
+        Ok(seg)
+    }
+
+    fn validate(&self, k: usize) -> Result<()> {
+        let docs = self.entry.docs as usize;
+        let tokens = self.entry.tokens;
+        let check_offsets = |name: &'static str, len: usize, end: u64| -> Result<()> {
+            let m = &self.files[name];
+            let v: &[u64] = m.slice()?;
+            if v.len() != len + 1 {
+                return Err(IndexError::corrupt(
+                    m.path(),
+                    format!("{} entries, expected {}", v.len(), len + 1),
+                ));
+            }
+            if v[0] != 0 || v[len] != end || v.windows(2).any(|w| w[0] > w[1]) {
+                return Err(IndexError::corrupt(
+                    m.path(),
+                    "offsets are not increasing from 0 to the file's end",
+                ));
+            }
+            Ok(())
+        };
+        check_offsets(OFFSETS, docs, tokens)?;
+        let codes: &[u32] = self.files[CODES].slice()?;
+        if codes.len() as u64 != tokens {
+            return Err(IndexError::corrupt(
+                self.files[CODES].path(),
+                format!("{} codes for {tokens} tokens", codes.len()),
+            ));
+        }
+        if let Some(c) = codes.iter().find(|&&c| c as usize >= k) {
+            return Err(IndexError::corrupt(
+                self.files[CODES].path(),
+                format!("centroid id {c} ≥ {k}"),
+            ));
+        }
+        let vec_bytes = self.files[VECTORS].bytes().len() as u64;
+        if vec_bytes != tokens * self.bytes_per_token as u64 {
+            return Err(IndexError::corrupt(
+                self.files[VECTORS].path(),
+                format!("{vec_bytes} bytes for {tokens} tokens"),
+            ));
+        }
+        let ivf_docs: &[u32] = self.files[IVF_DOCS].slice()?;
+        check_offsets(IVF_OFFSETS, k, ivf_docs.len() as u64)?;
+        if let Some(d) = ivf_docs.iter().find(|&&d| d as usize >= docs) {
+            return Err(IndexError::corrupt(
+                self.files[IVF_DOCS].path(),
+                format!("document id {d} ≥ {docs}"),
+            ));
+        }
+        check_offsets(IDS_OFFSETS, docs, self.files[IDS].bytes().len() as u64)?;
+        check_offsets(DOCS_OFFSETS, docs, self.files[DOCS].bytes().len() as u64)?;
+        for i in 0..docs {
+            let r = self.range(IDS_OFFSETS, i);
+            std::str::from_utf8(&self.files[IDS].bytes()[r]).map_err(|_| {
+                IndexError::corrupt(
+                    self.files[IDS].path(),
+                    format!("id of document {i} is not UTF-8"),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn u64s(&self, name: &str) -> &[u64] {
+        bytemuck::cast_slice(self.files[name].bytes())
+    }
+
+    fn range(&self, offsets: &str, i: usize) -> Range<usize> {
+        let o = self.u64s(offsets);
+        o[i] as usize..o[i + 1] as usize
+    }
+
+    pub fn name(&self) -> &str {
+        &self.entry.name
+    }
+
+    pub fn num_docs(&self) -> usize {
+        self.entry.docs as usize
+    }
+
+    pub fn is_live(&self, doc: u32) -> bool {
+        self.live[doc as usize]
+    }
+
+    /// Token positions of document `doc`.
+    pub fn token_range(&self, doc: u32) -> Range<usize> {
+        self.range(OFFSETS, doc as usize)
+    }
+
+    pub fn codes(&self) -> &[u32] {
+        bytemuck::cast_slice(self.files[CODES].bytes())
+    }
+
+    /// Encoded bytes of the tokens in `tokens`.
+    pub fn vector_bytes(&self, tokens: Range<usize>) -> &[u8] {
+        let b = self.bytes_per_token;
+        &self.files[VECTORS].bytes()[tokens.start * b..tokens.end * b]
+    }
+
+    /// Documents with at least one token in centroid `c`.
+    pub fn ivf_list(&self, c: usize) -> &[u32] {
+        let docs: &[u32] = bytemuck::cast_slice(self.files[IVF_DOCS].bytes());
+        &docs[self.range(IVF_OFFSETS, c)]
+    }
+
+    pub fn external_id(&self, doc: u32) -> &str {
+        let r = self.range(IDS_OFFSETS, doc as usize);
+        std::str::from_utf8(&self.files[IDS].bytes()[r]).unwrap_or("")
+    }
+
+    /// Stored `{title, text, metadata}` JSON of `doc`.
+    pub fn stored(&self, doc: u32) -> &[u8] {
+        &self.files[DOCS].bytes()[self.range(DOCS_OFFSETS, doc as usize)]
+    }
+
+    /// Paths and manifest entries of the segment's files, for `verify`.
+    pub fn file_entries(&self) -> impl Iterator<Item = (&Path, &FileEntry)> {
+        self.files
+            .iter()
+            .map(|(name, m)| (m.path(), &self.entry.files[*name]))
+    }
+}

@@ -1,0 +1,238 @@
+//! Changing a committed index: append documents (a new segment), delete
+//! documents (tombstones), compact (fold segments, drop tombstones).
+//!
+//! Every change takes the index's write lock (`write.lock`, an advisory
+//! file lock released even if the process dies), writes new immutable files,
+//! then atomically swaps `manifest.json`. Readers that opened the index
+//! before keep their snapshot; readers opened after see the change.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::builder::{encode_chunk, ChunkView, Document, StoredRef};
+use crate::error::{IndexError, Result};
+use crate::index::Index;
+use crate::manifest::{Manifest, MANIFEST};
+use crate::segment::SegmentWriter;
+
+/// An exclusive writer lock on an index directory.
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl WriteLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let path = dir.join("write.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| IndexError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(IndexError::Locked {
+                path,
+                message: "another process is writing this index".into(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(IndexError::io(&path, e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Removes files and folders of `dir` that `manifest` no longer references.
+/// Best effort: a failure only leaves garbage behind.
+pub(crate) fn collect_garbage(dir: &Path, manifest: &Manifest, _lock: &WriteLock) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let keep = name == MANIFEST
+            || name == "write.lock"
+            || name.starts_with('.')
+            || manifest.files.contains_key(&name)
+            || manifest.segments.iter().any(|s| s.name == name);
+        if !keep {
+            let p = e.path();
+            let r = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            if let Err(err) = r {
+                tracing::warn!(path = %p.display(), %err, "could not remove unreferenced index file");
+            }
+        }
+    }
+}
+
+/// Appends `docs` to the index at `dir` as one new segment, encoded with the
+/// index's centroids and codec. Duplicate ids (in the index or the batch)
+/// and dimension mismatches are rejected before anything is written.
+/// Returns the new generation.
+pub fn append(dir: &Path, docs: impl IntoIterator<Item = Document>) -> Result<u64> {
+    let lock = WriteLock::acquire(dir)?;
+    let index = Index::open(dir)?;
+    let m = index.manifest().clone();
+    let generation = m.generation + 1;
+    let name = format!("seg-g{generation}-0001");
+    let mut writer = SegmentWriter::create(dir, &name, m.num_centroids)?;
+    let result = (|| {
+        let dim = m.dim;
+        let in_dim = index.query_dim();
+        let mut seen = std::collections::HashSet::new();
+        let mut vectors = Vec::new();
+        let mut lens = Vec::new();
+        let mut stored = Vec::new();
+        let flush = |vectors: &mut Vec<f32>,
+                     lens: &mut Vec<u32>,
+                     stored: &mut Vec<(String, Vec<u8>)>,
+                     writer: &mut SegmentWriter| {
+            let view = ChunkView {
+                vectors,
+                lens,
+                docs: stored,
+            };
+            encode_chunk(&view, index.codec(), index.centroids(), dim, writer)?;
+            vectors.clear();
+            lens.clear();
+            stored.clear();
+            Ok::<(), IndexError>(())
+        };
+        for doc in docs {
+            let invalid = |m: &str| IndexError::InvalidDocument {
+                id: doc.id.clone(),
+                message: m.into(),
+            };
+            if doc.id.is_empty() {
+                return Err(invalid("empty id"));
+            }
+            if index.contains(&doc.id) || !seen.insert(doc.id.clone()) {
+                return Err(invalid("duplicate id"));
+            }
+            if doc.vectors.is_empty() {
+                return Err(invalid("no token vectors"));
+            }
+            if doc.vectors.dim() != in_dim {
+                return Err(invalid(&format!(
+                    "vectors are {}-dim, the index takes {in_dim}",
+                    doc.vectors.dim()
+                )));
+            }
+            if doc.vectors.as_slice().iter().any(|x| !x.is_finite()) {
+                return Err(invalid("non-finite vector value"));
+            }
+            let v = index.prepare(doc.vectors.as_slice());
+            lens.push((v.len() / dim) as u32);
+            vectors.extend_from_slice(&v);
+            let s = serde_json::to_vec(&StoredRef {
+                title: &doc.title,
+                text: &doc.text,
+                metadata: &doc.metadata,
+            })
+            .expect("stored document serialises");
+            stored.push((doc.id, s));
+            if vectors.len() >= 1 << 24 {
+                flush(&mut vectors, &mut lens, &mut stored, &mut writer)?;
+            }
+        }
+        if !lens.is_empty() {
+            flush(&mut vectors, &mut lens, &mut stored, &mut writer)?;
+        }
+        Ok(())
+    })();
+    let cleanup = |e| {
+        let _ = std::fs::remove_dir_all(dir.join(&name));
+        e
+    };
+    result.map_err(cleanup)?;
+    if writer.docs() == 0 {
+        let _ = std::fs::remove_dir_all(dir.join(&name));
+        return Ok(m.generation);
+    }
+    let segment = writer.finish().map_err(cleanup)?;
+    let mut next = m;
+    next.generation = generation;
+    next.segments.push(segment);
+    next.store(dir).map_err(cleanup)?;
+    drop(lock);
+    Ok(generation)
+}
+
+/// Deletes documents by external id. Returns the ids that were not found
+/// (already deleted or never indexed); the others are tombstoned in one
+/// commit.
+pub fn delete(dir: &Path, ids: &[&str]) -> Result<Vec<String>> {
+    let _lock = WriteLock::acquire(dir)?;
+    let index = Index::open(dir)?;
+    let mut m = index.manifest().clone();
+    let mut missing = Vec::new();
+    let mut changed = false;
+    for id in ids {
+        match index.locate(id) {
+            Some((seg, doc)) => {
+                let del = &mut m.segments[seg].deleted;
+                if let Err(pos) = del.binary_search(&doc) {
+                    del.insert(pos, doc);
+                    changed = true;
+                }
+            }
+            None => missing.push((*id).to_owned()),
+        }
+    }
+    if changed {
+        m.generation += 1;
+        m.store(dir)?;
+    }
+    Ok(missing)
+}
+
+/// Folds all segments into one, dropping deleted documents. Codes and
+/// encoded vectors are copied as they are (no re-encoding, no loss).
+/// Returns the new generation.
+pub fn compact(dir: &Path) -> Result<u64> {
+    let lock = WriteLock::acquire(dir)?;
+    let index = Index::open(dir)?;
+    let mut m = index.manifest().clone();
+    let generation = m.generation + 1;
+    let name = format!("seg-g{generation}-0001");
+    let mut writer = SegmentWriter::create(dir, &name, m.num_centroids)?;
+    let copy = (|| {
+        for seg in index.segments() {
+            for doc in 0..seg.num_docs() as u32 {
+                if !seg.is_live(doc) {
+                    continue;
+                }
+                let r = seg.token_range(doc);
+                writer.add(
+                    seg.external_id(doc),
+                    seg.stored(doc),
+                    &seg.codes()[r.clone()],
+                    seg.vector_bytes(r),
+                )?;
+            }
+        }
+        Ok::<(), IndexError>(())
+    })();
+    if let Err(e) = copy {
+        let _ = std::fs::remove_dir_all(dir.join(&name));
+        return Err(e);
+    }
+    let segment = writer.finish()?;
+    m.generation = generation;
+    m.segments = if segment.docs > 0 {
+        vec![segment]
+    } else {
+        Vec::new()
+    };
+    m.store(dir)?;
+    collect_garbage(dir, &m, &lock);
+    Ok(generation)
+}

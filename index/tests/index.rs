@@ -1,0 +1,451 @@
+//! End-to-end tests of the index: build, open, search, update, crash safety
+//! and damaged files.
+
+use std::path::Path;
+
+use tessera_index::synthetic::Synthetic;
+use tessera_index::*;
+
+fn small() -> Synthetic {
+    Synthetic {
+        dim: 32,
+        topics: 64,
+        min_len: 5,
+        max_len: 40,
+        noise: 0.5,
+        seed: 3,
+    }
+}
+
+fn build(dir: &Path, docs: Vec<Document>, opts: BuildOptions) -> BuildStats {
+    let mut b = IndexBuilder::create(dir, opts).unwrap();
+    for d in docs {
+        b.add(d).unwrap();
+    }
+    b.finish(&mut |_| {}).unwrap()
+}
+
+fn opts(codec: &str) -> BuildOptions {
+    BuildOptions {
+        codec: codec.parse().unwrap(),
+        ..BuildOptions::default()
+    }
+}
+
+fn exact(k: usize) -> SearchParams {
+    SearchParams {
+        k,
+        candidates: Candidates::Exhaustive,
+        ..SearchParams::default()
+    }
+}
+
+/// Brute-force MaxSim over the original vectors.
+fn brute(docs: &[Document], q: &TokenVectors, k: usize) -> Vec<(String, f32)> {
+    let mut s: Vec<(String, f32)> = docs
+        .iter()
+        .map(|d| (d.id.clone(), maxsim(q, &d.vectors).unwrap()))
+        .collect();
+    s.sort_by(|a, b| b.1.total_cmp(&a.1));
+    s.truncate(k);
+    s
+}
+
+fn recall(truth: &[Hit], got: &[Hit]) -> f64 {
+    let t: std::collections::HashSet<_> = truth.iter().map(|h| &h.id).collect();
+    got.iter().filter(|h| t.contains(&h.id)).count() as f64 / truth.len().max(1) as f64
+}
+
+#[test]
+fn f32_exhaustive_search_equals_brute_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    let docs = small().documents(0, 300);
+    let stats = build(&path, docs.clone(), opts("f32"));
+    assert_eq!((stats.docs, stats.dim), (300, 32));
+    let index = Index::open(&path).unwrap();
+    assert_eq!(index.num_docs(), 300);
+    for q in small().queries(300, 10) {
+        let want = brute(&docs, &q, 10);
+        let got = index.search(&q, &exact(10)).unwrap();
+        let got: Vec<(String, f32)> = got.into_iter().map(|h| (h.id, h.score)).collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g.1 - w.1).abs() < 1e-4, "{g:?} vs {w:?}");
+        }
+        assert_eq!(
+            got.iter().map(|g| &g.0).collect::<Vec<_>>(),
+            want.iter().map(|w| &w.0).collect::<Vec<_>>()
+        );
+    }
+    let d = index.document("doc7").unwrap();
+    assert_eq!(d.title, "Document 7");
+    assert_eq!(d.metadata["n"], 7);
+}
+
+#[test]
+fn every_codec_ranks_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = small().documents(0, 400);
+    let queries = small().queries(400, 20);
+    let f32_path = dir.path().join("f32");
+    build(&f32_path, docs.clone(), opts("f32"));
+    let reference = Index::open(&f32_path).unwrap();
+    for (codec, min_recall, max_bpt) in [
+        ("f16", 0.99, 4.0 + 64.0 + 1.0),
+        ("int8", 0.95, 4.0 + 36.0 + 1.0),
+        ("residual4", 0.85, 4.0 + 16.0 + 1.0),
+        ("residual2", 0.7, 4.0 + 8.0 + 1.0),
+        ("residual1", 0.5, 4.0 + 4.0 + 1.0),
+    ] {
+        let path = dir.path().join(codec);
+        let stats = build(&path, docs.clone(), opts(codec));
+        assert!(
+            stats.bytes_per_token <= max_bpt,
+            "{codec}: {} bytes/token",
+            stats.bytes_per_token
+        );
+        let index = Index::open(&path).unwrap();
+        let mut r = 0.0;
+        for q in &queries {
+            r += recall(
+                &reference.search(q, &exact(10)).unwrap(),
+                &index.search(q, &exact(10)).unwrap(),
+            );
+        }
+        r /= queries.len() as f64;
+        assert!(r >= min_recall, "{codec}: recall@10 {r}");
+    }
+}
+
+#[test]
+fn plaid_and_hnsw_find_what_exhaustive_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    build(&path, small().documents(0, 600), opts("residual2"));
+    let index = Index::open(&path).unwrap();
+    for cand in [Candidates::Plaid, Candidates::Hnsw] {
+        let p = SearchParams {
+            k: 10,
+            candidates: cand,
+            ..SearchParams::default()
+        };
+        let mut r = 0.0;
+        let qs = small().queries(600, 20);
+        for q in &qs {
+            r += recall(
+                &index.search(q, &exact(10)).unwrap(),
+                &index.search(q, &p).unwrap(),
+            );
+        }
+        r /= qs.len() as f64;
+        assert!(r >= 0.95, "{cand:?}: recall@10 {r}");
+    }
+    let batch = index
+        .search_batch(&small().queries(600, 4), &SearchParams::default())
+        .unwrap();
+    assert_eq!(batch.len(), 4);
+    assert!(batch.iter().all(|h| h.len() == 10));
+}
+
+#[test]
+fn spilling_chunks_gives_the_same_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = small().documents(0, 200);
+    let a = build(&dir.path().join("a"), docs.clone(), opts("residual2"));
+    let tiny_budget = BuildOptions {
+        memory_budget: 64 * 1024,
+        ..opts("residual2")
+    };
+    let b = build(&dir.path().join("b"), docs, tiny_budget);
+    assert_eq!(a.spilled_chunks, 0);
+    assert!(b.spilled_chunks > 3, "{}", b.spilled_chunks);
+    let (ia, ib) = (
+        Index::open(&dir.path().join("a")).unwrap(),
+        Index::open(&dir.path().join("b")).unwrap(),
+    );
+    assert_eq!(
+        ia.manifest().segments[0].files,
+        ib.manifest().segments[0].files,
+        "byte-identical segments"
+    );
+}
+
+#[test]
+fn metadata_filters_apply_before_ranking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    build(&path, small().documents(0, 300), opts("f16"));
+    let index = Index::open(&path).unwrap();
+    let q = &small().queries(300, 1)[0];
+    let even = Filter::Eq {
+        field: "parity".into(),
+        value: serde_json::json!("even"),
+    };
+    for cand in [Candidates::Exhaustive, Candidates::Plaid] {
+        let p = SearchParams {
+            k: 10,
+            candidates: cand,
+            filter: Some(even.clone()),
+            ..SearchParams::default()
+        };
+        let hits = index.search(q, &p).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(hits
+            .iter()
+            .all(|h| h.id[3..].parse::<u32>().unwrap() % 2 == 0));
+        // Very selective: only 3 documents pass; all three come back.
+        let f = Filter::Range {
+            field: "n".into(),
+            gte: Some(10.0),
+            lt: Some(13.0),
+            gt: None,
+            lte: None,
+        };
+        let p = SearchParams {
+            filter: Some(f),
+            ..p
+        };
+        let mut ids: Vec<String> = index
+            .search(q, &p)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["doc10", "doc11", "doc12"]);
+    }
+}
+
+#[test]
+fn reduction_is_recorded_and_applied_to_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    // Keep the first 16 of 32 dimensions.
+    let mut m = vec![0.0f32; 16 * 32];
+    for i in 0..16 {
+        m[i * 32 + i] = 1.0;
+    }
+    let r = Reduction::new(32, 16, m, None).unwrap();
+    let o = BuildOptions {
+        reduction: Some(r),
+        ..opts("f32")
+    };
+    let stats = build(&path, small().documents(0, 100), o);
+    assert_eq!(stats.dim, 16);
+    let index = Index::open(&path).unwrap();
+    assert_eq!((index.dim(), index.query_dim()), (16, 32));
+    assert!(index.manifest().reduction.is_some());
+    let q = &small().queries(100, 1)[0];
+    assert_eq!(index.search(q, &exact(5)).unwrap().len(), 5);
+    let wrong = TokenVectors::new(16, vec![0.1; 16]).unwrap();
+    assert!(matches!(
+        index.search(&wrong, &exact(5)),
+        Err(IndexError::DimMismatch { .. })
+    ));
+}
+
+#[test]
+fn bad_documents_are_rejected_without_side_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = IndexBuilder::create(&dir.path().join("idx"), opts("f32")).unwrap();
+    let mut docs = small().documents(0, 2);
+    b.add(docs[0].clone()).unwrap();
+    let e = b.add(docs[0].clone()).unwrap_err();
+    assert!(e.to_string().contains("duplicate id"), "{e}");
+    docs[1].vectors = TokenVectors::new(32, vec![]).unwrap();
+    assert!(b
+        .add(docs[1].clone())
+        .unwrap_err()
+        .to_string()
+        .contains("no token vectors"));
+    let mut d = small().documents(5, 1).remove(0);
+    d.vectors = TokenVectors::new(16, vec![0.5; 32]).unwrap();
+    assert!(b.add(d).unwrap_err().to_string().contains("16-dim"));
+    let mut d = small().documents(6, 1).remove(0);
+    d.vectors = TokenVectors::new(32, vec![f32::NAN; 32]).unwrap();
+    assert!(b.add(d).unwrap_err().to_string().contains("non-finite"));
+    assert_eq!(b.docs(), 1);
+    let stats = b.finish(&mut |_| {}).unwrap();
+    assert_eq!(stats.docs, 1);
+}
+
+#[test]
+fn append_delete_compact_with_snapshot_isolation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    let syn = small();
+    build(&path, syn.documents(0, 100), opts("residual2"));
+    let before = Index::open(&path).unwrap();
+
+    let g = append(&path, syn.documents(100, 50)).unwrap();
+    assert_eq!(g, 2);
+    let missing = delete(&path, &["doc3", "doc120", "nope"]).unwrap();
+    assert_eq!(missing, ["nope"]);
+    let after = Index::open(&path).unwrap();
+    assert_eq!(after.num_docs(), 148);
+    assert!(!after.contains("doc3") && after.contains("doc149"));
+    // The old snapshot is untouched.
+    assert_eq!(before.num_docs(), 100);
+    assert!(before.contains("doc3"));
+
+    // Duplicate ids are refused, nothing is committed.
+    let e = append(&path, syn.documents(10, 1)).unwrap_err();
+    assert!(e.to_string().contains("duplicate id"), "{e}");
+    assert_eq!(Index::open(&path).unwrap().manifest().generation, 3);
+
+    // Deleted documents never come back from search.
+    let q = &syn.queries(150, 1)[0];
+    let all = SearchParams {
+        k: 200,
+        candidates: Candidates::Exhaustive,
+        ..SearchParams::default()
+    };
+    let hits = after.search(q, &all).unwrap();
+    assert_eq!(hits.len(), 148);
+    assert!(hits.iter().all(|h| h.id != "doc3" && h.id != "doc120"));
+
+    let scores_before: Vec<(String, f32)> = hits.iter().map(|h| (h.id.clone(), h.score)).collect();
+    compact(&path).unwrap();
+    let compacted = Index::open(&path).unwrap();
+    assert_eq!(compacted.segments().len(), 1);
+    assert_eq!(compacted.manifest().segments[0].deleted.len(), 0);
+    let scores_after: Vec<(String, f32)> = compacted
+        .search(q, &all)
+        .unwrap()
+        .into_iter()
+        .map(|h| (h.id, h.score))
+        .collect();
+    assert_eq!(
+        scores_before, scores_after,
+        "compaction copies codes losslessly"
+    );
+    // Old segment folders are gone; the earlier snapshot still reads (its
+    // files stay mapped).
+    let names: Vec<String> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("seg-")).count(),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(before.search(q, &exact(3)).unwrap().len(), 3);
+    assert!(compacted.verify().is_ok());
+}
+
+#[test]
+fn rebuild_over_an_existing_index_needs_overwrite_and_is_atomic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    build(&path, small().documents(0, 50), opts("f32"));
+    let old = Index::open(&path).unwrap();
+    let e = IndexBuilder::create(&path, opts("f32")).unwrap_err();
+    assert!(e.to_string().contains("exists already"), "{e}");
+    build(
+        &path,
+        small().documents(1000, 20),
+        BuildOptions {
+            overwrite: true,
+            ..opts("int8")
+        },
+    );
+    let new = Index::open(&path).unwrap();
+    assert_eq!(new.num_docs(), 20);
+    assert_eq!(new.manifest().codec, CodecKind::Int8);
+    assert_eq!(old.num_docs(), 50);
+    assert!(new.verify().is_ok());
+    // A folder that is not an index is never overwritten.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), "x").unwrap();
+    assert!(IndexBuilder::create(
+        &other,
+        BuildOptions {
+            overwrite: true,
+            ..opts("f32")
+        }
+    )
+    .is_err());
+    assert!(other.join("keep.txt").exists());
+}
+
+#[test]
+fn abandoned_build_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    {
+        let mut b = IndexBuilder::create(&path, opts("f32")).unwrap();
+        for d in small().documents(0, 10) {
+            b.add(d).unwrap();
+        }
+    } // dropped without finish
+    assert!(!path.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "staging folder removed"
+    );
+}
+
+#[test]
+fn damaged_files_are_reported_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    build(&path, small().documents(0, 50), opts("residual2"));
+    let seg = Index::open(&path).unwrap().manifest().segments[0]
+        .name
+        .clone();
+    let codes = path.join(&seg).join("codes.u32");
+    let orig = std::fs::read(&codes).unwrap();
+
+    // Truncated.
+    std::fs::write(&codes, &orig[..orig.len() - 4]).unwrap();
+    let e = Index::open(&path).unwrap_err().to_string();
+    assert!(e.contains("codes.u32") && e.contains("size"), "{e}");
+
+    // Same size, out-of-range centroid id.
+    let mut bad = orig.clone();
+    bad[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&codes, &bad).unwrap();
+    let e = Index::open(&path).unwrap_err().to_string();
+    assert!(e.contains("codes.u32") && e.contains("centroid id"), "{e}");
+
+    // Same size, valid ids, different bytes: open works, verify catches it.
+    let mut flipped = orig.clone();
+    flipped[0..4]
+        .copy_from_slice(&(u32::from_le_bytes(orig[0..4].try_into().unwrap()) ^ 1).to_le_bytes());
+    std::fs::write(&codes, &flipped).unwrap();
+    if let Ok(ix) = Index::open(&path) {
+        let e = ix.verify().unwrap_err();
+        assert!(matches!(e, IndexError::Checksum { .. }), "{e}");
+    }
+    std::fs::write(&codes, &orig).unwrap();
+
+    // Missing file, foreign manifest, future version.
+    std::fs::rename(path.join(&seg).join("ids.bin"), dir.path().join("ids.bin")).unwrap();
+    assert!(Index::open(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("ids.bin: missing file"));
+    std::fs::rename(dir.path().join("ids.bin"), path.join(&seg).join("ids.bin")).unwrap();
+    let manifest = std::fs::read_to_string(path.join("manifest.json")).unwrap();
+    std::fs::write(
+        path.join("manifest.json"),
+        manifest.replace("\"version\": 1", "\"version\": 99"),
+    )
+    .unwrap();
+    assert!(Index::open(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("version 99 is not supported"));
+    std::fs::write(path.join("manifest.json"), "{\"hello\": 1}").unwrap();
+    assert!(Index::open(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("manifest.json: invalid manifest"));
+    assert!(Index::open(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("not a Tessera index"));
+}
