@@ -175,7 +175,10 @@ impl IndexBuilder {
                 )));
             }
             let lock = WriteLock::acquire(out)?;
-            existing = Some((Manifest::load(out)?, lock));
+            let manifest = Manifest::load(out)?;
+            // Files of an earlier writer that died before its commit.
+            collect_garbage(out, &manifest, &lock);
+            existing = Some((manifest, lock));
         } else if out.exists() {
             let empty = std::fs::read_dir(out)
                 .map_err(|e| IndexError::io(out, e))?
@@ -188,6 +191,7 @@ impl IndexBuilder {
                 )));
             }
         }
+        remove_stale_staging(parent, name);
         let staging = parent.join(format!(
             ".{name}.building-{}-{}",
             std::process::id(),
@@ -361,8 +365,9 @@ impl IndexBuilder {
             .unwrap_or_else(|| kmeans::default_num_centroids(total as usize))
             .clamp(1, (total as usize).min(crate::manifest::MAX_CENTROIDS));
         let sample_n = self.reservoir.len() / dim;
-        let want = (k * 8)
-            .max(self.opts.max_sample_tokens.min(sample_n))
+        // About 16 tokens per centroid, within the reservoir's size.
+        let want = (k * 16)
+            .clamp(4096, self.opts.max_sample_tokens.max(4096))
             .min(sample_n);
         let sample = &self.reservoir[..want * dim];
         let unit = sample
@@ -665,6 +670,26 @@ fn read_chunk(path: &Path, dim: usize) -> Result<Chunk> {
         docs,
         bytes: 0,
     })
+}
+
+/// Removes staging folders of builds of `name` whose process is gone (killed
+/// builds leave them behind; they never open as an index).
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.building-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            tracing::info!(path = %e.path().display(), "removing staging folder of a killed build");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn nanos() -> u128 {

@@ -79,7 +79,7 @@ impl CodecKind {
                     "residual codec needs nbits 1, 2 or 4, got {nbits}"
                 )));
             }
-            if dim * nbits as usize % 8 != 0 {
+            if !(dim * nbits as usize).is_multiple_of(8) {
                 return Err(IndexError::InvalidParameter(format!(
                     "residual{nbits} needs dim·nbits to be a multiple of 8 (dim {dim})"
                 )));

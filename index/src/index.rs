@@ -312,7 +312,7 @@ impl Index {
         }
         for seg in &self.segments {
             for (path, entry) in seg.file_entries() {
-                check(path, entry)?;
+                check(&path, entry)?;
             }
         }
         Ok(VerifyReport { files, bytes })

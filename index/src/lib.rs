@@ -13,6 +13,8 @@
 //!   manifest swap.
 //! * [`codec`]: f32, f16, int8 and PLAID residual codecs; [`kmeans`];
 //!   [`reduction`]; [`maxsim`] kernels.
+//! * [`text`]: the per-segment tantivy index (stored fields, BM25);
+//!   [`search::rrf`] fuses rankings.
 //! * [`manifest`], [`segment`], [`io`]: the on-disk format (`index/FORMAT.md`).
 
 pub mod builder;
@@ -29,6 +31,7 @@ pub mod reduction;
 pub mod search;
 pub mod segment;
 pub mod synthetic;
+pub mod text;
 pub mod vectors;
 pub mod writer;
 

@@ -139,7 +139,8 @@ impl Manifest {
                 ));
             }
             for f in s.files.keys() {
-                if !safe_name(f) {
+                let plain = f.strip_prefix("text/").unwrap_or(f);
+                if !safe_name(plain) {
                     return bad(format!("segment {}: bad file name {f:?}", s.name));
                 }
             }

@@ -57,7 +57,7 @@ pub struct SearchParams {
     /// Centroids whose best query-token score is below this are ignored in
     /// approximate scoring.
     pub centroid_threshold: f32,
-    /// Documents re-ranked exactly (at least `k`).
+    /// Documents re-ranked exactly (at least `4·k`).
     pub n_candidates: usize,
     /// HNSW search breadth.
     pub hnsw_ef: usize,
@@ -71,7 +71,7 @@ impl Default for SearchParams {
             candidates: Candidates::Plaid,
             n_probe: 4,
             centroid_threshold: 0.4,
-            n_candidates: 256,
+            n_candidates: 64,
             hnsw_ef: 64,
             filter: None,
         }
@@ -229,19 +229,11 @@ impl Index {
             })
             .collect();
         top_k(&mut scored, k);
-        scored
-            .into_iter()
-            .map(|(score, segment, doc)| Hit {
-                id: self.segments()[segment].external_id(doc).to_owned(),
-                score,
-                segment,
-                doc,
-            })
-            .collect()
+        self.hits(scored)
     }
 
     fn search_ivf(&self, q: &[f32], p: &SearchParams, allowed: Option<&Allowed>) -> Vec<Hit> {
-        let n_candidates = p.n_candidates.max(p.k);
+        let n_candidates = p.n_candidates.max(4 * p.k);
         if let Some(a) = allowed {
             let passing: usize = a.iter().map(|s| s.iter().filter(|&&x| x).count()).sum();
             if passing <= n_candidates {
@@ -338,6 +330,97 @@ impl Index {
         top_k(&mut approx, n_candidates);
         self.rank_exact(q, approx.into_iter().map(|(_, s, d)| (s, d)).collect(), p.k)
     }
+}
+
+impl Index {
+    /// BM25 top `k` for free text `query` over titles and texts (tantivy),
+    /// filtered before ranking.
+    pub fn search_text(&self, query: &str, k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>> {
+        if k == 0 {
+            return Err(IndexError::InvalidParameter("k must be at least 1".into()));
+        }
+        if let Some(f) = filter {
+            f.validate()?;
+        }
+        let allowed = self.allowed(filter);
+        let mut all: Vec<(f32, usize, u32)> = Vec::new();
+        for (si, seg) in self.segments().iter().enumerate() {
+            let mask = match &allowed {
+                Some(a) => Some(std::sync::Arc::new(a[si].clone())),
+                None if !seg.entry.deleted.is_empty() => Some(std::sync::Arc::new(
+                    (0..seg.num_docs() as u32).map(|d| seg.is_live(d)).collect(),
+                )),
+                None => None,
+            };
+            for (doc, score) in seg.text().search(query, k, mask)? {
+                if (doc as usize) < seg.num_docs() && seg.is_live(doc) {
+                    all.push((score, si, doc));
+                }
+            }
+        }
+        top_k(&mut all, k);
+        Ok(self.hits(all))
+    }
+
+    /// Reciprocal-rank fusion of MaxSim (`p.candidates`) and BM25 rankings,
+    /// each taken to depth `max(k, 100)`.
+    pub fn search_hybrid(
+        &self,
+        query: &TokenVectors,
+        text: &str,
+        p: &SearchParams,
+    ) -> Result<Vec<Hit>> {
+        let depth = p.k.max(100);
+        let dense = self.search(
+            query,
+            &SearchParams {
+                k: depth,
+                ..p.clone()
+            },
+        )?;
+        let sparse = self.search_text(text, depth, p.filter.as_ref())?;
+        Ok(rrf(&[dense, sparse], p.k, RRF_K))
+    }
+
+    fn hits(&self, scored: Vec<(f32, usize, u32)>) -> Vec<Hit> {
+        scored
+            .into_iter()
+            .map(|(score, segment, doc)| Hit {
+                id: self.segments()[segment].external_id(doc).to_owned(),
+                score,
+                segment,
+                doc,
+            })
+            .collect()
+    }
+}
+
+/// The usual RRF constant (Cormack et al., 2009).
+pub const RRF_K: f32 = 60.0;
+
+/// Reciprocal-rank fusion: each document scores `Σ 1 / (c + rank)` over the
+/// lists it appears in (rank from 1). Ties keep the first list's order.
+pub fn rrf(lists: &[Vec<Hit>], k: usize, c: f32) -> Vec<Hit> {
+    let mut fused: Vec<Hit> = Vec::new();
+    let mut pos: std::collections::HashMap<(usize, u32), usize> = std::collections::HashMap::new();
+    for list in lists {
+        for (rank, h) in list.iter().enumerate() {
+            let add = 1.0 / (c + rank as f32 + 1.0);
+            match pos.get(&(h.segment, h.doc)) {
+                Some(&i) => fused[i].score += add,
+                None => {
+                    pos.insert((h.segment, h.doc), fused.len());
+                    fused.push(Hit {
+                        score: add,
+                        ..h.clone()
+                    });
+                }
+            }
+        }
+    }
+    fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+    fused.truncate(k);
+    fused
 }
 
 impl CentroidGraph {

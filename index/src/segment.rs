@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{IndexError, Result};
 use crate::io::{write_array, ArrayWriter, FileEntry, Mapped};
 use crate::manifest::SegmentEntry;
+use crate::text::{TextReader, TextWriter, TEXT_DIR};
 
 const OFFSETS: &str = "offsets.u64";
 const CODES: &str = "codes.u32";
@@ -57,13 +58,15 @@ pub struct SegmentWriter {
     /// `(centroid, local doc)` pairs, one per distinct centroid of a doc.
     ivf: Vec<(u32, u32)>,
     scratch: Vec<u32>,
+    text: TextWriter,
 }
 
 impl SegmentWriter {
     /// Creates `parent/name/` and its files.
     pub fn create(parent: &Path, name: &str, num_centroids: usize) -> Result<Self> {
         let dir = parent.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
+        // A fresh folder: never mix with files of an earlier attempt.
+        std::fs::create_dir(&dir).map_err(|e| IndexError::io(&dir, e))?;
         Ok(Self {
             codes: ArrayWriter::create(&dir.join(CODES))?,
             vectors: ArrayWriter::create(&dir.join(VECTORS))?,
@@ -74,6 +77,7 @@ impl SegmentWriter {
             docs_offsets: vec![0],
             ivf: Vec::new(),
             scratch: Vec::new(),
+            text: TextWriter::create(&dir)?,
             dir,
             name: name.to_owned(),
             num_centroids,
@@ -94,6 +98,7 @@ impl SegmentWriter {
         vector_bytes: &[u8],
     ) -> Result<()> {
         let local = self.docs() as u32;
+        self.text.add(local, id, stored)?;
         self.codes.write(codes)?;
         self.vectors.write_bytes(vector_bytes)?;
         self.ids.write_bytes(id.as_bytes())?;
@@ -148,6 +153,7 @@ impl SegmentWriter {
             cursor[c as usize] += 1;
         }
         self.ivf = Vec::new();
+        files.extend(self.text.finish()?);
         files.insert(
             IVF_OFFSETS.to_owned(),
             write_array(&self.dir.join(IVF_OFFSETS), &ivf_offsets)?,
@@ -175,6 +181,8 @@ pub struct Segment {
     files: BTreeMap<&'static str, Mapped>,
     live: Vec<bool>,
     bytes_per_token: usize,
+    text: Option<TextReader>,
+    dir: PathBuf,
 }
 
 impl Segment {
@@ -193,19 +201,45 @@ impl Segment {
             })?;
             files.insert(name, Mapped::open(&dir.join(name), fe)?);
         }
-        let seg = Self {
-            live: {
-                let mut live = vec![true; entry.docs as usize];
-                for &d in &entry.deleted {
-                    live[d as usize] = false; // bounds checked by Manifest::check
-                }
-                live
-            },
+        let mut seg = Self {
+            live: Vec::new(),
             entry: entry.clone(),
             files,
             bytes_per_token,
+            text: None,
+            dir: dir.clone(),
         };
+        // Validate against the files before allocating anything sized by
+        // the manifest's counts.
         seg.validate(num_centroids)?;
+        let text_files = entry
+            .files
+            .keys()
+            .filter(|k| k.starts_with("text/"))
+            .count();
+        if text_files == 0 {
+            return Err(IndexError::corrupt(
+                dir.join(TEXT_DIR),
+                "manifest lists no text index files",
+            ));
+        }
+        for (name, fe) in entry.files.iter().filter(|(k, _)| k.starts_with("text/")) {
+            let path = dir.join(name);
+            let len = std::fs::metadata(&path)
+                .map_err(|_| IndexError::corrupt(&path, "missing file"))?
+                .len();
+            if len != fe.bytes {
+                return Err(IndexError::corrupt(
+                    &path,
+                    format!("size is {len} bytes, manifest says {}", fe.bytes),
+                ));
+            }
+        }
+        seg.text = Some(TextReader::open(&dir, entry.docs)?);
+        seg.live = vec![true; entry.docs as usize];
+        for &d in &entry.deleted {
+            seg.live[d as usize] = false; // d < docs: checked by Manifest::check
+        }
         Ok(seg)
     }
 
@@ -244,7 +278,7 @@ impl Segment {
             ));
         }
         let vec_bytes = self.files[VECTORS].bytes().len() as u64;
-        if vec_bytes != tokens * self.bytes_per_token as u64 {
+        if Some(vec_bytes) != tokens.checked_mul(self.bytes_per_token as u64) {
             return Err(IndexError::corrupt(
                 self.files[VECTORS].path(),
                 format!("{vec_bytes} bytes for {tokens} tokens"),
@@ -324,10 +358,17 @@ impl Segment {
         &self.files[DOCS].bytes()[self.range(DOCS_OFFSETS, doc as usize)]
     }
 
-    /// Paths and manifest entries of the segment's files, for `verify`.
-    pub fn file_entries(&self) -> impl Iterator<Item = (&Path, &FileEntry)> {
-        self.files
+    /// The segment's tantivy index.
+    pub fn text(&self) -> &TextReader {
+        self.text.as_ref().expect("set by Segment::open")
+    }
+
+    /// Paths and manifest entries of all the segment's files, for `verify`.
+    pub fn file_entries(&self) -> Vec<(PathBuf, &FileEntry)> {
+        self.entry
+            .files
             .iter()
-            .map(|(name, m)| (m.path(), &self.entry.files[*name]))
+            .map(|(name, fe)| (self.dir.join(name), fe))
+            .collect()
     }
 }

@@ -37,11 +37,25 @@ impl Default for Synthetic {
 }
 
 impl Synthetic {
+    /// Topic centres, in families of 16 around shared parents, so that
+    /// document similarity decays gradually rather than in one step.
     fn centres(&self) -> Vec<f32> {
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut c = Vec::with_capacity(self.topics * self.dim);
-        for _ in 0..self.topics {
-            let mut v: Vec<f32> = (0..self.dim).map(|_| gauss(&mut rng)).collect();
+        let d = self.dim;
+        let parents: Vec<Vec<f32>> = (0..self.topics.div_ceil(16))
+            .map(|_| {
+                let mut v: Vec<f32> = (0..d).map(|_| gauss(&mut rng)).collect();
+                normalise(&mut v);
+                v
+            })
+            .collect();
+        let mut c = Vec::with_capacity(self.topics * d);
+        for t in 0..self.topics {
+            let p = &parents[t / 16];
+            let mut v: Vec<f32> = p
+                .iter()
+                .map(|x| x + 0.8 * gauss(&mut rng) / (d as f32).sqrt())
+                .collect();
             normalise(&mut v);
             c.extend(v);
         }

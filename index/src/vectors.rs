@@ -16,7 +16,7 @@ impl TokenVectors {
         if dim == 0 {
             return Err(IndexError::ZeroDim);
         }
-        if data.len() % dim != 0 {
+        if !data.len().is_multiple_of(dim) {
             return Err(IndexError::Ragged {
                 len: data.len(),
                 dim,

@@ -81,6 +81,7 @@ pub fn append(dir: &Path, docs: impl IntoIterator<Item = Document>) -> Result<u6
     let lock = WriteLock::acquire(dir)?;
     let index = Index::open(dir)?;
     let m = index.manifest().clone();
+    collect_garbage(dir, &m, &lock);
     let generation = m.generation + 1;
     let name = format!("seg-g{generation}-0001");
     let mut writer = SegmentWriter::create(dir, &name, m.num_centroids)?;
@@ -201,6 +202,7 @@ pub fn compact(dir: &Path) -> Result<u64> {
     let lock = WriteLock::acquire(dir)?;
     let index = Index::open(dir)?;
     let mut m = index.manifest().clone();
+    collect_garbage(dir, &m, &lock);
     let generation = m.generation + 1;
     let name = format!("seg-g{generation}-0001");
     let mut writer = SegmentWriter::create(dir, &name, m.num_centroids)?;

@@ -1,0 +1,238 @@
+//! Index benchmark on clustered synthetic token vectors (fixed seed):
+//! per codec, build time and tokens/s, bytes per token, peak RSS; per
+//! candidate generator, single-query latency p50/p99 (one thread and all
+//! threads), batch queries/s, recall@10 and recall@100 against exhaustive
+//! search on the same index, and the codec's recall@10 against f32.
+//!
+//! ```text
+//! cargo bench -p tessera-index --bench index -- --tokens 1000000 \
+//!     [--codecs f32,f16,int8,residual1,residual2,residual4] [--generators exhaustive,plaid,hnsw]
+//!     [--queries 100] [--dim 128] [--dir PATH] [--budget-mb 1024] [--n-probe 4] [--n-candidates 256]
+//! ```
+//! Prints one JSON line per (codec, generator) and a Markdown table.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tessera_index::synthetic::Synthetic;
+use tessera_index::*;
+
+struct Args {
+    tokens: usize,
+    codecs: Vec<String>,
+    generators: Vec<String>,
+    queries: usize,
+    dim: usize,
+    dir: PathBuf,
+    budget_mb: usize,
+    n_probe: usize,
+    n_candidates: usize,
+    threshold: f32,
+    keep: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        tokens: 1_000_000,
+        codecs: vec![
+            "f32".into(),
+            "f16".into(),
+            "int8".into(),
+            "residual1".into(),
+            "residual2".into(),
+            "residual4".into(),
+        ],
+        generators: vec!["exhaustive".into(), "plaid".into(), "hnsw".into()],
+        queries: 100,
+        dim: 128,
+        dir: std::env::temp_dir().join("tessera-bench-index"),
+        budget_mb: 1024,
+        n_probe: SearchParams::default().n_probe,
+        n_candidates: SearchParams::default().n_candidates,
+        threshold: SearchParams::default().centroid_threshold,
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut v = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--tokens" => a.tokens = v().parse().unwrap(),
+            "--codecs" => a.codecs = v().split(',').map(String::from).collect(),
+            "--generators" => a.generators = v().split(',').map(String::from).collect(),
+            "--queries" => a.queries = v().parse().unwrap(),
+            "--dim" => a.dim = v().parse().unwrap(),
+            "--dir" => a.dir = v().into(),
+            "--budget-mb" => a.budget_mb = v().parse().unwrap(),
+            "--n-probe" => a.n_probe = v().parse().unwrap(),
+            "--n-candidates" => a.n_candidates = v().parse().unwrap(),
+            "--threshold" => a.threshold = v().parse().unwrap(),
+            "--keep" => a.keep = true,
+            "--bench" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    a
+}
+
+fn rss_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn recall(truth: &[Hit], got: &[Hit], k: usize) -> f64 {
+    let t: std::collections::HashSet<&str> = truth.iter().take(k).map(|h| h.id.as_str()).collect();
+    got.iter()
+        .take(k)
+        .filter(|h| t.contains(h.id.as_str()))
+        .count() as f64
+        / t.len().max(1) as f64
+}
+
+fn main() {
+    let a = args();
+    let syn = Synthetic {
+        dim: a.dim,
+        topics: (a.tokens / 1000).max(1024),
+        ..Synthetic::default()
+    };
+    let threads = rayon::current_num_threads();
+    std::fs::create_dir_all(&a.dir).unwrap();
+    // Documents are generated in batches outside the timed region.
+    let batch = 2000;
+    let mut f32_truth: Option<Vec<Vec<Hit>>> = None;
+    let mut rows = Vec::new();
+    for codec in &a.codecs {
+        let path = a.dir.join(format!("idx-{codec}-{}", a.tokens));
+        let _ = std::fs::remove_dir_all(&path);
+        let opts = BuildOptions {
+            codec: codec.parse().unwrap(),
+            memory_budget: a.budget_mb << 20,
+            ..BuildOptions::default()
+        };
+        let mut b = IndexBuilder::create(&path, opts).unwrap();
+        let mut build_secs = 0.0;
+        let mut next = 0;
+        while (b.tokens() as usize) < a.tokens {
+            let docs = syn.documents(next, batch);
+            next += batch;
+            let t = Instant::now();
+            for d in docs {
+                if b.tokens() as usize >= a.tokens {
+                    break;
+                }
+                b.add(d).unwrap();
+            }
+            build_secs += t.elapsed().as_secs_f64();
+        }
+        let n_docs = b.docs() as usize;
+        let t = Instant::now();
+        let stats = b.finish(&mut |_| {}).unwrap();
+        build_secs += t.elapsed().as_secs_f64();
+        let build_rss = rss_mib("VmHWM:");
+
+        let index = Index::open(&path).unwrap();
+        let queries = syn.queries(n_docs, a.queries);
+        let exact = SearchParams {
+            k: 100,
+            candidates: Candidates::Exhaustive,
+            ..SearchParams::default()
+        };
+        let truth: Vec<Vec<Hit>> = queries
+            .iter()
+            .map(|q| index.search(q, &exact).unwrap())
+            .collect();
+        if f32_truth.is_none() && codec == "f32" {
+            f32_truth = Some(truth.clone());
+        }
+        let codec_recall = f32_truth.as_ref().map(|t| {
+            t.iter()
+                .zip(&truth)
+                .map(|(a, b)| recall(a, b, 10))
+                .sum::<f64>()
+                / queries.len() as f64
+        });
+
+        for gen in &a.generators {
+            let p = SearchParams {
+                k: 100,
+                candidates: gen.parse().unwrap(),
+                n_probe: a.n_probe,
+                n_candidates: a.n_candidates,
+                centroid_threshold: a.threshold,
+                ..SearchParams::default()
+            };
+            let p10 = SearchParams { k: 10, ..p.clone() };
+            // Warm-up (and HNSW graph construction).
+            index.search(&queries[0], &p10).unwrap();
+            let mut lat_all = Vec::new();
+            let mut r10 = 0.0;
+            let mut r100 = 0.0;
+            for (q, t) in queries.iter().zip(&truth) {
+                let s = Instant::now();
+                let hits = index.search(q, &p10).unwrap();
+                lat_all.push(s.elapsed().as_secs_f64() * 1e3);
+                r10 += recall(t, &hits, 10);
+                r100 += recall(t, &index.search(q, &p).unwrap(), 100);
+            }
+            let one = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let mut lat_one: Vec<f64> = one.install(|| {
+                queries
+                    .iter()
+                    .map(|q| {
+                        let s = Instant::now();
+                        index.search(q, &p10).unwrap();
+                        s.elapsed().as_secs_f64() * 1e3
+                    })
+                    .collect()
+            });
+            let s = Instant::now();
+            index.search_batch(&queries, &p10).unwrap();
+            let qps = queries.len() as f64 / s.elapsed().as_secs_f64();
+            let n = queries.len() as f64;
+            let row = serde_json::json!({
+                "tokens": stats.tokens, "docs": stats.docs, "dim": a.dim, "centroids": stats.num_centroids,
+                "codec": codec, "generator": gen, "threads": threads,
+                "build_s": build_secs, "build_tokens_per_s": stats.tokens as f64 / build_secs,
+                "bytes_per_token": stats.bytes_per_token,
+                "p50_ms_all": percentile(&mut lat_all, 0.5), "p99_ms_all": percentile(&mut lat_all, 0.99),
+                "p50_ms_1t": percentile(&mut lat_one, 0.5), "p99_ms_1t": percentile(&mut lat_one, 0.99),
+                "qps_batch": qps, "recall10": r10 / n, "recall100": r100 / n,
+                "codec_recall10_vs_f32": codec_recall,
+                "build_peak_rss_mib": build_rss, "rss_mib": rss_mib("VmRSS:"),
+            });
+            println!("{row}");
+            rows.push(row);
+        }
+        drop(index);
+        if !a.keep {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+    println!();
+    println!("| tokens | codec | generator | build s | build tok/s | B/token | p50 ms (all) | p99 ms (all) | p50 ms (1 thr) | p99 ms (1 thr) | QPS batch | R@10 | R@100 | codec R@10 vs f32 | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} | {} | {:.0} |",
+            r["tokens"], r["codec"].as_str().unwrap(), r["generator"].as_str().unwrap(),
+            f("build_s"), f("build_tokens_per_s"), f("bytes_per_token"),
+            f("p50_ms_all"), f("p99_ms_all"), f("p50_ms_1t"), f("p99_ms_1t"), f("qps_batch"),
+            f("recall10"), f("recall100"),
+            r["codec_recall10_vs_f32"].as_f64().map_or("–".into(), |x| format!("{x:.3}")),
+            f("build_peak_rss_mib"),
+        );
+    }
+}
