@@ -25,8 +25,8 @@ struct Args {
     dim: usize,
     dir: PathBuf,
     budget_mb: usize,
-    n_probe: usize,
-    n_candidates: usize,
+    n_probe: Vec<usize>,
+    n_candidates: Vec<usize>,
     threshold: f32,
     keep: bool,
 }
@@ -47,8 +47,8 @@ fn args() -> Args {
         dim: 128,
         dir: std::env::temp_dir().join("tessera-bench-index"),
         budget_mb: 1024,
-        n_probe: SearchParams::default().n_probe,
-        n_candidates: SearchParams::default().n_candidates,
+        n_probe: vec![SearchParams::default().n_probe],
+        n_candidates: vec![SearchParams::default().n_candidates],
         threshold: SearchParams::default().centroid_threshold,
         keep: false,
     };
@@ -63,8 +63,10 @@ fn args() -> Args {
             "--dim" => a.dim = v().parse().unwrap(),
             "--dir" => a.dir = v().into(),
             "--budget-mb" => a.budget_mb = v().parse().unwrap(),
-            "--n-probe" => a.n_probe = v().parse().unwrap(),
-            "--n-candidates" => a.n_candidates = v().parse().unwrap(),
+            "--n-probe" => a.n_probe = v().split(',').map(|x| x.parse().unwrap()).collect(),
+            "--n-candidates" => {
+                a.n_candidates = v().split(',').map(|x| x.parse().unwrap()).collect()
+            }
             "--threshold" => a.threshold = v().parse().unwrap(),
             "--keep" => a.keep = true,
             "--bench" => {}
@@ -98,6 +100,10 @@ fn recall(truth: &[Hit], got: &[Hit], k: usize) -> f64 {
 }
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let a = args();
     let syn = Synthetic {
         dim: a.dim,
@@ -109,6 +115,11 @@ fn main() {
     // Documents are generated in batches outside the timed region.
     let batch = 2000;
     let mut f32_truth: Option<Vec<Vec<Hit>>> = None;
+    let combos: Vec<(usize, usize)> = a
+        .n_probe
+        .iter()
+        .flat_map(|&p| a.n_candidates.iter().map(move |&c| (p, c)))
+        .collect();
     let mut rows = Vec::new();
     for codec in &a.codecs {
         let path = a.dir.join(format!("idx-{codec}-{}", a.tokens));
@@ -146,9 +157,15 @@ fn main() {
             candidates: Candidates::Exhaustive,
             ..SearchParams::default()
         };
+        let mut exact_lat = Vec::new();
         let truth: Vec<Vec<Hit>> = queries
             .iter()
-            .map(|q| index.search(q, &exact).unwrap())
+            .map(|q| {
+                let s = Instant::now();
+                let h = index.search(q, &exact).unwrap();
+                exact_lat.push(s.elapsed().as_secs_f64() * 1e3);
+                h
+            })
             .collect();
         if f32_truth.is_none() && codec == "f32" {
             f32_truth = Some(truth.clone());
@@ -162,58 +179,79 @@ fn main() {
         });
 
         for gen in &a.generators {
-            let p = SearchParams {
-                k: 100,
-                candidates: gen.parse().unwrap(),
-                n_probe: a.n_probe,
-                n_candidates: a.n_candidates,
-                centroid_threshold: a.threshold,
-                ..SearchParams::default()
-            };
-            let p10 = SearchParams { k: 10, ..p.clone() };
-            // Warm-up (and HNSW graph construction).
-            index.search(&queries[0], &p10).unwrap();
-            let mut lat_all = Vec::new();
-            let mut r10 = 0.0;
-            let mut r100 = 0.0;
-            for (q, t) in queries.iter().zip(&truth) {
-                let s = Instant::now();
-                let hits = index.search(q, &p10).unwrap();
-                lat_all.push(s.elapsed().as_secs_f64() * 1e3);
-                r10 += recall(t, &hits, 10);
-                r100 += recall(t, &index.search(q, &p).unwrap(), 100);
+            if gen == "exhaustive" {
+                // Timed while computing the ground truth (k = 100, all
+                // threads); exhaustive search is the reference itself.
+                let total: f64 = exact_lat.iter().sum();
+                let row = serde_json::json!({
+                    "tokens": stats.tokens, "docs": stats.docs, "dim": a.dim, "centroids": stats.num_centroids,
+                    "codec": codec, "generator": gen, "threads": threads,
+                    "build_s": build_secs, "build_tokens_per_s": stats.tokens as f64 / build_secs,
+                    "bytes_per_token": stats.bytes_per_token,
+                    "p50_ms_all": percentile(&mut exact_lat, 0.5), "p99_ms_all": percentile(&mut exact_lat, 0.99),
+                    "qps_batch": queries.len() as f64 / (total / 1e3), "recall10": 1.0, "recall100": 1.0,
+                    "codec_recall10_vs_f32": codec_recall,
+                    "build_peak_rss_mib": build_rss, "rss_mib": rss_mib("VmRSS:"),
+                });
+                println!("{row}");
+                rows.push(row);
+                continue;
             }
-            let one = rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .unwrap();
-            let mut lat_one: Vec<f64> = one.install(|| {
-                queries
-                    .iter()
-                    .map(|q| {
-                        let s = Instant::now();
-                        index.search(q, &p10).unwrap();
-                        s.elapsed().as_secs_f64() * 1e3
-                    })
-                    .collect()
-            });
-            let s = Instant::now();
-            index.search_batch(&queries, &p10).unwrap();
-            let qps = queries.len() as f64 / s.elapsed().as_secs_f64();
-            let n = queries.len() as f64;
-            let row = serde_json::json!({
-                "tokens": stats.tokens, "docs": stats.docs, "dim": a.dim, "centroids": stats.num_centroids,
-                "codec": codec, "generator": gen, "threads": threads,
-                "build_s": build_secs, "build_tokens_per_s": stats.tokens as f64 / build_secs,
-                "bytes_per_token": stats.bytes_per_token,
-                "p50_ms_all": percentile(&mut lat_all, 0.5), "p99_ms_all": percentile(&mut lat_all, 0.99),
-                "p50_ms_1t": percentile(&mut lat_one, 0.5), "p99_ms_1t": percentile(&mut lat_one, 0.99),
-                "qps_batch": qps, "recall10": r10 / n, "recall100": r100 / n,
-                "codec_recall10_vs_f32": codec_recall,
-                "build_peak_rss_mib": build_rss, "rss_mib": rss_mib("VmRSS:"),
-            });
-            println!("{row}");
-            rows.push(row);
+            for &(n_probe, n_candidates) in &combos {
+                let p = SearchParams {
+                    k: 100,
+                    candidates: gen.parse().unwrap(),
+                    n_probe,
+                    n_candidates,
+                    centroid_threshold: a.threshold,
+                    ..SearchParams::default()
+                };
+                let p10 = SearchParams { k: 10, ..p.clone() };
+                // Warm-up (and HNSW graph construction).
+                index.search(&queries[0], &p10).unwrap();
+                let mut lat_all = Vec::new();
+                let mut r10 = 0.0;
+                let mut r100 = 0.0;
+                for (q, t) in queries.iter().zip(&truth) {
+                    let s = Instant::now();
+                    let hits = index.search(q, &p10).unwrap();
+                    lat_all.push(s.elapsed().as_secs_f64() * 1e3);
+                    r10 += recall(t, &hits, 10);
+                    r100 += recall(t, &index.search(q, &p).unwrap(), 100);
+                }
+                let one = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                let mut lat_one: Vec<f64> = one.install(|| {
+                    queries
+                        .iter()
+                        .map(|q| {
+                            let s = Instant::now();
+                            index.search(q, &p10).unwrap();
+                            s.elapsed().as_secs_f64() * 1e3
+                        })
+                        .collect()
+                });
+                let s = Instant::now();
+                index.search_batch(&queries, &p10).unwrap();
+                let qps = queries.len() as f64 / s.elapsed().as_secs_f64();
+                let n = queries.len() as f64;
+                let row = serde_json::json!({
+                    "tokens": stats.tokens, "docs": stats.docs, "dim": a.dim, "centroids": stats.num_centroids,
+                    "codec": codec, "generator": gen, "threads": threads,
+                    "build_s": build_secs, "build_tokens_per_s": stats.tokens as f64 / build_secs,
+                    "bytes_per_token": stats.bytes_per_token,
+                    "p50_ms_all": percentile(&mut lat_all, 0.5), "p99_ms_all": percentile(&mut lat_all, 0.99),
+                    "p50_ms_1t": percentile(&mut lat_one, 0.5), "p99_ms_1t": percentile(&mut lat_one, 0.99),
+                    "qps_batch": qps, "recall10": r10 / n, "recall100": r100 / n,
+                    "codec_recall10_vs_f32": codec_recall,
+                    "build_peak_rss_mib": build_rss, "rss_mib": rss_mib("VmRSS:"),
+                    "n_probe": n_probe, "n_candidates": n_candidates,
+                });
+                println!("{row}");
+                rows.push(row);
+            }
         }
         drop(index);
         if !a.keep {
@@ -221,13 +259,15 @@ fn main() {
         }
     }
     println!();
-    println!("| tokens | codec | generator | build s | build tok/s | B/token | p50 ms (all) | p99 ms (all) | p50 ms (1 thr) | p99 ms (1 thr) | QPS batch | R@10 | R@100 | codec R@10 vs f32 | peak RSS MiB |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| tokens | codec | generator | n_probe | n_cand | build s | build tok/s | B/token | p50 ms (all) | p99 ms (all) | p50 ms (1 thr) | p99 ms (1 thr) | QPS batch | R@10 | R@100 | codec R@10 vs f32 | peak RSS MiB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         println!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.3} | {:.3} | {} | {:.0} |",
             r["tokens"], r["codec"].as_str().unwrap(), r["generator"].as_str().unwrap(),
+            r.get("n_probe").map_or("–".into(), |x| x.to_string()),
+            r.get("n_candidates").map_or("–".into(), |x| x.to_string()),
             f("build_s"), f("build_tokens_per_s"), f("bytes_per_token"),
             f("p50_ms_all"), f("p99_ms_all"), f("p50_ms_1t"), f("p99_ms_1t"), f("qps_batch"),
             f("recall10"), f("recall100"),

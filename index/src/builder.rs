@@ -365,8 +365,8 @@ impl IndexBuilder {
             .unwrap_or_else(|| kmeans::default_num_centroids(total as usize))
             .clamp(1, (total as usize).min(crate::manifest::MAX_CENTROIDS));
         let sample_n = self.reservoir.len() / dim;
-        // About 16 tokens per centroid, within the reservoir's size.
-        let want = (k * 16)
+        // About 8 tokens per centroid, within the reservoir's size.
+        let want = (k * 8)
             .clamp(4096, self.opts.max_sample_tokens.max(4096))
             .min(sample_n);
         let sample = &self.reservoir[..want * dim];
@@ -378,8 +378,10 @@ impl IndexBuilder {
         let k = centroids.len() / dim;
         let buckets = match codec_kind {
             CodecKind::Residual { nbits } => {
-                let codes = kmeans::assign(sample, &centroids, dim);
-                let residuals: Vec<f32> = sample
+                // Quantiles need no more than ~8k vectors' residuals.
+                let sub = &sample[..sample.len().min(8192 * dim)];
+                let codes = kmeans::assign(sub, &centroids, dim);
+                let residuals: Vec<f32> = sub
                     .chunks_exact(dim)
                     .zip(&codes)
                     .flat_map(|(v, &c)| {
@@ -453,6 +455,7 @@ impl IndexBuilder {
             done: total,
             total,
         });
+        tracing::info!(secs = t.elapsed().as_secs_f64(), "tokens encoded");
         let segment = writer.finish()?;
 
         // Commit.

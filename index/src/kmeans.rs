@@ -32,14 +32,14 @@ const BLOCK: usize = 256;
 const TWO_LEVEL_MIN_K: usize = 2048;
 
 /// Groups probed per point by the two-level assignment.
-const PROBE_GROUPS: usize = 4;
+const PROBE_GROUPS: usize = 2;
 
 /// Nearest centroids for `points` (row-major, `dim` wide).
 ///
 /// Up to 2,048 centroids the search is exhaustive. Past that it is
 /// two-level: the centroids are clustered into `√K` groups, each point is
 /// compared with the group centres, and then exactly with the members of its
-/// 4 best groups — about `√K + 4·√K` dot products instead of `K`, which is
+/// 2 best groups — about `√K + 2·√K` dot products instead of `K`, which is
 /// what makes indexing millions of tokens affordable on a CPU. A point whose
 /// true nearest centroid lies outside those groups gets the best one inside
 /// them; the residual codec and exact re-ranking absorb that.
@@ -269,20 +269,35 @@ mod tests {
     }
 
     #[test]
-    fn two_level_assignment_agrees_with_exact() {
+    fn two_level_assignment_is_close_to_exact() {
         let dim = 16;
         let mut rng = StdRng::seed_from_u64(3);
         let mut cents: Vec<f32> = (0..4096 * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
         cents.chunks_exact_mut(dim).for_each(normalise);
-        let pts: Vec<f32> = (0..3000 * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        // Clustered points (the realistic case): mostly the same answer.
+        let mut pts = Vec::new();
+        for _ in 0..3000 {
+            let c = rng.gen_range(0..4096);
+            pts.extend(cents[c * dim..(c + 1) * dim].iter().map(|x| x + rng.gen_range(-0.05..0.05)));
+        }
         let exact = assign_exact(&pts, &cents, dim);
         let fast = assign(&pts, &cents, dim);
         let same = exact.iter().zip(&fast).filter(|(a, b)| a == b).count();
-        // Uniform random data is the worst case for grouping; real
-        // (clustered) vectors agree more often.
-        assert!(same as f64 / exact.len() as f64 > 0.6, "{same}");
-        // Never worse than the exact answer by construction of argmax, and
-        // always a valid id.
+        assert!(same as f64 / exact.len() as f64 > 0.95, "{same}");
+        // Uniform points (worst case): the chosen centroid is still close.
+        let pts: Vec<f32> = (0..3000 * dim).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        let exact = assign_exact(&pts, &cents, dim);
+        let fast = assign(&pts, &cents, dim);
+        let d2 = |p: &[f32], c: u32| -> f32 {
+            let c = &cents[c as usize * dim..(c as usize + 1) * dim];
+            p.iter().zip(c).map(|(a, b)| (a - b) * (a - b)).sum()
+        };
+        let (mut de, mut df) = (0.0, 0.0);
+        for (i, p) in pts.chunks_exact(dim).enumerate() {
+            de += d2(p, exact[i]);
+            df += d2(p, fast[i]);
+        }
+        assert!(df <= de * 1.15, "two-level {df} vs exact {de}");
         assert!(fast.iter().all(|&c| (c as usize) < 4096));
     }
 

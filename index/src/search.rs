@@ -69,7 +69,7 @@ impl Default for SearchParams {
         Self {
             k: 10,
             candidates: Candidates::Plaid,
-            n_probe: 4,
+            n_probe: 32,
             centroid_threshold: 0.4,
             n_candidates: 64,
             hnsw_ef: 64,
