@@ -278,7 +278,11 @@ mod tests {
         let mut pts = Vec::new();
         for _ in 0..3000 {
             let c = rng.gen_range(0..4096);
-            pts.extend(cents[c * dim..(c + 1) * dim].iter().map(|x| x + rng.gen_range(-0.05..0.05)));
+            pts.extend(
+                cents[c * dim..(c + 1) * dim]
+                    .iter()
+                    .map(|x| x + rng.gen_range(-0.05..0.05)),
+            );
         }
         let exact = assign_exact(&pts, &cents, dim);
         let fast = assign(&pts, &cents, dim);

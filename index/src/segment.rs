@@ -47,7 +47,6 @@ pub(crate) const SEGMENT_FILES: [&str; 9] = [
 pub struct SegmentWriter {
     dir: PathBuf,
     name: String,
-    num_centroids: usize,
     codes: ArrayWriter,
     vectors: ArrayWriter,
     ids: ArrayWriter,
@@ -55,8 +54,10 @@ pub struct SegmentWriter {
     offsets: Vec<u64>,
     ids_offsets: Vec<u64>,
     docs_offsets: Vec<u64>,
-    /// `(centroid, local doc)` pairs, one per distinct centroid of a doc.
-    ivf: Vec<(u32, u32)>,
+    /// Postings per centroid (documents with a token there), counted as
+    /// documents arrive; the lists themselves are built at `finish` from
+    /// `codes.u32` on disk, so memory stays O(K), not O(tokens).
+    ivf_counts: Vec<u64>,
     scratch: Vec<u32>,
     text: TextWriter,
 }
@@ -75,12 +76,11 @@ impl SegmentWriter {
             offsets: vec![0],
             ids_offsets: vec![0],
             docs_offsets: vec![0],
-            ivf: Vec::new(),
+            ivf_counts: vec![0; num_centroids],
             scratch: Vec::new(),
             text: TextWriter::create(&dir)?,
             dir,
             name: name.to_owned(),
-            num_centroids,
         })
     }
 
@@ -113,12 +113,68 @@ impl SegmentWriter {
         self.scratch.extend_from_slice(codes);
         self.scratch.sort_unstable();
         self.scratch.dedup();
-        self.ivf.extend(self.scratch.iter().map(|&c| (c, local)));
+        for &c in &self.scratch {
+            self.ivf_counts[c as usize] += 1;
+        }
         Ok(())
     }
 
+    /// Builds the IVF lists with a counting sort over `codes.u32` read back
+    /// through a map, writing `ivf_docs.u32` through a writable map: docs
+    /// within a list come out in increasing order.
+    fn write_ivf(
+        dir: &Path,
+        counts: &[u64],
+        doc_offsets: &[u64],
+        codes_entry: &FileEntry,
+    ) -> Result<(FileEntry, FileEntry)> {
+        let k = counts.len();
+        let mut offsets = vec![0u64; k + 1];
+        for c in 0..k {
+            offsets[c + 1] = offsets[c] + counts[c];
+        }
+        let total = offsets[k];
+        let codes_map = Mapped::open(&dir.join(CODES), codes_entry)?;
+        let codes: &[u32] = codes_map.slice()?;
+        let path = dir.join(IVF_DOCS);
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| IndexError::io(&path, e))?;
+        file.set_len(total * 4)
+            .map_err(|e| IndexError::io(&path, e))?;
+        if total > 0 {
+            // SAFETY: the file was just created by us (create_new) and sized
+            // to `total` u32s; nothing else maps or writes it while this
+            // mapping lives, and every write below is bounds-checked.
+            let mut map = unsafe { memmap2::MmapMut::map_mut(&file) }
+                .map_err(|e| IndexError::io(&path, e))?;
+            let out: &mut [u32] = bytemuck::try_cast_slice_mut(&mut map[..])
+                .map_err(|e| IndexError::corrupt(&path, format!("{e:?}")))?;
+            let mut cursor = offsets.clone();
+            let mut uniq = Vec::new();
+            for (d, w) in doc_offsets.windows(2).enumerate() {
+                uniq.clear();
+                uniq.extend_from_slice(&codes[w[0] as usize..w[1] as usize]);
+                uniq.sort_unstable();
+                uniq.dedup();
+                for &c in &uniq {
+                    out[cursor[c as usize] as usize] = d as u32;
+                    cursor[c as usize] += 1;
+                }
+            }
+            map.flush().map_err(|e| IndexError::io(&path, e))?;
+        }
+        file.sync_all().map_err(|e| IndexError::io(&path, e))?;
+        let docs_entry = crate::io::file_crc(&path)?;
+        let offsets_entry = write_array(&dir.join(IVF_OFFSETS), &offsets)?;
+        Ok((offsets_entry, docs_entry))
+    }
+
     /// Writes the remaining files, fsyncs everything and returns the entry.
-    pub fn finish(mut self) -> Result<SegmentEntry> {
+    pub fn finish(self) -> Result<SegmentEntry> {
         let mut files = BTreeMap::new();
         files.insert(CODES.to_owned(), self.codes.finish()?);
         files.insert(VECTORS.to_owned(), self.vectors.finish()?);
@@ -136,32 +192,11 @@ impl SegmentWriter {
             DOCS_OFFSETS.to_owned(),
             write_array(&self.dir.join(DOCS_OFFSETS), &self.docs_offsets)?,
         );
-        // IVF: counting sort by centroid; docs within a list stay in
-        // increasing order because they were added in order.
-        let k = self.num_centroids;
-        let mut ivf_offsets = vec![0u64; k + 1];
-        for &(c, _) in &self.ivf {
-            ivf_offsets[c as usize + 1] += 1;
-        }
-        for i in 0..k {
-            ivf_offsets[i + 1] += ivf_offsets[i];
-        }
-        let mut cursor = ivf_offsets.clone();
-        let mut ivf_docs = vec![0u32; self.ivf.len()];
-        for &(c, d) in &self.ivf {
-            ivf_docs[cursor[c as usize] as usize] = d;
-            cursor[c as usize] += 1;
-        }
-        self.ivf = Vec::new();
+        let (ivf_offsets, ivf_docs) =
+            Self::write_ivf(&self.dir, &self.ivf_counts, &self.offsets, &files[CODES])?;
+        files.insert(IVF_OFFSETS.to_owned(), ivf_offsets);
+        files.insert(IVF_DOCS.to_owned(), ivf_docs);
         files.extend(self.text.finish()?);
-        files.insert(
-            IVF_OFFSETS.to_owned(),
-            write_array(&self.dir.join(IVF_OFFSETS), &ivf_offsets)?,
-        );
-        files.insert(
-            IVF_DOCS.to_owned(),
-            write_array(&self.dir.join(IVF_DOCS), &ivf_docs)?,
-        );
         crate::io::sync_dir(&self.dir)?;
         Ok(SegmentEntry {
             name: self.name,
