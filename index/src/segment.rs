@@ -269,6 +269,17 @@ impl Segment {
                     format!("size is {len} bytes, manifest says {}", fe.bytes),
                 ));
             }
+            // tantivy trusts its files (it can panic on damaged ones), so
+            // they are checksummed before tantivy reads them. They hold only
+            // text, a small part of an index.
+            let got = crate::io::file_crc(&path)?;
+            if got.crc32 != fe.crc32 {
+                return Err(IndexError::Checksum {
+                    path,
+                    expected: fe.crc32,
+                    actual: got.crc32,
+                });
+            }
         }
         seg.text = Some(TextReader::open(&dir, entry.docs)?);
         seg.live = vec![true; entry.docs as usize];

@@ -46,6 +46,20 @@ fn text_err(path: &Path, e: impl std::fmt::Display) -> IndexError {
     IndexError::corrupt(path, format!("text index: {e}"))
 }
 
+/// Runs a tantivy call, turning a panic inside tantivy (which trusts its
+/// files) into an error naming the text index. Files are checksummed at open,
+/// so this is defence in depth.
+fn guard<T>(dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(text_err(dir, format!("damaged ({msg})")))
+    })
+}
+
 /// Writes a segment's tantivy index.
 pub struct TextWriter {
     dir: PathBuf,
@@ -170,6 +184,10 @@ impl std::fmt::Debug for TextReader {
 impl TextReader {
     pub fn open(segment_dir: &Path, docs: u32) -> Result<Self> {
         let dir = segment_dir.join(TEXT_DIR);
+        guard(&dir, || Self::open_inner(dir.clone(), docs))
+    }
+
+    fn open_inner(dir: PathBuf, docs: u32) -> Result<Self> {
         let index = tantivy::Index::open_in_dir(&dir).map_err(|e| text_err(&dir, e))?;
         let (_, f) = schema();
         if index.schema() != schema().0 {
@@ -199,6 +217,15 @@ impl TextReader {
     /// syntax errors are forgiven (lenient parsing). With `allowed`, only
     /// those local ids are collected (the filter runs before ranking).
     pub fn search(
+        &self,
+        query: &str,
+        k: usize,
+        allowed: Option<Arc<Vec<bool>>>,
+    ) -> Result<Vec<(u32, f32)>> {
+        guard(&self.dir, || self.search_inner(query, k, allowed))
+    }
+
+    fn search_inner(
         &self,
         query: &str,
         k: usize,
