@@ -48,10 +48,53 @@ pub struct Document {
 }
 
 #[derive(Serialize)]
-pub(crate) struct StoredRef<'a> {
-    pub title: &'a str,
-    pub text: &'a str,
-    pub metadata: &'a serde_json::Value,
+struct StoredRef<'a> {
+    title: &'a str,
+    text: &'a str,
+    metadata: &'a serde_json::Value,
+}
+
+impl Document {
+    /// What every write path requires of a document: a non-empty id that is
+    /// not `taken`, at least one vector, the `expected` width (with words
+    /// saying where it comes from), finite values.
+    pub(crate) fn check(&self, taken: bool, expected: Option<(usize, &str)>) -> Result<()> {
+        let invalid = |m: String| IndexError::InvalidDocument {
+            id: self.id.clone(),
+            message: m,
+        };
+        if self.id.is_empty() {
+            return Err(invalid("empty id".into()));
+        }
+        if taken {
+            return Err(invalid("duplicate id".into()));
+        }
+        if self.vectors.is_empty() {
+            return Err(invalid("no token vectors".into()));
+        }
+        if let Some((dim, source)) = expected {
+            if self.vectors.dim() != dim {
+                return Err(invalid(format!(
+                    "vectors are {}-dim, {source} {dim}",
+                    self.vectors.dim()
+                )));
+            }
+        }
+        if self.vectors.as_slice().iter().any(|x| !x.is_finite()) {
+            return Err(invalid("non-finite vector value".into()));
+        }
+        Ok(())
+    }
+
+    /// The stored `{title, text, metadata}` JSON.
+    pub(crate) fn stored_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&StoredRef {
+            title: &self.title,
+            text: &self.text,
+            metadata: &self.metadata,
+        })
+        .expect("stored document serialises")
+    }
 }
 
 /// Build settings.
@@ -238,52 +281,18 @@ impl IndexBuilder {
     /// duplicate id, a document without vectors, a dimension that differs
     /// from the first document's, and non-finite values.
     pub fn add(&mut self, doc: Document) -> Result<()> {
-        let invalid = |m: String| IndexError::InvalidDocument {
-            id: doc.id.clone(),
-            message: m,
+        let expected = match (&self.opts.reduction, self.dim) {
+            (Some(r), _) => Some((r.in_dim, "the reduction expects")),
+            (None, Some(d)) => Some((d, "earlier documents have")),
+            (None, None) => None,
         };
-        if doc.id.is_empty() {
-            return Err(invalid("empty id".into()));
-        }
-        if self.ids.contains(&doc.id) {
-            return Err(invalid("duplicate id".into()));
-        }
-        if doc.vectors.is_empty() {
-            return Err(invalid("no token vectors".into()));
-        }
-        let in_dim = self
-            .opts
-            .reduction
-            .as_ref()
-            .map_or(doc.vectors.dim(), |r| r.in_dim);
-        if doc.vectors.dim() != in_dim {
-            return Err(invalid(format!(
-                "vectors are {}-dim, the reduction expects {in_dim}",
-                doc.vectors.dim()
-            )));
-        }
-        if let Some(d) = self.dim {
-            if doc.vectors.dim() != d {
-                return Err(invalid(format!(
-                    "vectors are {}-dim, earlier documents {d}-dim",
-                    doc.vectors.dim()
-                )));
-            }
-        }
-        if doc.vectors.as_slice().iter().any(|x| !x.is_finite()) {
-            return Err(invalid("non-finite vector value".into()));
-        }
+        doc.check(self.ids.contains(&doc.id), expected)?;
         self.dim = Some(doc.vectors.dim());
+        let stored = doc.stored_json();
         let vectors = match &self.opts.reduction {
             Some(r) => r.apply(doc.vectors.as_slice()),
             None => doc.vectors.into_vec(),
         };
-        let stored = serde_json::to_vec(&StoredRef {
-            title: &doc.title,
-            text: &doc.text,
-            metadata: &doc.metadata,
-        })
-        .expect("stored document serialises");
         let out_dim = self.out_dim();
         self.sample(&vectors, out_dim);
         let n = vectors.len() / out_dim;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tantivy::collector::{FilterCollector, TopDocs};
 use tantivy::query::QueryParser;
 use tantivy::schema::{Field, Schema, FAST, INDEXED, STORED, STRING, TEXT};
-use tantivy::{doc, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
+use tantivy::{doc, IndexReader, IndexWriter, ReloadPolicy};
 
 use crate::error::{IndexError, Result};
 use crate::io::{file_crc, FileEntry};
@@ -254,26 +254,5 @@ impl TextReader {
             }
         }
         Ok(out)
-    }
-
-    /// The stored tantivy document of a hit (for inspection and tests).
-    pub fn stored_id(&self, local: u32) -> Result<Option<String>> {
-        let searcher = self.reader.searcher();
-        let (_, f) = schema();
-        let q = tantivy::query::TermQuery::new(
-            tantivy::Term::from_field_u64(f.local, u64::from(local)),
-            tantivy::schema::IndexRecordOption::Basic,
-        );
-        let hits = searcher
-            .search(&q, &TopDocs::with_limit(1).order_by_score())
-            .map_err(|e| text_err(&self.dir, e))?;
-        let Some((_, addr)) = hits.first() else {
-            return Ok(None);
-        };
-        let d: TantivyDocument = searcher.doc(*addr).map_err(|e| text_err(&self.dir, e))?;
-        use tantivy::schema::Value;
-        Ok(d.get_first(f.id)
-            .and_then(|v| v.as_str())
-            .map(str::to_owned))
     }
 }

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::builder::{encode_chunk, ChunkView, Document, StoredRef};
+use crate::builder::{encode_chunk, ChunkView, Document};
 use crate::error::{IndexError, Result};
 use crate::index::Index;
 use crate::manifest::{Manifest, MANIFEST};
@@ -108,37 +108,12 @@ pub fn append(dir: &Path, docs: impl IntoIterator<Item = Document>) -> Result<u6
             Ok::<(), IndexError>(())
         };
         for doc in docs {
-            let invalid = |m: &str| IndexError::InvalidDocument {
-                id: doc.id.clone(),
-                message: m.into(),
-            };
-            if doc.id.is_empty() {
-                return Err(invalid("empty id"));
-            }
-            if index.contains(&doc.id) || !seen.insert(doc.id.clone()) {
-                return Err(invalid("duplicate id"));
-            }
-            if doc.vectors.is_empty() {
-                return Err(invalid("no token vectors"));
-            }
-            if doc.vectors.dim() != in_dim {
-                return Err(invalid(&format!(
-                    "vectors are {}-dim, the index takes {in_dim}",
-                    doc.vectors.dim()
-                )));
-            }
-            if doc.vectors.as_slice().iter().any(|x| !x.is_finite()) {
-                return Err(invalid("non-finite vector value"));
-            }
+            let taken = index.contains(&doc.id) || !seen.insert(doc.id.clone());
+            doc.check(taken, Some((in_dim, "the index takes")))?;
             let v = index.prepare(doc.vectors.as_slice());
             lens.push((v.len() / dim) as u32);
             vectors.extend_from_slice(&v);
-            let s = serde_json::to_vec(&StoredRef {
-                title: &doc.title,
-                text: &doc.text,
-                metadata: &doc.metadata,
-            })
-            .expect("stored document serialises");
+            let s = doc.stored_json();
             stored.push((doc.id, s));
             if vectors.len() >= 1 << 24 {
                 flush(&mut vectors, &mut lens, &mut stored, &mut writer)?;
