@@ -382,6 +382,12 @@ impl IndexBuilder {
         let unit = sample
             .chunks_exact(dim)
             .all(|v| (norm2(v) - 1.0).abs() < 1e-3);
+        tracing::info!(
+            docs = self.docs,
+            tokens = total,
+            secs = self.started.elapsed().as_secs_f64(),
+            "documents collected"
+        );
         let t = Instant::now();
         let centroids = kmeans::train(sample, dim, k, self.opts.kmeans_iters, self.opts.seed, unit);
         let k = centroids.len() / dim;
@@ -409,6 +415,7 @@ impl IndexBuilder {
             "centroids trained"
         );
         let codec = Codec::new(codec_kind, dim, buckets.clone(), unit)?;
+        let t = Instant::now();
 
         // Index-level files.
         let mut files = BTreeMap::new();
@@ -465,7 +472,9 @@ impl IndexBuilder {
             total,
         });
         tracing::info!(secs = t.elapsed().as_secs_f64(), "tokens encoded");
+        let t = Instant::now();
         let segment = writer.finish()?;
+        tracing::info!(secs = t.elapsed().as_secs_f64(), "segment written");
 
         // Commit.
         progress(Progress {

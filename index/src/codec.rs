@@ -118,7 +118,8 @@ impl Buckets {
     }
 
     fn bucket(&self, x: f32) -> u8 {
-        self.cutoffs.iter().take_while(|&&c| x >= c).count() as u8
+        // Cutoffs increase, so counting those ≤ x is the bucket; branch-free.
+        self.cutoffs.iter().map(|&c| u8::from(x >= c)).sum()
     }
 }
 
@@ -181,8 +182,13 @@ impl Codec {
         match self.kind {
             CodecKind::F32 => out.extend_from_slice(bytemuck::cast_slice(v)),
             CodecKind::F16 => {
-                for &x in v {
-                    out.extend_from_slice(&half::f16::from_f32(x).to_le_bytes());
+                let mut h = vec![half::f16::ZERO; v.len()];
+                {
+                    use half::slice::HalfFloatSliceExt;
+                    h.convert_from_f32_slice(v);
+                }
+                for x in h {
+                    out.extend_from_slice(&x.to_le_bytes());
                 }
             }
             CodecKind::Int8 => {
@@ -216,11 +222,20 @@ impl Codec {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
-            CodecKind::F16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            CodecKind::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
+                // Aligned (the mapped file always is on little-endian
+                // hosts): `half` converts with F16C instructions when the
+                // CPU has them.
+                Ok(h) if cfg!(target_endian = "little") => {
+                    use half::slice::HalfFloatSliceExt;
+                    h.convert_to_f32_slice(&mut out[..h.len()]);
                 }
-            }
+                _ => {
+                    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                        *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    }
+                }
+            },
             CodecKind::Int8 => {
                 let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                 for (o, &q) in out.iter_mut().zip(&bytes[4..]) {

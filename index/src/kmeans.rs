@@ -85,6 +85,26 @@ fn argmax_shifted(row: &[f32], shift: &[f32]) -> (f32, u32) {
     best
 }
 
+/// The `top.len()` largest `row[j] − shift[j]`, best first, in one pass
+/// (for the handful of groups a point probes; cheaper than a selection).
+fn top_n(row: &[f32], shift: &[f32], top: &mut [(f32, u32)]) {
+    top.fill((f32::NEG_INFINITY, 0));
+    let Some(last) = top.len().checked_sub(1) else {
+        return;
+    };
+    for (j, (&s, &h)) in row.iter().zip(shift).enumerate() {
+        let v = s - h;
+        if v > top[last].0 {
+            let mut p = last;
+            while p > 0 && v > top[p - 1].0 {
+                top[p] = top[p - 1];
+                p -= 1;
+            }
+            top[p] = (v, j as u32);
+        }
+    }
+}
+
 /// Centroids clustered into groups, for two-level assignment.
 struct Groups {
     /// `G × dim` group centres.
@@ -120,7 +140,7 @@ impl Groups {
     fn assign(&self, points: &[f32], dim: usize) -> Vec<u32> {
         let g = self.centres.len() / dim;
         let probe = PROBE_GROUPS.min(g);
-        let block = 2048;
+        let block = 16384;
         let mut codes = vec![0u32; points.len() / dim];
         codes
             .par_chunks_mut(block)
@@ -131,14 +151,11 @@ impl Groups {
                 gemm_abt(pts, m, &self.centres, g, dim, &mut coarse);
                 // Points probing each group.
                 let mut by_group: Vec<Vec<u32>> = vec![Vec::new(); g];
-                let mut order: Vec<u32> = Vec::with_capacity(g);
+                let mut top = [(f32::NEG_INFINITY, 0u32); PROBE_GROUPS];
                 for i in 0..m {
                     let row = &coarse[i * g..(i + 1) * g];
-                    order.clear();
-                    order.extend(0..g as u32);
-                    let score = |j: u32| row[j as usize] - self.centre_half_norms[j as usize];
-                    order.select_nth_unstable_by(probe - 1, |&a, &b| score(b).total_cmp(&score(a)));
-                    for &grp in &order[..probe] {
+                    top_n(row, &self.centre_half_norms, &mut top[..probe]);
+                    for &(_, grp) in &top[..probe] {
                         by_group[grp as usize].push(i as u32);
                     }
                 }
