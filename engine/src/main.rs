@@ -4,8 +4,12 @@
 //! logging and threads, and turns errors into a message and exit status 1.
 
 mod commands;
+mod corpus;
+mod embeddings;
 mod input;
 mod model;
+mod progress;
+mod searcher;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +17,9 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "tessera", version, about, long_about = None)]
 #[command(after_help = "Examples:\n  \
+    tessera index build --input corpus.jsonl --out my.idx\n  \
+    tessera search --index my.idx \"what causes tides?\"\n  \
+    tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
     tessera encode --query \"what causes tides?\"\n  \
     tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n\n\
     Logs go to stderr; set RUST_LOG=debug for more.")]
@@ -23,6 +30,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Index(commands::index::IndexArgs),
+    Search(commands::search::SearchArgs),
+    Eval(commands::eval::EvalArgs),
+    EncodeCorpus(commands::encode_corpus::EncodeCorpusArgs),
     Encode(commands::encode::EncodeArgs),
     Score(commands::score::ScoreArgs),
 }
@@ -37,6 +48,10 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let result = match cli.command {
+        Command::Index(args) => commands::index::run(args),
+        Command::Search(args) => commands::search::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::EncodeCorpus(args) => commands::encode_corpus::run(args),
         Command::Encode(args) => commands::encode::run(args),
         Command::Score(args) => commands::score::run(args),
     };

@@ -31,8 +31,27 @@ fn parse_device(s: &str) -> Result<DeviceChoice, String> {
 }
 
 impl ModelArgs {
-    /// Applies `--threads` and loads the encoder.
+    /// `--model`, else the default model.
+    pub fn model_dir(&self) -> Result<PathBuf> {
+        match &self.model {
+            Some(d) => Ok(d.clone()),
+            None => tessera_training::default_model_dir()
+                .filter(|d| d.exists())
+                .context(
+                    "no --model given and the default model is not installed: \
+                     run scripts/setup, or set TESSERA_MODEL",
+                ),
+        }
+    }
+
+    /// Applies `--threads` and loads the encoder (`--model` or the default).
     pub fn load(&self) -> Result<Encoder> {
+        let dir = self.model_dir()?;
+        self.load_dir(&dir)
+    }
+
+    /// Applies `--threads` and loads the encoder in `dir`.
+    pub fn load_dir(&self, dir: &std::path::Path) -> Result<Encoder> {
         let threads = self
             .threads
             .map(usize::from)
@@ -48,20 +67,11 @@ impl ModelArgs {
             .num_threads(threads)
             .build_global();
 
-        let dir = match &self.model {
-            Some(d) => d.clone(),
-            None => tessera_training::default_model_dir()
-                .filter(|d| d.exists())
-                .context(
-                    "no --model given and the default model is not installed: \
-                     run scripts/setup, or set TESSERA_MODEL",
-                )?,
-        };
         let options = EncoderOptions {
             device: self.device,
             batch_size: self.batch_size as usize,
         };
-        let encoder = Encoder::load(&dir, options)
+        let encoder = Encoder::load(dir, options)
             .with_context(|| format!("loading model {}", dir.display()))?;
         tracing::info!(
             model = %dir.display(),
@@ -73,4 +83,21 @@ impl ModelArgs {
         );
         Ok(encoder)
     }
+}
+
+/// What an index or embeddings folder records about the model that made its
+/// vectors, so search can load the same one.
+pub fn model_info(encoder: &Encoder) -> serde_json::Value {
+    let m = encoder.model();
+    let s = encoder.settings();
+    let path = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
+    serde_json::json!({
+        "path": path,
+        "layout": encoder.layout().to_string(),
+        "head": format!("{:?}", m.head.kind()).to_lowercase(),
+        "dim": encoder.dim(),
+        "query_maxlen": s.query_maxlen,
+        "doc_maxlen": s.doc_maxlen,
+        "query_augmentation": s.query_augmentation,
+    })
 }

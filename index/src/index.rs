@@ -16,7 +16,7 @@ use crate::reduction::Reduction;
 use crate::segment::Segment;
 
 /// A stored document, as returned with hits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct StoredDoc {
     pub title: String,
     pub text: String,

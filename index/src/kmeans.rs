@@ -219,43 +219,48 @@ fn train_with(
     let mut centroids: Vec<f32> = sample_rows(sample, dim, k, &mut rng);
     for _ in 0..iters {
         let codes = assign(sample, &centroids, dim);
-        // Per-thread partial sums, then reduce.
-        let (sums, counts) = codes
-            .par_chunks(BLOCK)
-            .zip(sample.par_chunks(BLOCK * dim))
-            .fold(
-                || (vec![0.0f32; k * dim], vec![0u32; k]),
-                |(mut sums, mut counts), (codes, block)| {
-                    for (c, x) in codes.iter().zip(block.chunks_exact(dim)) {
-                        let c = *c as usize;
-                        counts[c] += 1;
-                        for (s, v) in sums[c * dim..(c + 1) * dim].iter_mut().zip(x) {
-                            *s += v;
-                        }
-                    }
-                    (sums, counts)
-                },
-            )
-            .reduce(
-                || (vec![0.0f32; k * dim], vec![0u32; k]),
-                |(mut s1, mut c1), (s2, c2)| {
-                    s1.iter_mut().zip(&s2).for_each(|(a, b)| *a += b);
-                    c1.iter_mut().zip(&c2).for_each(|(a, b)| *a += b);
-                    (s1, c1)
-                },
-            );
+        // Members of each centroid in point order (a counting sort), then
+        // each mean summed in that order: the result does not depend on how
+        // rayon splits the work, so builds are reproducible bit for bit.
+        let mut starts = vec![0usize; k + 1];
+        for &c in &codes {
+            starts[c as usize + 1] += 1;
+        }
         for c in 0..k {
-            let row = &mut centroids[c * dim..(c + 1) * dim];
-            if counts[c] == 0 {
-                // Empty cluster: restart it on a random sample point.
-                let r = rng.gen_range(0..n);
-                row.copy_from_slice(&sample[r * dim..(r + 1) * dim]);
-            } else {
-                let inv = 1.0 / counts[c] as f32;
-                for (x, s) in row.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
-                    *x = s * inv;
+            starts[c + 1] += starts[c];
+        }
+        let mut fill = starts.clone();
+        let mut members = vec![0u32; codes.len()];
+        for (i, &c) in codes.iter().enumerate() {
+            members[fill[c as usize]] = i as u32;
+            fill[c as usize] += 1;
+        }
+        let empty: Vec<bool> = centroids
+            .par_chunks_mut(dim)
+            .enumerate()
+            .map(|(c, row)| {
+                let ids = &members[starts[c]..starts[c + 1]];
+                if ids.is_empty() {
+                    return true;
                 }
-            }
+                row.fill(0.0);
+                for &i in ids {
+                    let x = &sample[i as usize * dim..(i as usize + 1) * dim];
+                    row.iter_mut().zip(x).for_each(|(s, v)| *s += v);
+                }
+                let inv = 1.0 / ids.len() as f32;
+                row.iter_mut().for_each(|x| *x *= inv);
+                if spherical {
+                    normalise(row);
+                }
+                false
+            })
+            .collect();
+        for (c, _) in empty.iter().enumerate().filter(|(_, &e)| e) {
+            // Empty cluster: restart it on a random sample point.
+            let r = rng.gen_range(0..n);
+            let row = &mut centroids[c * dim..(c + 1) * dim];
+            row.copy_from_slice(&sample[r * dim..(r + 1) * dim]);
             if spherical {
                 normalise(row);
             }

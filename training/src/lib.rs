@@ -38,23 +38,28 @@ pub use tokenize::TextKind;
 /// The libtorch binding this crate is built on, for callers that need it.
 pub use tch;
 
-/// Where `scripts/setup` installs the default model (all-MiniLM-L6-v2):
-/// `$TESSERA_MODEL` if set, else `$TESSERA_HOME/models/default`, where
-/// `TESSERA_HOME` defaults to `$XDG_DATA_HOME/tessera` (`~/.local/share/tessera`).
-pub fn default_model_dir() -> Option<std::path::PathBuf> {
+/// Tessera's data folder: `$TESSERA_HOME`, else `$XDG_DATA_HOME/tessera`
+/// (`~/.local/share/tessera`).
+pub fn tessera_home() -> Option<std::path::PathBuf> {
     use std::path::PathBuf;
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    if let Some(m) = env("TESSERA_MODEL") {
-        return Some(m);
-    }
-    let home = env("TESSERA_HOME").or_else(|| {
+    env("TESSERA_HOME").or_else(|| {
         env("XDG_DATA_HOME")
             .or_else(|| env("HOME").map(|h| h.join(".local/share")))
             .map(|d| d.join("tessera"))
-    })?;
-    Some(home.join("models/default"))
+    })
+}
+
+/// Where `scripts/setup` installs the default model (all-MiniLM-L6-v2):
+/// `$TESSERA_MODEL` if set, else `$TESSERA_HOME/models/default` (see
+/// [`tessera_home`]).
+pub fn default_model_dir() -> Option<std::path::PathBuf> {
+    if let Some(m) = std::env::var_os("TESSERA_MODEL").filter(|v| !v.is_empty()) {
+        return Some(m.into());
+    }
+    Some(tessera_home()?.join("models/default"))
 }

@@ -1,4 +1,8 @@
 //! One module per `tessera` subcommand.
 
 pub mod encode;
+pub mod encode_corpus;
+pub mod eval;
+pub mod index;
 pub mod score;
+pub mod search;

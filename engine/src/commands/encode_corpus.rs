@@ -1,0 +1,271 @@
+//! `tessera encode-corpus`: encode a document dump into an embeddings folder
+//! (see [`crate::embeddings`]), resumably. `tessera index build --input`
+//! runs the same job into a work folder first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tessera_training::{Encoder, TextKind};
+
+use crate::corpus::{BadRecord, CorpusOptions, CorpusReader, Format, Problem, Record};
+use crate::embeddings::{load_state, EmbeddingsWriter, State};
+use crate::model::{model_info, ModelArgs};
+use crate::progress;
+
+/// Where documents come from and what to do with bad ones.
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
+    /// The dump: BEIR corpus.jsonl, any JSONL, or TSV (`id<TAB>text`),
+    /// optionally .gz or .zst; `-` reads standard input.
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+    /// Record format (default: from the extension; JSONL for `-`).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// JSONL: the document id field (`_id`, falling back to `id`).
+    #[arg(long, default_value = "_id", value_name = "FIELD")]
+    pub id_field: String,
+    /// JSONL: fields encoded, in order; `title` is stored as the title.
+    #[arg(long, default_value = "title,text", value_delimiter = ',', value_name = "FIELDS")]
+    pub text_fields: Vec<String>,
+    /// Skip malformed lines, missing ids or text, duplicate ids, empty
+    /// documents and invalid UTF-8 (counted per kind) instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+impl InputArgs {
+    pub fn corpus_options(&self) -> CorpusOptions {
+        CorpusOptions {
+            format: self.format,
+            id_field: self.id_field.clone(),
+            text_fields: self.text_fields.clone(),
+        }
+    }
+}
+
+/// Encode a document dump to token vectors on disk (embeddings.npy,
+/// doclens.npy, ids.txt, docs.jsonl), for `tessera index build --embeddings`
+/// or other engines.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    tessera encode-corpus --input corpus.jsonl --out scifact-vectors\n  \
+    tessera index build --embeddings scifact-vectors --out scifact.idx\n\n\
+    An interrupted run continues from its last checkpoint with --resume.")]
+pub struct EncodeCorpusArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Output folder (created; must be empty unless resuming).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Continue an interrupted run from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Documents per checkpoint (and per encoding group).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub checkpoint_every: u32,
+}
+
+pub fn run(args: EncodeCorpusArgs) -> Result<()> {
+    let encoder = args.model.load()?;
+    let t = Instant::now();
+    let state = encode_to_dir(
+        &encoder,
+        &args.input,
+        &args.out,
+        args.resume,
+        args.checkpoint_every as usize,
+    )?;
+    eprintln!(
+        "encoded {} documents, {} tokens ({}-dim) into {} in {:.1} s{}",
+        state.docs,
+        state.tokens,
+        state.dim,
+        args.out.display(),
+        t.elapsed().as_secs_f64(),
+        skipped_note(&state.skipped)
+    );
+    Ok(())
+}
+
+/// `", skipped: 2 duplicate id, 1 malformed JSON"` or nothing.
+pub fn skipped_note(skipped: &BTreeMap<String, u64>) -> String {
+    if skipped.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = skipped.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    format!("; skipped {}", parts.join(", "))
+}
+
+/// Lines in a plain (uncompressed) file, for the progress bar's total.
+fn count_lines(path: &Path) -> Option<u64> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if path == Path::new("-") || matches!(ext, "gz" | "zst" | "zstd") {
+        return None;
+    }
+    let f = std::fs::File::open(path).ok()?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut n = 0u64;
+    loop {
+        let buf = r.fill_buf().ok()?;
+        if buf.is_empty() {
+            return Some(n);
+        }
+        n += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        let len = buf.len();
+        r.consume(len);
+    }
+}
+
+/// Fault injection for the crash tests: abort the process right after the
+/// given number of checkpoints (`TESSERA_FAULT_ABORT_AFTER_CHECKPOINTS`).
+fn abort_after_checkpoints() -> Option<u64> {
+    std::env::var("TESSERA_FAULT_ABORT_AFTER_CHECKPOINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// Encodes the documents of `input` into the embeddings folder `out`,
+/// checkpointing every `group` documents; with `resume`, continues from the
+/// folder's last checkpoint.
+pub fn encode_to_dir(
+    encoder: &Encoder,
+    input: &InputArgs,
+    out: &Path,
+    resume: bool,
+    group: usize,
+) -> Result<State> {
+    let info = model_info(encoder);
+    let input_name = input.input.display().to_string();
+    let mut writer = match (resume, load_state(out)?) {
+        (true, Some(st)) if !st.complete => {
+            if st.model["path"] != info["path"] {
+                bail!(
+                    "{}: was encoded with model {}, not {}; resume with the same --model",
+                    out.display(),
+                    st.model["path"],
+                    info["path"]
+                );
+            }
+            if st.input != input_name {
+                bail!(
+                    "{}: was encoding {:?}, not {input_name:?}; resume with the same --input",
+                    out.display(),
+                    st.input
+                );
+            }
+            tracing::info!(docs = st.docs, lines = st.input_lines, "resuming from checkpoint");
+            EmbeddingsWriter::resume(out)?
+        }
+        (true, Some(_)) => bail!("{}: encoding finished already; nothing to resume", out.display()),
+        (_, st) => {
+            if st.is_some() {
+                bail!(
+                    "{}: holds an interrupted run; continue it with --resume, or remove the folder",
+                    out.display()
+                );
+            }
+            EmbeddingsWriter::create(out, encoder.dim(), &input_name, info)?
+        }
+    };
+    let mut reader = CorpusReader::open(&input.input, input.corpus_options())?;
+    let resumed_lines = writer.state.input_lines as usize;
+    reader.skip_lines(resumed_lines)?;
+    let mut seen: HashSet<String> = writer.written_ids()?.into_iter().collect();
+    let abort_at = abort_after_checkpoints();
+    let mut checkpoints = 0u64;
+
+    let pb = progress::bar(count_lines(&input.input), "lines");
+    pb.set_prefix("encoding");
+    pb.set_position(resumed_lines as u64);
+    let started = Instant::now();
+    let start_tokens = writer.state.tokens;
+    let mut eof = false;
+    while !eof {
+        // Gather one group of valid records.
+        let mut records: Vec<Record> = Vec::with_capacity(group);
+        while records.len() < group {
+            let Some(next) = reader.next_record() else {
+                eof = true;
+                break;
+            };
+            let rec = match next? {
+                Ok(r) if seen.contains(&r.id) => Err(BadRecord {
+                    path: reader.name().to_owned(),
+                    line: r.line,
+                    problem: Problem::DuplicateId,
+                    detail: format!("{:?} appeared earlier", r.id),
+                }),
+                other => other,
+            };
+            match rec {
+                Ok(r) => {
+                    seen.insert(r.id.clone());
+                    records.push(r);
+                }
+                Err(bad) => reject(&mut writer.state, bad, input.skip_invalid)?,
+            }
+        }
+        if !records.is_empty() {
+            let texts: Vec<String> = records.iter().map(Record::encoded_text).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let encoded = encoder
+                .encode(&refs, TextKind::Document, &mut |_| {})
+                .context("encoding documents")?;
+            for (r, item) in records.iter().zip(&encoded.items) {
+                if item.vectors.is_empty() || item.empty {
+                    let bad = BadRecord {
+                        path: reader.name().to_owned(),
+                        line: r.line,
+                        problem: Problem::EmptyDocument,
+                        detail: "no token left to index (only punctuation?)".into(),
+                    };
+                    reject(&mut writer.state, bad, input.skip_invalid)?;
+                    continue;
+                }
+                writer.add(&r.id, &r.title, &r.text, &r.metadata, item.vectors.as_slice())?;
+            }
+            writer.state.truncated += encoded.truncated as u64;
+        }
+        if eof {
+            break;
+        }
+        writer.checkpoint(reader.line() as u64)?;
+        checkpoints += 1;
+        pb.set_position(reader.line() as u64);
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        pb.set_message(format!(
+            "{} docs, {:.0} tokens/s",
+            writer.state.docs,
+            (writer.state.tokens - start_tokens) as f64 / secs
+        ));
+        if abort_at == Some(checkpoints) {
+            std::process::abort();
+        }
+    }
+    pb.finish_and_clear();
+    if writer.state.docs == 0 {
+        bail!("{}: no documents to index", reader.name());
+    }
+    let lines = reader.line() as u64;
+    writer.finish(lines)
+}
+
+/// A bad record either stops the job (the default) or is counted.
+fn reject(state: &mut State, bad: BadRecord, skip: bool) -> Result<()> {
+    if skip {
+        tracing::debug!("skipping {bad}");
+        *state.skipped.entry(bad.problem.to_string()).or_default() += 1;
+        return Ok(());
+    }
+    bail!(
+        "{bad}\n  nothing was indexed; fix the input and rerun with --resume to continue \
+         from the last checkpoint, or pass --skip-invalid to skip such records"
+    )
+}

@@ -1,0 +1,179 @@
+//! The search engine the CLI (and later the gRPC service) drives: an opened
+//! index plus, for MaxSim retrieval, the encoder that built it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tessera_index::{Candidates, Filter, Hit, Index, SearchParams, TokenVectors};
+use tessera_training::Encoder;
+
+use crate::model::ModelArgs;
+
+/// Which ranking answers a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retriever {
+    /// Late interaction: MaxSim over token vectors.
+    Colbert,
+    /// BM25 over titles and texts (tantivy).
+    Bm25,
+    /// Reciprocal-rank fusion of ColBERT and BM25.
+    Hybrid,
+}
+
+impl std::fmt::Display for Retriever {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Colbert => "colbert",
+            Self::Bm25 => "bm25",
+            Self::Hybrid => "hybrid",
+        })
+    }
+}
+
+/// Candidate generation for MaxSim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CandidatesArg {
+    /// PLAID: centroid probing, approximate scores, exact re-rank.
+    Plaid,
+    /// Exact MaxSim over every document (the reference; slow on big indexes).
+    Exhaustive,
+    /// HNSW over the centroids, then exact re-rank.
+    Hnsw,
+}
+
+impl From<CandidatesArg> for Candidates {
+    fn from(c: CandidatesArg) -> Self {
+        match c {
+            CandidatesArg::Plaid => Candidates::Plaid,
+            CandidatesArg::Exhaustive => Candidates::Exhaustive,
+            CandidatesArg::Hnsw => Candidates::Hnsw,
+        }
+    }
+}
+
+/// Ranking options shared by `search` and `eval`.
+#[derive(Args, Debug, Clone)]
+pub struct RankArgs {
+    /// Ranking: colbert (MaxSim), bm25, or hybrid (RRF of both).
+    #[arg(long, value_enum, default_value_t = Retriever::Colbert)]
+    pub retriever: Retriever,
+    /// MaxSim candidate generation.
+    #[arg(long, value_enum, default_value_t = CandidatesArg::Plaid)]
+    pub candidates: CandidatesArg,
+    /// PLAID: centroids probed per query token (default from the index crate).
+    #[arg(long, value_name = "N")]
+    pub n_probe: Option<usize>,
+    /// PLAID/HNSW: documents re-ranked exactly (at least 4·k are).
+    #[arg(long, value_name = "N")]
+    pub n_candidates: Option<usize>,
+    /// Metadata filter as JSON, e.g. '{"range": {"field": "year", "gte": 2020}}'
+    /// or '{"eq": {"field": "lang", "value": "en"}}'.
+    #[arg(long, value_name = "JSON")]
+    pub filter: Option<String>,
+}
+
+impl RankArgs {
+    /// Index search parameters for `k` results.
+    pub fn params(&self, k: usize) -> Result<SearchParams> {
+        let mut p = SearchParams {
+            k,
+            candidates: self.candidates.into(),
+            ..SearchParams::default()
+        };
+        if let Some(n) = self.n_probe {
+            p.n_probe = n;
+        }
+        if let Some(n) = self.n_candidates {
+            p.n_candidates = n;
+        }
+        if let Some(f) = &self.filter {
+            let f: Filter = serde_json::from_str(f).with_context(|| format!("--filter {f:?}"))?;
+            f.validate()?;
+            p.filter = Some(f);
+        }
+        Ok(p)
+    }
+}
+
+/// An index, and the encoder when the retriever needs one.
+pub struct Engine {
+    pub index: Index,
+    pub encoder: Option<Encoder>,
+    pub model_dir: Option<PathBuf>,
+}
+
+impl Engine {
+    /// Opens `dir`; loads the model that built it (or `--model`) unless the
+    /// retriever is BM25. Refuses a model whose output width differs from
+    /// the index's.
+    pub fn open(dir: &Path, model: &ModelArgs, retriever: Retriever) -> Result<Self> {
+        let index = Index::open(dir).with_context(|| format!("opening index {}", dir.display()))?;
+        if retriever == Retriever::Bm25 {
+            return Ok(Self {
+                index,
+                encoder: None,
+                model_dir: None,
+            });
+        }
+        let recorded = index.manifest().info["model"]["path"]
+            .as_str()
+            .map(PathBuf::from);
+        let model_dir = match (&model.model, recorded) {
+            (Some(d), _) => d.clone(),
+            (None, Some(p)) if p.exists() => p,
+            (None, Some(p)) => bail!(
+                "the index was built with model {}, which is no longer there; pass --model",
+                p.display()
+            ),
+            (None, None) => model.model_dir()?,
+        };
+        let encoder = model.load_dir(&model_dir)?;
+        let want = index.query_dim();
+        if encoder.dim() != want {
+            bail!(
+                "model {} makes {}-dim vectors, but index {} expects {want}-dim queries: \
+                 use the model that built it",
+                model_dir.display(),
+                encoder.dim(),
+                dir.display()
+            );
+        }
+        Ok(Self {
+            index,
+            encoder: Some(encoder),
+            model_dir: Some(model_dir),
+        })
+    }
+
+    /// Encodes queries (nothing for BM25).
+    pub fn encode_queries(&self, texts: &[&str]) -> Result<Vec<TokenVectors>> {
+        match &self.encoder {
+            None => Ok(Vec::new()),
+            Some(e) => Ok(e
+                .encode_queries(texts)?
+                .items
+                .into_iter()
+                .map(|i| i.vectors)
+                .collect()),
+        }
+    }
+
+    /// Ranks one query given its text and (unless BM25) its vectors.
+    pub fn rank(
+        &self,
+        retriever: Retriever,
+        text: &str,
+        vectors: Option<&TokenVectors>,
+        p: &SearchParams,
+    ) -> Result<Vec<Hit>> {
+        let need = || vectors.context("the query was not encoded");
+        Ok(match retriever {
+            Retriever::Bm25 => self.index.search_text(text, p.k, p.filter.as_ref())?,
+            Retriever::Colbert => self.index.search(need()?, p)?,
+            Retriever::Hybrid => self.index.search_hybrid(need()?, text, p)?,
+        })
+    }
+}
