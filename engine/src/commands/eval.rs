@@ -106,6 +106,11 @@ pub struct Timing {
     pub search_s: f64,
     pub total_s: f64,
     pub queries_per_s: f64,
+    /// Per-query search latency (query encoding excluded), milliseconds.
+    #[serde(default)]
+    pub search_p50_ms: f64,
+    #[serde(default)]
+    pub search_p99_ms: f64,
     /// Index build time when this evaluation built it.
     pub index_build_s: Option<f64>,
 }
@@ -260,14 +265,20 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
     pb.set_prefix("searching");
     let t = Instant::now();
     let mut run = Run::default();
+    let mut lat = Vec::with_capacity(queries.len());
     for (i, q) in queries.iter().enumerate() {
+        let tq = Instant::now();
         let hits = engine.rank(retriever, &q.text, vecs.get(i), &params)?;
+        lat.push(tq.elapsed().as_secs_f64() * 1e3);
         run.results
             .insert(q.id.clone(), hits.into_iter().map(|h| (h.id, h.score as f64)).collect());
         pb.inc(1);
     }
     let search_s = t.elapsed().as_secs_f64();
     pb.finish_and_clear();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    let (p50, p99) = (pct(0.5), pct(0.99));
 
     let recall10_vs_exact = if args.against_exact && retriever != Retriever::Bm25 {
         let exact = SearchParams {
@@ -329,6 +340,8 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
         search_s,
         total_s: t_all.elapsed().as_secs_f64(),
         queries_per_s: queries.len() as f64 / (encode_s + search_s).max(1e-9),
+        search_p50_ms: p50,
+        search_p99_ms: p99,
         index_build_s,
     });
     report.recall10_vs_exact = recall10_vs_exact;
@@ -353,14 +366,14 @@ fn print_table(reports: &[&Report]) {
     }
     let timed = reports.iter().any(|r| r.timing.is_some());
     if timed {
-        let _ = write!(w, " encode s | search s | total s | queries/s |");
+        let _ = write!(w, " encode s | search s | search p50 ms | search p99 ms | total s | queries/s |");
     }
     let exact = reports.iter().any(|r| r.recall10_vs_exact.is_some());
     if exact {
         let _ = write!(w, " R@10 vs exact |");
     }
     let _ = writeln!(w);
-    let cols = 2 + names.len() + if timed { 4 } else { 0 } + usize::from(exact);
+    let cols = 2 + names.len() + if timed { 6 } else { 0 } + usize::from(exact);
     let _ = writeln!(w, "|{}", "---|".repeat(cols));
     for r in reports {
         let _ = write!(w, "| {} | {} |", r.name, r.queries);
@@ -372,12 +385,17 @@ fn print_table(reports: &[&Report]) {
                 Some(t) => {
                     let _ = write!(
                         w,
-                        " {:.2} | {:.2} | {:.1} | {:.1} |",
-                        t.encode_s, t.search_s, t.total_s, t.queries_per_s
+                        " {:.2} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                        t.encode_s,
+                        t.search_s,
+                        t.search_p50_ms,
+                        t.search_p99_ms,
+                        t.total_s,
+                        t.queries_per_s
                     );
                 }
                 None => {
-                    let _ = write!(w, " – | – | – | – |");
+                    let _ = write!(w, " – | – | – | – | – | – |");
                 }
             }
         }

@@ -1,0 +1,406 @@
+//! End-to-end tests of the product's journeys with the tiny test model:
+//! index a dump, search it, evaluate runs; bad input, resuming, and
+//! precomputed vectors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tiny() -> String {
+    root()
+        .join("training/tests/fixtures/tiny-bert")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn sample() -> String {
+    root()
+        .join("docs/sample/corpus.jsonl")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.args(args).env("RUST_LOG", "warn");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    match stdin {
+        None => c.output().expect("tessera runs"),
+        Some(data) => {
+            use std::io::Write;
+            c.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = c.spawn().expect("tessera runs");
+            child.stdin.take().unwrap().write_all(data).unwrap();
+            child.wait_with_output().unwrap()
+        }
+    }
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "tessera failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "tessera should have failed");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `index build --input INPUT --out OUT` with the tiny model, one thread.
+fn build(input: &str, out: &Path, extra: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    let out = out.to_string_lossy();
+    let tiny = tiny();
+    let mut a = vec![
+        "index", "build", "--input", input, "--out", &out, "--model", &tiny, "--device", "cpu",
+        "--threads", "1",
+    ];
+    a.extend_from_slice(extra);
+    run(&a, envs, stdin)
+}
+
+fn search_json(index: &Path, query: &str, extra: &[&str]) -> serde_json::Value {
+    let idx = index.to_string_lossy();
+    let mut a = vec!["search", "--index", &idx, "--json", "--device", "cpu", "--threads", "1"];
+    a.extend_from_slice(extra);
+    a.push(query);
+    serde_json::from_str(ok(&run(&a, &[], None)).trim()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<String> {
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every index file except the tantivy text index (whose segment names are
+/// random) and the manifest (which lists those names), by relative path.
+fn vector_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if p.is_dir() {
+                if !rel.ends_with("text") {
+                    stack.push(p);
+                }
+            } else if rel != "manifest.json" && !rel.ends_with(".lock") {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn build_search_info_and_the_remembered_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("s.idx");
+    let o = build(&sample(), &idx, &[], &[], None);
+    ok(&o);
+    let summary = String::from_utf8_lossy(&o.stderr);
+    assert!(summary.contains("indexed 40 documents"), "{summary}");
+    assert!(!dir.path().join(".s.idx.encoding").exists(), "work folder removed");
+
+    // The search loads the model recorded in the index (no --model).
+    let v = search_json(&idx, "ocean tides and the moon", &["-k", "5"]);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[0]["rank"], 1);
+    assert!(results[0]["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let scores: Vec<f64> = results.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+
+    // BM25 finds the one document about tides first.
+    let v = search_json(&idx, "tides moon", &["--retriever", "bm25"]);
+    assert_eq!(ids(&v)[0], "doc01");
+    let v = search_json(&idx, "tides moon", &["--retriever", "hybrid", "-k", "3"]);
+    assert_eq!(ids(&v).len(), 3);
+    // Filters apply before ranking.
+    let v = search_json(
+        &idx,
+        "tides moon",
+        &["--retriever", "bm25", "--filter", r#"{"range": {"field": "n", "gte": 30}}"#],
+    );
+    assert!(v["results"].as_array().unwrap().iter().all(|r| r["metadata"]["n"].as_i64().unwrap() >= 30));
+
+    let info: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["index", "info", &idx.to_string_lossy()],
+        &[],
+        None,
+    )))
+    .unwrap();
+    assert_eq!(info["documents"], 40);
+    assert!(info["info"]["model"]["path"].as_str().unwrap().ends_with("tiny-bert"));
+    assert!(ok(&run(&["index", "verify", &idx.to_string_lossy()], &[], None)).contains("OK"));
+
+    // Text output: rank, score, id, title and a snippet.
+    let out = ok(&run(
+        &["search", "--index", &idx.to_string_lossy(), "--retriever", "bm25", "tides"],
+        &[],
+        None,
+    ));
+    assert!(out.contains("1.") && out.contains("doc01") && out.contains("Tides"), "{out}");
+    // A rebuild over an existing index needs --overwrite.
+    let e = err(&build(&sample(), &idx, &[], &[], None));
+    assert!(e.contains("--overwrite"), "{e}");
+}
+
+#[test]
+fn compressed_and_stdin_inputs_give_the_same_index() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let body = std::fs::read(sample()).unwrap();
+    let gz = dir.path().join("c.jsonl.gz");
+    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+    e.write_all(&body).unwrap();
+    e.finish().unwrap();
+    let zst = dir.path().join("c.jsonl.zst");
+    std::fs::write(
+        &zst,
+        ruzstd::encoding::compress_to_vec(&body[..], ruzstd::encoding::CompressionLevel::Fastest),
+    )
+    .unwrap();
+    let plain = dir.path().join("plain.idx");
+    ok(&build(&sample(), &plain, &[], &[], None));
+    let want = vector_files(&plain);
+    for (name, input, stdin) in [
+        ("gz.idx", gz.to_string_lossy().into_owned(), None),
+        ("zst.idx", zst.to_string_lossy().into_owned(), None),
+        ("stdin.idx", "-".to_string(), Some(&body[..])),
+    ] {
+        let out = dir.path().join(name);
+        ok(&build(&input, &out, &[], &[], stdin));
+        assert!(vector_files(&out) == want, "{name} differs from the plain build");
+    }
+    // TSV, MS MARCO style.
+    let tsv = dir.path().join("collection.tsv");
+    std::fs::write(&tsv, "0\tThe Moon pulls the oceans.\n1\tVolcanoes erupt.\n").unwrap();
+    let out = dir.path().join("tsv.idx");
+    ok(&build(&tsv.to_string_lossy(), &out, &[], &[], None));
+    let v = search_json(&out, "volcanoes", &["--retriever", "bm25"]);
+    assert_eq!(ids(&v), vec!["1"]);
+}
+
+#[test]
+fn bad_records_stop_the_build_or_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dump.jsonl");
+    let mut body = std::fs::read(sample()).unwrap();
+    body.extend_from_slice(b"{\"_id\": \"x1\", \"text\": \n");
+    body.extend_from_slice(b"{\"_id\": \"doc03\", \"text\": \"a duplicate id\"}\n");
+    body.extend_from_slice(b"{\"text\": \"no id\"}\n");
+    body.extend_from_slice(b"{\"_id\": \"x2\", \"title\": \"\", \"text\": \"  \"}\n");
+    body.extend_from_slice(b"{\"_id\": \"x3\", \"text\": \"caf\xe9\"}\n");
+    body.extend_from_slice(b"{\"_id\": \"x4\", \"text\": \"the last good one\"}\n");
+    std::fs::write(&input, &body).unwrap();
+    let idx = dir.path().join("d.idx");
+    let e = err(&build(&input.to_string_lossy(), &idx, &[], &[], None));
+    assert!(e.contains("dump.jsonl:41: malformed JSON"), "{e}");
+    assert!(!idx.exists(), "no index after a failed build");
+
+    std::fs::remove_dir_all(dir.path().join(".d.idx.encoding")).unwrap();
+    let o = build(&input.to_string_lossy(), &idx, &["--skip-invalid"], &[], None);
+    ok(&o);
+    let summary = String::from_utf8_lossy(&o.stderr);
+    assert!(summary.contains("indexed 41 documents"), "{summary}");
+    for kind in ["1 malformed JSON", "1 duplicate id", "1 missing id", "1 empty document", "1 invalid UTF-8"] {
+        assert!(summary.contains(kind), "{kind}: {summary}");
+    }
+    let v = search_json(&idx, "the last good one", &["--retriever", "bm25", "-k", "1"]);
+    assert_eq!(ids(&v), vec!["x4"]);
+    // The duplicate did not replace the first doc03.
+    let v = search_json(&idx, "duplicate", &["--retriever", "bm25"]);
+    assert!(ids(&v).is_empty());
+}
+
+#[test]
+fn an_interrupted_build_resumes_to_the_same_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("ref.idx");
+    ok(&build(&sample(), &reference, &["--checkpoint-every", "8"], &[], None));
+
+    let idx = dir.path().join("r.idx");
+    let o = build(
+        &sample(),
+        &idx,
+        &["--checkpoint-every", "8"],
+        &[("TESSERA_FAULT_ABORT_AFTER_CHECKPOINTS", "2")],
+        None,
+    );
+    assert!(!o.status.success(), "the fault hook aborts the process");
+    assert!(!idx.exists(), "no index from the killed build");
+    let work = dir.path().join(".r.idx.encoding");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("encode.json")).unwrap()).unwrap();
+    assert_eq!(state["docs"], 16);
+    assert_eq!(state["complete"], false);
+
+    let e = err(&build(&sample(), &idx, &["--checkpoint-every", "8"], &[], None));
+    assert!(e.contains("--resume"), "{e}");
+    ok(&build(&sample(), &idx, &["--checkpoint-every", "8", "--resume"], &[], None));
+    assert!(!work.exists());
+    let (a, b) = (vector_files(&reference), vector_files(&idx));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na} differs after resuming");
+    }
+}
+
+#[test]
+fn precomputed_vectors_build_the_same_index_and_dims_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let vecs = dir.path().join("vecs");
+    let tiny = tiny();
+    ok(&run(
+        &[
+            "encode-corpus", "--input", &sample(), "--out", &vecs.to_string_lossy(), "--model", &tiny,
+            "--device", "cpu", "--threads", "1",
+        ],
+        &[],
+        None,
+    ));
+    for f in ["embeddings.npy", "doclens.npy", "ids.txt", "docs.jsonl", "encode.json"] {
+        assert!(vecs.join(f).exists(), "{f}");
+    }
+    let from_vecs = dir.path().join("v.idx");
+    ok(&run(
+        &["index", "build", "--embeddings", &vecs.to_string_lossy(), "--out", &from_vecs.to_string_lossy()],
+        &[],
+        None,
+    ));
+    let from_dump = dir.path().join("d.idx");
+    ok(&build(&sample(), &from_dump, &[], &[], None));
+    assert!(vector_files(&from_vecs) == vector_files(&from_dump));
+
+    // Another engine's vectors: 8-dim, JSON doclens, no texts.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (5, 8), }";
+    let pad = 128 - 10 - header.len() - 1;
+    npy.extend_from_slice(&((128 - 10) as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend(std::iter::repeat_n(b' ', pad));
+    npy.push(b'\n');
+    for i in 0..40 {
+        npy.extend_from_slice(&((i % 7) as f32 - 3.0).to_le_bytes());
+    }
+    std::fs::write(other.join("embeddings.npy"), npy).unwrap();
+    std::fs::write(other.join("doclens.json"), "[2, 3]").unwrap();
+    std::fs::write(other.join("ids.txt"), "a\nb\n").unwrap();
+    let o_idx = dir.path().join("o.idx");
+    ok(&run(
+        &["index", "build", "--embeddings", &other.to_string_lossy(), "--out", &o_idx.to_string_lossy(), "--codec", "f32"],
+        &[],
+        None,
+    ));
+    let e = err(&run(
+        &["search", "--index", &o_idx.to_string_lossy(), "--model", &tiny, "--device", "cpu", "x"],
+        &[],
+        None,
+    ));
+    assert!(e.contains("32-dim") && e.contains("8-dim"), "{e}");
+}
+
+#[test]
+fn batch_search_writes_a_run_and_eval_scores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dir.path().join("mini");
+    std::fs::create_dir_all(ds.join("qrels")).unwrap();
+    std::fs::copy(sample(), ds.join("corpus.jsonl")).unwrap();
+    std::fs::write(
+        ds.join("queries.jsonl"),
+        "{\"_id\": \"q1\", \"text\": \"what causes tides\"}\n{\"_id\": \"q2\", \"text\": \"rust memory safety\"}\n{\"_id\": \"q3\", \"text\": \"unjudged\"}\n",
+    )
+    .unwrap();
+    std::fs::write(ds.join("qrels/dev.tsv"), "query-id\tcorpus-id\tscore\nq1\tdoc01\t1\nq2\tdoc11\t2\n").unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let tiny = tiny();
+    let report = dir.path().join("bm25.json");
+    let args = |retriever: &str, out: &Path| -> Vec<String> {
+        [
+            "eval", "--dataset", ds.to_str().unwrap(), "--split", "dev", "--retriever", retriever,
+            "--model", &tiny, "--device", "cpu", "--threads", "1", "--out", out.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = args("bm25", &report);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), &envs, None);
+    let table = ok(&o);
+    assert!(table.contains("nDCG@10") && table.contains("| 2 |"), "{table}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // BM25 puts both judged documents first: every measure is 1.
+    assert_eq!(r["measures"][0][0], "nDCG@10");
+    assert_eq!(r["measures"][0][1], 1.0);
+    assert!(report.with_extension("trec").exists());
+
+    // The second run reuses the cached index.
+    let report2 = dir.path().join("colbert.json");
+    let mut a = args("colbert", &report2);
+    a.push("--against-exact".into());
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), &envs, None);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("using cached index"));
+    let r2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report2).unwrap()).unwrap();
+    assert!(r2["recall10_vs_exact"].as_f64().unwrap() > 0.0);
+
+    let cmp = ok(&run(&["eval", "--compare", report.to_str().unwrap(), report2.to_str().unwrap()], &[], None));
+    assert!(cmp.contains("p (t)") && cmp.contains("nDCG@10"), "{cmp}");
+
+    // search --queries writes a TREC run that eval --run reads.
+    let idx = std::fs::read_dir(home.join("cache/indexes")).unwrap().flatten().next().unwrap().path();
+    let run_file = dir.path().join("run.trec");
+    ok(&run(
+        &[
+            "search", "--index", idx.to_str().unwrap(), "--retriever", "bm25", "--queries",
+            ds.join("queries.jsonl").to_str().unwrap(), "--run-out", run_file.to_str().unwrap(), "-k", "20",
+        ],
+        &[],
+        None,
+    ));
+    let text = std::fs::read_to_string(&run_file).unwrap();
+    let first: Vec<&str> = text.lines().next().unwrap().split(' ').collect();
+    assert_eq!((first[0], first[1], first[2], first[3]), ("q1", "Q0", "doc01", "1"));
+    let out = ok(&run(
+        &["eval", "--run", run_file.to_str().unwrap(), "--qrels", ds.join("qrels/dev.tsv").to_str().unwrap()],
+        &[],
+        None,
+    ));
+    assert!(out.contains("| 1.0000 |"), "{out}");
+}
+
+#[test]
+fn every_new_command_has_help_with_an_example() {
+    for cmd in [
+        &["index", "build"][..],
+        &["index"][..],
+        &["search"][..],
+        &["eval"][..],
+        &["encode-corpus"][..],
+    ] {
+        let mut a = cmd.to_vec();
+        a.push("--help");
+        let out = ok(&run(&a, &[], None));
+        assert!(out.contains("Example"), "{cmd:?}: {out}");
+    }
+}
