@@ -126,7 +126,8 @@ pub fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
-    let f = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let raw: Box<dyn Read> = match ext {
         "gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
@@ -223,8 +224,11 @@ impl CorpusReader {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => {
-                    return Some(Err(anyhow::Error::new(e)
-                        .context(format!("{}:{}: read error", self.name, self.line + 1))))
+                    return Some(Err(anyhow::Error::new(e).context(format!(
+                        "{}:{}: read error",
+                        self.name,
+                        self.line + 1
+                    ))))
                 }
             }
             self.line += 1;
@@ -267,7 +271,10 @@ impl CorpusReader {
         let v: Value =
             serde_json::from_str(s).map_err(|e| (Problem::MalformedJson, e.to_string()))?;
         let Value::Object(obj) = v else {
-            return Err((Problem::MalformedJson, "a line must be a JSON object".into()));
+            return Err((
+                Problem::MalformedJson,
+                "a line must be a JSON object".into(),
+            ));
         };
         let idf = &self.opts.id_field;
         let id_value = obj
@@ -423,12 +430,19 @@ mod tests {
         assert_eq!(a.metadata["year"], 2020);
         assert_eq!(a.encoded_text(), "T1 first doc");
         let b = want[1].as_ref().unwrap();
-        assert_eq!((b.id.as_str(), b.line, b.encoded_text().as_str()), ("7", 3, "second"));
+        assert_eq!(
+            (b.id.as_str(), b.line, b.encoded_text().as_str()),
+            ("7", 3, "second")
+        );
         for p in [&gz, &zst] {
             let got = read_all(p, CorpusOptions::default());
             assert_eq!(
-                got.iter().map(|r| r.as_ref().unwrap().clone()).collect::<Vec<_>>(),
-                want.iter().map(|r| r.as_ref().unwrap().clone()).collect::<Vec<_>>()
+                got.iter()
+                    .map(|r| r.as_ref().unwrap().clone())
+                    .collect::<Vec<_>>(),
+                want.iter()
+                    .map(|r| r.as_ref().unwrap().clone())
+                    .collect::<Vec<_>>()
             );
         }
     }
@@ -461,7 +475,10 @@ mod tests {
             ]
         );
         let msg = got[1].as_ref().unwrap_err().to_string();
-        assert!(msg.starts_with(&format!("{}:2: malformed JSON", p.display())), "{msg}");
+        assert!(
+            msg.starts_with(&format!("{}:2: malformed JSON", p.display())),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -122,7 +122,11 @@ pub fn read_npy_header(path: &Path, r: &mut impl Read) -> Result<NpyHeader> {
         Some(rest.to_owned())
     };
     let descr = field("descr")
-        .and_then(|s| s.strip_prefix('\'').and_then(|s| s.split('\'').next()).map(String::from))
+        .and_then(|s| {
+            s.strip_prefix('\'')
+                .and_then(|s| s.split('\'').next())
+                .map(String::from)
+        })
         .ok_or_else(|| bad("no descr"))?;
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
         return Err(bad("Fortran order is not supported (save with C order)"));
@@ -176,7 +180,11 @@ impl EmbeddingsWriter {
     /// Starts a new folder (created; it must be empty if it exists).
     pub fn create(dir: &Path, dim: usize, input: &str, model: serde_json::Value) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(io_ctx(dir))?;
-        if std::fs::read_dir(dir).map_err(io_ctx(dir))?.next().is_some() {
+        if std::fs::read_dir(dir)
+            .map_err(io_ctx(dir))?
+            .next()
+            .is_some()
+        {
             bail!(
                 "{}: exists and is not empty (an earlier run? resume it with --resume, or remove it)",
                 dir.display()
@@ -211,7 +219,10 @@ impl EmbeddingsWriter {
         let state = load_state(dir)?
             .with_context(|| format!("{}: no {STATE}; nothing to resume", dir.display()))?;
         if state.complete {
-            bail!("{}: encoding finished already; nothing to resume", dir.display());
+            bail!(
+                "{}: encoding finished already; nothing to resume",
+                dir.display()
+            );
         }
         Self::open(dir, state)
     }
@@ -251,15 +262,19 @@ impl EmbeddingsWriter {
     ) -> Result<()> {
         let dim = self.state.dim;
         ensure!(
-            vectors.len() % dim == 0 && !vectors.is_empty(),
+            vectors.len().is_multiple_of(dim) && !vectors.is_empty(),
             "document {id:?}: {} floats is not a whole number of {dim}-dim vectors",
             vectors.len()
         );
         let n = vectors.len() / dim;
         let dir = self.dir.clone();
         let e = io_ctx(&dir);
-        self.emb.write_all(bytemuck::cast_slice(vectors)).map_err(&e)?;
-        self.doclens.write_all(&(n as u32).to_le_bytes()).map_err(&e)?;
+        self.emb
+            .write_all(bytemuck::cast_slice(vectors))
+            .map_err(&e)?;
+        self.doclens
+            .write_all(&(n as u32).to_le_bytes())
+            .map_err(&e)?;
         writeln!(self.ids, "{id}").map_err(&e)?;
         serde_json::to_writer(
             &mut self.docs,
@@ -279,7 +294,11 @@ impl EmbeddingsWriter {
                 npy_header("<f4", &[rows, self.state.dim as u64]),
                 EMBEDDINGS,
             ),
-            (&mut self.doclens, npy_header("<u4", &[self.state.docs]), DOCLENS),
+            (
+                &mut self.doclens,
+                npy_header("<u4", &[self.state.docs]),
+                DOCLENS,
+            ),
         ] {
             let p = self.dir.join(name);
             let f = w.get_mut();
@@ -297,7 +316,12 @@ impl EmbeddingsWriter {
     pub fn checkpoint(&mut self, input_lines: u64) -> Result<()> {
         let dir = self.dir.clone();
         let e = io_ctx(&dir);
-        for w in [&mut self.emb, &mut self.doclens, &mut self.ids, &mut self.docs] {
+        for w in [
+            &mut self.emb,
+            &mut self.doclens,
+            &mut self.ids,
+            &mut self.docs,
+        ] {
             w.flush().map_err(&e)?;
         }
         self.write_headers()?;
@@ -332,9 +356,14 @@ pub fn load_state(dir: &Path) -> Result<Option<State>> {
         return Ok(None);
     }
     let s = std::fs::read_to_string(&p).map_err(io_ctx(&p))?;
-    let st: State =
-        serde_json::from_str(&s).with_context(|| format!("{}: not a Tessera encode state", p.display()))?;
-    ensure!(st.format == FORMAT, "{}: format {:?} is not {FORMAT}", p.display(), st.format);
+    let st: State = serde_json::from_str(&s)
+        .with_context(|| format!("{}: not a Tessera encode state", p.display()))?;
+    ensure!(
+        st.format == FORMAT,
+        "{}: format {:?} is not {FORMAT}",
+        p.display(),
+        st.format
+    );
     Ok(Some(st))
 }
 
@@ -486,7 +515,8 @@ impl EmbeddingsReader {
         self.emb
             .read_exact(bytemuck::cast_slice_mut(&mut vectors))
             .map_err(io_ctx(&ep))?;
-        let (mut title, mut text, mut metadata) = (String::new(), String::new(), serde_json::Value::Null);
+        let (mut title, mut text, mut metadata) =
+            (String::new(), String::new(), serde_json::Value::Null);
         if let Some(docs) = &mut self.docs {
             let dp = self.dir.join(DOCS);
             let l = docs
@@ -519,12 +549,20 @@ fn read_doclens(dir: &Path) -> Result<Vec<u32>> {
         let f = File::open(&np).map_err(io_ctx(&np))?;
         let mut r = BufReader::new(f);
         let h = read_npy_header(&np, &mut r)?;
-        ensure!(h.shape.len() == 1, "{}: shape {:?} is not 1-D", np.display(), h.shape);
+        ensure!(
+            h.shape.len() == 1,
+            "{}: shape {:?} is not 1-D",
+            np.display(),
+            h.shape
+        );
         let n = h.shape[0] as usize;
         let width = match h.descr.as_str() {
             "<i4" | "<u4" => 4,
             "<i8" | "<u8" => 8,
-            d => bail!("{}: dtype {d} is not an integer type (<i4, <u4, <i8, <u8)", np.display()),
+            d => bail!(
+                "{}: dtype {d} is not an integer type (<i4, <u4, <i8, <u8)",
+                np.display()
+            ),
         };
         let mut raw = Vec::new();
         r.take((n * width) as u64)
@@ -537,18 +575,23 @@ fn read_doclens(dir: &Path) -> Result<Vec<u32>> {
             .map(|(i, c)| {
                 let v: i64 = if width == 4 {
                     let b = [c[0], c[1], c[2], c[3]];
-                    if h.descr == "<i4" { i32::from_le_bytes(b) as i64 } else { u32::from_le_bytes(b) as i64 }
+                    if h.descr == "<i4" {
+                        i32::from_le_bytes(b) as i64
+                    } else {
+                        u32::from_le_bytes(b) as i64
+                    }
                 } else {
                     i64::from_le_bytes(c.try_into().expect("8 bytes"))
                 };
-                u32::try_from(v).map_err(|_| anyhow::anyhow!("{}: document #{} has length {v}", np.display(), i + 1))
+                u32::try_from(v).map_err(|_| {
+                    anyhow::anyhow!("{}: document #{} has length {v}", np.display(), i + 1)
+                })
             })
             .collect();
     }
     let jp = dir.join(DOCLENS_JSON);
-    let s = std::fs::read_to_string(&jp).map_err(|e| {
-        anyhow::anyhow!("{}: no {DOCLENS} or {DOCLENS_JSON}: {e}", dir.display())
-    })?;
+    let s = std::fs::read_to_string(&jp)
+        .map_err(|e| anyhow::anyhow!("{}: no {DOCLENS} or {DOCLENS_JSON}: {e}", dir.display()))?;
     serde_json::from_str::<Vec<u32>>(&s)
         .with_context(|| format!("{}: expected a JSON array of lengths", jp.display()))
 }
@@ -565,7 +608,10 @@ mod tests {
         assert_eq!(got.shape, vec![12345, 384]);
         assert_eq!(got.data_offset, HEADER_LEN as u64);
         let h = npy_header("<u4", &[7]);
-        assert_eq!(read_npy_header(Path::new("x"), &mut &h[..]).unwrap().shape, vec![7]);
+        assert_eq!(
+            read_npy_header(Path::new("x"), &mut &h[..]).unwrap().shape,
+            vec![7]
+        );
         assert!(read_npy_header(Path::new("x"), &mut &b"\x93NUMPY"[..]).is_err());
     }
 
@@ -573,24 +619,37 @@ mod tests {
     fn write_checkpoint_resume_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("emb");
-        let mut w = EmbeddingsWriter::create(&d, 2, "in.jsonl", serde_json::json!({"m": 1})).unwrap();
-        w.add("a", "T", "x", &serde_json::json!({}), &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let mut w =
+            EmbeddingsWriter::create(&d, 2, "in.jsonl", serde_json::json!({"m": 1})).unwrap();
+        w.add("a", "T", "x", &serde_json::json!({}), &[1.0, 2.0, 3.0, 4.0])
+            .unwrap();
         w.checkpoint(1).unwrap();
         // Written after the checkpoint, then "killed": resume drops it.
-        w.add("b", "", "y", &serde_json::json!({}), &[9.0, 9.0]).unwrap();
+        w.add("b", "", "y", &serde_json::json!({}), &[9.0, 9.0])
+            .unwrap();
         drop(w);
         let mut w = EmbeddingsWriter::resume(&d).unwrap();
         assert_eq!((w.state.docs, w.state.input_lines), (1, 1));
         assert_eq!(w.written_ids().unwrap(), vec!["a".to_string()]);
-        assert!(EmbeddingsReader::open(&d).is_err(), "unfinished folders do not open");
-        w.add("c", "", "z", &serde_json::json!({"k": 2}), &[5.0, 6.0]).unwrap();
+        assert!(
+            EmbeddingsReader::open(&d).is_err(),
+            "unfinished folders do not open"
+        );
+        w.add("c", "", "z", &serde_json::json!({"k": 2}), &[5.0, 6.0])
+            .unwrap();
         w.finish(3).unwrap();
         let mut r = EmbeddingsReader::open(&d).unwrap();
         assert_eq!((r.dim, r.len(), r.tokens), (2, 2, 3));
         let a = r.next_doc().unwrap().unwrap();
-        assert_eq!((a.id.as_str(), a.vectors.as_slice(), a.title.as_str()), ("a", &[1.0, 2.0, 3.0, 4.0][..], "T"));
+        assert_eq!(
+            (a.id.as_str(), a.vectors.as_slice(), a.title.as_str()),
+            ("a", &[1.0, 2.0, 3.0, 4.0][..], "T")
+        );
         let c = r.next_doc().unwrap().unwrap();
-        assert_eq!((c.id.as_str(), c.vectors.as_slice()), ("c", &[5.0, 6.0][..]));
+        assert_eq!(
+            (c.id.as_str(), c.vectors.as_slice()),
+            ("c", &[5.0, 6.0][..])
+        );
         assert_eq!(c.metadata["k"], 2);
         assert!(r.next_doc().unwrap().is_none());
     }

@@ -58,12 +58,28 @@ fn err(o: &Output) -> String {
 }
 
 /// `index build --input INPUT --out OUT` with the tiny model, one thread.
-fn build(input: &str, out: &Path, extra: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+fn build(
+    input: &str,
+    out: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&[u8]>,
+) -> Output {
     let out = out.to_string_lossy();
     let tiny = tiny();
     let mut a = vec![
-        "index", "build", "--input", input, "--out", &out, "--model", &tiny, "--device", "cpu",
-        "--threads", "1",
+        "index",
+        "build",
+        "--input",
+        input,
+        "--out",
+        &out,
+        "--model",
+        &tiny,
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
     ];
     a.extend_from_slice(extra);
     run(&a, envs, stdin)
@@ -71,7 +87,16 @@ fn build(input: &str, out: &Path, extra: &[&str], envs: &[(&str, &str)], stdin: 
 
 fn search_json(index: &Path, query: &str, extra: &[&str]) -> serde_json::Value {
     let idx = index.to_string_lossy();
-    let mut a = vec!["search", "--index", &idx, "--json", "--device", "cpu", "--threads", "1"];
+    let mut a = vec![
+        "search",
+        "--index",
+        &idx,
+        "--json",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ];
     a.extend_from_slice(extra);
     a.push(query);
     serde_json::from_str(ok(&run(&a, &[], None)).trim()).unwrap()
@@ -116,7 +141,10 @@ fn build_search_info_and_the_remembered_model() {
     ok(&o);
     let summary = String::from_utf8_lossy(&o.stderr);
     assert!(summary.contains("indexed 40 documents"), "{summary}");
-    assert!(!dir.path().join(".s.idx.encoding").exists(), "work folder removed");
+    assert!(
+        !dir.path().join(".s.idx.encoding").exists(),
+        "work folder removed"
+    );
 
     // The search loads the model recorded in the index (no --model).
     let v = search_json(&idx, "ocean tides and the moon", &["-k", "5"]);
@@ -124,7 +152,10 @@ fn build_search_info_and_the_remembered_model() {
     assert_eq!(results.len(), 5);
     assert_eq!(results[0]["rank"], 1);
     assert!(results[0]["title"].as_str().is_some_and(|t| !t.is_empty()));
-    let scores: Vec<f64> = results.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 
     // BM25 finds the one document about tides first.
@@ -136,9 +167,18 @@ fn build_search_info_and_the_remembered_model() {
     let v = search_json(
         &idx,
         "tides moon",
-        &["--retriever", "bm25", "--filter", r#"{"range": {"field": "n", "gte": 30}}"#],
+        &[
+            "--retriever",
+            "bm25",
+            "--filter",
+            r#"{"range": {"field": "n", "gte": 30}}"#,
+        ],
     );
-    assert!(v["results"].as_array().unwrap().iter().all(|r| r["metadata"]["n"].as_i64().unwrap() >= 30));
+    assert!(v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["metadata"]["n"].as_i64().unwrap() >= 30));
 
     let info: serde_json::Value = serde_json::from_str(&ok(&run(
         &["index", "info", &idx.to_string_lossy()],
@@ -147,16 +187,34 @@ fn build_search_info_and_the_remembered_model() {
     )))
     .unwrap();
     assert_eq!(info["documents"], 40);
-    assert!(info["info"]["model"]["path"].as_str().unwrap().ends_with("tiny-bert"));
-    assert!(ok(&run(&["index", "verify", &idx.to_string_lossy()], &[], None)).contains("OK"));
+    assert!(info["info"]["model"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("tiny-bert"));
+    assert!(ok(&run(
+        &["index", "verify", &idx.to_string_lossy()],
+        &[],
+        None
+    ))
+    .contains("OK"));
 
     // Text output: rank, score, id, title and a snippet.
     let out = ok(&run(
-        &["search", "--index", &idx.to_string_lossy(), "--retriever", "bm25", "tides"],
+        &[
+            "search",
+            "--index",
+            &idx.to_string_lossy(),
+            "--retriever",
+            "bm25",
+            "tides",
+        ],
         &[],
         None,
     ));
-    assert!(out.contains("1.") && out.contains("doc01") && out.contains("Tides"), "{out}");
+    assert!(
+        out.contains("1.") && out.contains("doc01") && out.contains("Tides"),
+        "{out}"
+    );
     // A rebuild over an existing index needs --overwrite.
     let e = err(&build(&sample(), &idx, &[], &[], None));
     assert!(e.contains("--overwrite"), "{e}");
@@ -168,7 +226,10 @@ fn compressed_and_stdin_inputs_give_the_same_index() {
     let dir = tempfile::tempdir().unwrap();
     let body = std::fs::read(sample()).unwrap();
     let gz = dir.path().join("c.jsonl.gz");
-    let mut e = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::default());
+    let mut e = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
     e.write_all(&body).unwrap();
     e.finish().unwrap();
     let zst = dir.path().join("c.jsonl.zst");
@@ -187,7 +248,10 @@ fn compressed_and_stdin_inputs_give_the_same_index() {
     ] {
         let out = dir.path().join(name);
         ok(&build(&input, &out, &[], &[], stdin));
-        assert!(vector_files(&out) == want, "{name} differs from the plain build");
+        assert!(
+            vector_files(&out) == want,
+            "{name} differs from the plain build"
+        );
     }
     // TSV, MS MARCO style.
     let tsv = dir.path().join("collection.tsv");
@@ -216,14 +280,30 @@ fn bad_records_stop_the_build_or_are_skipped_and_counted() {
     assert!(!idx.exists(), "no index after a failed build");
 
     std::fs::remove_dir_all(dir.path().join(".d.idx.encoding")).unwrap();
-    let o = build(&input.to_string_lossy(), &idx, &["--skip-invalid"], &[], None);
+    let o = build(
+        &input.to_string_lossy(),
+        &idx,
+        &["--skip-invalid"],
+        &[],
+        None,
+    );
     ok(&o);
     let summary = String::from_utf8_lossy(&o.stderr);
     assert!(summary.contains("indexed 41 documents"), "{summary}");
-    for kind in ["1 malformed JSON", "1 duplicate id", "1 missing id", "1 empty document", "1 invalid UTF-8"] {
+    for kind in [
+        "1 malformed JSON",
+        "1 duplicate id",
+        "1 missing id",
+        "1 empty document",
+        "1 invalid UTF-8",
+    ] {
         assert!(summary.contains(kind), "{kind}: {summary}");
     }
-    let v = search_json(&idx, "the last good one", &["--retriever", "bm25", "-k", "1"]);
+    let v = search_json(
+        &idx,
+        "the last good one",
+        &["--retriever", "bm25", "-k", "1"],
+    );
     assert_eq!(ids(&v), vec!["x4"]);
     // The duplicate did not replace the first doc03.
     let v = search_json(&idx, "duplicate", &["--retriever", "bm25"]);
@@ -234,7 +314,13 @@ fn bad_records_stop_the_build_or_are_skipped_and_counted() {
 fn an_interrupted_build_resumes_to_the_same_index() {
     let dir = tempfile::tempdir().unwrap();
     let reference = dir.path().join("ref.idx");
-    ok(&build(&sample(), &reference, &["--checkpoint-every", "8"], &[], None));
+    ok(&build(
+        &sample(),
+        &reference,
+        &["--checkpoint-every", "8"],
+        &[],
+        None,
+    ));
 
     let idx = dir.path().join("r.idx");
     let o = build(
@@ -252,9 +338,21 @@ fn an_interrupted_build_resumes_to_the_same_index() {
     assert_eq!(state["docs"], 16);
     assert_eq!(state["complete"], false);
 
-    let e = err(&build(&sample(), &idx, &["--checkpoint-every", "8"], &[], None));
+    let e = err(&build(
+        &sample(),
+        &idx,
+        &["--checkpoint-every", "8"],
+        &[],
+        None,
+    ));
     assert!(e.contains("--resume"), "{e}");
-    ok(&build(&sample(), &idx, &["--checkpoint-every", "8", "--resume"], &[], None));
+    ok(&build(
+        &sample(),
+        &idx,
+        &["--checkpoint-every", "8", "--resume"],
+        &[],
+        None,
+    ));
     assert!(!work.exists());
     let (a, b) = (vector_files(&reference), vector_files(&idx));
     assert_eq!(a.len(), b.len());
@@ -271,18 +369,40 @@ fn precomputed_vectors_build_the_same_index_and_dims_are_checked() {
     let tiny = tiny();
     ok(&run(
         &[
-            "encode-corpus", "--input", &sample(), "--out", &vecs.to_string_lossy(), "--model", &tiny,
-            "--device", "cpu", "--threads", "1",
+            "encode-corpus",
+            "--input",
+            &sample(),
+            "--out",
+            &vecs.to_string_lossy(),
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
         ],
         &[],
         None,
     ));
-    for f in ["embeddings.npy", "doclens.npy", "ids.txt", "docs.jsonl", "encode.json"] {
+    for f in [
+        "embeddings.npy",
+        "doclens.npy",
+        "ids.txt",
+        "docs.jsonl",
+        "encode.json",
+    ] {
         assert!(vecs.join(f).exists(), "{f}");
     }
     let from_vecs = dir.path().join("v.idx");
     ok(&run(
-        &["index", "build", "--embeddings", &vecs.to_string_lossy(), "--out", &from_vecs.to_string_lossy()],
+        &[
+            "index",
+            "build",
+            "--embeddings",
+            &vecs.to_string_lossy(),
+            "--out",
+            &from_vecs.to_string_lossy(),
+        ],
         &[],
         None,
     ));
@@ -308,12 +428,30 @@ fn precomputed_vectors_build_the_same_index_and_dims_are_checked() {
     std::fs::write(other.join("ids.txt"), "a\nb\n").unwrap();
     let o_idx = dir.path().join("o.idx");
     ok(&run(
-        &["index", "build", "--embeddings", &other.to_string_lossy(), "--out", &o_idx.to_string_lossy(), "--codec", "f32"],
+        &[
+            "index",
+            "build",
+            "--embeddings",
+            &other.to_string_lossy(),
+            "--out",
+            &o_idx.to_string_lossy(),
+            "--codec",
+            "f32",
+        ],
         &[],
         None,
     ));
     let e = err(&run(
-        &["search", "--index", &o_idx.to_string_lossy(), "--model", &tiny, "--device", "cpu", "x"],
+        &[
+            "search",
+            "--index",
+            &o_idx.to_string_lossy(),
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+            "x",
+        ],
         &[],
         None,
     ));
@@ -331,24 +469,49 @@ fn batch_search_writes_a_run_and_eval_scores_it() {
         "{\"_id\": \"q1\", \"text\": \"what causes tides\"}\n{\"_id\": \"q2\", \"text\": \"rust memory safety\"}\n{\"_id\": \"q3\", \"text\": \"unjudged\"}\n",
     )
     .unwrap();
-    std::fs::write(ds.join("qrels/dev.tsv"), "query-id\tcorpus-id\tscore\nq1\tdoc01\t1\nq2\tdoc11\t2\n").unwrap();
+    std::fs::write(
+        ds.join("qrels/dev.tsv"),
+        "query-id\tcorpus-id\tscore\nq1\tdoc01\t1\nq2\tdoc11\t2\n",
+    )
+    .unwrap();
     let home = dir.path().join("home");
     let envs = [("TESSERA_HOME", home.to_str().unwrap())];
     let tiny = tiny();
     let report = dir.path().join("bm25.json");
     let args = |retriever: &str, out: &Path| -> Vec<String> {
         [
-            "eval", "--dataset", ds.to_str().unwrap(), "--split", "dev", "--retriever", retriever,
-            "--model", &tiny, "--device", "cpu", "--threads", "1", "--out", out.to_str().unwrap(),
+            "eval",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--split",
+            "dev",
+            "--retriever",
+            retriever,
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
         ]
         .map(String::from)
         .to_vec()
     };
     let a = args("bm25", &report);
-    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), &envs, None);
+    let o = run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &envs,
+        None,
+    );
     let table = ok(&o);
-    assert!(table.contains("nDCG@10") && table.contains("| 2 |"), "{table}");
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert!(
+        table.contains("nDCG@10") && table.contains("| 2 |"),
+        "{table}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     // BM25 puts both judged documents first: every measure is 1.
     assert_eq!(r["measures"][0][0], "nDCG@10");
     assert_eq!(r["measures"][0][1], 1.0);
@@ -358,31 +521,68 @@ fn batch_search_writes_a_run_and_eval_scores_it() {
     let report2 = dir.path().join("colbert.json");
     let mut a = args("colbert", &report2);
     a.push("--against-exact".into());
-    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), &envs, None);
+    let o = run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &envs,
+        None,
+    );
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("using cached index"));
-    let r2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report2).unwrap()).unwrap();
+    let r2: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report2).unwrap()).unwrap();
     assert!(r2["recall10_vs_exact"].as_f64().unwrap() > 0.0);
 
-    let cmp = ok(&run(&["eval", "--compare", report.to_str().unwrap(), report2.to_str().unwrap()], &[], None));
+    let cmp = ok(&run(
+        &[
+            "eval",
+            "--compare",
+            report.to_str().unwrap(),
+            report2.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    ));
     assert!(cmp.contains("p (t)") && cmp.contains("nDCG@10"), "{cmp}");
 
     // search --queries writes a TREC run that eval --run reads.
-    let idx = std::fs::read_dir(home.join("cache/indexes")).unwrap().flatten().next().unwrap().path();
+    let idx = std::fs::read_dir(home.join("cache/indexes"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let run_file = dir.path().join("run.trec");
     ok(&run(
         &[
-            "search", "--index", idx.to_str().unwrap(), "--retriever", "bm25", "--queries",
-            ds.join("queries.jsonl").to_str().unwrap(), "--run-out", run_file.to_str().unwrap(), "-k", "20",
+            "search",
+            "--index",
+            idx.to_str().unwrap(),
+            "--retriever",
+            "bm25",
+            "--queries",
+            ds.join("queries.jsonl").to_str().unwrap(),
+            "--run-out",
+            run_file.to_str().unwrap(),
+            "-k",
+            "20",
         ],
         &[],
         None,
     ));
     let text = std::fs::read_to_string(&run_file).unwrap();
     let first: Vec<&str> = text.lines().next().unwrap().split(' ').collect();
-    assert_eq!((first[0], first[1], first[2], first[3]), ("q1", "Q0", "doc01", "1"));
+    assert_eq!(
+        (first[0], first[1], first[2], first[3]),
+        ("q1", "Q0", "doc01", "1")
+    );
     let out = ok(&run(
-        &["eval", "--run", run_file.to_str().unwrap(), "--qrels", ds.join("qrels/dev.tsv").to_str().unwrap()],
+        &[
+            "eval",
+            "--run",
+            run_file.to_str().unwrap(),
+            "--qrels",
+            ds.join("qrels/dev.tsv").to_str().unwrap(),
+        ],
         &[],
         None,
     ));

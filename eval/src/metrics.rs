@@ -230,7 +230,10 @@ mod tests {
     #[test]
     fn parses_measure_names() {
         assert_eq!("nDCG@10".parse::<Measure>().unwrap(), Measure::Ndcg(10));
-        assert_eq!("recall@100".parse::<Measure>().unwrap(), Measure::Recall(100));
+        assert_eq!(
+            "recall@100".parse::<Measure>().unwrap(),
+            Measure::Recall(100)
+        );
         assert_eq!("MRR@10".parse::<Measure>().unwrap(), Measure::Mrr(10));
         assert!("ndcg".parse::<Measure>().is_err());
         assert!("ndcg@0".parse::<Measure>().is_err());

@@ -193,6 +193,9 @@ mod tests {
             .map(|(i, x)| x + 0.1 + 0.01 * (i % 3) as f64)
             .collect();
         let r = paired(&a, &b, 1000, 1);
-        assert!(r.mean_diff > 0.1 && r.p_t < 1e-6 && r.p_rand < 0.01, "{r:?}");
+        assert!(
+            r.mean_diff > 0.1 && r.p_t < 1e-6 && r.p_rand < 0.01,
+            "{r:?}"
+        );
     }
 }

@@ -22,7 +22,15 @@ fn every_measure_matches_trec_eval_per_query() {
     let run = Run::read(&fixture("run.trec")).unwrap();
     let want = expected();
     let want = want["per_query"].as_object().unwrap();
-    let names: Vec<String> = want.values().next().unwrap().as_object().unwrap().keys().cloned().collect();
+    let names: Vec<String> = want
+        .values()
+        .next()
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     let measures: Vec<Measure> = names.iter().map(|n| n.parse().unwrap()).collect();
     let e = evaluate(&qrels, &run, &measures, false);
     assert_eq!(e.per_query.len(), want.len(), "evaluated queries");
@@ -50,7 +58,11 @@ fn means_are_over_evaluated_queries_and_complete_adds_zeros() {
     let want = expected();
     let rows = want["per_query"].as_object().unwrap();
     let m = Measure::Ndcg(10);
-    let mean: f64 = rows.values().map(|r| r["nDCG@10"].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let mean: f64 = rows
+        .values()
+        .map(|r| r["nDCG@10"].as_f64().unwrap())
+        .sum::<f64>()
+        / rows.len() as f64;
     let e = evaluate(&qrels, &run, &[m], false);
     assert!((e.get(m).unwrap() - mean).abs() < 1e-9);
     let c = evaluate(&qrels, &run, &[m], true);
@@ -63,7 +75,11 @@ fn paired_t_test_matches_scipy() {
     let want = expected();
     for t in want["ttests"].as_array().unwrap() {
         let v = |k: &str| -> Vec<f64> {
-            t[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+            t[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
         };
         let r = stats::paired(&v("a"), &v("b"), 2000, 7);
         let (ts, p) = (t["t"].as_f64().unwrap(), t["p"].as_f64().unwrap());

@@ -243,18 +243,31 @@ impl Codec {
                 }
             }
             CodecKind::Residual { nbits } => {
-                let per = 8 / nbits as usize;
-                for (i, &byte) in bytes.iter().enumerate() {
-                    let w = &self.lut[byte as usize * per..(byte as usize + 1) * per];
-                    let base = i * per;
-                    for j in 0..per {
-                        out[base + j] = centroid[base + j] + w[j];
-                    }
+                match nbits {
+                    1 => decode_residual::<8>(&self.lut, bytes, centroid, out),
+                    2 => decode_residual::<4>(&self.lut, bytes, centroid, out),
+                    _ => decode_residual::<2>(&self.lut, bytes, centroid, out),
                 }
                 if self.renormalise {
                     normalise(out);
                 }
             }
+        }
+    }
+}
+
+/// Residual decoding with `PER` values per code byte: `out = centroid +
+/// lut[byte]`, in fixed-size groups so the compiler vectorises it.
+#[inline]
+fn decode_residual<const PER: usize>(lut: &[f32], bytes: &[u8], centroid: &[f32], out: &mut [f32]) {
+    for ((o, c), &byte) in out
+        .chunks_exact_mut(PER)
+        .zip(centroid.chunks_exact(PER))
+        .zip(bytes)
+    {
+        let w = &lut[byte as usize * PER..(byte as usize + 1) * PER];
+        for j in 0..PER {
+            o[j] = c[j] + w[j];
         }
     }
 }

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use crate::error::{IndexError, Result};
 use crate::filter::{FieldValue, Filter};
 use crate::index::{Index, StoredDoc};
-use crate::linalg::gemm_abt;
+use crate::linalg::{dot_rows, dot_rows2};
 use crate::maxsim::Scratch;
 use crate::vectors::TokenVectors;
 
@@ -243,8 +243,9 @@ impl Index {
         let dim = self.dim();
         let nq = q.len() / dim;
         let k = self.manifest().num_centroids;
-        let mut qc = vec![0.0f32; nq * k];
-        gemm_abt(q, nq, self.centroids(), k, dim, &mut qc);
+        // Centroid-major scores, each row padded to a multiple of 8 lanes.
+        let nqp = nq.div_ceil(LANES) * LANES;
+        let qct = centroid_scores(q, nq, nqp, self.centroids(), dim);
 
         // Cells to probe.
         let mut probe = vec![false; k];
@@ -263,17 +264,21 @@ impl Index {
                 }
             }
             _ => {
-                let mut idx: Vec<u32> = Vec::with_capacity(k);
-                for row in qc.chunks_exact(k) {
-                    idx.clear();
-                    idx.extend(0..k as u32);
-                    let n = p.n_probe.min(k);
-                    idx.select_nth_unstable_by(n - 1, |&a, &b| {
-                        row[b as usize].total_cmp(&row[a as usize])
-                    });
-                    for &c in &idx[..n] {
-                        probe[c as usize] = true;
+                // Per query token, its n_probe best centroids in one pass
+                // (a small sorted list each; insertions are rare).
+                let n = p.n_probe.min(k);
+                let mut tops: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(n + 1); nq];
+                for (c, row) in qct.chunks_exact(nqp).enumerate() {
+                    for (top, &v) in tops.iter_mut().zip(row) {
+                        if top.len() < n || v > top[top.len() - 1].0 {
+                            let at = top.partition_point(|&(x, _)| x >= v);
+                            top.insert(at, (v, c as u32));
+                            top.truncate(n);
+                        }
                     }
+                }
+                for &(_, c) in tops.iter().flatten() {
+                    probe[c as usize] = true;
                 }
             }
         }
@@ -297,33 +302,45 @@ impl Index {
             return self.rank_exact(q, self.all_docs(allowed), p.k);
         }
 
-        // Approximate scores from centroid codes: transpose the useful part
-        // of Q·Cᵀ to centroid-major rows, zeroing pruned centroids.
-        let mut qct = vec![0.0f32; k * nq];
-        for c in 0..k {
-            let best = (0..nq)
-                .map(|i| qc[i * k + c])
-                .fold(f32::NEG_INFINITY, f32::max);
+        // Approximate scores from centroid codes, pruned centroids (best
+        // score under the threshold) contributing 0. The table is quantised
+        // to i8 (one 32-byte row per centroid for up to 32 query tokens):
+        // the per-token gathers are the cost here, and a quarter of the
+        // bytes keeps the table in L2. Approximate scores only choose which
+        // documents get the exact re-rank.
+        let blocks = nq.div_ceil(I8_LANES);
+        let max_abs = qct
+            .chunks_exact(nqp)
+            .flat_map(|r| &r[..nq])
+            .fold(0.0f32, |m, &x| m.max(x.abs()))
+            .max(f32::MIN_POSITIVE);
+        let scale = 127.0 / max_abs;
+        let mut table = vec![[0i8; I8_LANES]; k * blocks];
+        for (row, out) in qct.chunks_exact(nqp).zip(table.chunks_exact_mut(blocks)) {
+            let best = row[..nq].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             if best >= p.centroid_threshold {
-                for i in 0..nq {
-                    qct[c * nq + i] = qc[i * k + c];
+                for (i, &x) in row[..nq].iter().enumerate() {
+                    out[i / I8_LANES][i % I8_LANES] =
+                        (x * scale).round().clamp(-127.0, 127.0) as i8;
                 }
             }
         }
+        let table = &table;
         let mut approx: Vec<(f32, usize, u32)> = cands
             .into_par_iter()
             .map_init(
-                || vec![0.0f32; nq],
+                || vec![[0i8; I8_LANES]; blocks],
                 |acc, (s, d)| {
-                    acc.fill(f32::NEG_INFINITY);
+                    acc.fill([i8::MIN; I8_LANES]);
                     let seg = &self.segments()[s];
                     for &c in &seg.codes()[seg.token_range(d)] {
-                        let row = &qct[c as usize * nq..(c as usize + 1) * nq];
-                        for (a, &x) in acc.iter_mut().zip(row) {
-                            *a = a.max(x);
+                        let rows = &table[c as usize * blocks..(c as usize + 1) * blocks];
+                        for (a, r) in acc.iter_mut().zip(rows) {
+                            max_i8x32(a, r);
                         }
                     }
-                    (acc.iter().sum::<f32>(), s, d)
+                    let sum: i32 = acc.iter().flatten().take(nq).map(|&x| i32::from(x)).sum();
+                    (sum as f32 / scale, s, d)
                 },
             )
             .collect();
@@ -393,6 +410,60 @@ impl Index {
             })
             .collect()
     }
+}
+
+/// Lanes of the centroid-score rows (padding keeps loops vectorisable).
+const LANES: usize = 8;
+
+/// Lanes of the quantised approximate-score table (one AVX2 register).
+const I8_LANES: usize = 32;
+
+/// `a = max(a, r)` lane by lane (one `vpmaxsb` with AVX2).
+#[inline]
+fn max_i8x32(a: &mut [i8; I8_LANES], r: &[i8; I8_LANES]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled at compile time (cfg above); both arrays
+        // are exactly 32 bytes, the width of one unaligned 256-bit
+        // load/store, and `a` is a unique borrow.
+        unsafe {
+            let x = _mm256_loadu_si256(a.as_ptr().cast());
+            let y = _mm256_loadu_si256(r.as_ptr().cast());
+            _mm256_storeu_si256(a.as_mut_ptr().cast(), _mm256_max_epi8(x, y));
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    for (x, &y) in a.iter_mut().zip(r) {
+        *x = (*x).max(y);
+    }
+}
+
+/// `out[c][i] = ⟨centroid c, query token i⟩`, centroid-major, rows padded
+/// to `nqp` with zeros. One pass over the centroids (read once, in
+/// parallel blocks) instead of an SGEMM that would first copy ("pack") the
+/// whole centroid matrix for a skinny query.
+fn centroid_scores(q: &[f32], nq: usize, nqp: usize, centroids: &[f32], dim: usize) -> Vec<f32> {
+    let k = centroids.len() / dim;
+    let mut out = vec![0.0f32; k * nqp];
+    const BLOCK: usize = 256;
+    out.par_chunks_mut(BLOCK * nqp)
+        .zip(centroids.par_chunks(BLOCK * dim))
+        .for_each(|(o, cs)| {
+            let q = &q[..nq * dim];
+            let mut pairs = cs.chunks_exact(2 * dim).zip(o.chunks_exact_mut(2 * nqp));
+            for (c, out) in &mut pairs {
+                let (c0, c1) = c.split_at(dim);
+                let (o0, o1) = out.split_at_mut(nqp);
+                dot_rows2(c0, c1, q, &mut o0[..nq], &mut o1[..nq]);
+            }
+            if !cs.len().is_multiple_of(2 * dim) {
+                let c = &cs[cs.len() - dim..];
+                let row = o.chunks_exact_mut(nqp).last().expect("odd block has a row");
+                dot_rows(c, q, &mut row[..nq]);
+            }
+        });
+    out
 }
 
 /// The usual RRF constant (Cormack et al., 2009).

@@ -30,7 +30,12 @@ pub struct InputArgs {
     #[arg(long, default_value = "_id", value_name = "FIELD")]
     pub id_field: String,
     /// JSONL: fields encoded, in order; `title` is stored as the title.
-    #[arg(long, default_value = "title,text", value_delimiter = ',', value_name = "FIELDS")]
+    #[arg(
+        long,
+        default_value = "title,text",
+        value_delimiter = ',',
+        value_name = "FIELDS"
+    )]
     pub text_fields: Vec<String>,
     /// Skip malformed lines, missing ids or text, duplicate ids, empty
     /// documents and invalid UTF-8 (counted per kind) instead of stopping.
@@ -160,10 +165,17 @@ pub fn encode_to_dir(
                     st.input
                 );
             }
-            tracing::info!(docs = st.docs, lines = st.input_lines, "resuming from checkpoint");
+            tracing::info!(
+                docs = st.docs,
+                lines = st.input_lines,
+                "resuming from checkpoint"
+            );
             EmbeddingsWriter::resume(out)?
         }
-        (true, Some(_)) => bail!("{}: encoding finished already; nothing to resume", out.display()),
+        (true, Some(_)) => bail!(
+            "{}: encoding finished already; nothing to resume",
+            out.display()
+        ),
         (_, st) => {
             if st.is_some() {
                 bail!(
@@ -229,7 +241,13 @@ pub fn encode_to_dir(
                     reject(&mut writer.state, bad, input.skip_invalid)?;
                     continue;
                 }
-                writer.add(&r.id, &r.title, &r.text, &r.metadata, item.vectors.as_slice())?;
+                writer.add(
+                    &r.id,
+                    &r.title,
+                    &r.text,
+                    &r.metadata,
+                    item.vectors.as_slice(),
+                )?;
             }
             writer.state.truncated += encoded.truncated as u64;
         }

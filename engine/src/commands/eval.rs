@@ -62,7 +62,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Evaluate this TREC run file instead (with --qrels).
-    #[arg(long, value_name = "FILE", requires = "qrels", conflicts_with = "compare")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "qrels",
+        conflicts_with = "compare"
+    )]
     pub run: Option<PathBuf>,
     /// Judgements for --run: BEIR TSV or TREC qrels.
     #[arg(long, value_name = "FILE")]
@@ -175,7 +180,11 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
             .map(|(q, vals)| {
                 (
                     q.clone(),
-                    e.measures.iter().zip(vals).map(|(m, v)| (m.to_string(), *v)).collect(),
+                    e.measures
+                        .iter()
+                        .zip(vals)
+                        .map(|(m, v)| (m.to_string(), *v))
+                        .collect(),
                 )
             })
             .collect(),
@@ -186,15 +195,18 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
 
 /// The cached index for `dataset` + model + codec.
 fn cached_index(dataset: &Path, model: &Path, codec: &str) -> Result<PathBuf> {
-    let home = tessera_training::tessera_home()
-        .context("cannot locate the cache: set TESSERA_HOME")?;
+    let home =
+        tessera_training::tessera_home().context("cannot locate the cache: set TESSERA_HOME")?;
     let corpus = dataset.join("corpus.jsonl");
     let meta = std::fs::metadata(&corpus).with_context(|| corpus.display().to_string())?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     dataset.canonicalize()?.hash(&mut h);
     meta.len().hash(&mut h);
     meta.modified().ok().hash(&mut h);
-    model.canonicalize().unwrap_or_else(|_| model.to_owned()).hash(&mut h);
+    model
+        .canonicalize()
+        .unwrap_or_else(|_| model.to_owned())
+        .hash(&mut h);
     codec.hash(&mut h);
     let name = dataset
         .canonicalize()?
@@ -225,7 +237,11 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
             if cache.join("manifest.json").exists() {
                 eprintln!("using cached index {}", cache.display());
             } else {
-                eprintln!("indexing {} into {} (cached for later runs)", dir.display(), cache.display());
+                eprintln!(
+                    "indexing {} into {} (cached for later runs)",
+                    dir.display(),
+                    cache.display()
+                );
                 let t = Instant::now();
                 let model = ModelArgs {
                     model: Some(model_dir),
@@ -270,8 +286,10 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
         let tq = Instant::now();
         let hits = engine.rank(retriever, &q.text, vecs.get(i), &params)?;
         lat.push(tq.elapsed().as_secs_f64() * 1e3);
-        run.results
-            .insert(q.id.clone(), hits.into_iter().map(|h| (h.id, h.score as f64)).collect());
+        run.results.insert(
+            q.id.clone(),
+            hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
+        );
         pb.inc(1);
     }
     let search_s = t.elapsed().as_secs_f64();
@@ -295,7 +313,11 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
                 .map(|h| h.id)
                 .collect();
             let got = tessera_eval::metrics::trec_order(&run.results[&q.id]);
-            hit += got.iter().take(10).filter(|(d, _)| truth.contains(*d)).count();
+            hit += got
+                .iter()
+                .take(10)
+                .filter(|(d, _)| truth.contains(*d))
+                .count();
             total += truth.len();
         }
         Some(hit as f64 / total.max(1) as f64)
@@ -353,20 +375,28 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
 
 fn write_report(path: &Path, r: &Report) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r)?).with_context(|| tmp.display().to_string())?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(r)?)
+        .with_context(|| tmp.display().to_string())?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
 }
 
 fn print_table(reports: &[&Report]) {
     let mut w = std::io::stdout().lock();
-    let names: Vec<&str> = reports[0].measures.iter().map(|(m, _)| m.as_str()).collect();
+    let names: Vec<&str> = reports[0]
+        .measures
+        .iter()
+        .map(|(m, _)| m.as_str())
+        .collect();
     let _ = write!(w, "| system | queries |");
     for n in &names {
         let _ = write!(w, " {n} |");
     }
     let timed = reports.iter().any(|r| r.timing.is_some());
     if timed {
-        let _ = write!(w, " encode s | search s | search p50 ms | search p99 ms | total s | queries/s |");
+        let _ = write!(
+            w,
+            " encode s | search s | search p50 ms | search p99 ms | total s | queries/s |"
+        );
     }
     let exact = reports.iter().any(|r| r.recall10_vs_exact.is_some());
     if exact {
@@ -418,7 +448,8 @@ fn compare(paths: &[PathBuf]) -> Result<()> {
         .iter()
         .map(|p| {
             let s = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
-            serde_json::from_str(&s).with_context(|| format!("{}: not a tessera eval report", p.display()))
+            serde_json::from_str(&s)
+                .with_context(|| format!("{}: not a tessera eval report", p.display()))
         })
         .collect::<Result<_>>()?;
     let base = &reports[0];
@@ -443,13 +474,18 @@ fn compare(paths: &[PathBuf]) -> Result<()> {
             };
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for (q, vals) in &base.per_query {
-                if let (Some(x), Some(y)) = (vals.get(m), r.per_query.get(q).and_then(|o| o.get(m))) {
+                if let (Some(x), Some(y)) = (vals.get(m), r.per_query.get(q).and_then(|o| o.get(m)))
+                {
                     a.push(*x);
                     b.push(*y);
                 }
             }
             let t = stats::paired(&a, &b, 10_000, 42);
-            let star = if t.p_t < 0.05 && t.p_rand < 0.05 { "*" } else { "" };
+            let star = if t.p_t < 0.05 && t.p_rand < 0.05 {
+                "*"
+            } else {
+                ""
+            };
             write!(
                 w,
                 " {v:.4} | {:+.4}{star} | {:.4} | {:.4} |",

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use tessera_index::{BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors};
+use tessera_index::{
+    BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors,
+};
 
 use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs};
 use crate::corpus::Format;
@@ -84,7 +86,12 @@ pub struct BuildArgs {
     #[arg(long, default_value = "_id", value_name = "FIELD")]
     pub id_field: String,
     /// JSONL: fields encoded, in order; `title` is stored as the title.
-    #[arg(long, default_value = "title,text", value_delimiter = ',', value_name = "FIELDS")]
+    #[arg(
+        long,
+        default_value = "title,text",
+        value_delimiter = ',',
+        value_name = "FIELDS"
+    )]
     pub text_fields: Vec<String>,
     /// Skip bad records (counted per kind) instead of stopping.
     #[arg(long)]
@@ -119,7 +126,12 @@ pub fn run(args: IndexArgs) -> Result<()> {
         IndexCommand::Verify(i) => {
             let index = tessera_index::Index::open(&i.index)?;
             let r = index.verify()?;
-            println!("{}: OK ({} files, {} bytes checked)", i.index.display(), r.files, r.bytes);
+            println!(
+                "{}: OK ({} files, {} bytes checked)",
+                i.index.display(),
+                r.files,
+                r.bytes
+            );
             Ok(())
         }
     }
@@ -131,7 +143,10 @@ pub fn work_dir(out: &Path) -> Result<PathBuf> {
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{}: not a usable index path", out.display()))?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     Ok(parent.join(format!(".{name}.encoding")))
 }
 
@@ -145,13 +160,21 @@ fn build(args: BuildArgs) -> Result<()> {
         ..BuildOptions::default()
     };
     if args.out.join("manifest.json").exists() && !args.overwrite {
-        bail!("{}: an index exists already (pass --overwrite to replace it)", args.out.display());
+        bail!(
+            "{}: an index exists already (pass --overwrite to replace it)",
+            args.out.display()
+        );
     }
     let t = Instant::now();
     let built = match (&args.input, &args.embeddings) {
         (_, Some(e)) => {
             let (stats, skipped) = build_from_vectors(e, &args.out, opts)?;
-            Built { stats, skipped, encode_s: 0.0, index_s: t.elapsed().as_secs_f64() }
+            Built {
+                stats,
+                skipped,
+                encode_s: 0.0,
+                index_s: t.elapsed().as_secs_f64(),
+            }
         }
         (Some(input), None) => {
             let input = InputArgs {
@@ -161,11 +184,19 @@ fn build(args: BuildArgs) -> Result<()> {
                 text_fields: args.text_fields.clone(),
                 skip_invalid: args.skip_invalid,
             };
-            build_from_input(&args.model, &input, &args.out, opts, args.resume, args.checkpoint_every as usize)?
+            build_from_input(
+                &args.model,
+                &input,
+                &args.out,
+                opts,
+                args.resume,
+                args.checkpoint_every as usize,
+            )?
         }
         (None, None) => bail!("give --input or --embeddings"),
     };
-    let (stats, skipped, encode_s, index_s) = (built.stats, built.skipped, built.encode_s, built.index_s);
+    let (stats, skipped, encode_s, index_s) =
+        (built.stats, built.skipped, built.encode_s, built.index_s);
     eprintln!(
         "indexed {} documents, {} tokens ({}-dim, {}, {} centroids) into {} in {:.1} s \
          (encoding {:.1} s, indexing {:.1} s): {:.1} bytes/token, {:.1} MiB on disk{}",

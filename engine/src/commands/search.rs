@@ -29,7 +29,12 @@ pub struct SearchArgs {
     #[arg(value_name = "QUERY", required_unless_present = "queries")]
     pub query: Option<String>,
     /// Queries file: JSONL (`{"_id", "text"}`) or TSV (`id<TAB>text`).
-    #[arg(long, value_name = "FILE", requires = "run_out", conflicts_with = "query")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "run_out",
+        conflicts_with = "query"
+    )]
     pub queries: Option<PathBuf>,
     /// With --queries: the TREC run file to write.
     #[arg(long, value_name = "FILE")]
@@ -114,8 +119,19 @@ pub fn run(args: SearchArgs) -> Result<()> {
         writeln!(w, "no results")?;
     }
     for (i, (h, d)) in hits.iter().zip(&docs).enumerate() {
-        let title = if d.title.is_empty() { "(no title)" } else { &d.title };
-        writeln!(w, "{:>3}. {:>9.4}  {}  {}", i + 1, h.score, h.id, snippet(title, 90))?;
+        let title = if d.title.is_empty() {
+            "(no title)"
+        } else {
+            &d.title
+        };
+        writeln!(
+            w,
+            "{:>3}. {:>9.4}  {}  {}",
+            i + 1,
+            h.score,
+            h.id,
+            snippet(title, 90)
+        )?;
         if !d.text.is_empty() {
             writeln!(w, "                {}", snippet(&d.text, 160))?;
         }
