@@ -124,3 +124,36 @@ fn gauss(rng: &mut StdRng) -> f32 {
     let u2: f32 = rng.gen();
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
+
+/// Builds a small valid index of `docs` documents (16-dim, fixed seed) at
+/// `path` and returns its files, relative to `path` and sorted: the
+/// starting point of the damaged-file property test and the fuzz target.
+pub fn small_index(path: &std::path::Path, docs: usize) -> crate::Result<Vec<std::path::PathBuf>> {
+    let syn = Synthetic {
+        dim: 16,
+        topics: 8,
+        min_len: 2,
+        max_len: 12,
+        noise: 0.5,
+        seed: 1,
+    };
+    let mut b = crate::IndexBuilder::create(path, crate::BuildOptions::default())?;
+    for d in syn.documents(0, docs) {
+        b.add(d)?;
+    }
+    b.finish(&mut |_| {})?;
+    let mut files = Vec::new();
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).map_err(|e| crate::IndexError::io(&dir, e))? {
+            let p = e.map_err(|e| crate::IndexError::io(&dir, e))?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(path) {
+                files.push(rel.to_owned());
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use tessera_index::synthetic::Synthetic;
+use tessera_index::synthetic::small_index;
 use tessera_index::*;
 
 fn pristine() -> &'static (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
@@ -16,35 +16,9 @@ fn pristine() -> &'static (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
     P.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idx");
-        let syn = Synthetic {
-            dim: 16,
-            topics: 8,
-            min_len: 2,
-            max_len: 12,
-            noise: 0.5,
-            seed: 1,
-        };
-        let mut b = IndexBuilder::create(&path, BuildOptions::default()).unwrap();
-        for d in syn.documents(0, 40) {
-            b.add(d).unwrap();
-        }
-        b.finish(&mut |_| {}).unwrap();
-        let mut files = Vec::new();
-        collect(&path, &path, &mut files);
-        files.sort();
+        let files = small_index(&path, 40).unwrap();
         (dir, path, files)
     })
-}
-
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            collect(root, &p, out);
-        } else {
-            out.push(p.strip_prefix(root).unwrap().to_owned());
-        }
-    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -7,11 +7,11 @@
 //! ```
 #![no_main]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use tessera_index::synthetic::Synthetic;
+use tessera_index::synthetic::small_index;
 use tessera_index::*;
 
 struct Pristine {
@@ -26,28 +26,9 @@ fn pristine() -> &'static Pristine {
     P.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("idx");
-        let syn = Synthetic { dim: 16, topics: 8, min_len: 2, max_len: 12, noise: 0.5, seed: 1 };
-        let mut b = IndexBuilder::create(&path, BuildOptions::default()).unwrap();
-        for d in syn.documents(0, 20) {
-            b.add(d).unwrap();
-        }
-        b.finish(&mut |_| {}).unwrap();
-        let mut files = Vec::new();
-        collect(&path, &path, &mut files);
-        files.sort();
+        let files = small_index(&path, 20).unwrap();
         Pristine { _dir: dir, path, files, scratch: tempfile::tempdir().unwrap() }
     })
-}
-
-fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            collect(root, &p, out);
-        } else {
-            out.push(p.strip_prefix(root).unwrap().to_owned());
-        }
-    }
 }
 
 fuzz_target!(|data: &[u8]| {
