@@ -16,13 +16,9 @@ use crate::embeddings::{load_state, EmbeddingsWriter, State};
 use crate::model::{model_info, ModelArgs};
 use crate::progress;
 
-/// Where documents come from and what to do with bad ones.
+/// How to read a dump's records and what to do with bad ones.
 #[derive(Args, Debug, Clone)]
-pub struct InputArgs {
-    /// The dump: BEIR corpus.jsonl, any JSONL, or TSV (`id<TAB>text`),
-    /// optionally .gz or .zst; `-` reads standard input.
-    #[arg(long, value_name = "PATH")]
-    pub input: PathBuf,
+pub struct RecordArgs {
     /// Record format (default: from the extension; JSONL for `-`).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
@@ -43,12 +39,31 @@ pub struct InputArgs {
     pub skip_invalid: bool,
 }
 
+impl Default for RecordArgs {
+    /// The command-line defaults (BEIR `corpus.jsonl`).
+    fn default() -> Self {
+        Self {
+            format: None,
+            id_field: "_id".into(),
+            text_fields: vec!["title".into(), "text".into()],
+            skip_invalid: false,
+        }
+    }
+}
+
+/// A dump and how to read it.
+#[derive(Debug, Clone)]
+pub struct InputArgs {
+    pub input: PathBuf,
+    pub records: RecordArgs,
+}
+
 impl InputArgs {
     pub fn corpus_options(&self) -> CorpusOptions {
         CorpusOptions {
-            format: self.format,
-            id_field: self.id_field.clone(),
-            text_fields: self.text_fields.clone(),
+            format: self.records.format,
+            id_field: self.records.id_field.clone(),
+            text_fields: self.records.text_fields.clone(),
         }
     }
 }
@@ -64,8 +79,12 @@ impl InputArgs {
 pub struct EncodeCorpusArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// The dump: BEIR corpus.jsonl, any JSONL, or TSV (`id<TAB>text`),
+    /// optionally .gz or .zst; `-` reads standard input.
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
     #[command(flatten)]
-    pub input: InputArgs,
+    pub records: RecordArgs,
     /// Output folder (created; must be empty unless resuming).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -80,9 +99,13 @@ pub struct EncodeCorpusArgs {
 pub fn run(args: EncodeCorpusArgs) -> Result<()> {
     let encoder = args.model.load()?;
     let t = Instant::now();
+    let input = InputArgs {
+        input: args.input.clone(),
+        records: args.records.clone(),
+    };
     let state = encode_to_dir(
         &encoder,
-        &args.input,
+        &input,
         &args.out,
         args.resume,
         args.checkpoint_every as usize,
@@ -221,7 +244,7 @@ pub fn encode_to_dir(
                     seen.insert(r.id.clone());
                     records.push(r);
                 }
-                Err(bad) => reject(&mut writer.state, bad, input.skip_invalid)?,
+                Err(bad) => reject(&mut writer.state, bad, input.records.skip_invalid)?,
             }
         }
         if !records.is_empty() {
@@ -238,7 +261,7 @@ pub fn encode_to_dir(
                         problem: Problem::EmptyDocument,
                         detail: "no token left to index (only punctuation?)".into(),
                     };
-                    reject(&mut writer.state, bad, input.skip_invalid)?;
+                    reject(&mut writer.state, bad, input.records.skip_invalid)?;
                     continue;
                 }
                 writer.add(

@@ -15,7 +15,7 @@ use tessera_eval::metrics::default_measures;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
 use tessera_index::{BuildOptions, Candidates, SearchParams};
 
-use crate::commands::encode_corpus::InputArgs;
+use crate::commands::encode_corpus::{InputArgs, RecordArgs};
 use crate::commands::index::build_from_input;
 use crate::model::ModelArgs;
 use crate::progress;
@@ -249,10 +249,7 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
                 };
                 let input = InputArgs {
                     input: dataset.corpus_path(),
-                    format: None,
-                    id_field: "_id".into(),
-                    text_fields: vec!["title".into(), "text".into()],
-                    skip_invalid: false,
+                    records: RecordArgs::default(),
                 };
                 let opts = BuildOptions {
                     codec: args.codec.parse()?,

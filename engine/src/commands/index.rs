@@ -16,8 +16,7 @@ use tessera_index::{
     BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors,
 };
 
-use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs};
-use crate::corpus::Format;
+use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs};
 use crate::embeddings::{load_state, EmbeddingsReader};
 use crate::model::ModelArgs;
 use crate::progress;
@@ -79,23 +78,8 @@ pub struct BuildArgs {
     /// Documents per encoding checkpoint.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub checkpoint_every: u32,
-    /// Record format (default: from the extension; JSONL for `-`).
-    #[arg(long, value_enum)]
-    pub format: Option<Format>,
-    /// JSONL: the document id field (`_id`, falling back to `id`).
-    #[arg(long, default_value = "_id", value_name = "FIELD")]
-    pub id_field: String,
-    /// JSONL: fields encoded, in order; `title` is stored as the title.
-    #[arg(
-        long,
-        default_value = "title,text",
-        value_delimiter = ',',
-        value_name = "FIELDS"
-    )]
-    pub text_fields: Vec<String>,
-    /// Skip bad records (counted per kind) instead of stopping.
-    #[arg(long)]
-    pub skip_invalid: bool,
+    #[command(flatten)]
+    pub records: RecordArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -179,10 +163,7 @@ fn build(args: BuildArgs) -> Result<()> {
         (Some(input), None) => {
             let input = InputArgs {
                 input: input.clone(),
-                format: args.format,
-                id_field: args.id_field.clone(),
-                text_fields: args.text_fields.clone(),
-                skip_invalid: args.skip_invalid,
+                records: args.records.clone(),
             };
             build_from_input(
                 &args.model,
