@@ -6,11 +6,12 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
     /// An I/O error on a file.
-    #[error("{}: {source}", path.display())]
+    // The I/O error is part of the message, not a `source()`, so that
+    // `{:#}` chains (anyhow) do not print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A malformed line.
     #[error("{}:{line}: {message}", path.display())]
@@ -31,7 +32,7 @@ impl EvalError {
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            error: source,
         }
     }
 

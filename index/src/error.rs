@@ -15,11 +15,12 @@ pub enum IndexError {
     #[error("vector dimension must be at least 1")]
     ZeroDim,
     /// An I/O error on a file.
-    #[error("{}: {source}", path.display())]
+    // The I/O error is part of the message, not a `source()`, so that
+    // `{:#}` chains (anyhow) do not print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file of the index is missing, truncated, foreign or inconsistent.
     #[error("{}: {message}", path.display())]
@@ -49,7 +50,7 @@ impl IndexError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 
