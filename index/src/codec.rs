@@ -182,13 +182,16 @@ impl Codec {
         match self.kind {
             CodecKind::F32 => out.extend_from_slice(bytemuck::cast_slice(v)),
             CodecKind::F16 => {
-                let mut h = vec![half::f16::ZERO; v.len()];
-                {
-                    use half::slice::HalfFloatSliceExt;
-                    h.convert_from_f32_slice(v);
-                }
-                for x in h {
-                    out.extend_from_slice(&x.to_le_bytes());
+                // Slice conversion (F16C when available) through a stack
+                // buffer: no allocation per token.
+                use half::slice::HalfFloatSliceExt;
+                let mut h = [half::f16::ZERO; 64];
+                for c in v.chunks(h.len()) {
+                    let h = &mut h[..c.len()];
+                    h.convert_from_f32_slice(c);
+                    for x in h.iter() {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
                 }
             }
             CodecKind::Int8 => {

@@ -246,9 +246,8 @@ impl Index {
         let dim = self.dim();
         let nq = q.len() / dim;
         let k = self.manifest().num_centroids;
-        // Centroid-major scores, each row padded to a multiple of 8 lanes.
-        let nqp = nq.div_ceil(LANES) * LANES;
-        let qct = centroid_scores(q, nq, nqp, self.centroids(), dim);
+        // Centroid-major scores: one row of `nq` per centroid.
+        let qct = centroid_scores(q, self.centroids(), dim);
 
         // Cells to probe.
         let mut probe = vec![false; k];
@@ -271,7 +270,7 @@ impl Index {
                 // (a small sorted list each; insertions are rare).
                 let n = p.n_probe.min(k);
                 let mut tops: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(n + 1); nq];
-                for (c, row) in qct.chunks_exact(nqp).enumerate() {
+                for (c, row) in qct.chunks_exact(nq).enumerate() {
                     for (top, &v) in tops.iter_mut().zip(row) {
                         if top.len() < n || v > top[top.len() - 1].0 {
                             let at = top.partition_point(|&(x, _)| x >= v);
@@ -313,16 +312,15 @@ impl Index {
         // documents get the exact re-rank.
         let blocks = nq.div_ceil(I8_LANES);
         let max_abs = qct
-            .chunks_exact(nqp)
-            .flat_map(|r| &r[..nq])
+            .iter()
             .fold(0.0f32, |m, &x| m.max(x.abs()))
             .max(f32::MIN_POSITIVE);
         let scale = 127.0 / max_abs;
         let mut table = vec![[0i8; I8_LANES]; k * blocks];
-        for (row, out) in qct.chunks_exact(nqp).zip(table.chunks_exact_mut(blocks)) {
-            let best = row[..nq].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for (row, out) in qct.chunks_exact(nq).zip(table.chunks_exact_mut(blocks)) {
+            let best = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             if best >= p.centroid_threshold {
-                for (i, &x) in row[..nq].iter().enumerate() {
+                for (i, &x) in row.iter().enumerate() {
                     out[i / I8_LANES][i % I8_LANES] =
                         (x * scale).round().clamp(-127.0, 127.0) as i8;
                 }
@@ -415,9 +413,6 @@ impl Index {
     }
 }
 
-/// Lanes of the centroid-score rows (padding keeps loops vectorisable).
-const LANES: usize = 8;
-
 /// Lanes of the quantised approximate-score table (one AVX2 register).
 const I8_LANES: usize = 32;
 
@@ -442,28 +437,28 @@ fn max_i8x32(a: &mut [i8; I8_LANES], r: &[i8; I8_LANES]) {
     }
 }
 
-/// `out[c][i] = ⟨centroid c, query token i⟩`, centroid-major, rows padded
-/// to `nqp` with zeros. One pass over the centroids (read once, in
+/// `out[c][i] = ⟨centroid c, query token i⟩` for the query's `nq` tokens,
+/// centroid-major (`k × nq`). One pass over the centroids (read once, in
 /// parallel blocks) instead of an SGEMM that would first copy ("pack") the
 /// whole centroid matrix for a skinny query.
-fn centroid_scores(q: &[f32], nq: usize, nqp: usize, centroids: &[f32], dim: usize) -> Vec<f32> {
-    let k = centroids.len() / dim;
-    let mut out = vec![0.0f32; k * nqp];
+fn centroid_scores(q: &[f32], centroids: &[f32], dim: usize) -> Vec<f32> {
+    let (k, nq) = (centroids.len() / dim, q.len() / dim);
+    let q = &q[..nq * dim];
+    let mut out = vec![0.0f32; k * nq];
     const BLOCK: usize = 256;
-    out.par_chunks_mut(BLOCK * nqp)
+    out.par_chunks_mut(BLOCK * nq)
         .zip(centroids.par_chunks(BLOCK * dim))
         .for_each(|(o, cs)| {
-            let q = &q[..nq * dim];
-            let mut pairs = cs.chunks_exact(2 * dim).zip(o.chunks_exact_mut(2 * nqp));
+            let mut pairs = cs.chunks_exact(2 * dim).zip(o.chunks_exact_mut(2 * nq));
             for (c, out) in &mut pairs {
                 let (c0, c1) = c.split_at(dim);
-                let (o0, o1) = out.split_at_mut(nqp);
-                dot_rows2(c0, c1, q, &mut o0[..nq], &mut o1[..nq]);
+                let (o0, o1) = out.split_at_mut(nq);
+                dot_rows2(c0, c1, q, o0, o1);
             }
             if !cs.len().is_multiple_of(2 * dim) {
                 let c = &cs[cs.len() - dim..];
-                let row = o.chunks_exact_mut(nqp).last().expect("odd block has a row");
-                dot_rows(c, q, &mut row[..nq]);
+                let last = o.len() - nq;
+                dot_rows(c, q, &mut o[last..]);
             }
         });
     out
