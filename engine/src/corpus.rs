@@ -121,6 +121,22 @@ pub struct CorpusReader {
     buf: Vec<u8>,
 }
 
+/// Compression of a dump, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+/// `.gz` → gzip, `.zst`/`.zstd` → zstd, anything else → none.
+pub fn compression_of(path: &Path) -> Option<Compression> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("gz") => Some(Compression::Gzip),
+        Some("zst" | "zstd") => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
 /// Opens `path` (`-` for standard input), decompressing `.gz` and `.zst`.
 pub fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
     if path == Path::new("-") {
@@ -128,14 +144,13 @@ pub fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
     }
     let f =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let raw: Box<dyn Read> = match ext {
-        "gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
-        "zst" | "zstd" => Box::new(
+    let raw: Box<dyn Read> = match compression_of(path) {
+        Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
+        Some(Compression::Zstd) => Box::new(
             ruzstd::decoding::StreamingDecoder::new(BufReader::new(f))
                 .map_err(|e| anyhow::anyhow!("{}: not a zstd stream: {e}", path.display()))?,
         ),
-        _ => Box::new(f),
+        None => Box::new(f),
     };
     Ok(Box::new(BufReader::with_capacity(1 << 20, raw)))
 }
@@ -146,10 +161,7 @@ pub fn format_of(path: &Path) -> Option<Format> {
         return Some(Format::Jsonl);
     }
     let mut p: PathBuf = path.to_owned();
-    if matches!(
-        p.extension().and_then(|e| e.to_str()),
-        Some("gz" | "zst" | "zstd")
-    ) {
+    if compression_of(&p).is_some() {
         p.set_extension("");
     }
     match p.extension().and_then(|e| e.to_str()) {

@@ -3,8 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Instant;
+
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use tessera_eval::beir::Query;
+use tessera_eval::Run;
 use tessera_index::{Candidates, Filter, Hit, Index, SearchParams, TokenVectors};
 use tessera_training::Encoder;
 
@@ -175,5 +179,51 @@ impl Engine {
             Retriever::Colbert => self.index.search(need()?, p)?,
             Retriever::Hybrid => self.index.search_hybrid(need()?, text, p)?,
         })
+    }
+}
+
+/// Timing of [`Engine::run_queries`].
+#[derive(Debug, Default)]
+pub struct RunTiming {
+    /// Query encoding, seconds (0 for BM25).
+    pub encode_s: f64,
+    /// Ranking, seconds.
+    pub search_s: f64,
+    /// Per-query ranking latency, milliseconds, in query order.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Engine {
+    /// Ranks every query into a run, encoding 64 queries at a time (memory
+    /// stays small however many there are) and timing encoding and
+    /// ranking apart. `pb` advances by one per query.
+    pub fn run_queries(
+        &self,
+        queries: &[Query],
+        retriever: Retriever,
+        p: &SearchParams,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<(Run, RunTiming)> {
+        let mut run = Run::default();
+        let mut timing = RunTiming::default();
+        for chunk in queries.chunks(64) {
+            let texts: Vec<&str> = chunk.iter().map(|q| q.text.as_str()).collect();
+            let t = Instant::now();
+            let vecs = self.encode_queries(&texts)?;
+            timing.encode_s += t.elapsed().as_secs_f64();
+            for (i, q) in chunk.iter().enumerate() {
+                let t = Instant::now();
+                let hits = self.rank(retriever, &q.text, vecs.get(i), p)?;
+                let secs = t.elapsed().as_secs_f64();
+                timing.search_s += secs;
+                timing.latencies_ms.push(secs * 1e3);
+                run.results.insert(
+                    q.id.clone(),
+                    hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
+                );
+                pb.inc(1);
+            }
+        }
+        Ok((run, timing))
     }
 }

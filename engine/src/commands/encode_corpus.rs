@@ -11,7 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_training::{Encoder, TextKind};
 
-use crate::corpus::{BadRecord, CorpusOptions, CorpusReader, Format, Problem, Record};
+use crate::corpus::{
+    compression_of, BadRecord, CorpusOptions, CorpusReader, Format, Problem, Record,
+};
 use crate::embeddings::{load_state, EmbeddingsWriter, State};
 use crate::model::{model_info, ModelArgs};
 use crate::progress;
@@ -133,8 +135,7 @@ pub fn skipped_note(skipped: &BTreeMap<String, u64>) -> String {
 
 /// Lines in a plain (uncompressed) file, for the progress bar's total.
 fn count_lines(path: &Path) -> Option<u64> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if path == Path::new("-") || matches!(ext, "gz" | "zst" | "zstd") {
+    if path == Path::new("-") || compression_of(path).is_some() {
         return None;
     }
     let f = std::fs::File::open(path).ok()?;

@@ -193,14 +193,21 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
     }
 }
 
-/// The cached index for `dataset` + model + codec.
-fn cached_index(dataset: &Path, model: &Path, codec: &str) -> Result<PathBuf> {
+/// A dataset folder's name (of its canonical path: `.` names its folder).
+fn dataset_name(canonical: &Path) -> String {
+    canonical
+        .file_name()
+        .map_or("dataset".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The cached index for `dataset` (at its `canonical` path) + model + codec.
+fn cached_index(dataset: &Dataset, canonical: &Path, model: &Path, codec: &str) -> Result<PathBuf> {
     let home =
         tessera_training::tessera_home().context("cannot locate the cache: set TESSERA_HOME")?;
-    let corpus = dataset.join("corpus.jsonl");
+    let corpus = dataset.corpus_path();
     let meta = std::fs::metadata(&corpus).with_context(|| corpus.display().to_string())?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    dataset.canonicalize()?.hash(&mut h);
+    canonical.hash(&mut h);
     meta.len().hash(&mut h);
     meta.modified().ok().hash(&mut h);
     model
@@ -208,18 +215,19 @@ fn cached_index(dataset: &Path, model: &Path, codec: &str) -> Result<PathBuf> {
         .unwrap_or_else(|_| model.to_owned())
         .hash(&mut h);
     codec.hash(&mut h);
-    let name = dataset
-        .canonicalize()?
-        .file_name()
-        .map_or("dataset".into(), |n| n.to_string_lossy().into_owned());
-    Ok(home
-        .join("cache/indexes")
-        .join(format!("{name}-{codec}-{:016x}", h.finish())))
+    Ok(home.join("cache/indexes").join(format!(
+        "{}-{codec}-{:016x}",
+        dataset_name(canonical),
+        h.finish()
+    )))
 }
 
 fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()> {
     let t_all = Instant::now();
     let dataset = Dataset::open(dir)?;
+    let canonical = dir
+        .canonicalize()
+        .with_context(|| dir.display().to_string())?;
     let qrels = dataset.qrels(&args.split)?;
     let queries = dataset.queries(&qrels)?;
     ensure!(
@@ -233,8 +241,8 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
         Some(i) => i.clone(),
         None => {
             let model_dir = args.model.model_dir()?;
-            let cache = cached_index(dir, &model_dir, &args.codec)?;
-            if cache.join("manifest.json").exists() {
+            let cache = cached_index(&dataset, &canonical, &model_dir, &args.codec)?;
+            if cache.join(tessera_index::manifest::MANIFEST).exists() {
                 eprintln!("using cached index {}", cache.display());
             } else {
                 eprintln!(
@@ -270,27 +278,12 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
     let params = args.rank.params(args.k as usize)?;
 
     // Encode every query, then search every query (timed apart).
-    let texts: Vec<&str> = queries.iter().map(|q| q.text.as_str()).collect();
-    let t = Instant::now();
-    let vecs = engine.encode_queries(&texts)?;
-    let encode_s = t.elapsed().as_secs_f64();
     let pb = progress::bar(Some(queries.len() as u64), "queries");
     pb.set_prefix("searching");
-    let t = Instant::now();
-    let mut run = Run::default();
-    let mut lat = Vec::with_capacity(queries.len());
-    for (i, q) in queries.iter().enumerate() {
-        let tq = Instant::now();
-        let hits = engine.rank(retriever, &q.text, vecs.get(i), &params)?;
-        lat.push(tq.elapsed().as_secs_f64() * 1e3);
-        run.results.insert(
-            q.id.clone(),
-            hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
-        );
-        pb.inc(1);
-    }
-    let search_s = t.elapsed().as_secs_f64();
+    let (run, timing) = engine.run_queries(&queries, retriever, &params, &pb)?;
     pb.finish_and_clear();
+    let (encode_s, search_s) = (timing.encode_s, timing.search_s);
+    let mut lat = timing.latencies_ms;
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     let (p50, p99) = (pct(0.5), pct(0.99));
@@ -301,13 +294,16 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
             candidates: Candidates::Exhaustive,
             ..params.clone()
         };
+        let pb = progress::bar(Some(queries.len() as u64), "queries");
+        pb.set_prefix("exact search");
+        let (truth, _) = engine.run_queries(&queries, retriever, &exact, &pb)?;
+        pb.finish_and_clear();
         let mut hit = 0usize;
         let mut total = 0usize;
-        for (i, q) in queries.iter().enumerate() {
-            let truth: HashSet<String> = engine
-                .rank(retriever, &q.text, vecs.get(i), &exact)?
-                .into_iter()
-                .map(|h| h.id)
+        for q in &queries {
+            let truth: HashSet<&str> = truth.results[&q.id]
+                .iter()
+                .map(|(d, _)| d.as_str())
                 .collect();
             let got = tessera_eval::metrics::trec_order(&run.results[&q.id]);
             hit += got
@@ -323,11 +319,7 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
     };
 
     let e = evaluate(&qrels, &run, measures, true);
-    let dname = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "dataset".into());
+    let dname = dataset_name(&canonical);
     let cand = match retriever {
         Retriever::Bm25 => None,
         _ => Some(format!("{:?}", args.rank.candidates).to_lowercase()),

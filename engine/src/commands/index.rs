@@ -143,7 +143,7 @@ fn build(args: BuildArgs) -> Result<()> {
         overwrite: args.overwrite,
         ..BuildOptions::default()
     };
-    if args.out.join("manifest.json").exists() && !args.overwrite {
+    if args.out.join(tessera_index::manifest::MANIFEST).exists() && !args.overwrite {
         bail!(
             "{}: an index exists already (pass --overwrite to replace it)",
             args.out.display()
@@ -176,8 +176,12 @@ fn build(args: BuildArgs) -> Result<()> {
         }
         (None, None) => bail!("give --input or --embeddings"),
     };
-    let (stats, skipped, encode_s, index_s) =
-        (built.stats, built.skipped, built.encode_s, built.index_s);
+    let Built {
+        stats,
+        skipped,
+        encode_s,
+        index_s,
+    } = built;
     eprintln!(
         "indexed {} documents, {} tokens ({}-dim, {}, {} centroids) into {} in {:.1} s \
          (encoding {:.1} s, indexing {:.1} s): {:.1} bytes/token, {:.1} MiB on disk{}",

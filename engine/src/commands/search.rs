@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use tessera_eval::Run;
 
 use crate::input::check_text;
 use crate::model::ModelArgs;
@@ -62,19 +61,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
         let t = Instant::now();
         let pb = progress::bar(Some(queries.len() as u64), "queries");
         pb.set_prefix("searching");
-        let mut run = Run::default();
-        for chunk in queries.chunks(64) {
-            let texts: Vec<&str> = chunk.iter().map(|q| q.text.as_str()).collect();
-            let vecs = engine.encode_queries(&texts)?;
-            for (i, q) in chunk.iter().enumerate() {
-                let hits = engine.rank(args.rank.retriever, &q.text, vecs.get(i), &params)?;
-                run.results.insert(
-                    q.id.clone(),
-                    hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
-                );
-                pb.inc(1);
-            }
-        }
+        let (run, _) = engine.run_queries(&queries, args.rank.retriever, &params, &pb)?;
         pb.finish_and_clear();
         let out = args.run_out.as_ref().expect("clap requires --run-out");
         run.write(out, &format!("tessera-{}", args.rank.retriever))?;
