@@ -70,6 +70,10 @@ pub struct RankArgs {
     /// PLAID: centroids probed per query token (default from the index crate).
     #[arg(long, value_name = "N")]
     pub n_probe: Option<usize>,
+    /// PLAID/HNSW: documents kept by the first approximate score (IVF
+    /// lists only) for the second (every token's centroid).
+    #[arg(long, value_name = "N")]
+    pub n_approx: Option<usize>,
     /// PLAID/HNSW: documents re-ranked exactly (at least 4·k are).
     #[arg(long, value_name = "N")]
     pub n_candidates: Option<usize>,
@@ -89,6 +93,9 @@ impl RankArgs {
         };
         if let Some(n) = self.n_probe {
             p.n_probe = n;
+        }
+        if let Some(n) = self.n_approx {
+            p.n_approx = n;
         }
         if let Some(n) = self.n_candidates {
             p.n_candidates = n;

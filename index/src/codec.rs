@@ -19,7 +19,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IndexError, Result};
-use crate::linalg::normalise;
+use crate::linalg::inv_norm;
 
 /// Which codec an index uses; recorded in the manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +134,8 @@ pub struct Codec {
     pub renormalise: bool,
     /// For residual decoding: per byte value, the `8/nbits` weights it holds.
     lut: Vec<f32>,
+    /// The bucket weights in one 16-lane register's worth (AVX-512 decode).
+    weights16: [f32; 16],
 }
 
 impl Codec {
@@ -164,12 +166,19 @@ impl Codec {
             }
             _ => Vec::new(),
         };
+        let mut weights16 = [0.0f32; 16];
+        if let Some(b) = &buckets {
+            for (w, &x) in weights16.iter_mut().zip(&b.weights) {
+                *w = x;
+            }
+        }
         Ok(Self {
             kind,
             dim,
             buckets,
             renormalise,
             lut,
+            weights16,
         })
     }
 
@@ -219,43 +228,86 @@ impl Codec {
 
     /// Decodes one token's bytes into `out` (`dim` floats).
     pub fn decode(&self, bytes: &[u8], centroid: &[f32], out: &mut [f32]) {
+        let s = self.decode_unscaled(bytes, centroid, out);
+        if s != 1.0 {
+            out.iter_mut().for_each(|x| *x *= s);
+        }
+    }
+
+    /// Decodes one token's bytes into `out` (`dim` floats) but leaves the
+    /// renormalisation to the caller: returns the factor (`1/|out|` for
+    /// renormalised residual codecs, else 1) to multiply the vector — or
+    /// its dot products, which is cheaper — by.
+    pub fn decode_unscaled(&self, bytes: &[u8], centroid: &[f32], out: &mut [f32]) -> f32 {
         match self.kind {
             CodecKind::F32 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
+                1.0
             }
-            CodecKind::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
-                // Aligned (the mapped file always is on little-endian
-                // hosts): `half` converts with F16C instructions when the
-                // CPU has them.
-                Ok(h) if cfg!(target_endian = "little") => {
-                    use half::slice::HalfFloatSliceExt;
-                    h.convert_to_f32_slice(&mut out[..h.len()]);
-                }
-                _ => {
-                    for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                        *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+            CodecKind::F16 => {
+                match bytemuck::try_cast_slice::<u8, half::f16>(bytes) {
+                    // Aligned (the mapped file always is on little-endian
+                    // hosts): `half` converts with F16C instructions when
+                    // the CPU has them.
+                    Ok(h) if cfg!(target_endian = "little") => {
+                        use half::slice::HalfFloatSliceExt;
+                        h.convert_to_f32_slice(&mut out[..h.len()]);
+                    }
+                    _ => {
+                        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                            *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                        }
                     }
                 }
-            },
+                1.0
+            }
             CodecKind::Int8 => {
                 let scale = f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
                 for (o, &q) in out.iter_mut().zip(&bytes[4..]) {
                     *o = q as i8 as f32 * scale;
                 }
+                1.0
             }
             CodecKind::Residual { nbits } => {
-                match nbits {
-                    1 => decode_residual::<8>(&self.lut, bytes, centroid, out),
-                    2 => decode_residual::<4>(&self.lut, bytes, centroid, out),
-                    _ => decode_residual::<2>(&self.lut, bytes, centroid, out),
-                }
+                let n2 = self.decode_residual(nbits, bytes, centroid, out);
                 if self.renormalise {
-                    normalise(out);
+                    inv_norm(n2)
+                } else {
+                    1.0
                 }
             }
         }
+    }
+
+    /// `out = centroid + residual`; returns `|out|²`.
+    fn decode_residual(&self, nbits: u8, bytes: &[u8], centroid: &[f32], out: &mut [f32]) -> f32 {
+        let dim = out.len();
+        #[cfg(target_arch = "x86_64")]
+        if crate::linalg::avx512_enabled()
+            && dim.is_multiple_of(16)
+            && centroid.len() == dim
+            && bytes.len() >= dim * nbits as usize / 8
+        {
+            // SAFETY: AVX-512F was detected at run time; the lengths were
+            // checked above and `weights16` holds the 2^nbits ≤ 16 weights.
+            return unsafe {
+                crate::linalg::avx512::decode_residual(
+                    u32::from(nbits),
+                    &self.weights16,
+                    bytes,
+                    centroid,
+                    out,
+                )
+            };
+        }
+        match nbits {
+            1 => decode_residual::<8>(&self.lut, bytes, centroid, out),
+            2 => decode_residual::<4>(&self.lut, bytes, centroid, out),
+            _ => decode_residual::<2>(&self.lut, bytes, centroid, out),
+        }
+        crate::linalg::norm2(out)
     }
 }
 
@@ -278,7 +330,7 @@ fn decode_residual<const PER: usize>(lut: &[f32], bytes: &[u8], centroid: &[f32]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::linalg::dot;
+    use crate::linalg::{dot, normalise};
 
     fn unit(seed: u32, dim: usize) -> Vec<f32> {
         let mut v: Vec<f32> = (0..dim)
@@ -341,6 +393,35 @@ mod tests {
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(err <= tol, "{kind}: max error {err}");
             assert!(dot(&out, &v) > 0.9, "{kind}");
+        }
+    }
+
+    #[test]
+    fn residual_decoders_agree() {
+        // The vector decoder this CPU runs (AVX-512 when present) against
+        // the per-byte table, for every width, on codes covering all
+        // buckets in every position.
+        for nbits in [1u8, 2, 4] {
+            for dim in [16, 48, 384] {
+                let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.618).sin()).collect();
+                let kind = CodecKind::Residual { nbits };
+                let codec =
+                    Codec::new(kind, dim, Some(Buckets::train(nbits, values)), true).unwrap();
+                let centroid: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.3).cos() * 0.1).collect();
+                let bytes: Vec<u8> = (0..codec.bytes_per_token())
+                    .map(|i| (i * 37 + 11) as u8)
+                    .collect();
+                let mut fast = vec![0.0; dim];
+                let s = codec.decode_unscaled(&bytes, &centroid, &mut fast);
+                let mut table = vec![0.0; dim];
+                match nbits {
+                    1 => decode_residual::<8>(&codec.lut, &bytes, &centroid, &mut table),
+                    2 => decode_residual::<4>(&codec.lut, &bytes, &centroid, &mut table),
+                    _ => decode_residual::<2>(&codec.lut, &bytes, &centroid, &mut table),
+                }
+                assert_eq!(fast, table, "{kind} dim {dim}");
+                assert!((s - 1.0 / dot(&table, &table).sqrt()).abs() < 1e-5 * s);
+            }
         }
     }
 

@@ -37,6 +37,10 @@ pub struct Index {
     ids: HashMap<String, (u32, u32)>,
     columns: Vec<Mutex<HashMap<String, Column>>>,
     pub(crate) hnsw: std::sync::OnceLock<crate::search::CentroidGraph>,
+    /// The centroids quantised to 8 bits for the integer centroid-score
+    /// kernel, made on first use.
+    pub(crate) centroids_i8: std::sync::OnceLock<crate::linalg::QuantRows>,
+    max_centroid_norm: std::sync::OnceLock<f32>,
 }
 
 impl std::fmt::Debug for Index {
@@ -196,6 +200,8 @@ impl Index {
             ids,
             columns,
             hnsw: std::sync::OnceLock::new(),
+            centroids_i8: std::sync::OnceLock::new(),
+            max_centroid_norm: std::sync::OnceLock::new(),
         })
     }
 
@@ -221,6 +227,16 @@ impl Index {
 
     pub fn codec(&self) -> &Codec {
         &self.codec
+    }
+
+    /// The largest centroid norm (computed once).
+    pub fn max_centroid_norm(&self) -> f32 {
+        *self.max_centroid_norm.get_or_init(|| {
+            self.centroids()
+                .chunks_exact(self.dim().max(1))
+                .map(|c| crate::linalg::norm2(c).sqrt())
+                .fold(0.0, f32::max)
+        })
     }
 
     pub fn centroids(&self) -> &[f32] {

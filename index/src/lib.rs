@@ -42,6 +42,6 @@ pub use filter::Filter;
 pub use index::{Index, StoredDoc, VerifyReport};
 pub use maxsim::maxsim;
 pub use reduction::Reduction;
-pub use search::{Candidates, Hit, SearchParams};
+pub use search::{Candidates, Hit, SearchParams, SearchStats};
 pub use vectors::TokenVectors;
 pub use writer::{append, compact, delete};

@@ -16,6 +16,10 @@ pub struct Scratch {
     scores: Vec<f32>,
     /// Decoded document vectors (used by callers that decode codecs).
     pub doc: Vec<f32>,
+    /// Per decoded token, the factor its dot products are scaled by.
+    pub scale: Vec<f32>,
+    /// Running per-query-token maxima.
+    pub best: Vec<f32>,
 }
 
 /// MaxSim of `query` (`nq × dim`) against `doc` (`nd × dim`), row-major.
@@ -65,10 +69,6 @@ impl Scratch {
         maxsim_block(query, doc, dim, &mut self.scores)
     }
 
-    /// MaxSim of `query` against the document decoded in `self.doc`.
-    pub fn score_decoded(&mut self, query: &[f32], dim: usize) -> f32 {
-        maxsim_block(query, &self.doc, dim, &mut self.scores)
-    }
 }
 
 /// MaxSim of `query` against `doc`. An empty document scores 0.

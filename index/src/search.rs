@@ -2,11 +2,14 @@
 //!
 //! * [`Candidates::Exhaustive`] scores every live document exactly — the
 //!   correctness reference.
-//! * [`Candidates::Plaid`]: query-token × centroid scores (one SGEMM), the
-//!   `n_probe` best cells per query token, their IVF lists as candidates, an
-//!   approximate score from centroid codes alone (centroids whose best query
-//!   score is under `centroid_threshold` contribute nothing), then exact
-//!   MaxSim on the `n_candidates` best after decoding.
+//! * [`Candidates::Plaid`], PLAID's pipeline: query-token × centroid scores
+//!   (8-bit VNNI products when the CPU has them), the `n_probe` best cells
+//!   per query token; a first approximate score from the IVF lists alone
+//!   (per query token, the best of its probed cells the document has a
+//!   token in); for the `n_approx` best, a second one from every token's
+//!   centroid (centroids whose best query score is under
+//!   `centroid_threshold` contribute nothing); then exact MaxSim on the
+//!   `n_candidates` best after decoding.
 //! * [`Candidates::Hnsw`]: like PLAID, but the cells come from an HNSW graph
 //!   over the centroids (`hnsw_rs`), built on first use.
 //!
@@ -14,13 +17,17 @@
 //! scored exactly; otherwise candidates are restricted to them, and if that
 //! leaves fewer than `k`, the passing documents are scored exhaustively.
 
+use std::time::Instant;
+
 use hnsw_rs::prelude::{DistL2, Hnsw};
 use rayon::prelude::*;
 
 use crate::error::{IndexError, Result};
 use crate::filter::{FieldValue, Filter};
 use crate::index::{Index, StoredDoc};
-use crate::linalg::{dot_rows, dot_rows2};
+use crate::linalg::{
+    dot, dot_block, dot_block_i8, maxsim_rows, norm2, prefetch, vnni_enabled, QuantRows,
+};
 use crate::maxsim::Scratch;
 use crate::vectors::TokenVectors;
 
@@ -48,9 +55,9 @@ impl std::str::FromStr for Candidates {
 
 /// Search settings. Defaults were chosen by measurement (docs/BENCHMARKS.md)
 /// for recall@10 ≥ 0.99 against exhaustive search: `n_probe` on the
-/// synthetic benchmark (`scripts/bench-index`), `n_candidates` on real
-/// 384-dim MiniLM vectors of SciFact with the default residual2 codec (64
-/// suffices on the synthetic data, 128 is needed on the real vectors).
+/// synthetic benchmark (`scripts/bench-index`), `n_approx` and
+/// `n_candidates` on real 384-dim MiniLM vectors of SciFact with the
+/// default residual2 codec (`scripts/bench-search`).
 #[derive(Debug, Clone)]
 pub struct SearchParams {
     pub k: usize,
@@ -60,6 +67,9 @@ pub struct SearchParams {
     /// Centroids whose best query-token score is below this are ignored in
     /// approximate scoring.
     pub centroid_threshold: f32,
+    /// Documents kept by the first approximate pass (probed cells only)
+    /// for the second (every token's centroid); at least `n_candidates`.
+    pub n_approx: usize,
     /// Documents re-ranked exactly (at least `4·k`).
     pub n_candidates: usize,
     /// HNSW search breadth.
@@ -74,7 +84,8 @@ impl Default for SearchParams {
             candidates: Candidates::Plaid,
             n_probe: 32,
             centroid_threshold: 0.4,
-            n_candidates: 128,
+            n_approx: 1024,
+            n_candidates: 64,
             hnsw_ef: 64,
             filter: None,
         }
@@ -90,6 +101,26 @@ pub struct Hit {
     pub doc: u32,
 }
 
+/// Where one search spent its time and how much work each stage did
+/// ([`Index::search_with_stats`]); stages a generator skips stay 0.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchStats {
+    /// Query-token × centroid scores, milliseconds.
+    pub centroid_ms: f64,
+    /// Choosing the cells and collecting their documents, milliseconds.
+    pub probe_ms: f64,
+    /// Approximate scores of the candidates, milliseconds.
+    pub approx_ms: f64,
+    /// Decoding and exact MaxSim of the best candidates, milliseconds.
+    pub exact_ms: f64,
+    /// Cells probed.
+    pub cells: usize,
+    /// Documents scored approximately.
+    pub candidates: usize,
+    /// Documents scored exactly.
+    pub exact_docs: usize,
+}
+
 /// HNSW graph over the index's centroids.
 pub struct CentroidGraph {
     graph: Hnsw<'static, f32, DistL2>,
@@ -100,14 +131,28 @@ type Allowed = Vec<Vec<bool>>;
 impl Index {
     /// Top-`k` documents for `query` (before the index's reduction).
     pub fn search(&self, query: &TokenVectors, p: &SearchParams) -> Result<Vec<Hit>> {
+        Ok(self.search_with_stats(query, p)?.0)
+    }
+
+    /// [`Index::search`], also reporting where the time went.
+    pub fn search_with_stats(
+        &self,
+        query: &TokenVectors,
+        p: &SearchParams,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
         self.check_query(query, p)?;
         let q = self.prepare(query.as_slice());
         let allowed = self.allowed(p.filter.as_ref());
+        let mut stats = SearchStats::default();
         let hits = match p.candidates {
-            Candidates::Exhaustive => self.rank_exact(&q, self.all_docs(allowed.as_ref()), p.k),
-            Candidates::Plaid | Candidates::Hnsw => self.search_ivf(&q, p, allowed.as_ref()),
+            Candidates::Exhaustive => {
+                self.rank_exact(&q, self.all_docs(allowed.as_ref()), p.k, &mut stats)
+            }
+            Candidates::Plaid | Candidates::Hnsw => {
+                self.search_ivf(&q, p, allowed.as_ref(), &mut stats)
+            }
         };
-        Ok(hits)
+        Ok((hits, stats))
     }
 
     /// [`Index::search`] for many queries, in parallel.
@@ -219,116 +264,178 @@ impl Index {
         }
     }
 
-    /// Exact MaxSim of `q` over `docs`, top `k`.
-    fn rank_exact(&self, q: &[f32], docs: Vec<(usize, u32)>, k: usize) -> Vec<Hit> {
+    /// Exact MaxSim of `q` (`nq × dim`) against document `doc` of segment
+    /// `seg`, decoding its tokens a tile at a time into `scratch` (the tile
+    /// stays in L1 while all query tokens meet it). Renormalisation of
+    /// residual codes is applied to the dot products, not the vectors.
+    fn score_doc(&self, q: &[f32], seg: usize, doc: u32, scratch: &mut Scratch) -> f32 {
+        const TILE: usize = 16;
+        let s = &self.segments()[seg];
+        let range = s.token_range(doc);
+        if range.is_empty() {
+            return 0.0;
+        }
         let dim = self.dim();
+        let codec = self.codec();
+        let bpt = codec.bytes_per_token();
+        let codes = &s.codes()[range.clone()];
+        let bytes = s.vector_bytes(range);
+        let cents = self.centroids();
+        let nq = q.len() / dim;
+        scratch.best.clear();
+        scratch.best.resize(nq, f32::NEG_INFINITY);
+        scratch.doc.resize(TILE * dim, 0.0);
+        scratch.scale.resize(TILE, 1.0);
+        for (t0, tile) in codes.chunks(TILE).enumerate() {
+            let t0 = t0 * TILE;
+            for (i, &c) in tile.iter().enumerate() {
+                let c = c as usize;
+                let t = t0 + i;
+                // The centroids are read in code order, far apart: start
+                // loading the next one while this one is decoded.
+                if let Some(&n) = codes.get(t + 1) {
+                    prefetch(&cents[n as usize * dim..(n as usize + 1) * dim]);
+                }
+                scratch.scale[i] = codec.decode_unscaled(
+                    &bytes[t * bpt..(t + 1) * bpt],
+                    &cents[c * dim..(c + 1) * dim],
+                    &mut scratch.doc[i * dim..(i + 1) * dim],
+                );
+            }
+            maxsim_rows(
+                q,
+                &scratch.doc[..tile.len() * dim],
+                dim,
+                &scratch.scale,
+                &mut scratch.best,
+            );
+        }
+        scratch.best.iter().sum()
+    }
+
+    /// Exact MaxSim of `q` over `docs`, top `k`.
+    fn rank_exact(
+        &self,
+        q: &[f32],
+        docs: Vec<(usize, u32)>,
+        k: usize,
+        stats: &mut SearchStats,
+    ) -> Vec<Hit> {
+        let t = Instant::now();
+        stats.exact_docs = docs.len();
         let mut scored: Vec<(f32, usize, u32)> = docs
             .into_par_iter()
             .map_init(Scratch::default, |scratch, (s, d)| {
-                let mut buf = std::mem::take(&mut scratch.doc);
-                self.decode_doc(s, d, &mut buf);
-                scratch.doc = buf;
-                (scratch.score_decoded(q, dim), s, d)
+                (self.score_doc(q, s, d, scratch), s, d)
             })
             .collect();
         top_k(&mut scored, k);
+        stats.exact_ms = ms(t);
         self.hits(scored)
     }
 
-    fn search_ivf(&self, q: &[f32], p: &SearchParams, allowed: Option<&Allowed>) -> Vec<Hit> {
+    fn search_ivf(
+        &self,
+        q: &[f32],
+        p: &SearchParams,
+        allowed: Option<&Allowed>,
+        stats: &mut SearchStats,
+    ) -> Vec<Hit> {
         let n_candidates = p.n_candidates.max(4 * p.k);
         if let Some(a) = allowed {
             let passing: usize = a.iter().map(|s| s.iter().filter(|&&x| x).count()).sum();
             if passing <= n_candidates {
-                return self.rank_exact(q, self.all_docs(allowed), p.k);
+                return self.rank_exact(q, self.all_docs(allowed), p.k, stats);
             }
         }
         let dim = self.dim();
         let nq = q.len() / dim;
         let k = self.manifest().num_centroids;
-        // Centroid-major scores: one row of `nq` per centroid.
-        let qct = centroid_scores(q, self.centroids(), dim);
-
-        // Cells to probe.
-        let mut probe = vec![false; k];
-        match p.candidates {
-            Candidates::Hnsw => {
-                let g = self
-                    .hnsw
-                    .get_or_init(|| CentroidGraph::build(self.centroids(), dim));
-                for qi in q.chunks_exact(dim) {
-                    for n in g
+        // Centroid-major scores, their i8 table and (PLAID) each query
+        // token's best cells, in one parallel pass over the centroids.
+        let t = Instant::now();
+        let n = p.n_probe.min(k);
+        let plaid = p.candidates == Candidates::Plaid;
+        let mut pass = self.centroid_pass(q, plaid.then_some(n), p.centroid_threshold);
+        stats.centroid_ms = ms(t);
+        let t = Instant::now();
+        let tops: Vec<Vec<(f32, u32)>> = if plaid {
+            std::mem::take(&mut pass.tops)
+        } else {
+            let g = self
+                .hnsw
+                .get_or_init(|| CentroidGraph::build(self.centroids(), dim));
+            q.chunks_exact(dim)
+                .map(|qi| {
+                    let mut top: Vec<(f32, u32)> = g
                         .graph
-                        .search(qi, p.n_probe.min(k), p.hnsw_ef.max(p.n_probe))
-                    {
-                        probe[n.d_id] = true;
-                    }
-                }
-            }
-            _ => {
-                // Per query token, its n_probe best centroids in one pass
-                // (a small sorted list each; insertions are rare).
-                let n = p.n_probe.min(k);
-                let mut tops: Vec<Vec<(f32, u32)>> = vec![Vec::with_capacity(n + 1); nq];
-                for (c, row) in qct.chunks_exact(nq).enumerate() {
-                    for (top, &v) in tops.iter_mut().zip(row) {
-                        if top.len() < n || v > top[top.len() - 1].0 {
-                            let at = top.partition_point(|&(x, _)| x >= v);
-                            top.insert(at, (v, c as u32));
-                            top.truncate(n);
-                        }
-                    }
-                }
-                for &(_, c) in tops.iter().flatten() {
-                    probe[c as usize] = true;
-                }
-            }
-        }
+                        .search(qi, n, p.hnsw_ef.max(n))
+                        .into_iter()
+                        .map(|c| {
+                            let cent = &self.centroids()[c.d_id * dim..(c.d_id + 1) * dim];
+                            (dot(qi, cent), c.d_id as u32)
+                        })
+                        .collect();
+                    top.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    top
+                })
+                .collect()
+        };
 
-        // Candidate documents: union of the probed IVF lists.
-        let mut cands = Vec::new();
+        // First approximate pass (PLAID's pruned centroid interaction):
+        // a document scores, per query token, the best of that token's
+        // probed cells it has a token in, read off the IVF lists alone.
+        // Cells come best first, so a document's first sighting for a
+        // token is its maximum.
+        let mut cells = vec![false; k];
+        let mut cands: Vec<(f32, usize, u32)> = Vec::new();
         for (si, seg) in self.segments().iter().enumerate() {
-            let mut seen = vec![false; seg.num_docs()];
-            for (c, _) in probe.iter().enumerate().filter(|(_, &p)| p) {
-                for &d in seg.ivf_list(c) {
-                    if !seen[d as usize] {
-                        seen[d as usize] = true;
-                        if self.passes(allowed, si, d) {
-                            cands.push((si, d));
+            let mut score = vec![0.0f32; seg.num_docs()];
+            let mut last = vec![u32::MAX; seg.num_docs()];
+            for (i, top) in tops.iter().enumerate() {
+                for &(v, c) in top {
+                    cells[c as usize] = true;
+                    for &d in seg.ivf_list(c as usize) {
+                        let d = d as usize;
+                        if last[d] != i as u32 {
+                            if last[d] == u32::MAX && !self.passes(allowed, si, d as u32) {
+                                continue;
+                            }
+                            last[d] = i as u32;
+                            score[d] += v;
                         }
                     }
                 }
             }
+            cands.extend(
+                last.iter()
+                    .enumerate()
+                    .filter(|(_, &l)| l != u32::MAX)
+                    .map(|(d, _)| (score[d], si, d as u32)),
+            );
         }
+        stats.cells = cells.iter().filter(|&&x| x).count();
+        stats.candidates = cands.len();
         if allowed.is_some() && cands.len() < p.k {
-            return self.rank_exact(q, self.all_docs(allowed), p.k);
+            stats.probe_ms = ms(t);
+            return self.rank_exact(q, self.all_docs(allowed), p.k, stats);
         }
+        top_k(&mut cands, p.n_approx.max(n_candidates));
+        stats.probe_ms = ms(t);
 
-        // Approximate scores from centroid codes, pruned centroids (best
-        // score under the threshold) contributing 0. The table is quantised
-        // to i8 (one 32-byte row per centroid for up to 32 query tokens):
-        // the per-token gathers are the cost here, and a quarter of the
-        // bytes keeps the table in L2. Approximate scores only choose which
-        // documents get the exact re-rank.
+        // Second approximate pass over the survivors: every token's
+        // centroid counts (PLAID's full centroid interaction), read from
+        // the i8 table (pruned centroids — best score under the threshold
+        // — contribute 0). The per-token gathers are the cost here, and
+        // i8 rows keep the table in L2. Approximate scores only choose
+        // which documents get the exact re-rank.
+        let t = Instant::now();
         let blocks = nq.div_ceil(I8_LANES);
-        let max_abs = qct
-            .iter()
-            .fold(0.0f32, |m, &x| m.max(x.abs()))
-            .max(f32::MIN_POSITIVE);
-        let scale = 127.0 / max_abs;
-        let mut table = vec![[0i8; I8_LANES]; k * blocks];
-        for (row, out) in qct.chunks_exact(nq).zip(table.chunks_exact_mut(blocks)) {
-            let best = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            if best >= p.centroid_threshold {
-                for (i, &x) in row.iter().enumerate() {
-                    out[i / I8_LANES][i % I8_LANES] =
-                        (x * scale).round().clamp(-127.0, 127.0) as i8;
-                }
-            }
-        }
-        let table = &table;
+        let scale = pass.scale;
+        let table = &pass.table;
         let mut approx: Vec<(f32, usize, u32)> = cands
             .into_par_iter()
+            .map(|(_, s, d)| (s, d))
             .map_init(
                 || vec![[0i8; I8_LANES]; blocks],
                 |acc, (s, d)| {
@@ -346,7 +453,10 @@ impl Index {
             )
             .collect();
         top_k(&mut approx, n_candidates);
-        self.rank_exact(q, approx.into_iter().map(|(_, s, d)| (s, d)).collect(), p.k)
+        TABLE.with(|t| *t.borrow_mut() = std::mem::take(&mut pass.table));
+        stats.approx_ms = ms(t);
+        let best = approx.into_iter().map(|(_, s, d)| (s, d)).collect();
+        self.rank_exact(q, best, p.k, stats)
     }
 }
 
@@ -413,6 +523,10 @@ impl Index {
     }
 }
 
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
 /// Lanes of the quantised approximate-score table (one AVX2 register).
 const I8_LANES: usize = 32;
 
@@ -437,31 +551,151 @@ fn max_i8x32(a: &mut [i8; I8_LANES], r: &[i8; I8_LANES]) {
     }
 }
 
-/// `out[c][i] = ⟨centroid c, query token i⟩` for the query's `nq` tokens,
-/// centroid-major (`k × nq`). One pass over the centroids (read once, in
-/// parallel blocks) instead of an SGEMM that would first copy ("pack") the
-/// whole centroid matrix for a skinny query.
-fn centroid_scores(q: &[f32], centroids: &[f32], dim: usize) -> Vec<f32> {
-    let (k, nq) = (centroids.len() / dim, q.len() / dim);
-    let q = &q[..nq * dim];
-    let mut out = vec![0.0f32; k * nq];
-    const BLOCK: usize = 256;
-    out.par_chunks_mut(BLOCK * nq)
-        .zip(centroids.par_chunks(BLOCK * dim))
-        .for_each(|(o, cs)| {
-            let mut pairs = cs.chunks_exact(2 * dim).zip(o.chunks_exact_mut(2 * nq));
-            for (c, out) in &mut pairs {
-                let (c0, c1) = c.split_at(dim);
-                let (o0, o1) = out.split_at_mut(nq);
-                dot_rows2(c0, c1, q, o0, o1);
-            }
-            if !cs.len().is_multiple_of(2 * dim) {
-                let c = &cs[cs.len() - dim..];
-                let last = o.len() - nq;
-                dot_rows(c, q, &mut o[last..]);
-            }
+/// What one parallel pass over the centroids gives a query
+/// ([`Index::centroid_pass`]).
+struct CentroidPass {
+    /// The scores as i8 (× `scale`), `⌈nq/32⌉` rows of 32 per centroid;
+    /// all zero for centroids whose best score is under the threshold.
+    table: Vec<[i8; I8_LANES]>,
+    scale: f32,
+    /// Per query token, its best cells, best first (ties: lower id).
+    tops: Vec<Vec<(f32, u32)>>,
+}
+
+impl Index {
+    /// Query-token × centroid scores as an i8 table for approximate
+    /// scoring and, when `n_probe` is given, each token's `n_probe` best
+    /// cells — all in one pass over parallel blocks of centroids, each
+    /// block read once and finished while in cache (an SGEMM would first
+    /// copy — "pack" — the whole centroid matrix for a skinny query).
+    ///
+    /// With AVX-512 VNNI the products are taken on 8-bit copies of both
+    /// sides (a quarter of the bytes, 64 products per instruction): these
+    /// scores only choose cells and approximate ranks; the exact re-rank
+    /// does not use them.
+    fn centroid_pass(&self, q: &[f32], n_probe: Option<usize>, threshold: f32) -> CentroidPass {
+        // Large enough that filling each block's best-cell lists is cheap
+        // next to scanning it; small enough to stay in L2 and share out.
+        const BLOCK: usize = 2048;
+        let dim = self.dim();
+        let centroids = self.centroids();
+        let (k, nq) = (centroids.len() / dim, q.len() / dim);
+        let q = &q[..nq * dim];
+        let blocks = nq.div_ceil(I8_LANES);
+        // |score| ≤ max |q_i| · max |c|: a scale fixed before any score is
+        // known, so each block can quantise its own rows.
+        let q_norm = q
+            .chunks_exact(dim)
+            .map(|r| norm2(r).sqrt())
+            .fold(0.0f32, f32::max);
+        let bound = (q_norm * self.max_centroid_norm()).max(f32::MIN_POSITIVE);
+        let scale = 127.0 / bound;
+        let quant = vnni_enabled().then(|| {
+            let cq = self
+                .centroids_i8
+                .get_or_init(|| QuantRows::new(centroids, dim, true));
+            (cq, QuantRows::new(q, dim, false))
         });
-    out
+        // The table is reused from this thread's last query (every row is
+        // rewritten below): a fresh half-megabyte buffer per query costs
+        // page faults.
+        let mut table = TABLE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        table.resize(k * blocks, [0; I8_LANES]);
+        let tops = table
+            .par_chunks_mut(BLOCK * blocks)
+            .enumerate()
+            .map_init(Vec::new, |out, (b, tab)| {
+                let first = b * BLOCK;
+                let rows = first..first + tab.len() / blocks;
+                out.resize(rows.len() * nq, 0.0);
+                match &quant {
+                    Some((cq, qq)) => dot_block_i8(cq, rows, qq, out),
+                    None => dot_block(&centroids[rows.start * dim..rows.end * dim], q, dim, out),
+                }
+                for (row, t) in out.chunks_exact(nq).zip(tab.chunks_exact_mut(blocks)) {
+                    let best = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    let t = t.as_flattened_mut();
+                    t.fill(0);
+                    if best >= threshold {
+                        for (o, &x) in t.iter_mut().zip(row) {
+                            *o = (x * scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+                        }
+                    }
+                }
+                let Some(n) = n_probe else {
+                    return Vec::new();
+                };
+                // Per token, a column walk with an unsorted buffer of at
+                // most 2n entries and the bar an entry must beat (a
+                // predictable branch); a full buffer is cut back to its n
+                // best.
+                let rows_here = out.len() / nq;
+                let tops: Vec<Vec<(f32, u32)>> = (0..nq)
+                    .map(|i| {
+                        let mut top: Vec<(f32, u32)> = Vec::with_capacity(2 * n);
+                        let mut bar = f32::NEG_INFINITY;
+                        for c in 0..rows_here {
+                            let v = out[c * nq + i];
+                            if v > bar {
+                                top.push((v, (first + c) as u32));
+                                if top.len() == 2 * n {
+                                    cut_to_best(&mut top, n);
+                                    bar = top[n - 1].0;
+                                }
+                            }
+                        }
+                        cut_to_best(&mut top, n);
+                        top
+                    })
+                    .collect();
+                tops
+            })
+            .reduce(Vec::new, |a, b| merge_tops(a, b, n_probe.unwrap_or(0)))
+            .into_iter()
+            .map(|mut t| {
+                t.sort_unstable_by(best_first);
+                t
+            })
+            .collect();
+        CentroidPass { table, scale, tops }
+    }
+}
+
+thread_local! {
+    /// The last [`CentroidPass::table`] this thread made, for reuse.
+    static TABLE: std::cell::RefCell<Vec<[i8; I8_LANES]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Best first; ties: lower id.
+fn best_first(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Cuts `top` to its `n` best entries (unsorted, except that the worst of
+/// them is last).
+fn cut_to_best(top: &mut Vec<(f32, u32)>, n: usize) {
+    if top.len() > n {
+        top.select_nth_unstable_by(n - 1, best_first);
+        top.truncate(n);
+    }
+}
+
+/// Merges two sets of per-token best-cell lists, keeping `n` per token.
+fn merge_tops(a: Vec<Vec<(f32, u32)>>, b: Vec<Vec<(f32, u32)>>, n: usize) -> Vec<Vec<(f32, u32)>> {
+    if a.is_empty() {
+        return b;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    a.into_iter()
+        .zip(b)
+        .map(|(mut x, y)| {
+            x.extend(y);
+            cut_to_best(&mut x, n);
+            x
+        })
+        .collect()
 }
 
 /// The usual RRF constant (Cormack et al., 2009).

@@ -1,0 +1,339 @@
+//! AVX-512 kernels, used when the CPU has AVX-512F at run time (the
+//! workspace itself targets x86-64-v3, so these are compiled with
+//! `#[target_feature]` and reached only through [`super::avx512_enabled`]).
+//!
+//! * [`dot_block`]: a 4×4 register-blocked product of row blocks, 16 lanes
+//!   per step, any width (the tail is a masked load), horizontal sums
+//!   folded four at a time.
+//! * [`maxsim_rows`]: the same product, scaled per document row and folded
+//!   into running per-query maxima.
+//! * [`decode_residual`]: PLAID residual codes to `centroid + weight`, 16
+//!   dimensions per step with a lane permute instead of a table per byte,
+//!   returning the squared norm.
+
+use std::arch::x86_64::*;
+
+/// Sums of the 4×4 dot products `a[t] · b[l]` over `dim` floats, one
+/// `__m128` (four `l`) per `t`.
+///
+/// # Safety
+/// AVX-512F must be available, and each of the eight pointers must be
+/// valid for reading `dim` floats.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn kernel4x4(a: [*const f32; 4], b: [*const f32; 4], dim: usize) -> [__m128; 4] {
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let full = dim / 16;
+    for c in 0..full {
+        let off = c * 16;
+        // SAFETY (all loads): off + 16 <= dim, within each row.
+        let bv = [
+            _mm512_loadu_ps(b[0].add(off)),
+            _mm512_loadu_ps(b[1].add(off)),
+            _mm512_loadu_ps(b[2].add(off)),
+            _mm512_loadu_ps(b[3].add(off)),
+        ];
+        for t in 0..4 {
+            let av = _mm512_loadu_ps(a[t].add(off));
+            for l in 0..4 {
+                acc[t * 4 + l] = _mm512_fmadd_ps(av, bv[l], acc[t * 4 + l]);
+            }
+        }
+    }
+    let rem = dim % 16;
+    if rem > 0 {
+        let off = full * 16;
+        let m: __mmask16 = (1u16 << rem) - 1;
+        // SAFETY (masked loads): lanes past `rem` are not read.
+        let bv = [
+            _mm512_maskz_loadu_ps(m, b[0].add(off)),
+            _mm512_maskz_loadu_ps(m, b[1].add(off)),
+            _mm512_maskz_loadu_ps(m, b[2].add(off)),
+            _mm512_maskz_loadu_ps(m, b[3].add(off)),
+        ];
+        for t in 0..4 {
+            let av = _mm512_maskz_loadu_ps(m, a[t].add(off));
+            for l in 0..4 {
+                acc[t * 4 + l] = _mm512_fmadd_ps(av, bv[l], acc[t * 4 + l]);
+            }
+        }
+    }
+    [
+        hsum4(acc[0], acc[1], acc[2], acc[3]),
+        hsum4(acc[4], acc[5], acc[6], acc[7]),
+        hsum4(acc[8], acc[9], acc[10], acc[11]),
+        hsum4(acc[12], acc[13], acc[14], acc[15]),
+    ]
+}
+
+/// `[Σ x0, Σ x1, Σ x2, Σ x3]` of four 16-lane vectors.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn hsum4(x0: __m512, x1: __m512, x2: __m512, x3: __m512) -> __m128 {
+    let fold = |x: __m512| {
+        let lo = _mm512_castps512_ps256(x);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+        _mm256_add_ps(lo, hi)
+    };
+    let h01 = _mm256_hadd_ps(fold(x0), fold(x1));
+    let h23 = _mm256_hadd_ps(fold(x2), fold(x3));
+    let h = _mm256_hadd_ps(h01, h23);
+    _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h))
+}
+
+/// Row pointers of a block of up to four rows starting at `first`; a short
+/// block repeats its last row (the duplicates' results are discarded or,
+/// for maxima, harmless).
+#[inline]
+fn rows4(m: &[f32], dim: usize, first: usize, n: usize) -> [*const f32; 4] {
+    let last = n - 1;
+    [0, 1, 2, 3].map(|i| m[(first + i.min(last)) * dim..].as_ptr())
+}
+
+/// `out[i·nb + j] = a_i · b_j` for the `na` rows of `a` and `nb` rows of `b`
+/// (row-major, `dim` wide).
+///
+/// # Safety
+/// AVX-512F must be available; `a.len() >= na·dim`, `b.len() >= nb·dim`,
+/// `out.len() >= na·nb`, `dim > 0`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_block(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
+    let (na, nb) = (a.len() / dim, b.len() / dim);
+    for i0 in (0..na).step_by(4) {
+        let ni = (na - i0).min(4);
+        let ap = rows4(a, dim, i0, ni);
+        for j0 in (0..nb).step_by(4) {
+            let nj = (nb - j0).min(4);
+            let bp = rows4(b, dim, j0, nj);
+            // SAFETY: every pointer starts a full row of `dim` floats.
+            let sums = unsafe { kernel4x4(ap, bp, dim) };
+            for (t, s) in sums.iter().enumerate().take(ni) {
+                let mut v = [0.0f32; 4];
+                // SAFETY: `v` is 4 floats, one unaligned 128-bit store.
+                unsafe { _mm_storeu_ps(v.as_mut_ptr(), *s) };
+                let row = (i0 + t) * nb + j0;
+                out[row..row + nj].copy_from_slice(&v[..nj]);
+            }
+        }
+    }
+}
+
+/// `best[i] = max(best[i], max_j (q_i · d_j) · scale[j])` over the rows
+/// `d_j` of `doc` and `q_i` of `query` (`dim` wide).
+///
+/// # Safety
+/// AVX-512F must be available; `dim > 0`, `scale.len() >= doc rows`,
+/// `best.len() >= query rows`, and both matrices hold whole rows.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn maxsim_rows(query: &[f32], doc: &[f32], dim: usize, scale: &[f32], best: &mut [f32]) {
+    let (nq, nd) = (query.len() / dim, doc.len() / dim);
+    if nd == 0 {
+        return;
+    }
+    for j0 in (0..nd).step_by(4) {
+        let nj = (nd - j0).min(4);
+        let dp = rows4(doc, dim, j0, nj);
+        let sc = [0, 1, 2, 3].map(|t| _mm_set1_ps(scale[j0 + t.min(nj - 1)]));
+        for i0 in (0..nq).step_by(4) {
+            let ni = (nq - i0).min(4);
+            let qp = rows4(query, dim, i0, ni);
+            // SAFETY: every pointer starts a full row of `dim` floats.
+            let s = unsafe { kernel4x4(dp, qp, dim) };
+            let m = _mm_max_ps(
+                _mm_max_ps(_mm_mul_ps(s[0], sc[0]), _mm_mul_ps(s[1], sc[1])),
+                _mm_max_ps(_mm_mul_ps(s[2], sc[2]), _mm_mul_ps(s[3], sc[3])),
+            );
+            let mut v = [0.0f32; 4];
+            // SAFETY: `v` is 4 floats, one unaligned 128-bit store.
+            unsafe { _mm_storeu_ps(v.as_mut_ptr(), m) };
+            for (b, &x) in best[i0..i0 + ni].iter_mut().zip(&v) {
+                if x > *b {
+                    *b = x;
+                }
+            }
+        }
+    }
+}
+
+/// Residual decoding, `nbits` ∈ {1, 2, 4} and `dim` a multiple of 16:
+/// `out[d] = centroid[d] + weights[code d]` where code `d` sits at bit
+/// `d·nbits` of the little-endian byte string `bytes`. Returns `|out|²`.
+///
+/// # Safety
+/// AVX-512F must be available; `out.len() == centroid.len() == dim`,
+/// `dim % 16 == 0`, `bytes.len() >= dim·nbits/8`, `weights` has the
+/// `2^nbits` bucket values in its first lanes.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn decode_residual(
+    nbits: u32,
+    weights: &[f32; 16],
+    bytes: &[u8],
+    centroid: &[f32],
+    out: &mut [f32],
+) -> f32 {
+    // SAFETY: forwarded; each instance reads 2·NB bytes per 16 dimensions.
+    unsafe {
+        match nbits {
+            1 => decode_residual_n::<1, 2>(weights, bytes, centroid, out),
+            2 => decode_residual_n::<2, 4>(weights, bytes, centroid, out),
+            _ => decode_residual_n::<4, 8>(weights, bytes, centroid, out),
+        }
+    }
+}
+
+/// [`decode_residual`] for `NB`-bit codes, `STEP = 2·NB` bytes per 16
+/// dimensions (a constant, so each chunk is one small fixed-size load).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn decode_residual_n<const NB: i32, const STEP: usize>(
+    weights: &[f32; 16],
+    bytes: &[u8],
+    centroid: &[f32],
+    out: &mut [f32],
+) -> f32 {
+    let dim = out.len();
+    // SAFETY: `weights` is exactly 16 floats.
+    let w = unsafe { _mm512_loadu_ps(weights.as_ptr()) };
+    let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let mask = _mm512_set1_epi32((1 << NB) - 1);
+    // Per lane: the shift of its code within the 32-bit half of the chunk
+    // that holds it (only 4-bit codes reach the upper half).
+    let bit = _mm512_mullo_epi32(lane, _mm512_set1_epi32(NB));
+    let shift = _mm512_and_si512(bit, _mm512_set1_epi32(31));
+    let upper = _mm512_cmpge_epi32_mask(bit, _mm512_set1_epi32(32));
+    // Two accumulators for the norm: one chain of 24 dependent FMAs per
+    // token would cost more than the decoding itself.
+    let mut norm = [_mm512_setzero_ps(); 2];
+    for (c, chunk) in bytes[..dim / 16 * STEP].chunks_exact(STEP).enumerate() {
+        // SAFETY: `chunk` is STEP bytes; the read takes exactly those.
+        let x: u64 = unsafe {
+            match STEP {
+                2 => u64::from(chunk.as_ptr().cast::<u16>().read_unaligned()),
+                4 => u64::from(chunk.as_ptr().cast::<u32>().read_unaligned()),
+                _ => chunk.as_ptr().cast::<u64>().read_unaligned(),
+            }
+        }
+        .to_le();
+        let lo = _mm512_set1_epi32(x as u32 as i32);
+        let words = if STEP == 8 {
+            _mm512_mask_set1_epi32(lo, upper, (x >> 32) as u32 as i32)
+        } else {
+            lo
+        };
+        let idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), mask);
+        let r = _mm512_permutexvar_ps(idx, w);
+        // SAFETY: c·16 + 16 <= dim = centroid.len() = out.len().
+        unsafe {
+            let v = _mm512_add_ps(_mm512_loadu_ps(centroid.as_ptr().add(c * 16)), r);
+            norm[c & 1] = _mm512_fmadd_ps(v, v, norm[c & 1]);
+            _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), v);
+        }
+    }
+    let norm = _mm512_add_ps(norm[0], norm[1]);
+    _mm512_reduce_add_ps(norm)
+}
+
+/// Integer dot products for `a` (`na × dim` bytes read as unsigned, i.e.
+/// i8 values offset by 128) against `b` (`nb × dim` signed bytes):
+/// `out[i·nb + j] = (Σ a_i·b_j − corr[j]) · a_scale[i] · b_scale[j]`, where
+/// `corr[j] = 128 · Σ b_j` undoes the offset. Four `vpdpbusd` lanes of four
+/// byte products each: 64 products per instruction.
+///
+/// # Safety
+/// AVX-512F, AVX-512BW and AVX-512 VNNI must be available; `dim > 0`;
+/// `a.len() == na·dim`, `b.len() == nb·dim`, `a_scale.len() >= na`,
+/// `b_scale.len() >= nb`, `corr.len() >= nb`, `out.len() >= na·nb`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot_block_u8i8(
+    a: &[u8],
+    a_scale: &[f32],
+    b: &[i8],
+    b_scale: &[f32],
+    corr: &[f32],
+    dim: usize,
+    out: &mut [f32],
+) {
+    let (na, nb) = (a.len() / dim, b.len() / dim);
+    let row = |m: *const u8, first: usize, n: usize| -> [*const u8; 4] {
+        // SAFETY (pointer arithmetic): `first + i.min(n - 1) < rows`, so
+        // each offset starts a whole row inside the slice.
+        [0, 1, 2, 3].map(|i| unsafe { m.add((first + i.min(n - 1)) * dim) })
+    };
+    let full = dim / 64;
+    let rem = dim % 64;
+    let tail: __mmask64 = if rem == 0 { 0 } else { (1u64 << rem) - 1 };
+    for i0 in (0..na).step_by(4) {
+        let ni = (na - i0).min(4);
+        let ap = row(a.as_ptr(), i0, ni);
+        // Streaming through the rows of `a` (megabytes of centroids): ask
+        // for the next block while this one is multiplied.
+        for line in a[(i0 + 4).min(na) * dim..(i0 + 8).min(na) * dim].chunks(64) {
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+        }
+        let sa = [0, 1, 2, 3].map(|t| _mm_set1_ps(a_scale[i0 + t.min(ni - 1)]));
+        for j0 in (0..nb).step_by(4) {
+            let nj = (nb - j0).min(4);
+            let bp = row(b.as_ptr().cast(), j0, nj);
+            let mut acc = [_mm512_setzero_si512(); 16];
+            for c in 0..full {
+                // SAFETY: c·64 + 64 <= dim, within each row.
+                unsafe { vnni4x4(ap, bp, c * 64, !0, &mut acc) };
+            }
+            if rem > 0 {
+                // SAFETY: the masked loads read only each row's last `rem` bytes.
+                unsafe { vnni4x4(ap, bp, full * 64, tail, &mut acc) };
+            }
+            let f = |x: __m512i| _mm512_cvtepi32_ps(x);
+            let mut sb = [0.0f32; 4];
+            let mut cb = [0.0f32; 4];
+            for l in 0..4 {
+                sb[l] = b_scale[j0 + l.min(nj - 1)];
+                cb[l] = corr[j0 + l.min(nj - 1)];
+            }
+            // SAFETY: both arrays are 4 floats, one unaligned 128-bit load.
+            let (sb, cb) = unsafe { (_mm_loadu_ps(sb.as_ptr()), _mm_loadu_ps(cb.as_ptr())) };
+            for t in 0..ni {
+                let s = hsum4(
+                    f(acc[t * 4]),
+                    f(acc[t * 4 + 1]),
+                    f(acc[t * 4 + 2]),
+                    f(acc[t * 4 + 3]),
+                );
+                let s = _mm_mul_ps(_mm_mul_ps(_mm_sub_ps(s, cb), sb), sa[t]);
+                let mut v = [0.0f32; 4];
+                // SAFETY: `v` is 4 floats, one unaligned 128-bit store.
+                unsafe { _mm_storeu_ps(v.as_mut_ptr(), s) };
+                let o = (i0 + t) * nb + j0;
+                out[o..o + nj].copy_from_slice(&v[..nj]);
+            }
+        }
+    }
+}
+
+/// One 64-byte step of the 4×4 `vpdpbusd` block: `acc[t·4 + l] += a[t] ·
+/// b[l]` over bytes `off..off + 64`, masked by `m`.
+///
+/// # Safety
+/// AVX-512F/BW/VNNI must be available; each pointer plus `off` must be
+/// valid for the bytes `m` selects.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn vnni4x4(
+    a: [*const u8; 4],
+    b: [*const u8; 4],
+    off: usize,
+    m: __mmask64,
+    acc: &mut [__m512i; 16],
+) {
+    // SAFETY: forwarded to the caller (masked loads read only selected bytes).
+    unsafe {
+        let load = |p: *const u8| _mm512_maskz_loadu_epi8(m, p.add(off).cast());
+        let bv = [load(b[0]), load(b[1]), load(b[2]), load(b[3])];
+        for t in 0..4 {
+            let av = load(a[t]);
+            for l in 0..4 {
+                acc[t * 4 + l] = _mm512_dpbusd_epi32(acc[t * 4 + l], av, bv[l]);
+            }
+        }
+    }
+}
