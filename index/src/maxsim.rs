@@ -68,7 +68,6 @@ impl Scratch {
     pub fn score(&mut self, query: &[f32], doc: &[f32], dim: usize) -> f32 {
         maxsim_block(query, doc, dim, &mut self.scores)
     }
-
 }
 
 /// MaxSim of `query` against `doc`. An empty document scores 0.

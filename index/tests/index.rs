@@ -148,6 +148,35 @@ fn plaid_and_hnsw_find_what_exhaustive_finds() {
 }
 
 #[test]
+fn plaid_stages_narrow_the_candidates_and_keep_recall() {
+    // 600 documents; the first (IVF-list) pass keeps 60, the second
+    // (full centroid) pass 40, and only those are scored exactly.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    build(&path, small().documents(0, 600), opts("residual2"));
+    let index = Index::open(&path).unwrap();
+    let p = SearchParams {
+        k: 10,
+        n_approx: 60,
+        n_candidates: 40,
+        ..SearchParams::default()
+    };
+    let qs = small().queries(600, 20);
+    let mut r = 0.0;
+    for q in &qs {
+        let (hits, st) = index.search_with_stats(q, &p).unwrap();
+        assert_eq!(hits.len(), 10);
+        assert!(st.cells > 0 && st.candidates > 60, "{st:?}");
+        assert_eq!(st.exact_docs, 40, "{st:?}");
+        let (truth, ex) = index.search_with_stats(q, &exact(10)).unwrap();
+        assert_eq!(ex.exact_docs, 600);
+        r += recall(&truth, &hits);
+    }
+    r /= qs.len() as f64;
+    assert!(r >= 0.9, "recall@10 {r}");
+}
+
+#[test]
 fn spilling_chunks_gives_the_same_index() {
     let dir = tempfile::tempdir().unwrap();
     let docs = small().documents(0, 200);

@@ -2,7 +2,8 @@
 //! workspace itself targets x86-64-v3, so these are compiled with
 //! `#[target_feature]` and reached only through [`super::avx512_enabled`]).
 //!
-//! * [`dot_block`]: a 4×4 register-blocked product of row blocks, 16 lanes
+//! * [`dot_block`]: a 4×4 register-blocked product of row blocks (4×1–4×3
+//!   for a short last block), 16 lanes
 //!   per step, any width (the tail is a masked load), horizontal sums
 //!   folded four at a time.
 //! * [`maxsim_rows`]: the same product, scaled per document row and folded
@@ -13,30 +14,30 @@
 
 use std::arch::x86_64::*;
 
-/// Sums of the 4×4 dot products `a[t] · b[l]` over `dim` floats, one
-/// `__m128` (four `l`) per `t`.
+/// Sums of the 4×N dot products `a[t] · b[l]` over `dim` floats, one
+/// `__m128` per `t` (lanes `l < N`; the others 0). `N < 4` serves a short
+/// last block without computing duplicate rows.
 ///
 /// # Safety
-/// AVX-512F must be available, and each of the eight pointers must be
-/// valid for reading `dim` floats.
+/// AVX-512F must be available, and each pointer must be valid for reading
+/// `dim` floats.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn kernel4x4(a: [*const f32; 4], b: [*const f32; 4], dim: usize) -> [__m128; 4] {
-    let mut acc = [_mm512_setzero_ps(); 16];
+unsafe fn kernel4xn<const N: usize>(
+    a: [*const f32; 4],
+    b: [*const f32; N],
+    dim: usize,
+) -> [__m128; 4] {
+    let mut acc = [[_mm512_setzero_ps(); N]; 4];
     let full = dim / 16;
     for c in 0..full {
         let off = c * 16;
         // SAFETY (all loads): off + 16 <= dim, within each row.
-        let bv = [
-            _mm512_loadu_ps(b[0].add(off)),
-            _mm512_loadu_ps(b[1].add(off)),
-            _mm512_loadu_ps(b[2].add(off)),
-            _mm512_loadu_ps(b[3].add(off)),
-        ];
+        let bv: [__m512; N] = std::array::from_fn(|l| unsafe { _mm512_loadu_ps(b[l].add(off)) });
         for t in 0..4 {
-            let av = _mm512_loadu_ps(a[t].add(off));
-            for l in 0..4 {
-                acc[t * 4 + l] = _mm512_fmadd_ps(av, bv[l], acc[t * 4 + l]);
+            let av = unsafe { _mm512_loadu_ps(a[t].add(off)) };
+            for l in 0..N {
+                acc[t][l] = _mm512_fmadd_ps(av, bv[l], acc[t][l]);
             }
         }
     }
@@ -45,25 +46,38 @@ unsafe fn kernel4x4(a: [*const f32; 4], b: [*const f32; 4], dim: usize) -> [__m1
         let off = full * 16;
         let m: __mmask16 = (1u16 << rem) - 1;
         // SAFETY (masked loads): lanes past `rem` are not read.
-        let bv = [
-            _mm512_maskz_loadu_ps(m, b[0].add(off)),
-            _mm512_maskz_loadu_ps(m, b[1].add(off)),
-            _mm512_maskz_loadu_ps(m, b[2].add(off)),
-            _mm512_maskz_loadu_ps(m, b[3].add(off)),
-        ];
+        let bv: [__m512; N] =
+            std::array::from_fn(|l| unsafe { _mm512_maskz_loadu_ps(m, b[l].add(off)) });
         for t in 0..4 {
-            let av = _mm512_maskz_loadu_ps(m, a[t].add(off));
-            for l in 0..4 {
-                acc[t * 4 + l] = _mm512_fmadd_ps(av, bv[l], acc[t * 4 + l]);
+            let av = unsafe { _mm512_maskz_loadu_ps(m, a[t].add(off)) };
+            for l in 0..N {
+                acc[t][l] = _mm512_fmadd_ps(av, bv[l], acc[t][l]);
             }
         }
     }
-    [
-        hsum4(acc[0], acc[1], acc[2], acc[3]),
-        hsum4(acc[4], acc[5], acc[6], acc[7]),
-        hsum4(acc[8], acc[9], acc[10], acc[11]),
-        hsum4(acc[12], acc[13], acc[14], acc[15]),
-    ]
+    let z = _mm512_setzero_ps();
+    acc.map(|r| {
+        let g = |l: usize| if l < N { r[l] } else { z };
+        hsum4(g(0), g(1), g(2), g(3))
+    })
+}
+
+/// [`kernel4xn`] for a block of `n` ∈ 1..=4 rows of `b`.
+///
+/// # Safety
+/// As [`kernel4xn`]; the first `n` pointers of `b` must be valid.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn kernel4(a: [*const f32; 4], b: [*const f32; 4], n: usize, dim: usize) -> [__m128; 4] {
+    // SAFETY: forwarded.
+    unsafe {
+        match n {
+            1 => kernel4xn::<1>(a, [b[0]], dim),
+            2 => kernel4xn::<2>(a, [b[0], b[1]], dim),
+            3 => kernel4xn::<3>(a, [b[0], b[1], b[2]], dim),
+            _ => kernel4xn::<4>(a, b, dim),
+        }
+    }
 }
 
 /// `[Σ x0, Σ x1, Σ x2, Σ x3]` of four 16-lane vectors.
@@ -106,7 +120,7 @@ pub unsafe fn dot_block(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
             let nj = (nb - j0).min(4);
             let bp = rows4(b, dim, j0, nj);
             // SAFETY: every pointer starts a full row of `dim` floats.
-            let sums = unsafe { kernel4x4(ap, bp, dim) };
+            let sums = unsafe { kernel4(ap, bp, nj, dim) };
             for (t, s) in sums.iter().enumerate().take(ni) {
                 let mut v = [0.0f32; 4];
                 // SAFETY: `v` is 4 floats, one unaligned 128-bit store.
@@ -138,7 +152,7 @@ pub unsafe fn maxsim_rows(query: &[f32], doc: &[f32], dim: usize, scale: &[f32],
             let ni = (nq - i0).min(4);
             let qp = rows4(query, dim, i0, ni);
             // SAFETY: every pointer starts a full row of `dim` floats.
-            let s = unsafe { kernel4x4(dp, qp, dim) };
+            let s = unsafe { kernel4(dp, qp, ni, dim) };
             let m = _mm_max_ps(
                 _mm_max_ps(_mm_mul_ps(s[0], sc[0]), _mm_mul_ps(s[1], sc[1])),
                 _mm_max_ps(_mm_mul_ps(s[2], sc[2]), _mm_mul_ps(s[3], sc[3])),
