@@ -17,6 +17,12 @@ use std::time::Instant;
 use tessera_index::synthetic::Synthetic;
 use tessera_index::*;
 
+const USAGE: &str = "usage: scripts/bench-index [--tokens 1000000] [--codecs f32,f16,int8,residual1,residual2,residual4]
+       [--generators exhaustive,plaid,hnsw] [--queries 100] [--dim 128] [--dir PATH] [--budget-mb 1024]
+       [--n-probe 32] [--n-candidates 64] [--threshold 0.4] [--keep]
+       scripts/bench-index --scale   (residual2 + plaid at 1M, 5M and 20M tokens)
+example: scripts/bench-index --tokens 1000000 --codecs residual2 --generators plaid --n-probe 16,32";
+
 struct Args {
     tokens: usize,
     codecs: Vec<String>,
@@ -69,6 +75,10 @@ fn args() -> Args {
             }
             "--threshold" => a.threshold = v().parse().unwrap(),
             "--keep" => a.keep = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }

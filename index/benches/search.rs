@@ -11,14 +11,23 @@
 //! tessera encode --queries dev-queries.txt --json > queries.jsonl
 //! scripts/bench-search --index DIR --queries queries.jsonl \
 //!     [--k 10] [--n-probe 8,32] [--n-approx 512,1024] [--n-candidates 64,128] [--threshold 0.4] [--generators plaid,hnsw]
+//!     [--repeat 3] [--no-truth]
 //! ```
-//! Prints one JSON line per setting and a Markdown table.
+//! Lists run every combination. `--repeat` passes over the queries with all
+//! threads (default 3); `--no-truth` skips the exhaustive reference (no
+//! recall, a quicker run for profiling). Prints one JSON line per setting
+//! and a Markdown table.
 
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use tessera_index::*;
+
+const USAGE: &str = "usage: scripts/bench-search --index DIR --queries FILE [--k 10] [--n-probe 8,32] [--n-approx 512,1024]
+       [--n-candidates 64,128] [--threshold 0.4] [--generators plaid,hnsw] [--repeat 3] [--no-truth]
+FILE is `tessera encode --queries queries.txt --json` output. Lists run every combination.
+example: scripts/bench-search --index ~/.local/share/tessera/cache/indexes/scifact-residual2-HASH --queries devq.jsonl --n-candidates 64,128";
 
 struct Args {
     index: PathBuf,
@@ -69,6 +78,10 @@ fn args() -> Args {
             "--n-approx" => a.n_approx = list(v()),
             "--repeat" => a.repeat = v().parse().unwrap(),
             "--no-truth" => a.no_truth = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
