@@ -187,7 +187,7 @@ pub fn maxsim_rows(query: &[f32], doc: &[f32], dim: usize, scale: &[f32], best: 
     }
     let (nq, nd) = (query.len() / dim, doc.len() / dim);
     assert!(scale.len() >= nd && best.len() >= nq);
-    let (query, doc) = (&query[..nq * dim], &doc[..nd * dim]);
+    let (query, doc, best) = (&query[..nq * dim], &doc[..nd * dim], &mut best[..nq]);
     #[cfg(target_arch = "x86_64")]
     if avx512_enabled() {
         // SAFETY: AVX-512F was detected at run time; the shapes were
@@ -195,30 +195,30 @@ pub fn maxsim_rows(query: &[f32], doc: &[f32], dim: usize, scale: &[f32], best: 
         unsafe { avx512::maxsim_rows(query, doc, dim, scale, best) };
         return;
     }
-    let mut r0 = vec![0.0f32; nq];
-    let mut r1 = vec![0.0f32; nq];
-    let mut j = 0;
-    while j + 2 <= nd {
-        let (d0, d1) = (
-            &doc[j * dim..(j + 1) * dim],
-            &doc[(j + 1) * dim..(j + 2) * dim],
-        );
-        dot_rows2(d0, d1, query, &mut r0, &mut r1);
-        let (s0, s1) = (scale[j], scale[j + 1]);
-        for ((b, &x), &y) in best.iter_mut().zip(&r0).zip(&r1) {
-            let m = (x * s0).max(y * s1);
-            if m > *b {
-                *b = m;
+    // Query rows in blocks of 32, their dots in stack buffers: nothing is
+    // allocated per call.
+    const QB: usize = 32;
+    let (mut b0, mut b1) = ([0.0f32; QB], [0.0f32; QB]);
+    for (qb, best) in query.chunks(QB * dim).zip(best.chunks_mut(QB)) {
+        let (r0, r1) = (&mut b0[..best.len()], &mut b1[..best.len()]);
+        let mut pairs = doc.chunks_exact(2 * dim).zip(scale.chunks_exact(2));
+        for (d, s) in &mut pairs {
+            let (d0, d1) = d.split_at(dim);
+            dot_rows2(d0, d1, qb, r0, r1);
+            for ((b, &x), &y) in best.iter_mut().zip(r0.iter()).zip(r1.iter()) {
+                let m = (x * s[0]).max(y * s[1]);
+                if m > *b {
+                    *b = m;
+                }
             }
         }
-        j += 2;
-    }
-    if j < nd {
-        dot_rows(&doc[j * dim..], query, &mut r0);
-        for (b, &x) in best.iter_mut().zip(&r0) {
-            let m = x * scale[j];
-            if m > *b {
-                *b = m;
+        if nd % 2 == 1 {
+            dot_rows(&doc[(nd - 1) * dim..], qb, r0);
+            for (b, &x) in best.iter_mut().zip(r0.iter()) {
+                let m = x * scale[nd - 1];
+                if m > *b {
+                    *b = m;
+                }
             }
         }
     }
@@ -524,7 +524,7 @@ mod tests {
         // shape — short blocks, widths that are not a multiple of 16 —
         // agrees with one `dot` at a time.
         for dim in [1, 5, 16, 33, 128, 384] {
-            for (na, nb) in [(1, 1), (3, 5), (4, 4), (7, 9), (17, 21)] {
+            for (na, nb) in [(1, 1), (3, 5), (4, 4), (7, 9), (17, 21), (5, 37)] {
                 let a: Vec<f32> = (0..na * dim).map(|i| (i as f32 * 0.37).sin()).collect();
                 let b: Vec<f32> = (0..nb * dim).map(|i| (i as f32 * 0.11).cos()).collect();
                 let scale: Vec<f32> = (0..na).map(|i| 0.5 + i as f32 * 0.1).collect();

@@ -1,13 +1,14 @@
 //! Exact late-interaction scoring.
 //!
 //! `MaxSim(q, d) = Σ_i max_j ⟨q_i, d_j⟩`: for each query token its best dot
-//! product over the document's tokens, summed. The kernel reads each
-//! document token once, dots it with the query tokens four at a time (AVX2 +
-//! FMA) and keeps running row maxima; callers keep a [`Scratch`] per thread
-//! so the hot loop allocates nothing.
+//! product over the document's tokens, summed. The kernel
+//! ([`crate::linalg::maxsim_rows`]: AVX-512 when the CPU has it, AVX2 + FMA
+//! otherwise) reads each document token once, dots it with the query tokens
+//! in register blocks and keeps running row maxima; callers keep a
+//! [`Scratch`] per thread so the hot loop allocates nothing.
 
 use crate::error::IndexError;
-use crate::linalg::{dot_rows, dot_rows2};
+use crate::linalg::maxsim_rows;
 use crate::vectors::TokenVectors;
 
 /// Reusable buffers for [`maxsim_block`].
@@ -25,10 +26,11 @@ pub struct Scratch {
 /// MaxSim of `query` (`nq × dim`) against `doc` (`nd × dim`), row-major.
 /// An empty document scores 0.
 ///
-/// Each document token is read once and dotted with the query tokens four
-/// at a time ([`dot_rows`]); the running row maxima live in `scratch`. For
-/// these skinny products (tens of query tokens, a few hundred document
-/// tokens) this beats an SGEMM, which would first copy both operands.
+/// One [`maxsim_rows`] step over the whole document with unit scales; the
+/// running maxima and the scales live in `scratch`. For these skinny
+/// products (tens of query tokens, a few hundred document tokens) the
+/// register-blocked kernel beats an SGEMM, which would first copy both
+/// operands.
 pub fn maxsim_block(query: &[f32], doc: &[f32], dim: usize, scratch: &mut Vec<f32>) -> f32 {
     let nq = query.len() / dim;
     let nd = doc.len() / dim;
@@ -36,30 +38,10 @@ pub fn maxsim_block(query: &[f32], doc: &[f32], dim: usize, scratch: &mut Vec<f3
         return 0.0;
     }
     scratch.clear();
-    scratch.resize(3 * nq, f32::NEG_INFINITY);
-    let (best, rows) = scratch.split_at_mut(nq);
-    let (r0, r1) = rows.split_at_mut(nq);
-    let q = &query[..nq * dim];
-    let mut pairs = doc.chunks_exact(2 * dim);
-    for pair in &mut pairs {
-        let (d0, d1) = pair.split_at(dim);
-        dot_rows2(d0, d1, q, r0, r1);
-        for ((b, &x), &y) in best.iter_mut().zip(r0.iter()).zip(r1.iter()) {
-            let m = if x > y { x } else { y };
-            if m > *b {
-                *b = m;
-            }
-        }
-    }
-    let last = pairs.remainder();
-    if !last.is_empty() {
-        dot_rows(last, q, r0);
-        for (b, &x) in best.iter_mut().zip(r0.iter()) {
-            if x > *b {
-                *b = x;
-            }
-        }
-    }
+    scratch.resize(nq, f32::NEG_INFINITY);
+    scratch.resize(nq + nd, 1.0);
+    let (best, ones) = scratch.split_at_mut(nq);
+    maxsim_rows(query, doc, dim, ones, best);
     best.iter().sum()
 }
 
