@@ -302,12 +302,18 @@ impl Codec {
                 )
             };
         }
+        self.decode_residual_table(nbits, bytes, centroid, out);
+        crate::linalg::norm2(out)
+    }
+
+    /// `out = centroid + residual` through the per-byte weight table (the
+    /// portable decoder).
+    fn decode_residual_table(&self, nbits: u8, bytes: &[u8], centroid: &[f32], out: &mut [f32]) {
         match nbits {
             1 => decode_residual::<8>(&self.lut, bytes, centroid, out),
             2 => decode_residual::<4>(&self.lut, bytes, centroid, out),
             _ => decode_residual::<2>(&self.lut, bytes, centroid, out),
         }
-        crate::linalg::norm2(out)
     }
 }
 
@@ -414,11 +420,7 @@ mod tests {
                 let mut fast = vec![0.0; dim];
                 let s = codec.decode_unscaled(&bytes, &centroid, &mut fast);
                 let mut table = vec![0.0; dim];
-                match nbits {
-                    1 => decode_residual::<8>(&codec.lut, &bytes, &centroid, &mut table),
-                    2 => decode_residual::<4>(&codec.lut, &bytes, &centroid, &mut table),
-                    _ => decode_residual::<2>(&codec.lut, &bytes, &centroid, &mut table),
-                }
+                codec.decode_residual_table(nbits, &bytes, &centroid, &mut table);
                 assert_eq!(fast, table, "{kind} dim {dim}");
                 assert!((s - 1.0 / dot(&table, &table).sqrt()).abs() < 1e-5 * s);
             }

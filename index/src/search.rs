@@ -22,6 +22,7 @@ use std::time::Instant;
 use hnsw_rs::prelude::{DistL2, Hnsw};
 use rayon::prelude::*;
 
+use crate::codec::CodecKind;
 use crate::error::{IndexError, Result};
 use crate::filter::{FieldValue, Filter};
 use crate::index::{Index, StoredDoc};
@@ -244,26 +245,6 @@ impl Index {
             .collect()
     }
 
-    /// Decodes document `doc` of segment `seg` into `out`.
-    pub fn decode_doc(&self, seg: usize, doc: u32, out: &mut Vec<f32>) {
-        let s = &self.segments()[seg];
-        let r = s.token_range(doc);
-        let dim = self.dim();
-        let bpt = self.codec().bytes_per_token();
-        let codes = &s.codes()[r.clone()];
-        let bytes = s.vector_bytes(r);
-        let cents = self.centroids();
-        out.resize(codes.len() * dim, 0.0);
-        for (t, &c) in codes.iter().enumerate() {
-            let c = c as usize;
-            self.codec().decode(
-                &bytes[t * bpt..(t + 1) * bpt],
-                &cents[c * dim..(c + 1) * dim],
-                &mut out[t * dim..(t + 1) * dim],
-            );
-        }
-    }
-
     /// Exact MaxSim of `q` (`nq × dim`) against document `doc` of segment
     /// `seg`, decoding its tokens a tile at a time into `scratch` (the tile
     /// stays in L1 while all query tokens meet it). Renormalisation of
@@ -281,6 +262,8 @@ impl Index {
         let codes = &s.codes()[range.clone()];
         let bytes = s.vector_bytes(range);
         let cents = self.centroids();
+        // Only residual codes read their centroid while decoding.
+        let reads_centroid = matches!(codec.kind, CodecKind::Residual { .. });
         let nq = q.len() / dim;
         scratch.best.clear();
         scratch.best.resize(nq, f32::NEG_INFINITY);
@@ -293,7 +276,7 @@ impl Index {
                 let t = t0 + i;
                 // The centroids are read in code order, far apart: start
                 // loading the next one while this one is decoded.
-                if let Some(&n) = codes.get(t + 1) {
+                if let Some(&n) = codes.get(t + 1).filter(|_| reads_centroid) {
                     prefetch(&cents[n as usize * dim..(n as usize + 1) * dim]);
                 }
                 scratch.scale[i] = codec.decode_unscaled(
@@ -376,7 +359,7 @@ impl Index {
                             (dot(qi, cent), c.d_id as u32)
                         })
                         .collect();
-                    top.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+                    top.sort_by(best_first);
                     top
                 })
                 .collect()
@@ -606,8 +589,9 @@ impl Index {
             .enumerate()
             .map_init(Vec::new, |out, (b, tab)| {
                 let first = b * BLOCK;
-                let rows = first..first + tab.len() / blocks;
-                out.resize(rows.len() * nq, 0.0);
+                let n_rows = tab.len() / blocks;
+                let rows = first..first + n_rows;
+                out.resize(n_rows * nq, 0.0);
                 match &quant {
                     Some((cq, qq)) => dot_block_i8(cq, rows, qq, out),
                     None => dot_block(&centroids[rows.start * dim..rows.end * dim], q, dim, out),
@@ -629,12 +613,11 @@ impl Index {
                 // most 2n entries and the bar an entry must beat (a
                 // predictable branch); a full buffer is cut back to its n
                 // best.
-                let rows_here = out.len() / nq;
                 let tops: Vec<Vec<(f32, u32)>> = (0..nq)
                     .map(|i| {
                         let mut top: Vec<(f32, u32)> = Vec::with_capacity(2 * n);
                         let mut bar = f32::NEG_INFINITY;
-                        for c in 0..rows_here {
+                        for c in 0..n_rows {
                             let v = out[c * nq + i];
                             if v > bar {
                                 top.push((v, (first + c) as u32));
