@@ -57,6 +57,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Neither a title nor a text: indexed with no token vectors.
+    pub fn is_empty(&self) -> bool {
+        self.title.trim().is_empty() && self.text.trim().is_empty()
+    }
+
     /// What the encoder sees: title and text, blank-separated.
     pub fn encoded_text(&self) -> String {
         match (self.title.trim().is_empty(), self.text.trim().is_empty()) {
@@ -75,7 +80,6 @@ pub enum Problem {
     MissingId,
     MissingText,
     DuplicateId,
-    EmptyDocument,
     InvalidUtf8,
 }
 
@@ -86,7 +90,6 @@ impl fmt::Display for Problem {
             Self::MissingId => "missing id",
             Self::MissingText => "missing text field",
             Self::DuplicateId => "duplicate id",
-            Self::EmptyDocument => "empty document",
             Self::InvalidUtf8 => "invalid UTF-8",
         })
     }
@@ -331,10 +334,10 @@ impl CorpusReader {
                 format!("none of the text fields {:?}", self.opts.text_fields),
             ));
         }
+        // An empty title and text is still a document (Cranfield and several
+        // BEIR corpora ship some, and qrels may judge them): it is indexed
+        // with no content tokens.
         let text = texts.join(" ");
-        if title.trim().is_empty() && text.trim().is_empty() {
-            return Err((Problem::EmptyDocument, "title and text are empty".into()));
-        }
         let metadata = match obj.get("metadata") {
             Some(m @ Value::Object(_)) => m.clone(),
             _ => Value::Object(Default::default()),
@@ -382,9 +385,6 @@ fn parse_tsv(s: &str, line: usize) -> std::result::Result<Record, (Problem, Stri
         None => return Err((Problem::MissingText, "expected `id<TAB>text`".into())),
     };
     let title = cols.next().unwrap_or("").to_owned();
-    if text.trim().is_empty() && title.trim().is_empty() {
-        return Err((Problem::EmptyDocument, "the text is empty".into()));
-    }
     Ok(Record {
         line,
         id,
@@ -482,9 +482,12 @@ mod tests {
                 (2, Problem::MalformedJson),
                 (3, Problem::MissingId),
                 (4, Problem::MissingText),
-                (5, Problem::EmptyDocument),
                 (6, Problem::InvalidUtf8),
             ]
+        );
+        assert!(
+            got[4].as_ref().unwrap().is_empty(),
+            "an empty document is a record"
         );
         let msg = got[1].as_ref().unwrap_err().to_string();
         assert!(
@@ -500,7 +503,7 @@ mod tests {
         std::fs::write(&p, "0\tThe first passage.\n1\t\n2\tThird.\tA title\n").unwrap();
         let got = read_all(&p, CorpusOptions::default());
         assert_eq!(got[0].as_ref().unwrap().text, "The first passage.");
-        assert_eq!(got[1].as_ref().unwrap_err().problem, Problem::EmptyDocument);
+        assert!(got[1].as_ref().unwrap().is_empty());
         assert_eq!(got[2].as_ref().unwrap().title, "A title");
 
         let p = dir.path().join("dump.json");

@@ -60,6 +60,10 @@ pub struct State {
     pub skipped: BTreeMap<String, u64>,
     /// Documents cut at the model's maximum length.
     pub truncated: u64,
+    /// Documents with no content tokens (empty title and text, or only
+    /// punctuation): stored and indexed with no vectors.
+    #[serde(default)]
+    pub empty: u64,
     pub complete: bool,
     /// The model that made the vectors.
     pub model: serde_json::Value,
@@ -206,6 +210,7 @@ impl EmbeddingsWriter {
             },
             skipped: BTreeMap::new(),
             truncated: 0,
+            empty: 0,
             complete: false,
             model,
         };
@@ -262,7 +267,7 @@ impl EmbeddingsWriter {
     ) -> Result<()> {
         let dim = self.state.dim;
         ensure!(
-            vectors.len().is_multiple_of(dim) && !vectors.is_empty(),
+            vectors.len().is_multiple_of(dim),
             "document {id:?}: {} floats is not a whole number of {dim}-dim vectors",
             vectors.len()
         );
@@ -283,6 +288,7 @@ impl EmbeddingsWriter {
         writeln!(self.docs).map_err(&e)?;
         self.state.docs += 1;
         self.state.tokens += n as u64;
+        self.state.empty += u64::from(n == 0);
         Ok(())
     }
 
@@ -459,9 +465,6 @@ impl EmbeddingsReader {
             "{}: doclens sum to {sum} tokens, but {EMBEDDINGS} has {tokens} rows",
             dir.display()
         );
-        if let Some(i) = doclens.iter().position(|&l| l == 0) {
-            bail!("{}: document #{} has length 0", dir.display(), i + 1);
-        }
         let ip = dir.join(IDS);
         let n_ids = BufReader::new(File::open(&ip).map_err(io_ctx(&ip))?)
             .lines()

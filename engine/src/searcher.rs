@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_eval::beir::Query;
 use tessera_eval::Run;
-use tessera_index::{Candidates, Filter, Hit, Index, SearchParams, TokenVectors};
+use tessera_index::{Candidates, Filter, Fusion, Hit, Index, SearchParams, TokenVectors};
 use tessera_training::Encoder;
 
 use crate::model::ModelArgs;
@@ -22,7 +22,7 @@ pub enum Retriever {
     Colbert,
     /// BM25 over titles and texts (tantivy).
     Bm25,
-    /// Reciprocal-rank fusion of ColBERT and BM25.
+    /// Fusion of ColBERT and BM25 (see --fusion).
     Hybrid,
 }
 
@@ -58,6 +58,29 @@ impl From<CandidatesArg> for Candidates {
     }
 }
 
+/// Hybrid fusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FusionArg {
+    /// Reciprocal-rank fusion (k = 60).
+    Rrf,
+    /// Convex combination of min-max normalised scores.
+    Linear,
+}
+
+fn default_bm25_weight() -> f32 {
+    match Fusion::default() {
+        Fusion::Linear { bm25_weight } => bm25_weight,
+        Fusion::Rrf { .. } => 0.5,
+    }
+}
+
+fn parse_weight(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(w) if (0.0..=1.0).contains(&w) => Ok(w),
+        _ => Err(format!("{s:?} is not a weight in [0, 1]")),
+    }
+}
+
 /// Ranking options shared by `search` and `eval`.
 #[derive(Args, Debug, Clone)]
 pub struct RankArgs {
@@ -67,16 +90,36 @@ pub struct RankArgs {
     /// MaxSim candidate generation.
     #[arg(long, value_enum, default_value_t = CandidatesArg::Plaid)]
     pub candidates: CandidatesArg,
-    /// PLAID: centroids probed per query token (default from the index crate).
+    /// PLAID: centroids probed per query token, at least, for 8,192
+    /// centroids (scaled with the index's centroid count; default from the
+    /// index crate).
     #[arg(long, value_name = "N")]
     pub n_probe: Option<usize>,
+    /// PLAID: probe budget in query tokens × cells (a query of n tokens
+    /// probes N/n cells per token, within --n-probe and 256; 0: off).
+    #[arg(long, value_name = "N")]
+    pub probe_budget: Option<usize>,
     /// PLAID/HNSW: documents kept by the first approximate score (IVF
     /// lists only) for the second (every token's centroid).
     #[arg(long, value_name = "N")]
     pub n_approx: Option<usize>,
-    /// PLAID/HNSW: documents re-ranked exactly (at least 4·k are).
+    /// PLAID/HNSW: documents re-ranked exactly, at least (4·k at least).
     #[arg(long, value_name = "N")]
     pub n_candidates: Option<usize>,
+    /// PLAID/HNSW: exact re-rank budget in query tokens × documents (a
+    /// query of n tokens re-ranks N/n documents; 0: --n-candidates only).
+    #[arg(long, value_name = "N")]
+    pub rerank_budget: Option<usize>,
+    /// PLAID/HNSW: at most N documents re-ranked exactly.
+    #[arg(long, value_name = "N")]
+    pub max_candidates: Option<usize>,
+    /// Hybrid: rrf (reciprocal ranks) or linear (min-max normalised
+    /// scores, `(1 − w)·colbert + w·bm25`).
+    #[arg(long, value_enum, default_value_t = FusionArg::Linear)]
+    pub fusion: FusionArg,
+    /// Hybrid with --fusion linear: the BM25 weight w in [0, 1].
+    #[arg(long, value_name = "W", default_value_t = default_bm25_weight(), value_parser = parse_weight)]
+    pub bm25_weight: f32,
     /// Metadata filter as JSON, e.g. '{"range": {"field": "year", "gte": 2020}}'
     /// or '{"eq": {"field": "lang", "value": "en"}}'.
     #[arg(long, value_name = "JSON")]
@@ -94,12 +137,29 @@ impl RankArgs {
         if let Some(n) = self.n_probe {
             p.n_probe = n;
         }
+        if let Some(n) = self.probe_budget {
+            p.probe_budget = n;
+        }
         if let Some(n) = self.n_approx {
             p.n_approx = n;
         }
         if let Some(n) = self.n_candidates {
             p.n_candidates = n;
         }
+        if let Some(n) = self.rerank_budget {
+            p.rerank_budget = n;
+        }
+        if let Some(n) = self.max_candidates {
+            p.max_candidates = n;
+        }
+        p.fusion = match self.fusion {
+            FusionArg::Rrf => Fusion::Rrf {
+                c: tessera_index::search::RRF_K,
+            },
+            FusionArg::Linear => Fusion::Linear {
+                bm25_weight: self.bm25_weight,
+            },
+        };
         if let Some(f) = &self.filter {
             let f: Filter = serde_json::from_str(f).with_context(|| format!("--filter {f:?}"))?;
             f.validate()?;

@@ -289,7 +289,8 @@ fn bad_records_stop_the_build_or_are_skipped_and_counted() {
     );
     ok(&o);
     let summary = String::from_utf8_lossy(&o.stderr);
-    assert!(summary.contains("indexed 41 documents"), "{summary}");
+    // x2 (empty title and text) is a document: indexed, and counted.
+    assert!(summary.contains("indexed 42 documents"), "{summary}");
     for kind in [
         "1 malformed JSON",
         "1 duplicate id",
@@ -589,11 +590,310 @@ fn batch_search_writes_a_run_and_eval_scores_it() {
     assert!(out.contains("| 1.0000 |"), "{out}");
 }
 
+/// A BEIR folder `dir/name` with a corpus of `docs` (`(id, title, text)`),
+/// queries and one split's qrels.
+fn dataset(
+    dir: &Path,
+    name: &str,
+    docs: &[(&str, &str, &str)],
+    queries: &[(&str, &str)],
+    split: &str,
+    qrels: &[(&str, &str, u32)],
+) -> PathBuf {
+    let ds = dir.join(name);
+    std::fs::create_dir_all(ds.join("qrels")).unwrap();
+    let corpus: String = docs
+        .iter()
+        .map(|(id, t, x)| serde_json::json!({"_id": id, "title": t, "text": x}).to_string() + "\n")
+        .collect();
+    std::fs::write(ds.join("corpus.jsonl"), corpus).unwrap();
+    let q: String = queries
+        .iter()
+        .map(|(id, t)| serde_json::json!({"_id": id, "text": t}).to_string() + "\n")
+        .collect();
+    std::fs::write(ds.join("queries.jsonl"), q).unwrap();
+    let mut r = String::from("query-id\tcorpus-id\tscore\n");
+    for (q, d, g) in qrels {
+        r.push_str(&format!("{q}\t{d}\t{g}\n"));
+    }
+    std::fs::write(ds.join(format!("qrels/{split}.tsv")), r).unwrap();
+    ds
+}
+
+/// `eval --model tiny --device cpu --threads 1 REST…`
+fn eval_args<'a>(tiny: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["eval", "--model", tiny, "--device", "cpu", "--threads", "1"];
+    a.extend_from_slice(rest);
+    a
+}
+
+/// Cranfield ships empty documents, one of them judged: a benchmark must
+/// run as it ships. Qrels naming a document or query that is not there
+/// are reported with counts.
+#[test]
+fn eval_runs_a_collection_with_empty_documents_and_reports_dangling_qrels() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(
+        dir.path(),
+        "cran",
+        &[
+            (
+                "1",
+                "experimental investigation of the aerodynamics of a wing",
+                "the slipstream of a propeller over a wing was studied",
+            ),
+            ("2", "", ""),
+            ("3", "boundary layer", "simple shear flow past a flat plate"),
+            ("4", "  ", ""),
+            ("5", "heat transfer", "heat transfer in supersonic flow"),
+        ],
+        &[
+            ("q1", "propeller slipstream over a wing"),
+            ("q2", "empty"),
+            ("q3", "heat transfer supersonic"),
+        ],
+        "test",
+        &[
+            ("q1", "1", 2),
+            ("q2", "2", 1),
+            ("q3", "5", 1),
+            ("q3", "99", 1),
+            ("q9", "3", 1),
+        ],
+    );
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let tiny = tiny();
+    let out = dir.path().join("r.json");
+    let a = eval_args(
+        &tiny,
+        &[
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--split",
+            "test",
+            "--retriever",
+            "bm25",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let o = run(&a, &envs, None);
+    let table = ok(&o);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("2 empty documents"), "{log}");
+    assert!(
+        log.contains("judges 1 queries that queries.jsonl lacks (e.g. q9)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("names 1 documents that are not in the index (e.g. 99)"),
+        "{log}"
+    );
+    // q1, q2, q3 are evaluated (q9 cannot be searched).
+    assert!(table.contains("| 3 |"), "{table}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["per_query"]["q1"]["nDCG@10"], 1.0);
+    // The empty judged document is never retrieved: q2 scores 0.
+    assert_eq!(r["per_query"]["q2"]["nDCG@10"], 0.0);
+    // The same with ColBERT (and its exactness check), on the cached encoding.
+    let a = eval_args(
+        &tiny,
+        &[
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--split",
+            "test",
+            "--against-exact",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let o = run(&a, &envs, None);
+    let table = ok(&o);
+    assert!(table.contains("R@10 vs f32 exact"), "{table}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["per_query"]["q2"]["nDCG@10"], 0.0);
+    assert!(r["recall10_vs_f32"].as_f64().unwrap() > 0.5);
+    let run_text = std::fs::read_to_string(out.with_extension("trec")).unwrap();
+    for line in run_text.lines().filter(|l| l.starts_with("q1 ")) {
+        let doc = line.split(' ').nth(2).unwrap();
+        assert!(
+            doc != "2" && doc != "4",
+            "an empty document ranked for q1: {line}"
+        );
+    }
+}
+
+/// Every option an error message suggests is one the command accepts.
+#[test]
+fn error_suggestions_name_options_of_the_command_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dataset(
+        dir.path(),
+        "bad",
+        &[("d1", "t", "first"), ("d2", "t", "second")],
+        &[("q1", "first")],
+        "dev",
+        &[("q1", "d1", 1)],
+    );
+    let mut body = std::fs::read(ds.join("corpus.jsonl")).unwrap();
+    body.extend_from_slice(b"{\"_id\": \"d3\", \"text\": \n");
+    std::fs::write(ds.join("corpus.jsonl"), &body).unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let tiny = tiny();
+    let corpus = ds.join("corpus.jsonl");
+    let idx = dir.path().join("b.idx");
+    let idx_s = idx.to_string_lossy().into_owned();
+    let cases: Vec<Vec<&str>> = vec![
+        eval_args(
+            &tiny,
+            &["--dataset", ds.to_str().unwrap(), "--retriever", "bm25"],
+        ),
+        vec![
+            "index",
+            "build",
+            "--input",
+            corpus.to_str().unwrap(),
+            "--out",
+            &idx_s,
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+        ],
+    ];
+    for args in cases {
+        let e = err(&run(&args, &envs, None));
+        assert!(e.contains("corpus.jsonl:3: malformed JSON"), "{e}");
+        let flags: Vec<String> = e
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+            .filter(|w| w.starts_with("--"))
+            .map(|w| w.trim_end_matches(['.', ';', ':']).to_owned())
+            .collect();
+        assert!(flags.iter().any(|f| f == "--skip-invalid"), "{e}");
+        for f in &flags {
+            let mut with = args.clone();
+            with.push(f);
+            let o = run(&with, &envs, None);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                !stderr.contains("unexpected argument") && o.status.code() != Some(2),
+                "{args:?}: suggested {f} does not parse: {stderr}"
+            );
+        }
+    }
+}
+
+/// Several datasets in one run: a row each and their mean; combined
+/// reports compare per dataset and on the mean.
+#[test]
+fn eval_over_several_datasets_prints_the_mean_and_compares_combined_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dataset(
+        dir.path(),
+        "alpha",
+        &[
+            ("a1", "tides", "the moon raises ocean tides"),
+            ("a2", "rust", "memory safety without a garbage collector"),
+            ("a3", "bread", "yeast makes dough rise"),
+        ],
+        &[("q1", "ocean tides"), ("q2", "memory safety")],
+        "dev",
+        &[("q1", "a1", 1), ("q2", "a2", 1)],
+    );
+    let b = dataset(
+        dir.path(),
+        "beta",
+        &[
+            ("b1", "volcano", "molten rock erupts"),
+            ("b2", "glacier", "ice flows slowly downhill"),
+        ],
+        &[("q1", "molten rock"), ("q3", "ice")],
+        "test",
+        &[("q1", "b1", 1), ("q3", "b2", 1)],
+    );
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let tiny = tiny();
+    let b_spec = format!("{}:test", b.display());
+    let combined = |retriever: &str| {
+        let out = dir.path().join(format!("all-{retriever}.json"));
+        let args = eval_args(
+            &tiny,
+            &[
+                "--dataset",
+                a.to_str().unwrap(),
+                "--dataset",
+                &b_spec,
+                "--retriever",
+                retriever,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        let table = ok(&run(&args, &envs, None));
+        (out, table)
+    };
+    let (bm25, table) = combined("bm25");
+    assert!(
+        table.contains("alpha-dev-bm25") && table.contains("beta-test-bm25"),
+        "{table}"
+    );
+    assert!(table.contains("mean (2 datasets)"), "{table}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bm25).unwrap()).unwrap();
+    assert_eq!(r["reports"].as_array().unwrap().len(), 2);
+    let per: Vec<f64> = r["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["measures"][0][1].as_f64().unwrap())
+        .collect();
+    assert!((r["mean"][0][1].as_f64().unwrap() - (per[0] + per[1]) / 2.0).abs() < 1e-12);
+    assert!(dir.path().join("all-bm25-alpha-dev.json").exists());
+    assert!(dir.path().join("all-bm25-beta-test.json").exists());
+    let (colbert, _) = combined("colbert");
+    let cmp = ok(&run(
+        &[
+            "eval",
+            "--compare",
+            bm25.to_str().unwrap(),
+            colbert.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    ));
+    assert!(
+        cmp.contains("### alpha/dev") && cmp.contains("### beta/test"),
+        "{cmp}"
+    );
+    assert!(cmp.contains("mean over 2 datasets"), "{cmp}");
+    // A single-dataset report is not mixed with combined ones.
+    let one = dir.path().join("all-bm25-alpha-dev.json");
+    let e = err(&run(
+        &[
+            "eval",
+            "--compare",
+            bm25.to_str().unwrap(),
+            one.to_str().unwrap(),
+        ],
+        &[],
+        None,
+    ));
+    assert!(e.contains("compare like with like"), "{e}");
+}
+
 #[test]
 fn every_new_command_has_help_with_an_example() {
     for cmd in [
         &["index", "build"][..],
         &["index"][..],
+        &["index", "info"][..],
+        &["index", "verify"][..],
         &["search"][..],
         &["eval"][..],
         &["encode-corpus"][..],
@@ -603,4 +903,77 @@ fn every_new_command_has_help_with_an_example() {
         let out = ok(&run(&a, &[], None));
         assert!(out.contains("Example"), "{cmd:?}: {out}");
     }
+    // info and verify each say what they do.
+    let info = ok(&run(&["index", "info", "--help"], &[], None));
+    let verify = ok(&run(&["index", "verify", "--help"], &[], None));
+    assert_ne!(info.lines().next(), verify.lines().next());
+    assert!(
+        info.contains("summary") && verify.contains("CRC32"),
+        "{info}\n{verify}"
+    );
+}
+
+/// `tessera … | head` ends quietly; a filter on a field no document has
+/// says so.
+#[test]
+fn closed_stdout_is_quiet_and_unknown_filter_fields_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("s.idx");
+    ok(&build(&sample(), &idx, &[], &[], None));
+    // Far more output than a pipe buffers, so the writer meets the closed end.
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(
+        &texts,
+        "what causes the ocean tides on earth?\n".repeat(400),
+    )
+    .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.args([
+        "encode",
+        "--model",
+        &tiny(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--json",
+        "--queries",
+        texts.to_str().unwrap(),
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(&mut out, &mut first).unwrap();
+    drop(out); // like `head -c 10`
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && stderr.is_empty(),
+        "{:?} {stderr}",
+        o.status
+    );
+
+    let o = run(
+        &[
+            "search",
+            "--index",
+            &idx.to_string_lossy(),
+            "--retriever",
+            "bm25",
+            "--filter",
+            r#"{"eq": {"field": "colour", "value": "red"}}"#,
+            "tides",
+        ],
+        &[],
+        None,
+    );
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("\"colour\" that no document has")
+            && stderr.contains("fields in this index: n"),
+        "{stderr}"
+    );
 }

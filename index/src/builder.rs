@@ -5,7 +5,10 @@
 //!    whenever the buffer passes half the memory budget. A reservoir keeps a
 //!    uniform sample of token vectors for training.
 //! 2. **Train.** k-means centroids on the sample (`K` by default
-//!    `2^floor(log2(16·√tokens))`), and the residual codec's buckets.
+//!    `2^round(log2(16·√tokens))`; for unit-length vectors each centroid
+//!    stays at its members' mean), `refine_passes` Lloyd iterations over
+//!    every token (the chunks are read once more), and the residual codec's
+//!    buckets (quantiles refined by Lloyd–Max iterations).
 //! 3. **Encode.** Each chunk is read back, its tokens assigned to centroids
 //!    and encoded, and appended to one new segment.
 //! 4. **Commit.** Files are fsynced; a new index folder is renamed into
@@ -31,6 +34,7 @@ use crate::linalg::norm2;
 use crate::manifest::{Manifest, ReductionEntry, SegmentEntry, FORMAT_NAME, FORMAT_VERSION};
 use crate::reduction::Reduction;
 use crate::segment::SegmentWriter;
+use crate::text::Analyzer;
 use crate::vectors::TokenVectors;
 use crate::writer::{collect_garbage, WriteLock};
 
@@ -69,9 +73,8 @@ impl Document {
         if taken {
             return Err(invalid("duplicate id".into()));
         }
-        if self.vectors.is_empty() {
-            return Err(invalid("no token vectors".into()));
-        }
+        // A document without vectors is allowed (an empty text): it is
+        // stored and filterable, in no IVF list, and scores 0.
         if let Some((dim, source)) = expected {
             if self.vectors.dim() != dim {
                 return Err(invalid(format!(
@@ -101,12 +104,29 @@ impl Document {
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub codec: CodecKind,
-    /// Number of centroids; default `2^floor(log2(16·√tokens))`.
+    /// Number of centroids; default `2^round(log2(16·√tokens))`.
     pub num_centroids: Option<usize>,
     pub kmeans_iters: usize,
     /// Training sample: at most this many tokens (and at least enough for
-    /// 8 per centroid when the corpus has them).
+    /// `sample_per_centroid` per centroid when the corpus has them).
     pub max_sample_tokens: usize,
+    /// Tokens of the training sample per centroid (within
+    /// `max_sample_tokens`).
+    pub sample_per_centroid: usize,
+    /// Groups probed per token by the two-level nearest-centroid search
+    /// (past 2,048 centroids); 0 searches all centroids.
+    pub assign_probe: usize,
+    /// Lloyd iterations over every token after training on the sample
+    /// (each re-assigns all tokens and moves each centroid to the mean of
+    /// its tokens), before the residuals are learnt and coded.
+    pub refine_passes: usize,
+    /// Lloyd–Max iterations that refine the residual buckets after the
+    /// quantile start (0: ColBERTv2's quantile buckets).
+    pub bucket_iters: usize,
+    /// Keep each centroid at the mean of its tokens instead of projecting
+    /// it onto the unit sphere (for unit-length inputs): smaller residuals,
+    /// and centroid scores that estimate the token scores without bias.
+    pub mean_centroids: bool,
     /// Approximate bound on the builder's memory for buffered vectors,
     /// bytes. Chunks spill to disk past half of it.
     pub memory_budget: usize,
@@ -117,6 +137,8 @@ pub struct BuildOptions {
     pub overwrite: bool,
     /// Free-form facts stored in the manifest (e.g. which model built it).
     pub info: serde_json::Value,
+    /// How titles and texts are cut into BM25 terms.
+    pub analyzer: Analyzer,
 }
 
 impl Default for BuildOptions {
@@ -125,12 +147,18 @@ impl Default for BuildOptions {
             codec: CodecKind::Residual { nbits: 2 },
             num_centroids: None,
             kmeans_iters: 4,
-            max_sample_tokens: 1 << 17,
+            max_sample_tokens: 1 << 20,
+            sample_per_centroid: 8,
+            assign_probe: kmeans::PROBE_GROUPS,
+            refine_passes: 1,
+            bucket_iters: 10,
+            mean_centroids: true,
             memory_budget: 1 << 30,
             seed: 42,
             reduction: None,
             overwrite: false,
             info: serde_json::Value::Null,
+            analyzer: Analyzer::default(),
         }
     }
 }
@@ -317,7 +345,10 @@ impl IndexBuilder {
 
     /// Reservoir sampling over all tokens (Algorithm R).
     fn sample(&mut self, vectors: &[f32], dim: usize) {
-        let cap = self.opts.max_sample_tokens.max(1);
+        // Within the sample cap and a quarter of the memory budget, but never
+        // under 65,536 tokens (a tiny budget must not shrink K).
+        let by_memory = (self.opts.memory_budget / 4 / (4 * dim.max(1))).max(1 << 16);
+        let cap = self.opts.max_sample_tokens.min(by_memory).max(1);
         for v in vectors.chunks_exact(dim) {
             self.seen_tokens += 1;
             let have = self.reservoir.len() / dim;
@@ -330,6 +361,52 @@ impl IndexBuilder {
                 }
             }
         }
+    }
+
+    /// One Lloyd iteration over every token: assign all (spilled chunks and
+    /// the buffer) to `centroids`, then move each centroid with tokens to
+    /// their mean (renormalised when `spherical`). Sums are taken in token
+    /// order, in f64: the result does not depend on thread count.
+    fn refine(&self, centroids: &mut [f32], dim: usize, spherical: bool) -> Result<()> {
+        let t = Instant::now();
+        let k = centroids.len() / dim;
+        let mut sums = vec![0f64; k * dim];
+        let mut counts = vec![0u64; k];
+        let mut add = |vectors: &[f32], centroids: &[f32]| {
+            let codes = kmeans::assign_probing(vectors, centroids, dim, self.opts.assign_probe);
+            for (v, &c) in vectors.chunks_exact(dim).zip(&codes) {
+                let c = c as usize;
+                counts[c] += 1;
+                for (s, &x) in sums[c * dim..(c + 1) * dim].iter_mut().zip(v) {
+                    *s += f64::from(x);
+                }
+            }
+        };
+        for path in &self.spilled {
+            let chunk = read_chunk(path, dim)?;
+            add(&chunk.vectors, centroids);
+        }
+        add(&self.buffer.vectors, centroids);
+        let mut moved = 0usize;
+        for (c, row) in centroids.chunks_exact_mut(dim).enumerate() {
+            if counts[c] == 0 {
+                continue;
+            }
+            let inv = 1.0 / counts[c] as f64;
+            for (x, s) in row.iter_mut().zip(&sums[c * dim..(c + 1) * dim]) {
+                *x = (s * inv) as f32;
+            }
+            if spherical {
+                crate::linalg::normalise(row);
+            }
+            moved += 1;
+        }
+        tracing::info!(
+            centroids = moved,
+            secs = t.elapsed().as_secs_f64(),
+            "centroids refined over every token"
+        );
+        Ok(())
     }
 
     fn spill(&mut self) -> Result<()> {
@@ -360,6 +437,11 @@ impl IndexBuilder {
         let codec_kind = self.opts.codec;
         codec_kind.validate(dim)?;
         let total = self.seen_tokens;
+        if total == 0 && self.existing.is_none() {
+            return Err(IndexError::InvalidParameter(
+                "no document has token vectors (every text is empty)".into(),
+            ));
+        }
         let generation = self.existing.as_ref().map_or(1, |(m, _)| m.generation + 1);
 
         // Train.
@@ -374,8 +456,8 @@ impl IndexBuilder {
             .unwrap_or_else(|| kmeans::default_num_centroids(total as usize))
             .clamp(1, (total as usize).min(crate::manifest::MAX_CENTROIDS));
         let sample_n = self.reservoir.len() / dim;
-        // About 8 tokens per centroid, within the reservoir's size.
-        let want = (k * 8)
+        // `sample_per_centroid` tokens per centroid, within the reservoir's size.
+        let want = (k * self.opts.sample_per_centroid.max(1))
             .clamp(4096, self.opts.max_sample_tokens.max(4096))
             .min(sample_n);
         let sample = &self.reservoir[..want * dim];
@@ -389,13 +471,26 @@ impl IndexBuilder {
             "documents collected"
         );
         let t = Instant::now();
-        let centroids = kmeans::train(sample, dim, k, self.opts.kmeans_iters, self.opts.seed, unit);
+        let spherical = unit && !self.opts.mean_centroids;
+        let mut centroids = kmeans::train_probing(
+            sample,
+            dim,
+            k,
+            self.opts.kmeans_iters,
+            self.opts.seed,
+            spherical,
+            self.opts.assign_probe,
+        );
         let k = centroids.len() / dim;
+        for _ in 0..self.opts.refine_passes {
+            self.refine(&mut centroids, dim, spherical)?;
+        }
+        let sample = &self.reservoir[..want * dim];
         let buckets = match codec_kind {
             CodecKind::Residual { nbits } => {
                 // Quantiles need no more than ~8k vectors' residuals.
                 let sub = &sample[..sample.len().min(8192 * dim)];
-                let codes = kmeans::assign(sub, &centroids, dim);
+                let codes = kmeans::assign_probing(sub, &centroids, dim, self.opts.assign_probe);
                 let residuals: Vec<f32> = sub
                     .chunks_exact(dim)
                     .zip(&codes)
@@ -404,7 +499,11 @@ impl IndexBuilder {
                         v.iter().zip(c).map(|(a, b)| a - b).collect::<Vec<_>>()
                     })
                     .collect();
-                Some(Buckets::train(nbits, residuals))
+                Some(Buckets::train_lloyd(
+                    nbits,
+                    residuals,
+                    self.opts.bucket_iters,
+                ))
             }
             _ => None,
         };
@@ -448,14 +547,21 @@ impl IndexBuilder {
 
         // Encode every chunk into one segment.
         let seg_name = format!("seg-g{generation}-0001");
-        let mut writer = SegmentWriter::create(&self.staging, &seg_name, k)?;
+        let mut writer = SegmentWriter::create(&self.staging, &seg_name, k, self.opts.analyzer)?;
         let mut done = 0u64;
         let last = std::mem::take(&mut self.buffer);
         let spilled = std::mem::take(&mut self.spilled);
         let spilled_chunks = spilled.len();
         for path in &spilled {
             let chunk = read_chunk(path, dim)?;
-            encode_chunk(&chunk.view(), &codec, &centroids, dim, &mut writer)?;
+            encode_chunk(
+                &chunk.view(),
+                &codec,
+                &centroids,
+                dim,
+                self.opts.assign_probe,
+                &mut writer,
+            )?;
             std::fs::remove_file(path).map_err(|e| IndexError::io(path, e))?;
             done += chunk.vectors.len() as u64 / dim as u64;
             progress(Progress {
@@ -464,7 +570,14 @@ impl IndexBuilder {
                 total,
             });
         }
-        encode_chunk(&last.view(), &codec, &centroids, dim, &mut writer)?;
+        encode_chunk(
+            &last.view(),
+            &codec,
+            &centroids,
+            dim,
+            self.opts.assign_probe,
+            &mut writer,
+        )?;
         drop(last);
         progress(Progress {
             phase: Phase::Encode,
@@ -494,6 +607,7 @@ impl IndexBuilder {
             files,
             segments: vec![segment],
             info: self.opts.info.clone(),
+            analyzer: self.opts.analyzer,
         };
         let stats = self.stats(&manifest);
         match self.existing.take() {
@@ -591,9 +705,10 @@ pub(crate) fn encode_chunk(
     codec: &Codec,
     centroids: &[f32],
     dim: usize,
+    assign_probe: usize,
     writer: &mut SegmentWriter,
 ) -> Result<()> {
-    let codes = kmeans::assign(chunk.vectors, centroids, dim);
+    let codes = kmeans::assign_probing(chunk.vectors, centroids, dim, assign_probe);
     let bpt = codec.bytes_per_token();
     let mut bytes = vec![0u8; codes.len() * bpt];
     bytes

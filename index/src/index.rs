@@ -1,7 +1,7 @@
 //! [`Index`]: an opened, validated, memory-mapped snapshot of one index
 //! generation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +41,8 @@ pub struct Index {
     /// kernel, made on first use.
     pub(crate) centroids_i8: std::sync::OnceLock<crate::linalg::QuantRows>,
     max_centroid_norm: std::sync::OnceLock<f32>,
+    /// Metadata field paths of the live documents, found on first use.
+    metadata_fields: std::sync::OnceLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -169,6 +171,7 @@ impl Index {
                 s,
                 m.num_centroids,
                 codec.bytes_per_token(),
+                m.analyzer,
             )?);
         }
         let mut ids = HashMap::new();
@@ -202,6 +205,7 @@ impl Index {
             hnsw: std::sync::OnceLock::new(),
             centroids_i8: std::sync::OnceLock::new(),
             max_centroid_norm: std::sync::OnceLock::new(),
+            metadata_fields: std::sync::OnceLock::new(),
         })
     }
 
@@ -277,6 +281,55 @@ impl Index {
             Some(r) => r.apply(vectors),
             None => vectors.to_vec(),
         }
+    }
+
+    /// Every metadata field path (`a`, `a.b` for nested objects) that some
+    /// live document has, sorted. Read from the stored documents on first
+    /// use.
+    pub fn metadata_fields(&self) -> &[String] {
+        self.metadata_fields.get_or_init(|| {
+            fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeSet<String>) {
+                if let serde_json::Value::Object(m) = v {
+                    for (k, x) in m {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        walk(&path, x, out);
+                        out.insert(path);
+                    }
+                }
+            }
+            let mut out = BTreeSet::new();
+            for s in &self.segments {
+                for d in 0..s.num_docs() as u32 {
+                    if !s.is_live(d) {
+                        continue;
+                    }
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(s.stored(d)) {
+                        if let Some(m) = v.get("metadata") {
+                            walk("", m, &mut out);
+                        }
+                    }
+                }
+            }
+            out.into_iter().collect()
+        })
+    }
+
+    /// The fields `filter` names that no live document has (such a filter
+    /// part can never match).
+    pub fn unknown_filter_fields(&self, filter: &crate::Filter) -> Vec<String> {
+        let mut names = Vec::new();
+        filter.fields(&mut names);
+        names.sort();
+        names.dedup();
+        let have = self.metadata_fields();
+        names
+            .into_iter()
+            .filter(|n| have.binary_search(n).is_err())
+            .collect()
     }
 
     /// The column of metadata `field` for segment `seg` (cached).

@@ -13,14 +13,18 @@ use rayon::prelude::*;
 
 use crate::linalg::{gemm_abt, norm2, normalise};
 
-/// Default number of centroids for `tokens` vectors:
-/// `2^floor(log2(16·√tokens))`, at least 1 and at most `tokens`.
+/// Default number of centroids for `tokens` vectors: the power of two
+/// nearest (in log scale) to `16·√tokens`, at least 1 and at most `tokens`.
+/// (PLAID rounds down, which halves K just below each power of two: 854k
+/// tokens got 8,192 centroids, 2.8 % fewer tokens than the 16,384 of
+/// 1.22M; rounding keeps the centroids' share of tokens within √2 of the
+/// formula's.)
 pub fn default_num_centroids(tokens: usize) -> usize {
     if tokens <= 1 {
         return 1;
     }
     let target = 16.0 * (tokens as f64).sqrt();
-    let k = 1usize << (target.log2().floor() as u32);
+    let k = 1usize << (target.log2().round() as u32);
     k.clamp(1, tokens)
 }
 
@@ -31,8 +35,9 @@ const BLOCK: usize = 256;
 /// Below this many centroids, assignment is brute force.
 const TWO_LEVEL_MIN_K: usize = 2048;
 
-/// Groups probed per point by the two-level assignment.
-const PROBE_GROUPS: usize = 2;
+/// Groups probed per point by the two-level assignment (the default of
+/// [`assign`]; builds choose their own, see `BuildOptions::assign_probe`).
+pub const PROBE_GROUPS: usize = 2;
 
 /// Nearest centroids for `points` (row-major, `dim` wide).
 ///
@@ -44,11 +49,22 @@ const PROBE_GROUPS: usize = 2;
 /// true nearest centroid lies outside those groups gets the best one inside
 /// them; the residual codec and exact re-ranking absorb that.
 pub fn assign(points: &[f32], centroids: &[f32], dim: usize) -> Vec<u32> {
+    assign_probing(points, centroids, dim, PROBE_GROUPS)
+}
+
+/// [`assign`] probing `probe` groups per point (`0`: always exhaustive).
+/// More groups cost more dot products and miss the true nearest centroid
+/// less often.
+pub fn assign_probing(points: &[f32], centroids: &[f32], dim: usize, probe: usize) -> Vec<u32> {
     let k = centroids.len() / dim;
-    if k < TWO_LEVEL_MIN_K {
+    if k < TWO_LEVEL_MIN_K || probe == 0 {
         return assign_exact(points, centroids, dim);
     }
-    Groups::new(centroids, dim).assign(points, dim)
+    let groups = Groups::new(centroids, dim);
+    if probe >= groups.centres.len() / dim {
+        return assign_exact(points, centroids, dim);
+    }
+    groups.assign(points, dim, probe)
 }
 
 /// Brute-force nearest centroids.
@@ -119,7 +135,7 @@ impl Groups {
     fn new(centroids: &[f32], dim: usize) -> Self {
         let k = centroids.len() / dim;
         let g = ((k as f64).sqrt().round() as usize).max(1);
-        let centres = train_with(centroids, dim, g, 6, 17, false, assign_exact);
+        let centres = train_with(centroids, dim, g, 6, 17, false, &assign_exact);
         let codes = assign_exact(centroids, &centres, dim);
         let mut members: Vec<(Vec<u32>, Vec<f32>, Vec<f32>)> = vec![Default::default(); g];
         for (c, &grp) in codes.iter().enumerate() {
@@ -137,9 +153,9 @@ impl Groups {
         }
     }
 
-    fn assign(&self, points: &[f32], dim: usize) -> Vec<u32> {
+    fn assign(&self, points: &[f32], dim: usize, probe: usize) -> Vec<u32> {
         let g = self.centres.len() / dim;
-        let probe = PROBE_GROUPS.min(g);
+        let probe = probe.clamp(1, g);
         let block = 16384;
         let mut codes = vec![0u32; points.len() / dim];
         codes
@@ -151,7 +167,7 @@ impl Groups {
                 gemm_abt(pts, m, &self.centres, g, dim, &mut coarse);
                 // Points probing each group.
                 let mut by_group: Vec<Vec<u32>> = vec![Vec::new(); g];
-                let mut top = [(f32::NEG_INFINITY, 0u32); PROBE_GROUPS];
+                let mut top = vec![(f32::NEG_INFINITY, 0u32); probe];
                 for i in 0..m {
                     let row = &coarse[i * g..(i + 1) * g];
                     top_n(row, &self.centre_half_norms, &mut top[..probe]);
@@ -200,8 +216,27 @@ pub fn train(
     seed: u64,
     spherical: bool,
 ) -> Vec<f32> {
-    train_with(sample, dim, k, iters, seed, spherical, assign)
+    train_with(sample, dim, k, iters, seed, spherical, &assign)
 }
+
+/// [`train`] with assignments probing `probe` groups (see
+/// [`assign_probing`]).
+pub fn train_probing(
+    sample: &[f32],
+    dim: usize,
+    k: usize,
+    iters: usize,
+    seed: u64,
+    spherical: bool,
+    probe: usize,
+) -> Vec<f32> {
+    train_with(sample, dim, k, iters, seed, spherical, &move |p, c, d| {
+        assign_probing(p, c, d, probe)
+    })
+}
+
+/// Nearest-centroid codes of `(points, centroids, dim)`.
+type AssignFn<'a> = dyn Fn(&[f32], &[f32], usize) -> Vec<u32> + 'a;
 
 fn train_with(
     sample: &[f32],
@@ -210,7 +245,7 @@ fn train_with(
     iters: usize,
     seed: u64,
     spherical: bool,
-    assign: fn(&[f32], &[f32], usize) -> Vec<u32>,
+    assign: &AssignFn<'_>,
 ) -> Vec<f32> {
     let n = sample.len() / dim;
     assert!(n > 0 && k > 0, "k-means needs points and centroids");
@@ -284,8 +319,10 @@ mod tests {
 
     #[test]
     fn default_k_follows_the_formula() {
-        assert_eq!(default_num_centroids(1_000_000), 8192); // 16·1000 = 16000 → 2^13
-        assert_eq!(default_num_centroids(10_000), 1024); // 1600 → 2^10
+        assert_eq!(default_num_centroids(1_000_000), 16384); // 16·1000 = 16000 → 2^14
+        assert_eq!(default_num_centroids(853_885), 16384); // 14785 → 2^13.85 → 2^14
+        assert_eq!(default_num_centroids(500_000), 8192); // 11314 → 2^13.47 → 2^13
+        assert_eq!(default_num_centroids(10_000), 2048); // 1600 → 2^10.64 → 2^11
         assert_eq!(default_num_centroids(3), 3);
         assert_eq!(default_num_centroids(0), 1);
     }

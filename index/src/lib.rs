@@ -35,6 +35,11 @@ pub mod text;
 pub mod vectors;
 pub mod writer;
 
+/// Version of the build recipe (k-means sampling and assignment, codec
+/// training, text analysis defaults): caches of built indexes key on it, so
+/// a change in how an index is built invalidates them.
+pub const BUILD_RECIPE: u32 = 3;
+
 pub use builder::{BuildOptions, BuildStats, Document, IndexBuilder, Phase, Progress};
 pub use codec::CodecKind;
 pub use error::{IndexError, Result};
@@ -42,6 +47,7 @@ pub use filter::Filter;
 pub use index::{Index, StoredDoc, VerifyReport};
 pub use maxsim::maxsim;
 pub use reduction::Reduction;
-pub use search::{Candidates, Hit, SearchParams, SearchStats};
+pub use search::{Candidates, Fusion, Hit, SearchParams, SearchStats};
+pub use text::Analyzer;
 pub use vectors::TokenVectors;
 pub use writer::{append, compact, delete};

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::CodecKind;
 use crate::error::{IndexError, Result};
 use crate::io::FileEntry;
+use crate::text::Analyzer;
 
 pub const FORMAT_NAME: &str = "tessera-index";
 pub const FORMAT_VERSION: u32 = 1;
@@ -71,6 +72,14 @@ pub struct Manifest {
     /// Free-form facts recorded by the builder's caller (e.g. the model).
     #[serde(default)]
     pub info: serde_json::Value,
+    /// The BM25 text analyzer; indexes from before it was recorded are
+    /// `legacy`.
+    #[serde(default = "legacy_analyzer")]
+    pub analyzer: Analyzer,
+}
+
+fn legacy_analyzer() -> Analyzer {
+    Analyzer::Legacy
 }
 
 impl Manifest {

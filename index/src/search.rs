@@ -63,19 +63,38 @@ impl std::str::FromStr for Candidates {
 pub struct SearchParams {
     pub k: usize,
     pub candidates: Candidates,
-    /// Cells probed per query token.
+    /// Cells probed per query token, at least (for 8,192 cells; scaled with
+    /// the cell count, see [`SearchParams::cells_per_token`]).
     pub n_probe: usize,
+    /// Probe budget in query tokens × cells: a query of `nq` tokens probes
+    /// `probe_budget / nq` cells per token (within `n_probe` and
+    /// `max_probe`), so a short query — whose few tokens must find every
+    /// relevant document — looks wider. 0: `n_probe` alone.
+    pub probe_budget: usize,
+    /// At most this many cells per query token.
+    pub max_probe: usize,
     /// Centroids whose best query-token score is below this are ignored in
     /// approximate scoring.
     pub centroid_threshold: f32,
     /// Documents kept by the first approximate pass (probed cells only)
     /// for the second (every token's centroid); at least `n_candidates`.
     pub n_approx: usize,
-    /// Documents re-ranked exactly (at least `4·k`).
+    /// Documents re-ranked exactly, at least (and at least `4·k`).
     pub n_candidates: usize,
+    /// Exact re-rank budget in query tokens × documents: a query of `nq`
+    /// tokens re-ranks `rerank_budget / nq` documents (within
+    /// `n_candidates` and `max_candidates`). Short queries have noisier
+    /// approximate scores (fewer terms average the centroid error out) and
+    /// cost less per document, so they read further; the exact work per
+    /// query stays about constant. 0: `n_candidates` alone.
+    pub rerank_budget: usize,
+    /// At most this many documents re-ranked exactly (unless `4·k` is more).
+    pub max_candidates: usize,
     /// HNSW search breadth.
     pub hnsw_ef: usize,
     pub filter: Option<Filter>,
+    /// Hybrid search: how the two rankings are fused.
+    pub fusion: Fusion,
 }
 
 impl Default for SearchParams {
@@ -84,12 +103,39 @@ impl Default for SearchParams {
             k: 10,
             candidates: Candidates::Plaid,
             n_probe: 32,
-            centroid_threshold: 0.4,
+            probe_budget: 512,
+            max_probe: 256,
+            centroid_threshold: 0.0,
             n_approx: 1024,
             n_candidates: 64,
+            rerank_budget: 2048,
+            max_candidates: 1024,
             hnsw_ef: 64,
             filter: None,
+            fusion: Fusion::default(),
         }
+    }
+}
+
+impl SearchParams {
+    /// Cells probed per token for a query of `nq` tokens in an index of
+    /// `num_centroids` cells. `n_probe` is the floor for 8,192 cells and
+    /// grows with the cell count (cells shrink as their number grows: the
+    /// same share of the collection is probed), up to `max_probe`; a short
+    /// query probes up to `probe_budget / nq`.
+    pub fn cells_per_token(&self, nq: usize, num_centroids: usize) -> usize {
+        let floor = (self.n_probe * num_centroids / 8192).max(self.n_probe);
+        let by_budget = self.probe_budget.checked_div(nq.max(1)).unwrap_or(0);
+        floor.max(by_budget).min(self.max_probe.max(self.n_probe))
+    }
+
+    /// Documents re-ranked exactly for a query of `nq` tokens.
+    pub fn exact_candidates(&self, nq: usize) -> usize {
+        let by_budget = self.rerank_budget.checked_div(nq.max(1)).unwrap_or(0);
+        by_budget
+            .min(self.max_candidates)
+            .max(self.n_candidates)
+            .max(4 * self.k)
     }
 }
 
@@ -306,15 +352,19 @@ impl Index {
     ) -> Vec<Hit> {
         let t = Instant::now();
         stats.exact_docs = docs.len();
-        let mut scored: Vec<(f32, usize, u32)> = docs
-            .into_par_iter()
-            .map_init(Scratch::default, |scratch, (s, d)| {
-                (self.score_doc(q, s, d, scratch), s, d)
-            })
-            .collect();
+        let mut scored = self.score_exact(q, &docs);
         top_k(&mut scored, k);
         stats.exact_ms = ms(t);
         self.hits(scored)
+    }
+
+    /// Exact MaxSim of each of `docs`, in parallel.
+    fn score_exact(&self, q: &[f32], docs: &[(usize, u32)]) -> Vec<(f32, usize, u32)> {
+        docs.par_iter()
+            .map_init(Scratch::default, |scratch, &(s, d)| {
+                (self.score_doc(q, s, d, scratch), s, d)
+            })
+            .collect()
     }
 
     fn search_ivf(
@@ -324,7 +374,7 @@ impl Index {
         allowed: Option<&Allowed>,
         stats: &mut SearchStats,
     ) -> Vec<Hit> {
-        let n_candidates = p.n_candidates.max(4 * p.k);
+        let n_candidates = p.exact_candidates(q.len() / self.dim());
         if let Some(a) = allowed {
             let passing: usize = a.iter().map(|s| s.iter().filter(|&&x| x).count()).sum();
             if passing <= n_candidates {
@@ -337,7 +387,7 @@ impl Index {
         // Centroid-major scores, their i8 table and (PLAID) each query
         // token's best cells, in one parallel pass over the centroids.
         let t = Instant::now();
-        let n = p.n_probe.min(k);
+        let n = p.cells_per_token(nq, k).min(k);
         let plaid = p.candidates == Candidates::Plaid;
         let mut pass = self.centroid_pass(q, plaid.then_some(n), p.centroid_threshold);
         stats.centroid_ms = ms(t);
@@ -473,8 +523,9 @@ impl Index {
         Ok(self.hits(all))
     }
 
-    /// Reciprocal-rank fusion of MaxSim (`p.candidates`) and BM25 rankings,
-    /// each taken to depth `max(k, 100)`.
+    /// Fusion (`p.fusion`: RRF or a normalised linear combination) of the
+    /// MaxSim (`p.candidates`) and BM25 rankings, each taken to depth
+    /// `max(k, 100)`.
     pub fn search_hybrid(
         &self,
         query: &TokenVectors,
@@ -490,7 +541,10 @@ impl Index {
             },
         )?;
         let sparse = self.search_text(text, depth, p.filter.as_ref())?;
-        Ok(rrf(&[dense, sparse], p.k, RRF_K))
+        Ok(match p.fusion {
+            Fusion::Rrf { c } => rrf(&[dense, sparse], p.k, c),
+            Fusion::Linear { bm25_weight } => linear_fusion(&dense, &sparse, p.k, bm25_weight),
+        })
     }
 
     fn hits(&self, scored: Vec<(f32, usize, u32)>) -> Vec<Hit> {
@@ -683,6 +737,66 @@ fn merge_tops(a: Vec<Vec<(f32, u32)>>, b: Vec<Vec<(f32, u32)>>, n: usize) -> Vec
 
 /// The usual RRF constant (Cormack et al., 2009).
 pub const RRF_K: f32 = 60.0;
+
+/// How hybrid search fuses the MaxSim and BM25 rankings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// Reciprocal-rank fusion with constant `c` (ranks only).
+    Rrf { c: f32 },
+    /// Score-normalised convex combination: each list's scores min-max
+    /// normalised to [0, 1] over its top `depth`, then
+    /// `(1 − w)·maxsim + w·bm25` (a document absent from a list gets 0
+    /// there).
+    Linear { bm25_weight: f32 },
+}
+
+impl Default for Fusion {
+    /// Chosen on the SciFact and NFCorpus dev splits (docs/BENCHMARKS.md).
+    fn default() -> Self {
+        Self::Linear { bm25_weight: 0.3 }
+    }
+}
+
+/// Convex combination of min-max normalised scores (see [`Fusion::Linear`]).
+pub fn linear_fusion(dense: &[Hit], sparse: &[Hit], k: usize, bm25_weight: f32) -> Vec<Hit> {
+    fn normalised(list: &[Hit]) -> impl Iterator<Item = (&Hit, f32)> {
+        let hi = list
+            .iter()
+            .map(|h| h.score)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let lo = list.iter().map(|h| h.score).fold(f32::INFINITY, f32::min);
+        let span = hi - lo;
+        list.iter().map(move |h| {
+            let x = if span > 0.0 {
+                (h.score - lo) / span
+            } else {
+                1.0
+            };
+            (h, x)
+        })
+    }
+    let w = bm25_weight.clamp(0.0, 1.0);
+    let mut fused: Vec<Hit> = Vec::new();
+    let mut pos: std::collections::HashMap<(usize, u32), usize> = std::collections::HashMap::new();
+    for (list, weight) in [(dense, 1.0 - w), (sparse, w)] {
+        for (h, x) in normalised(list) {
+            let add = weight * x;
+            match pos.get(&(h.segment, h.doc)) {
+                Some(&i) => fused[i].score += add,
+                None => {
+                    pos.insert((h.segment, h.doc), fused.len());
+                    fused.push(Hit {
+                        score: add,
+                        ..h.clone()
+                    });
+                }
+            }
+        }
+    }
+    fused.sort_by(|a, b| b.score.total_cmp(&a.score));
+    fused.truncate(k);
+    fused
+}
 
 /// Reciprocal-rank fusion: each document scores `Σ 1 / (c + rank)` over the
 /// lists it appears in (rank from 1). Ties keep the first list's order.

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{IndexError, Result};
 use crate::io::{write_array, ArrayWriter, FileEntry, Mapped};
 use crate::manifest::SegmentEntry;
-use crate::text::{TextReader, TextWriter, TEXT_DIR};
+use crate::text::{Analyzer, TextReader, TextWriter, TEXT_DIR};
 
 const OFFSETS: &str = "offsets.u64";
 const CODES: &str = "codes.u32";
@@ -64,7 +64,12 @@ pub struct SegmentWriter {
 
 impl SegmentWriter {
     /// Creates `parent/name/` and its files.
-    pub fn create(parent: &Path, name: &str, num_centroids: usize) -> Result<Self> {
+    pub fn create(
+        parent: &Path,
+        name: &str,
+        num_centroids: usize,
+        analyzer: Analyzer,
+    ) -> Result<Self> {
         let dir = parent.join(name);
         // A fresh folder: never mix with files of an earlier attempt.
         std::fs::create_dir(&dir).map_err(|e| IndexError::io(&dir, e))?;
@@ -78,7 +83,7 @@ impl SegmentWriter {
             docs_offsets: vec![0],
             ivf_counts: vec![0; num_centroids],
             scratch: Vec::new(),
-            text: TextWriter::create(&dir)?,
+            text: TextWriter::create(&dir, analyzer)?,
             dir,
             name: name.to_owned(),
         })
@@ -227,6 +232,7 @@ impl Segment {
         entry: &SegmentEntry,
         num_centroids: usize,
         bytes_per_token: usize,
+        analyzer: Analyzer,
     ) -> Result<Self> {
         let dir = index_dir.join(&entry.name);
         let mut files = BTreeMap::new();
@@ -281,7 +287,7 @@ impl Segment {
                 });
             }
         }
-        seg.text = Some(TextReader::open(&dir, entry.docs)?);
+        seg.text = Some(TextReader::open(&dir, entry.docs, analyzer)?);
         seg.live = vec![true; entry.docs as usize];
         for &d in &entry.deleted {
             seg.live[d as usize] = false; // d < docs: checked by Manifest::check

@@ -2,6 +2,16 @@
 //! stores each document's id, title, text and metadata (JSON) and serves
 //! BM25 over title and text.
 //!
+//! BM25 runs over one field that holds title and text together (as
+//! Anserini's BEIR indexes do), analysed by the index's [`Analyzer`]: English
+//! by default (lower-casing, ASCII folding, Lucene's English stop words,
+//! Snowball English stemming), or `simple` (lower-cased words only). A query
+//! is analysed the same way and scored as a bag of words (every term an
+//! optional clause), so query text is never parsed as query syntax.
+//! Indexes written before analyzers were selectable ([`Analyzer::Legacy`])
+//! keep their layout: tantivy's default tokenizer on separate title and
+//! text fields, queries through tantivy's lenient query parser.
+//!
 //! Each document also carries its local id in the segment as a fast field,
 //! which maps tantivy's hits back to the vector side and lets filters run
 //! inside the collector (before ranking). BM25 statistics are per segment;
@@ -11,10 +21,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use tantivy::collector::{FilterCollector, TopDocs};
-use tantivy::query::QueryParser;
-use tantivy::schema::{Field, Schema, FAST, INDEXED, STORED, STRING, TEXT};
-use tantivy::{doc, IndexReader, IndexWriter, ReloadPolicy};
+use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED,
+    STRING, TEXT,
+};
+use tantivy::tokenizer::{
+    AsciiFoldingFilter, Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer,
+    StopWordFilter, TextAnalyzer,
+};
+use tantivy::{doc, IndexReader, IndexWriter, ReloadPolicy, Term};
 
 use crate::error::{IndexError, Result};
 use crate::io::{file_crc, FileEntry};
@@ -22,22 +40,140 @@ use crate::io::{file_crc, FileEntry};
 /// Folder of the tantivy index inside a segment.
 pub const TEXT_DIR: &str = "text";
 
+/// How titles and texts are cut into BM25 terms; chosen per index at build
+/// time and recorded in its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Analyzer {
+    /// English: words lower-cased and ASCII-folded, Lucene's English stop
+    /// words (and a possessive `s`) removed, Snowball English stemming.
+    #[default]
+    En,
+    /// Words lower-cased, nothing removed or stemmed (any language).
+    Simple,
+    /// Indexes from before analyzers were selectable: tantivy's default
+    /// tokenizer on separate title and text fields.
+    Legacy,
+}
+
+impl std::str::FromStr for Analyzer {
+    type Err = IndexError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "en" | "english" => Ok(Self::En),
+            "simple" => Ok(Self::Simple),
+            "legacy" => Ok(Self::Legacy),
+            o => Err(IndexError::InvalidParameter(format!(
+                "unknown analyzer {o:?} (en, simple, legacy)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Analyzer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::En => "en",
+            Self::Simple => "simple",
+            Self::Legacy => "legacy",
+        })
+    }
+}
+
+impl Analyzer {
+    /// The tantivy tokenizer name of the BM25 field.
+    fn tokenizer_name(self) -> &'static str {
+        match self {
+            Self::En => "tessera_en",
+            Self::Simple => "tessera_simple",
+            Self::Legacy => "default",
+        }
+    }
+
+    /// The tantivy analyzer.
+    pub fn text_analyzer(self) -> TextAnalyzer {
+        let base = TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(40))
+            .filter(LowerCaser);
+        match self {
+            Self::En => {
+                // Lucene's English stop set (tantivy's list) plus the `s` a
+                // possessive leaves once the tokenizer splits at `'`.
+                let mut words: Vec<String> =
+                    ENGLISH_STOP_WORDS.iter().map(|w| w.to_string()).collect();
+                words.push("s".into());
+                base.filter(AsciiFoldingFilter)
+                    .filter(StopWordFilter::remove(words))
+                    .filter(Stemmer::new(Language::English))
+                    .build()
+            }
+            Self::Simple => base.filter(AsciiFoldingFilter).build(),
+            Self::Legacy => base.build(),
+        }
+    }
+
+    fn register(self, index: &tantivy::Index) {
+        if self != Self::Legacy {
+            index
+                .tokenizers()
+                .register(self.tokenizer_name(), self.text_analyzer());
+        }
+    }
+
+    /// The terms of `text` as this analyzer cuts them.
+    pub fn terms(self, text: &str) -> Vec<String> {
+        let mut a = self.text_analyzer();
+        let mut stream = a.token_stream(text);
+        let mut out = Vec::new();
+        while stream.advance() {
+            out.push(stream.token().text.clone());
+        }
+        out
+    }
+}
+
+/// Lucene's `EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`.
+const ENGLISH_STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it",
+    "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
+    "they", "this", "to", "was", "will", "with",
+];
+
 struct Fields {
     id: Field,
     title: Field,
     text: Field,
+    /// Title and text, analysed for BM25 (absent from legacy indexes).
+    body: Option<Field>,
     metadata: Field,
     local: Field,
 }
 
-fn schema() -> (Schema, Fields) {
+fn schema(analyzer: Analyzer) -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let fields = Fields {
-        id: b.add_text_field("id", STRING | STORED),
-        title: b.add_text_field("title", TEXT | STORED),
-        text: b.add_text_field("text", TEXT | STORED),
-        metadata: b.add_json_field("metadata", STORED),
-        local: b.add_u64_field("local", INDEXED | FAST | STORED),
+    let fields = if analyzer == Analyzer::Legacy {
+        Fields {
+            id: b.add_text_field("id", STRING | STORED),
+            title: b.add_text_field("title", TEXT | STORED),
+            text: b.add_text_field("text", TEXT | STORED),
+            body: None,
+            metadata: b.add_json_field("metadata", STORED),
+            local: b.add_u64_field("local", INDEXED | FAST | STORED),
+        }
+    } else {
+        let body = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(analyzer.tokenizer_name())
+                .set_index_option(IndexRecordOption::WithFreqs),
+        );
+        Fields {
+            id: b.add_text_field("id", STRING | STORED),
+            title: b.add_text_field("title", STORED),
+            text: b.add_text_field("text", STORED),
+            body: Some(b.add_text_field("body", body)),
+            metadata: b.add_json_field("metadata", STORED),
+            local: b.add_u64_field("local", INDEXED | FAST | STORED),
+        }
     };
     (b.build(), fields)
 }
@@ -68,11 +204,12 @@ pub struct TextWriter {
 }
 
 impl TextWriter {
-    pub fn create(segment_dir: &Path) -> Result<Self> {
+    pub fn create(segment_dir: &Path, analyzer: Analyzer) -> Result<Self> {
         let dir = segment_dir.join(TEXT_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| IndexError::io(&dir, e))?;
-        let (schema, fields) = schema();
+        let (schema, fields) = schema(analyzer);
         let index = tantivy::Index::create_in_dir(&dir, schema).map_err(|e| text_err(&dir, e))?;
+        analyzer.register(&index);
         let writer = index
             .writer_with_num_threads(1, 50_000_000)
             .map_err(|e| text_err(&dir, e))?;
@@ -92,12 +229,13 @@ impl TextWriter {
             })?;
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
         let f = &self.fields;
-        let mut d = doc!(
-            f.id => id,
-            f.title => s("title"),
-            f.text => s("text"),
-            f.local => u64::from(local),
-        );
+        let (title, text) = (s("title"), s("text"));
+        let mut d = doc!(f.id => id, f.local => u64::from(local));
+        if let Some(body) = f.body {
+            d.add_text(body, format!("{title} {text}"));
+        }
+        d.add_text(f.title, title);
+        d.add_text(f.text, text);
         if let Some(serde_json::Value::Object(m)) = v.get("metadata") {
             let obj: BTreeMap<String, tantivy::schema::OwnedValue> = m
                 .iter()
@@ -170,7 +308,10 @@ fn json_to_owned(v: &serde_json::Value) -> tantivy::schema::OwnedValue {
 pub struct TextReader {
     dir: PathBuf,
     reader: IndexReader,
+    analyzer: Analyzer,
+    /// Legacy indexes: tantivy's parser over title and text.
     parser: QueryParser,
+    body: Option<Field>,
 }
 
 impl std::fmt::Debug for TextReader {
@@ -182,17 +323,21 @@ impl std::fmt::Debug for TextReader {
 }
 
 impl TextReader {
-    pub fn open(segment_dir: &Path, docs: u32) -> Result<Self> {
+    pub fn open(segment_dir: &Path, docs: u32, analyzer: Analyzer) -> Result<Self> {
         let dir = segment_dir.join(TEXT_DIR);
-        guard(&dir, || Self::open_inner(dir.clone(), docs))
+        guard(&dir, || Self::open_inner(dir.clone(), docs, analyzer))
     }
 
-    fn open_inner(dir: PathBuf, docs: u32) -> Result<Self> {
+    fn open_inner(dir: PathBuf, docs: u32, analyzer: Analyzer) -> Result<Self> {
         let index = tantivy::Index::open_in_dir(&dir).map_err(|e| text_err(&dir, e))?;
-        let (_, f) = schema();
-        if index.schema() != schema().0 {
-            return Err(text_err(&dir, "schema is not Tessera's"));
+        let (want, f) = schema(analyzer);
+        if index.schema() != want {
+            return Err(text_err(
+                &dir,
+                format!("schema is not Tessera's for analyzer {analyzer}"),
+            ));
         }
+        analyzer.register(&index);
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -209,7 +354,9 @@ impl TextReader {
         Ok(Self {
             dir,
             reader,
+            analyzer,
             parser,
+            body: f.body,
         })
     }
 
@@ -231,7 +378,27 @@ impl TextReader {
         k: usize,
         allowed: Option<Arc<Vec<bool>>>,
     ) -> Result<Vec<(u32, f32)>> {
-        let (q, _errors) = self.parser.parse_query_lenient(query);
+        let q: Box<dyn Query> = match self.body {
+            Some(body) => {
+                let clauses: Vec<(Occur, Box<dyn Query>)> = self
+                    .analyzer
+                    .terms(query)
+                    .into_iter()
+                    .map(|t| {
+                        let q: Box<dyn Query> = Box::new(TermQuery::new(
+                            Term::from_field_text(body, &t),
+                            IndexRecordOption::WithFreqs,
+                        ));
+                        (Occur::Should, q)
+                    })
+                    .collect();
+                if clauses.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+            None => self.parser.parse_query_lenient(query).0,
+        };
         let searcher = self.reader.searcher();
         let top = TopDocs::with_limit(k.max(1)).order_by_score();
         let hits = match allowed {

@@ -84,7 +84,7 @@ pub fn append(dir: &Path, docs: impl IntoIterator<Item = Document>) -> Result<u6
     collect_garbage(dir, &m, &lock);
     let generation = m.generation + 1;
     let name = format!("seg-g{generation}-0001");
-    let mut writer = SegmentWriter::create(dir, &name, m.num_centroids)?;
+    let mut writer = SegmentWriter::create(dir, &name, m.num_centroids, m.analyzer)?;
     let result = (|| {
         let dim = m.dim;
         let in_dim = index.query_dim();
@@ -101,7 +101,14 @@ pub fn append(dir: &Path, docs: impl IntoIterator<Item = Document>) -> Result<u6
                 lens,
                 docs: stored,
             };
-            encode_chunk(&view, index.codec(), index.centroids(), dim, writer)?;
+            encode_chunk(
+                &view,
+                index.codec(),
+                index.centroids(),
+                dim,
+                crate::BuildOptions::default().assign_probe,
+                writer,
+            )?;
             vectors.clear();
             lens.clear();
             stored.clear();
@@ -180,7 +187,7 @@ pub fn compact(dir: &Path) -> Result<u64> {
     collect_garbage(dir, &m, &lock);
     let generation = m.generation + 1;
     let name = format!("seg-g{generation}-0001");
-    let mut writer = SegmentWriter::create(dir, &name, m.num_centroids)?;
+    let mut writer = SegmentWriter::create(dir, &name, m.num_centroids, m.analyzer)?;
     let copy = (|| {
         for seg in index.segments() {
             for doc in 0..seg.num_docs() as u32 {

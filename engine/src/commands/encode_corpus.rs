@@ -35,8 +35,10 @@ pub struct RecordArgs {
         value_name = "FIELDS"
     )]
     pub text_fields: Vec<String>,
-    /// Skip malformed lines, missing ids or text, duplicate ids, empty
-    /// documents and invalid UTF-8 (counted per kind) instead of stopping.
+    /// Skip malformed lines, missing ids or text fields, duplicate ids and
+    /// invalid UTF-8 (counted per kind) instead of stopping. Documents with
+    /// an empty title and text are not invalid: they are indexed (and
+    /// counted) with no tokens.
     #[arg(long)]
     pub skip_invalid: bool,
 }
@@ -111,6 +113,7 @@ pub fn run(args: EncodeCorpusArgs) -> Result<()> {
         &args.out,
         args.resume,
         args.checkpoint_every as usize,
+        Rerun::WithResume,
     )?;
     eprintln!(
         "encoded {} documents, {} tokens ({}-dim) into {} in {:.1} s{}",
@@ -131,6 +134,16 @@ pub fn skipped_note(skipped: &BTreeMap<String, u64>) -> String {
     }
     let parts: Vec<String> = skipped.iter().map(|(k, v)| format!("{v} {k}")).collect();
     format!("; skipped {}", parts.join(", "))
+}
+
+/// What a bad-record error tells the user to do next: only options of the
+/// command it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rerun {
+    /// `encode-corpus` and `index build`: rerun with `--resume`.
+    WithResume,
+    /// `eval`: its cached encoding resumes by itself.
+    Automatically,
 }
 
 /// Lines in a plain (uncompressed) file, for the progress bar's total.
@@ -169,6 +182,7 @@ pub fn encode_to_dir(
     out: &Path,
     resume: bool,
     group: usize,
+    rerun: Rerun,
 ) -> Result<State> {
     let info = model_info(encoder);
     let input_name = input.input.display().to_string();
@@ -245,33 +259,33 @@ pub fn encode_to_dir(
                     seen.insert(r.id.clone());
                     records.push(r);
                 }
-                Err(bad) => reject(&mut writer.state, bad, input.records.skip_invalid)?,
+                Err(bad) => reject(&mut writer.state, bad, input.records.skip_invalid, rerun)?,
             }
         }
         if !records.is_empty() {
-            let texts: Vec<String> = records.iter().map(Record::encoded_text).collect();
+            // Empty documents are stored with no vectors; the rest are encoded.
+            let texts: Vec<String> = records
+                .iter()
+                .filter(|r| !r.is_empty())
+                .map(Record::encoded_text)
+                .collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let encoded = encoder
                 .encode(&refs, TextKind::Document, &mut |_| {})
                 .context("encoding documents")?;
-            for (r, item) in records.iter().zip(&encoded.items) {
-                if item.vectors.is_empty() || item.empty {
-                    let bad = BadRecord {
-                        path: reader.name().to_owned(),
-                        line: r.line,
-                        problem: Problem::EmptyDocument,
-                        detail: "no token left to index (only punctuation?)".into(),
-                    };
-                    reject(&mut writer.state, bad, input.records.skip_invalid)?;
-                    continue;
-                }
-                writer.add(
-                    &r.id,
-                    &r.title,
-                    &r.text,
-                    &r.metadata,
-                    item.vectors.as_slice(),
-                )?;
+            let mut items = encoded.items.iter();
+            for r in &records {
+                let vectors: &[f32] = if r.is_empty() {
+                    &[]
+                } else {
+                    let item = items.next().expect("one encoding per non-empty record");
+                    if item.empty {
+                        &[] // only punctuation or special characters
+                    } else {
+                        item.vectors.as_slice()
+                    }
+                };
+                writer.add(&r.id, &r.title, &r.text, &r.metadata, vectors)?;
             }
             writer.state.truncated += encoded.truncated as u64;
         }
@@ -300,14 +314,20 @@ pub fn encode_to_dir(
 }
 
 /// A bad record either stops the job (the default) or is counted.
-fn reject(state: &mut State, bad: BadRecord, skip: bool) -> Result<()> {
+fn reject(state: &mut State, bad: BadRecord, skip: bool, rerun: Rerun) -> Result<()> {
     if skip {
         tracing::debug!("skipping {bad}");
         *state.skipped.entry(bad.problem.to_string()).or_default() += 1;
         return Ok(());
     }
-    bail!(
-        "{bad}\n  nothing was indexed; fix the input and rerun with --resume to continue \
-         from the last checkpoint, or pass --skip-invalid to skip such records"
-    )
+    match rerun {
+        Rerun::WithResume => bail!(
+            "{bad}\n  nothing was indexed; fix the input and rerun with --resume to continue \
+             from the last checkpoint, or pass --skip-invalid to skip such records"
+        ),
+        Rerun::Automatically => bail!(
+            "{bad}\n  nothing was evaluated; fix the input and rerun (encoding continues \
+             from the last checkpoint), or pass --skip-invalid to skip such records"
+        ),
+    }
 }

@@ -10,55 +10,70 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tessera_eval::beir::Dataset;
+use tessera_eval::beir::{Dataset, Query};
 use tessera_eval::metrics::default_measures;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
-use tessera_index::{BuildOptions, Candidates, SearchParams};
+use tessera_index::{Analyzer, BuildOptions, Candidates, CodecKind, Index, SearchParams};
 
-use crate::commands::encode_corpus::{InputArgs, RecordArgs};
-use crate::commands::index::build_from_input;
+use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
+use crate::commands::index::{build_from_vectors, parse_analyzer};
+use crate::embeddings::load_state;
 use crate::model::ModelArgs;
 use crate::progress;
 use crate::searcher::{Engine, RankArgs, Retriever};
 
 /// Evaluate retrieval quality (nDCG@10, Recall@100, MAP@100, MRR@10) the
-/// way trec_eval does.
+/// way trec_eval does, on one BEIR dataset or several in one run.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
+    tessera eval --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus:dev\n  \
     tessera eval --dataset ../shared/datasets/scifact --split dev --retriever bm25 --out bm25.json\n  \
+    tessera eval --dataset cranfield --split test --skip-invalid\n  \
     tessera eval --run run.trec --qrels ../shared/datasets/scifact/qrels/dev.tsv\n  \
     tessera eval --compare bm25.json colbert.json hybrid.json\n\n\
-    Without --index, the dataset's corpus is indexed once (cached under\n\
-    $TESSERA_HOME/cache/indexes by dataset, model and codec) and reused.")]
+    Without --index, each dataset's corpus is encoded once and indexed once\n\
+    per codec (cached under $TESSERA_HOME/cache by dataset, model and codec)\n\
+    and reused. With several datasets the table has a row per dataset and\n\
+    their mean, and a combined report is written beside the per-dataset ones.")]
 pub struct EvalArgs {
-    /// A BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/).
-    #[arg(long, value_name = "DIR", conflicts_with_all = ["run", "compare"])]
-    pub dataset: Option<PathBuf>,
-    /// The qrels split to evaluate.
+    /// A BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/); repeat
+    /// for several. `DIR:SPLIT` picks that dataset's split.
+    #[arg(long = "dataset", value_name = "DIR[:SPLIT]", conflicts_with_all = ["run", "compare"])]
+    pub datasets: Vec<String>,
+    /// The qrels split of datasets given without `:SPLIT`.
     #[arg(long, default_value = "dev")]
     pub split: String,
-    /// An index of the dataset's corpus (default: build or reuse a cached one).
+    /// An index of the dataset's corpus (one dataset only; default: build
+    /// or reuse a cached one).
     #[arg(long, value_name = "DIR")]
     pub index: Option<PathBuf>,
     /// Codec of the cached index built when --index is not given.
     #[arg(long, default_value = "residual2")]
     pub codec: String,
+    /// BM25 analyzer of the cached index: en or simple.
+    #[arg(long, default_value = "en", value_parser = parse_analyzer)]
+    pub analyzer: Analyzer,
     /// Results retrieved per query (the run's depth).
     #[arg(short = 'k', long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub k: u32,
     #[command(flatten)]
     pub rank: RankArgs,
-    /// Also run exhaustive MaxSim and report the recall@10 of the chosen
-    /// candidate generation against it.
+    /// Also report recall@10 against exhaustive MaxSim on the same index and
+    /// against exact MaxSim over the unquantised f32 vectors (a cached f32
+    /// index of the same encoding; with --index, give it as --exact-index).
     #[arg(long)]
     pub against_exact: bool,
+    /// With --index and --against-exact: an f32 index of the same vectors.
+    #[arg(long, value_name = "DIR", requires = "index")]
+    pub exact_index: Option<PathBuf>,
     /// Measures (default nDCG@10,Recall@100,MAP@100,MRR@10).
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub measures: Vec<String>,
     /// Where to write the JSON report (default
     /// eval-runs/<dataset>-<split>-<retriever>.json; the run file goes next
-    /// to it with .trec).
+    /// to it with .trec). With several datasets, the combined report; the
+    /// per-dataset ones go beside it.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Evaluate this TREC run file instead (with --qrels).
@@ -76,15 +91,19 @@ pub struct EvalArgs {
     /// run 0 (trec_eval -c). Dataset evaluations always do.
     #[arg(long)]
     pub complete: bool,
-    /// Compare reports side by side with paired significance tests.
+    /// Compare reports (single-dataset or combined) side by side with
+    /// paired significance tests.
     #[arg(long, value_name = "REPORT", num_args = 2..)]
     pub compare: Vec<PathBuf>,
+    /// How the corpus is read when it is indexed (BEIR defaults).
+    #[command(flatten)]
+    pub records: RecordArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
 
 /// A JSON evaluation report.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub tessera: String,
     pub name: String,
@@ -102,10 +121,27 @@ pub struct Report {
     /// Query → measure → value.
     pub per_query: BTreeMap<String, BTreeMap<String, f64>>,
     pub timing: Option<Timing>,
+    /// Recall@10 against exhaustive MaxSim over the same (compressed) index.
     pub recall10_vs_exact: Option<f64>,
+    /// Recall@10 against exact MaxSim over the unquantised f32 vectors.
+    #[serde(default)]
+    pub recall10_vs_f32: Option<f64>,
 }
 
+/// Several datasets' reports and their mean (`tessera eval --dataset A
+/// --dataset B`).
 #[derive(Debug, Serialize, Deserialize)]
+pub struct CombinedReport {
+    pub tessera: String,
+    pub name: String,
+    pub retriever: Option<String>,
+    /// Measure → mean over datasets (each dataset weighs the same, as BEIR
+    /// papers average).
+    pub mean: Vec<(String, f64)>,
+    pub reports: Vec<Report>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timing {
     pub encode_s: f64,
     pub search_s: f64,
@@ -137,7 +173,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let run = Run::read(run_path)?;
         let e = evaluate(&qrels, &run, &measures, args.complete);
         let report = report_of(&e, run_path.display().to_string());
-        print_table(&[&report]);
+        print_table(&[&report], None);
         if !e.missing.is_empty() && !args.complete {
             eprintln!(
                 "note: {} judged queries have no results and are not averaged (pass --complete to count them as 0)",
@@ -145,14 +181,91 @@ pub fn run(args: EvalArgs) -> Result<()> {
             );
         }
         if let Some(out) = &args.out {
-            write_report(out, &report)?;
+            write_json(out, &report)?;
         }
         return Ok(());
     }
-    let Some(dataset_dir) = &args.dataset else {
+    if args.datasets.is_empty() {
         bail!("give --dataset DIR, --run FILE --qrels FILE, or --compare A.json B.json");
-    };
-    eval_dataset(&args, dataset_dir, &measures)
+    }
+    let specs: Vec<(PathBuf, String)> = args
+        .datasets
+        .iter()
+        .map(|s| dataset_spec(s, &args.split))
+        .collect();
+    if specs.len() > 1 && args.index.is_some() {
+        bail!("--index names one dataset's index: give a single --dataset with it");
+    }
+    if specs.len() == 1 {
+        let (dir, split) = &specs[0];
+        let out = args.out.clone();
+        let report = eval_dataset(&args, dir, split, &measures, out)?;
+        print_table(&[&report], None);
+        return Ok(());
+    }
+    // Several datasets: one report each, beside the combined one.
+    let combined_out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("eval-runs").join(format!("combined-{}.json", args.rank.retriever))
+    });
+    let stem = combined_out
+        .file_stem()
+        .map_or("combined".into(), |s| s.to_string_lossy().into_owned());
+    let mut reports = Vec::new();
+    for (dir, split) in &specs {
+        let name = dataset_name(
+            &dir.canonicalize()
+                .with_context(|| dir.display().to_string())?,
+        );
+        let out = args
+            .out
+            .as_ref()
+            .map(|_| combined_out.with_file_name(format!("{stem}-{name}-{split}.json")));
+        reports.push(eval_dataset(&args, dir, split, &measures, out)?);
+    }
+    let combined = combine(&reports, &combined_out, args.rank.retriever);
+    write_json(&combined_out, &combined)?;
+    print_table(&reports.iter().collect::<Vec<_>>(), Some(&combined.mean));
+    eprintln!("combined report: {}", combined_out.display());
+    Ok(())
+}
+
+/// `DIR` or `DIR:SPLIT` (a folder whose own name has a colon still works).
+fn dataset_spec(s: &str, default_split: &str) -> (PathBuf, String) {
+    if !Path::new(s).is_dir() {
+        if let Some((dir, split)) = s.rsplit_once(':') {
+            if !split.is_empty() && !split.contains('/') && Path::new(dir).is_dir() {
+                return (PathBuf::from(dir), split.to_owned());
+            }
+        }
+    }
+    (PathBuf::from(s), default_split.to_owned())
+}
+
+/// The mean over datasets of each measure the first report has.
+fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedReport {
+    let mean = reports[0]
+        .measures
+        .iter()
+        .map(|(m, _)| {
+            let vals: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.measures.iter().find(|(n, _)| n == m).map(|(_, v)| *v))
+                .collect();
+            (
+                m.clone(),
+                vals.iter().sum::<f64>() / vals.len().max(1) as f64,
+            )
+        })
+        .collect();
+    CombinedReport {
+        tessera: env!("CARGO_PKG_VERSION").into(),
+        name: out
+            .file_stem()
+            .map_or("combined".into(), |s| s.to_string_lossy().into_owned()),
+        retriever: Some(retriever.to_string()),
+        mean,
+        reports: reports.to_vec(),
+    }
 }
 
 fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
@@ -190,6 +303,7 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
             .collect(),
         timing: None,
         recall10_vs_exact: None,
+        recall10_vs_f32: None,
     }
 }
 
@@ -200,10 +314,14 @@ fn dataset_name(canonical: &Path) -> String {
         .map_or("dataset".into(), |n| n.to_string_lossy().into_owned())
 }
 
-/// The cached index for `dataset` (at its `canonical` path) + model + codec.
-fn cached_index(dataset: &Dataset, canonical: &Path, model: &Path, codec: &str) -> Result<PathBuf> {
-    let home =
-        tessera_training::tessera_home().context("cannot locate the cache: set TESSERA_HOME")?;
+/// What makes a cached encoding of a dataset's corpus: the corpus file
+/// (path, size, time), the model and how records are read.
+fn encoding_key(
+    dataset: &Dataset,
+    canonical: &Path,
+    model: &Path,
+    records: &RecordArgs,
+) -> Result<u64> {
     let corpus = dataset.corpus_path();
     let meta = std::fs::metadata(&corpus).with_context(|| corpus.display().to_string())?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -214,72 +332,204 @@ fn cached_index(dataset: &Dataset, canonical: &Path, model: &Path, codec: &str) 
         .canonicalize()
         .unwrap_or_else(|_| model.to_owned())
         .hash(&mut h);
-    codec.hash(&mut h);
-    Ok(home.join("cache/indexes").join(format!(
-        "{}-{codec}-{:016x}",
-        dataset_name(canonical),
-        h.finish()
-    )))
+    format!("{records:?}").hash(&mut h);
+    Ok(h.finish())
 }
 
-fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()> {
+fn cache_root() -> Result<PathBuf> {
+    Ok(tessera_training::tessera_home()
+        .context("cannot locate the cache: set TESSERA_HOME")?
+        .join("cache"))
+}
+
+/// The cached encoding of a dataset's corpus (made if missing; an
+/// interrupted one continues from its last checkpoint).
+fn cached_encoding(
+    args: &EvalArgs,
+    dataset: &Dataset,
+    name: &str,
+    key: u64,
+    model_dir: &Path,
+) -> Result<PathBuf> {
+    let dir = cache_root()?
+        .join("encodings")
+        .join(format!("{name}-{key:016x}"));
+    if load_state(&dir)?.is_some_and(|s| s.complete) {
+        return Ok(dir);
+    }
+    eprintln!(
+        "encoding {} into {} (cached for later runs)",
+        dataset.corpus_path().display(),
+        dir.display()
+    );
+    let model = ModelArgs {
+        model: Some(model_dir.to_owned()),
+        ..args.model.clone()
+    };
+    let encoder = model.load()?;
+    let input = InputArgs {
+        input: dataset.corpus_path(),
+        records: args.records.clone(),
+    };
+    let t = Instant::now();
+    let st = encode_to_dir(&encoder, &input, &dir, true, 1024, Rerun::Automatically)?;
+    eprintln!(
+        "encoded {} documents, {} tokens in {:.1} s{}",
+        st.docs,
+        st.tokens,
+        t.elapsed().as_secs_f64(),
+        skipped_note(&st.skipped)
+    );
+    Ok(dir)
+}
+
+/// The cached index of an encoding with `codec` (built if missing); the
+/// build time when it was built now.
+fn cached_index(
+    encoding: &Path,
+    name: &str,
+    key: u64,
+    codec: &str,
+    analyzer: Analyzer,
+) -> Result<(PathBuf, Option<f64>)> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    codec.hash(&mut h);
+    analyzer.hash(&mut h);
+    tessera_index::BUILD_RECIPE.hash(&mut h);
+    let dir = cache_root()?
+        .join("indexes")
+        .join(format!("{name}-{codec}-{:016x}", h.finish()));
+    if dir.join(tessera_index::manifest::MANIFEST).exists() {
+        eprintln!("using cached index {}", dir.display());
+        return Ok((dir, None));
+    }
+    eprintln!("indexing into {} (cached for later runs)", dir.display());
+    let t = Instant::now();
+    let opts = BuildOptions {
+        codec: codec.parse()?,
+        analyzer,
+        ..BuildOptions::default()
+    };
+    let (stats, note) = build_from_vectors(encoding, &dir, opts)?;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "indexed {} documents, {} tokens ({}, {} centroids) in {secs:.1} s{note}",
+        stats.docs, stats.tokens, stats.codec, stats.num_centroids
+    );
+    Ok((dir, Some(secs)))
+}
+
+/// Recall@10 of `run` against the top 10 of `truth`, over `queries`.
+fn recall_at_10(queries: &[Query], run: &Run, truth: &Run) -> f64 {
+    let mut hit = 0usize;
+    let mut total = 0usize;
+    for q in queries {
+        let truth: HashSet<&str> = tessera_eval::metrics::trec_order(&truth.results[&q.id])
+            .iter()
+            .take(10)
+            .map(|(d, _)| *d)
+            .collect();
+        let got = tessera_eval::metrics::trec_order(&run.results[&q.id]);
+        hit += got
+            .iter()
+            .take(10)
+            .filter(|(d, _)| truth.contains(*d))
+            .count();
+        total += truth.len();
+    }
+    hit as f64 / total.max(1) as f64
+}
+
+/// Judged documents missing from the index and judged queries missing from
+/// queries.jsonl are counted and reported, not silently dropped: such a
+/// document stays relevant (it lowers recall, as trec_eval counts it);
+/// such a query cannot be searched and is left out of the averages.
+fn warn_missing(dir: &Path, split: &str, qrels: &Qrels, queries: &[Query], index: &Index) {
+    let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+    let missing_q: Vec<&str> = qrels
+        .judgements
+        .keys()
+        .map(String::as_str)
+        .filter(|q| !have.contains(q))
+        .collect();
+    if !missing_q.is_empty() {
+        eprintln!(
+            "warning: {}: qrels/{split}.tsv judges {} queries that queries.jsonl lacks (e.g. {}); they are not evaluated",
+            dir.display(),
+            missing_q.len(),
+            missing_q.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let mut docs: Vec<&str> = qrels
+        .judgements
+        .values()
+        .flat_map(|j| j.keys().map(String::as_str))
+        .filter(|d| !index.contains(d))
+        .collect();
+    docs.sort_unstable();
+    docs.dedup();
+    if !docs.is_empty() {
+        eprintln!(
+            "warning: {}: qrels/{split}.tsv names {} documents that are not in the index (e.g. {}); \
+             they count as judged but can never be retrieved",
+            dir.display(),
+            docs.len(),
+            docs.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+        );
+    }
+}
+
+fn eval_dataset(
+    args: &EvalArgs,
+    dir: &Path,
+    split: &str,
+    measures: &[Measure],
+    out: Option<PathBuf>,
+) -> Result<Report> {
     let t_all = Instant::now();
     let dataset = Dataset::open(dir)?;
     let canonical = dir
         .canonicalize()
         .with_context(|| dir.display().to_string())?;
-    let qrels = dataset.qrels(&args.split)?;
+    let dname = dataset_name(&canonical);
+    let mut qrels = dataset.qrels(split)?;
     let queries = dataset.queries(&qrels)?;
     ensure!(
         !queries.is_empty(),
-        "{}: no queries of split {:?} in queries.jsonl",
+        "{}: no queries of split {split:?} in queries.jsonl",
         dir.display(),
-        args.split
     );
+    let retriever = args.rank.retriever;
     let mut index_build_s = None;
+    let mut exact_index = args.exact_index.clone();
     let index_dir = match &args.index {
         Some(i) => i.clone(),
         None => {
             let model_dir = args.model.model_dir()?;
-            let cache = cached_index(&dataset, &canonical, &model_dir, &args.codec)?;
-            if cache.join(tessera_index::manifest::MANIFEST).exists() {
-                eprintln!("using cached index {}", cache.display());
-            } else {
-                eprintln!(
-                    "indexing {} into {} (cached for later runs)",
-                    dir.display(),
-                    cache.display()
-                );
-                let t = Instant::now();
-                let model = ModelArgs {
-                    model: Some(model_dir),
-                    ..args.model.clone()
-                };
-                let input = InputArgs {
-                    input: dataset.corpus_path(),
-                    records: RecordArgs::default(),
-                };
-                let opts = BuildOptions {
-                    codec: args.codec.parse()?,
-                    ..BuildOptions::default()
-                };
-                let built = build_from_input(&model, &input, &cache, opts, true, 1024)?;
-                eprintln!(
-                    "indexed {} documents, {} tokens: encoding {:.1} s, indexing {:.1} s",
-                    built.stats.docs, built.stats.tokens, built.encode_s, built.index_s
-                );
-                index_build_s = Some(t.elapsed().as_secs_f64());
+            let key = encoding_key(&dataset, &canonical, &model_dir, &args.records)?;
+            let enc = cached_encoding(args, &dataset, &dname, key, &model_dir)?;
+            let (idx, built) = cached_index(&enc, &dname, key, &args.codec, args.analyzer)?;
+            index_build_s = built;
+            if args.against_exact && retriever != Retriever::Bm25 {
+                exact_index = Some(if args.codec == "f32" {
+                    idx.clone()
+                } else {
+                    cached_index(&enc, &dname, key, "f32", args.analyzer)?.0
+                });
             }
-            cache
+            idx
         }
     };
-    let retriever = args.rank.retriever;
-    let engine = Engine::open(&index_dir, &args.model, retriever)?;
+    let mut engine = Engine::open(&index_dir, &args.model, retriever)?;
+    warn_missing(dir, split, &qrels, &queries, &engine.index);
+    let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+    qrels.judgements.retain(|q, _| have.contains(q.as_str()));
     let params = args.rank.params(args.k as usize)?;
 
     // Encode every query, then search every query (timed apart).
     let pb = progress::bar(Some(queries.len() as u64), "queries");
-    pb.set_prefix("searching");
+    pb.set_prefix(format!("searching {dname}"));
     let (run, timing) = engine.run_queries(&queries, retriever, &params, &pb)?;
     pb.finish_and_clear();
     let (encode_s, search_s) = (timing.encode_s, timing.search_s);
@@ -288,50 +538,56 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     let (p50, p99) = (pct(0.5), pct(0.99));
 
-    let recall10_vs_exact = if args.against_exact && retriever != Retriever::Bm25 {
+    let (mut recall10_vs_exact, mut recall10_vs_f32) = (None, None);
+    if args.against_exact && retriever != Retriever::Bm25 {
         let exact = SearchParams {
             k: 10,
             candidates: Candidates::Exhaustive,
             ..params.clone()
         };
         let pb = progress::bar(Some(queries.len() as u64), "queries");
-        pb.set_prefix("exact search");
+        pb.set_prefix("exhaustive search");
         let (truth, _) = engine.run_queries(&queries, retriever, &exact, &pb)?;
         pb.finish_and_clear();
-        let mut hit = 0usize;
-        let mut total = 0usize;
-        for q in &queries {
-            let truth: HashSet<&str> = truth.results[&q.id]
-                .iter()
-                .map(|(d, _)| d.as_str())
-                .collect();
-            let got = tessera_eval::metrics::trec_order(&run.results[&q.id]);
-            hit += got
-                .iter()
-                .take(10)
-                .filter(|(d, _)| truth.contains(*d))
-                .count();
-            total += truth.len();
+        recall10_vs_exact = Some(recall_at_10(&queries, &run, &truth));
+        match &exact_index {
+            Some(f32_dir) => {
+                let f32_engine = Engine {
+                    index: Index::open(f32_dir)
+                        .with_context(|| format!("opening index {}", f32_dir.display()))?,
+                    encoder: engine.encoder.take(),
+                    model_dir: None,
+                };
+                ensure!(
+                    f32_engine.index.codec().kind == CodecKind::F32,
+                    "{}: --exact-index must be an f32 index (it is {})",
+                    f32_dir.display(),
+                    f32_engine.index.codec().kind
+                );
+                let pb = progress::bar(Some(queries.len() as u64), "queries");
+                pb.set_prefix("exact f32 search");
+                let (truth, _) = f32_engine.run_queries(&queries, retriever, &exact, &pb)?;
+                pb.finish_and_clear();
+                recall10_vs_f32 = Some(recall_at_10(&queries, &run, &truth));
+                engine.encoder = f32_engine.encoder;
+            }
+            None => eprintln!(
+                "note: recall against exact f32 MaxSim needs the unquantised vectors: \
+                 pass --exact-index F32_INDEX with --index"
+            ),
         }
-        Some(hit as f64 / total.max(1) as f64)
-    } else {
-        None
-    };
+    }
 
     let e = evaluate(&qrels, &run, measures, true);
-    let dname = dataset_name(&canonical);
     let cand = match retriever {
         Retriever::Bm25 => None,
         _ => Some(format!("{:?}", args.rank.candidates).to_lowercase()),
     };
     let name = match &cand {
-        Some(c) if c != "plaid" => format!("{dname}-{}-{retriever}-{c}", args.split),
-        _ => format!("{dname}-{}-{retriever}", args.split),
+        Some(c) if c != "plaid" => format!("{dname}-{split}-{retriever}-{c}"),
+        _ => format!("{dname}-{split}-{retriever}"),
     };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("eval-runs").join(format!("{name}.json")));
+    let out = out.unwrap_or_else(|| PathBuf::from("eval-runs").join(format!("{name}.json")));
     let run_path = out.with_extension("trec");
     if let Some(p) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(p).with_context(|| p.display().to_string())?;
@@ -339,7 +595,7 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
     run.write(&run_path, &format!("tessera-{retriever}"))?;
     let mut report = report_of(&e, name);
     report.dataset = Some(dir.display().to_string());
-    report.split = Some(args.split.clone());
+    report.split = Some(split.to_owned());
     report.retriever = Some(retriever.to_string());
     report.candidates = cand;
     report.index = Some(index_dir.display().to_string());
@@ -356,20 +612,22 @@ fn eval_dataset(args: &EvalArgs, dir: &Path, measures: &[Measure]) -> Result<()>
         index_build_s,
     });
     report.recall10_vs_exact = recall10_vs_exact;
-    write_report(&out, &report)?;
-    print_table(&[&report]);
+    report.recall10_vs_f32 = recall10_vs_f32;
+    write_json(&out, &report)?;
     eprintln!("report: {}  run: {}", out.display(), run_path.display());
-    Ok(())
+    Ok(report)
 }
 
-fn write_report(path: &Path, r: &Report) -> Result<()> {
+fn write_json<T: Serialize>(path: &Path, r: &T) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(r)?)
         .with_context(|| tmp.display().to_string())?;
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
 }
 
-fn print_table(reports: &[&Report]) {
+/// The results table: a row per report and, for several datasets, their
+/// mean. Output to a closed pipe is not an error.
+fn print_table(reports: &[&Report], mean: Option<&[(String, f64)]>) {
     let mut w = std::io::stdout().lock();
     let names: Vec<&str> = reports[0]
         .measures
@@ -388,12 +646,18 @@ fn print_table(reports: &[&Report]) {
         );
     }
     let exact = reports.iter().any(|r| r.recall10_vs_exact.is_some());
+    let f32 = reports.iter().any(|r| r.recall10_vs_f32.is_some());
     if exact {
-        let _ = write!(w, " R@10 vs exact |");
+        let _ = write!(w, " R@10 vs exhaustive |");
+    }
+    if f32 {
+        let _ = write!(w, " R@10 vs f32 exact |");
     }
     let _ = writeln!(w);
-    let cols = 2 + names.len() + if timed { 6 } else { 0 } + usize::from(exact);
+    let extra = if timed { 6 } else { 0 } + usize::from(exact) + usize::from(f32);
+    let cols = 2 + names.len() + extra;
     let _ = writeln!(w, "|{}", "---|".repeat(cols));
+    let opt = |x: Option<f64>| x.map_or("–".to_owned(), |x| format!("{x:.4}"));
     for r in reports {
         let _ = write!(w, "| {} | {} |", r.name, r.queries);
         for (_, v) in &r.measures {
@@ -419,52 +683,184 @@ fn print_table(reports: &[&Report]) {
             }
         }
         if exact {
-            match r.recall10_vs_exact {
-                Some(x) => {
-                    let _ = write!(w, " {x:.4} |");
-                }
-                None => {
-                    let _ = write!(w, " – |");
-                }
-            }
+            let _ = write!(w, " {} |", opt(r.recall10_vs_exact));
+        }
+        if f32 {
+            let _ = write!(w, " {} |", opt(r.recall10_vs_f32));
         }
         let _ = writeln!(w);
     }
+    if let Some(mean) = mean {
+        let n: usize = reports.iter().map(|r| r.queries).sum();
+        let _ = write!(w, "| **mean ({} datasets)** | {n} |", reports.len());
+        for (_, v) in mean {
+            let _ = write!(w, " **{v:.4}** |");
+        }
+        let avg = |f: &dyn Fn(&Report) -> Option<f64>| {
+            let v: Vec<f64> = reports.iter().filter_map(|r| f(r)).collect();
+            (v.len() == reports.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        if timed {
+            let _ = write!(w, " – | – | – | – | – | – |");
+        }
+        if exact {
+            let _ = write!(w, " {} |", opt(avg(&|r| r.recall10_vs_exact)));
+        }
+        if f32 {
+            let _ = write!(w, " {} |", opt(avg(&|r| r.recall10_vs_f32)));
+        }
+        let _ = writeln!(w);
+    }
+    let _ = w.flush();
+}
+
+/// A report file: one dataset's, or a combined one.
+enum AnyReport {
+    One(Box<Report>),
+    Combined(CombinedReport),
+}
+
+/// Per query, per measure: a report's `per_query`.
+type PerQuery = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// One system in a comparison: its mean per measure and its per-query
+/// values.
+type System<'a> = (&'a [(String, f64)], &'a PerQuery);
+
+fn read_report(p: &Path) -> Result<AnyReport> {
+    let s = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&s)
+        .with_context(|| format!("{}: not a tessera eval report", p.display()))?;
+    if v.get("reports").is_some() {
+        Ok(AnyReport::Combined(
+            serde_json::from_value(v)
+                .with_context(|| format!("{}: not a combined tessera eval report", p.display()))?,
+        ))
+    } else {
+        Ok(AnyReport::One(Box::new(
+            serde_json::from_value(v)
+                .with_context(|| format!("{}: not a tessera eval report", p.display()))?,
+        )))
+    }
+}
+
+/// `dataset/split`, naming a report's dataset in comparisons.
+fn dataset_label(r: &Report) -> String {
+    let d = r
+        .dataset
+        .as_deref()
+        .map(|d| dataset_name(&Path::new(d).canonicalize().unwrap_or_else(|_| d.into())))
+        .unwrap_or_else(|| r.name.clone());
+    format!("{d}/{}", r.split.as_deref().unwrap_or("?"))
 }
 
 fn compare(paths: &[PathBuf]) -> Result<()> {
-    let reports: Vec<Report> = paths
+    let reports: Vec<AnyReport> = paths
         .iter()
-        .map(|p| {
-            let s = std::fs::read_to_string(p).with_context(|| p.display().to_string())?;
-            serde_json::from_str(&s)
-                .with_context(|| format!("{}: not a tessera eval report", p.display()))
+        .map(|p| read_report(p))
+        .collect::<Result<_>>()?;
+    let mut w = std::io::stdout().lock();
+    if reports.iter().all(|r| matches!(r, AnyReport::One(_))) {
+        let one: Vec<&Report> = reports
+            .iter()
+            .map(|r| match r {
+                AnyReport::One(r) => r.as_ref(),
+                AnyReport::Combined(_) => unreachable!("checked above"),
+            })
+            .collect();
+        writeln!(
+            w,
+            "Paired tests against {} over the queries both evaluated (t: paired t-test; rand: sign-flip randomisation, 10,000 trials).\n",
+            one[0].name
+        )?;
+        let names: Vec<&str> = one.iter().map(|r| r.name.as_str()).collect();
+        let tables: Vec<System<'_>> = one
+            .iter()
+            .map(|r| (r.measures.as_slice(), &r.per_query))
+            .collect();
+        compare_table(&mut w, &names, &tables)?;
+        writeln!(w, "\n* both tests p < 0.05")?;
+        return Ok(());
+    }
+    let combined: Vec<&CombinedReport> = reports
+        .iter()
+        .map(|r| match r {
+            AnyReport::Combined(c) => Ok(c),
+            AnyReport::One(r) => bail!(
+                "{}: a single-dataset report cannot be compared with combined ones; compare like with like",
+                r.name
+            ),
         })
         .collect::<Result<_>>()?;
-    let base = &reports[0];
-    let mut w = std::io::stdout().lock();
+    let names: Vec<&str> = combined.iter().map(|c| c.name.as_str()).collect();
     writeln!(
         w,
-        "Paired tests against {} over the queries both evaluated (t: paired t-test; rand: sign-flip randomisation, 10,000 trials).\n",
-        base.name
+        "Paired tests against {} (t: paired t-test; rand: sign-flip randomisation, 10,000 trials).",
+        names[0]
     )?;
-    write!(w, "| measure | {} |", base.name)?;
-    for r in &reports[1..] {
-        write!(w, " {} | Δ | p (t) | p (rand) |", r.name)?;
+    // Per dataset: the reports of the same dataset and split.
+    for base in &combined[0].reports {
+        let label = dataset_label(base);
+        let mut tables = vec![(base.measures.as_slice(), &base.per_query)];
+        for c in &combined[1..] {
+            match c.reports.iter().find(|r| dataset_label(r) == label) {
+                Some(r) => tables.push((r.measures.as_slice(), &r.per_query)),
+                None => bail!("{}: has no report for {label}", c.name),
+            }
+        }
+        writeln!(w, "\n### {label}\n")?;
+        compare_table(&mut w, &names, &tables)?;
+    }
+    // The mean over datasets; the tests pair queries over their union
+    // (query ids prefixed by dataset), each query weighing the same.
+    let union = |c: &CombinedReport| -> PerQuery {
+        c.reports
+            .iter()
+            .flat_map(|r| {
+                let label = dataset_label(r);
+                r.per_query
+                    .iter()
+                    .map(move |(q, v)| (format!("{label}:{q}"), v.clone()))
+            })
+            .collect()
+    };
+    let unions: Vec<_> = combined.iter().map(|c| union(c)).collect();
+    let tables: Vec<_> = combined
+        .iter()
+        .zip(&unions)
+        .map(|(c, u)| (c.mean.as_slice(), u))
+        .collect();
+    writeln!(
+        w,
+        "\n### mean over {} datasets (tests over the union of their queries)\n",
+        combined[0].reports.len()
+    )?;
+    compare_table(&mut w, &names, &tables)?;
+    writeln!(w, "\n* both tests p < 0.05")?;
+    Ok(())
+}
+
+/// One comparison table: a row per measure of the first system; per other
+/// system its value, the difference and the paired tests' p-values over
+/// the queries both have.
+fn compare_table(w: &mut impl Write, names: &[&str], systems: &[System<'_>]) -> Result<()> {
+    write!(w, "| measure | {} |", names[0])?;
+    for n in &names[1..] {
+        write!(w, " {n} | Δ | p (t) | p (rand) |")?;
     }
     writeln!(w)?;
-    writeln!(w, "|{}", "---|".repeat(2 + 4 * (reports.len() - 1)))?;
-    for (m, bv) in &base.measures {
+    writeln!(w, "|{}", "---|".repeat(2 + 4 * (names.len() - 1)))?;
+    let (base_means, base_q) = systems[0];
+    for (m, bv) in base_means {
         write!(w, "| {m} | {bv:.4} |")?;
-        for r in &reports[1..] {
-            let Some((_, v)) = r.measures.iter().find(|(n, _)| n == m) else {
+        for (means, per_query) in &systems[1..] {
+            let Some((_, v)) = means.iter().find(|(n, _)| n == m) else {
                 write!(w, " – | – | – | – |")?;
                 continue;
             };
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            for (q, vals) in &base.per_query {
-                if let (Some(x), Some(y)) = (vals.get(m), r.per_query.get(q).and_then(|o| o.get(m)))
-                {
+            for (q, vals) in base_q {
+                if let (Some(x), Some(y)) = (vals.get(m), per_query.get(q).and_then(|o| o.get(m))) {
                     a.push(*x);
                     b.push(*y);
                 }
@@ -478,11 +874,12 @@ fn compare(paths: &[PathBuf]) -> Result<()> {
             write!(
                 w,
                 " {v:.4} | {:+.4}{star} | {:.4} | {:.4} |",
-                t.mean_diff, t.p_t, t.p_rand
+                v - bv,
+                t.p_t,
+                t.p_rand
             )?;
         }
         writeln!(w)?;
     }
-    writeln!(w, "\n* both tests p < 0.05")?;
     Ok(())
 }

@@ -7,16 +7,17 @@
 //! gives the same index as an uninterrupted one; the work folder goes away
 //! once the index is in place.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use tessera_index::{
-    BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors,
+    Analyzer, BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors,
 };
 
-use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs};
+use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
 use crate::embeddings::{load_state, EmbeddingsReader};
 use crate::model::ModelArgs;
 use crate::progress;
@@ -34,9 +35,9 @@ pub struct IndexArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum IndexCommand {
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     Info(InfoArgs),
-    Verify(InfoArgs),
+    Verify(VerifyArgs),
 }
 
 /// Build an index from a document dump (encoding it) or from precomputed
@@ -63,9 +64,34 @@ pub struct BuildArgs {
     /// Vector codec: f32, f16, int8, residual1, residual2, residual4.
     #[arg(long, default_value = "residual2")]
     pub codec: String,
-    /// Number of centroids (default 2^floor(log2(16·√tokens))).
+    /// BM25 text analysis, recorded in the manifest: en (English:
+    /// stemming, stop words, ASCII folding) or simple (lower-cased words,
+    /// for any language).
+    #[arg(long, default_value = "en", value_parser = parse_analyzer)]
+    pub analyzer: Analyzer,
+    /// Number of centroids (default 2^round(log2(16·√tokens))).
     #[arg(long, value_name = "K")]
     pub centroids: Option<usize>,
+    /// k-means: Lloyd iterations on the training sample.
+    #[arg(long, value_name = "N", default_value_t = BuildOptions::default().kmeans_iters)]
+    pub kmeans_iters: usize,
+    /// k-means: training-sample tokens per centroid.
+    #[arg(long, value_name = "N", default_value_t = BuildOptions::default().sample_per_centroid)]
+    pub kmeans_sample: usize,
+    /// k-means: Lloyd iterations over every token after the sample.
+    #[arg(long, value_name = "N", default_value_t = BuildOptions::default().refine_passes)]
+    pub refine_passes: usize,
+    /// Nearest-centroid search: groups probed per token past 2,048
+    /// centroids (0: compare with every centroid; slower, exact).
+    #[arg(long, value_name = "N", default_value_t = BuildOptions::default().assign_probe)]
+    pub assign_probe: usize,
+    /// Residual codecs: Lloyd–Max iterations refining the buckets.
+    #[arg(long, value_name = "N", default_value_t = BuildOptions::default().bucket_iters)]
+    pub bucket_iters: usize,
+    /// Centroids of unit-length vectors: mean (each at its tokens' mean;
+    /// smaller residuals) or unit (renormalised, as PLAID does).
+    #[arg(long, value_enum, default_value_t = CentroidArg::Mean)]
+    pub centroids_at: CentroidArg,
     /// Memory budget of the index builder for buffered vectors, MiB.
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub memory_mb: usize,
@@ -84,10 +110,21 @@ pub struct BuildArgs {
     pub model: ModelArgs,
 }
 
-/// Show an index's manifest summary (`info`) or recompute its checksums
-/// (`verify`).
+/// Print an index's summary as JSON: documents, tokens, dimension, codec,
+/// centroids, BM25 analyzer, segments and the model that built it.
 #[derive(Args, Debug)]
+#[command(after_help = "Example:\n  tessera index info scifact.idx")]
 pub struct InfoArgs {
+    /// The index folder.
+    #[arg(value_name = "DIR")]
+    pub index: PathBuf,
+}
+
+/// Check an index end to end: reread every file and compare its size and
+/// CRC32 with the manifest's; exits non-zero naming the first damaged file.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  tessera index verify scifact.idx")]
+pub struct VerifyArgs {
     /// The index folder.
     #[arg(value_name = "DIR")]
     pub index: PathBuf,
@@ -95,33 +132,51 @@ pub struct InfoArgs {
 
 pub fn run(args: IndexArgs) -> Result<()> {
     match args.command {
-        IndexCommand::Build(b) => build(b),
+        IndexCommand::Build(b) => build(*b),
         IndexCommand::Info(i) => {
             let index = tessera_index::Index::open(&i.index)?;
             let m = index.manifest();
             let v = serde_json::json!({
                 "path": i.index, "documents": m.live_docs(), "tokens": m.tokens(),
                 "dim": m.dim, "codec": m.codec.to_string(), "centroids": m.num_centroids,
-                "segments": m.segments.len(), "generation": m.generation, "info": m.info,
+                "analyzer": m.analyzer.to_string(), "segments": m.segments.len(),
+                "generation": m.generation, "info": m.info,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?)?;
             Ok(())
         }
         IndexCommand::Verify(i) => {
             let index = tessera_index::Index::open(&i.index)?;
             let r = index.verify()?;
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "{}: OK ({} files, {} bytes checked)",
                 i.index.display(),
                 r.files,
                 r.bytes
-            );
+            )?;
             Ok(())
         }
     }
 }
 
 /// The hidden work folder for encoding `out`'s documents.
+/// `--centroids-at` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CentroidArg {
+    Mean,
+    Unit,
+}
+
+/// `--analyzer` values.
+pub fn parse_analyzer(s: &str) -> Result<Analyzer, String> {
+    match s.parse::<Analyzer>() {
+        Ok(Analyzer::Legacy) => Err("legacy is only read, not built (en, simple)".into()),
+        Ok(a) => Ok(a),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn work_dir(out: &Path) -> Result<PathBuf> {
     let name = out
         .file_name()
@@ -141,6 +196,13 @@ fn build(args: BuildArgs) -> Result<()> {
         num_centroids: args.centroids,
         memory_budget: args.memory_mb.max(16) << 20,
         overwrite: args.overwrite,
+        analyzer: args.analyzer,
+        kmeans_iters: args.kmeans_iters.max(1),
+        sample_per_centroid: args.kmeans_sample.max(1),
+        refine_passes: args.refine_passes,
+        assign_probe: args.assign_probe,
+        bucket_iters: args.bucket_iters,
+        mean_centroids: args.centroids_at == CentroidArg::Mean,
         ..BuildOptions::default()
     };
     if args.out.join(tessera_index::manifest::MANIFEST).exists() && !args.overwrite {
@@ -233,7 +295,14 @@ pub fn build_from_input(
     }
     if !state.as_ref().is_some_and(|s| s.complete) {
         let encoder = model.load()?;
-        encode_to_dir(&encoder, input, &work, resume, checkpoint_every)?;
+        encode_to_dir(
+            &encoder,
+            input,
+            &work,
+            resume,
+            checkpoint_every,
+            Rerun::WithResume,
+        )?;
     }
     let encode_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -254,17 +323,19 @@ pub fn build_from_vectors(
     mut opts: BuildOptions,
 ) -> Result<(BuildStats, String)> {
     let mut reader = EmbeddingsReader::open(vectors)?;
-    let skipped = reader
+    let mut note = reader
         .state
         .as_ref()
         .map(|s| skipped_note(&s.skipped))
         .unwrap_or_default();
+    let empty = reader.doclens.iter().filter(|&&l| l == 0).count();
     opts.info = serde_json::json!({
         "built_by": format!("tessera {}", env!("CARGO_PKG_VERSION")),
         "model": reader.state.as_ref().map(|s| s.model.clone()),
         "input": reader.state.as_ref().map(|s| s.input.clone()),
         "skipped": reader.state.as_ref().map(|s| s.skipped.clone()),
         "truncated": reader.state.as_ref().map(|s| s.truncated),
+        "empty_documents": empty,
     });
     let mut builder = IndexBuilder::create(out, opts)?;
     let pb = progress::bar(Some(reader.len() as u64), "docs");
@@ -291,5 +362,11 @@ pub fn build_from_vectors(
         Phase::Commit => tokens.set_prefix("committing"),
     })?;
     tokens.finish_and_clear();
-    Ok((stats, skipped))
+    if empty > 0 {
+        note.push_str(&format!(
+            "; {empty} empty document{} (no text to encode) indexed with no tokens",
+            if empty == 1 { "" } else { "s" }
+        ));
+    }
+    Ok((stats, note))
 }

@@ -53,6 +53,9 @@ pub struct SearchArgs {
 pub fn run(args: SearchArgs) -> Result<()> {
     let engine = Engine::open(&args.index, &args.model, args.rank.retriever)?;
     let params = args.rank.params(args.k as usize)?;
+    if let Some(f) = &params.filter {
+        warn_unknown_fields(&engine.index, f);
+    }
     if let Some(qpath) = &args.queries {
         let queries = tessera_eval::beir::read_queries(qpath)?;
         if queries.is_empty() {
@@ -130,6 +133,30 @@ pub fn run(args: SearchArgs) -> Result<()> {
         args.rank.retriever
     )?;
     Ok(())
+}
+
+/// A filter on a field no document has matches nothing: say so (on
+/// stderr), with the fields there are.
+pub fn warn_unknown_fields(index: &tessera_index::Index, f: &tessera_index::Filter) {
+    let unknown = index.unknown_filter_fields(f);
+    if unknown.is_empty() {
+        return;
+    }
+    let have = index.metadata_fields();
+    eprintln!(
+        "warning: --filter names {} that no document has (a condition on it never matches); \
+         metadata fields in this index: {}",
+        unknown
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if have.is_empty() {
+            "none".to_owned()
+        } else {
+            have.join(", ")
+        }
+    );
 }
 
 /// The first `max` characters of `s` on one line, with "…" when cut.
