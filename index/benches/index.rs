@@ -37,6 +37,7 @@ struct Args {
     keep: bool,
     centroids: Option<usize>,
     unit_centroids: bool,
+    refine_passes: Option<usize>,
 }
 
 fn args() -> Args {
@@ -61,6 +62,7 @@ fn args() -> Args {
         keep: false,
         centroids: None,
         unit_centroids: false,
+        refine_passes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +83,7 @@ fn args() -> Args {
             "--keep" => a.keep = true,
             "--centroids" => a.centroids = Some(v().parse().unwrap()),
             "--unit-centroids" => a.unit_centroids = true,
+            "--refine-passes" => a.refine_passes = Some(v().parse().unwrap()),
             "--help" | "-h" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -145,6 +148,9 @@ fn main() {
             memory_budget: a.budget_mb << 20,
             num_centroids: a.centroids,
             mean_centroids: !a.unit_centroids,
+            refine_passes: a
+                .refine_passes
+                .unwrap_or(BuildOptions::default().refine_passes),
             ..BuildOptions::default()
         };
         let mut b = IndexBuilder::create(&path, opts).unwrap();

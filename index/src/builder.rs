@@ -330,7 +330,7 @@ impl IndexBuilder {
         self.buffer.docs.push((doc.id.clone(), stored));
         self.ids.insert(doc.id);
         self.docs += 1;
-        if self.buffer.bytes > self.opts.memory_budget / 2 {
+        if self.buffer.bytes > self.spill_threshold(out_dim) {
             self.spill()?;
         }
         Ok(())
@@ -343,12 +343,27 @@ impl IndexBuilder {
             .map_or_else(|| self.dim.unwrap_or(0), |r| r.out_dim)
     }
 
+    /// Tokens the training reservoir holds at most: the sample cap within a
+    /// quarter of the memory budget, but never under 65,536 tokens (a tiny
+    /// budget must not shrink K).
+    fn reservoir_cap(&self, dim: usize) -> usize {
+        let by_memory = (self.opts.memory_budget / 4 / (4 * dim.max(1))).max(1 << 16);
+        self.opts.max_sample_tokens.min(by_memory).max(1)
+    }
+
+    /// Buffered bytes past which the buffer spills: half the budget less
+    /// the reservoir, so that the buffer, one chunk read back and the
+    /// reservoir together stay within the budget (at least an eighth of it).
+    fn spill_threshold(&self, dim: usize) -> usize {
+        let reservoir = self.reservoir_cap(dim) * dim * 4;
+        (self.opts.memory_budget / 2)
+            .saturating_sub(reservoir)
+            .max(self.opts.memory_budget / 8)
+    }
+
     /// Reservoir sampling over all tokens (Algorithm R).
     fn sample(&mut self, vectors: &[f32], dim: usize) {
-        // Within the sample cap and a quarter of the memory budget, but never
-        // under 65,536 tokens (a tiny budget must not shrink K).
-        let by_memory = (self.opts.memory_budget / 4 / (4 * dim.max(1))).max(1 << 16);
-        let cap = self.opts.max_sample_tokens.min(by_memory).max(1);
+        let cap = self.reservoir_cap(dim);
         for v in vectors.chunks_exact(dim) {
             self.seen_tokens += 1;
             let have = self.reservoir.len() / dim;

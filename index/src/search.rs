@@ -108,7 +108,7 @@ impl Default for SearchParams {
             centroid_threshold: 0.0,
             n_approx: 1024,
             n_candidates: 64,
-            rerank_budget: 2048,
+            rerank_budget: 1536,
             max_candidates: 1024,
             hnsw_ef: 64,
             filter: None,
