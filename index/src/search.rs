@@ -776,20 +776,28 @@ pub fn linear_fusion(dense: &[Hit], sparse: &[Hit], k: usize, bm25_weight: f32) 
         })
     }
     let w = bm25_weight.clamp(0.0, 1.0);
+    fuse(
+        normalised(dense)
+            .map(|(h, x)| (h, (1.0 - w) * x))
+            .chain(normalised(sparse).map(|(h, x)| (h, w * x))),
+        k,
+    )
+}
+
+/// Sums each document's contributions `(hit, score)` (in order: a
+/// document first seen earlier ranks first among equals), best `k` first.
+fn fuse<'a>(contributions: impl Iterator<Item = (&'a Hit, f32)>, k: usize) -> Vec<Hit> {
     let mut fused: Vec<Hit> = Vec::new();
     let mut pos: std::collections::HashMap<(usize, u32), usize> = std::collections::HashMap::new();
-    for (list, weight) in [(dense, 1.0 - w), (sparse, w)] {
-        for (h, x) in normalised(list) {
-            let add = weight * x;
-            match pos.get(&(h.segment, h.doc)) {
-                Some(&i) => fused[i].score += add,
-                None => {
-                    pos.insert((h.segment, h.doc), fused.len());
-                    fused.push(Hit {
-                        score: add,
-                        ..h.clone()
-                    });
-                }
+    for (h, add) in contributions {
+        match pos.get(&(h.segment, h.doc)) {
+            Some(&i) => fused[i].score += add,
+            None => {
+                pos.insert((h.segment, h.doc), fused.len());
+                fused.push(Hit {
+                    score: add,
+                    ..h.clone()
+                });
             }
         }
     }
@@ -801,26 +809,14 @@ pub fn linear_fusion(dense: &[Hit], sparse: &[Hit], k: usize, bm25_weight: f32) 
 /// Reciprocal-rank fusion: each document scores `Σ 1 / (c + rank)` over the
 /// lists it appears in (rank from 1). Ties keep the first list's order.
 pub fn rrf(lists: &[Vec<Hit>], k: usize, c: f32) -> Vec<Hit> {
-    let mut fused: Vec<Hit> = Vec::new();
-    let mut pos: std::collections::HashMap<(usize, u32), usize> = std::collections::HashMap::new();
-    for list in lists {
-        for (rank, h) in list.iter().enumerate() {
-            let add = 1.0 / (c + rank as f32 + 1.0);
-            match pos.get(&(h.segment, h.doc)) {
-                Some(&i) => fused[i].score += add,
-                None => {
-                    pos.insert((h.segment, h.doc), fused.len());
-                    fused.push(Hit {
-                        score: add,
-                        ..h.clone()
-                    });
-                }
-            }
-        }
-    }
-    fused.sort_by(|a, b| b.score.total_cmp(&a.score));
-    fused.truncate(k);
-    fused
+    fuse(
+        lists.iter().flat_map(|list| {
+            list.iter()
+                .enumerate()
+                .map(move |(rank, h)| (h, 1.0 / (c + rank as f32 + 1.0)))
+        }),
+        k,
+    )
 }
 
 impl CentroidGraph {
