@@ -216,7 +216,7 @@ pub fn train(
     seed: u64,
     spherical: bool,
 ) -> Vec<f32> {
-    train_with(sample, dim, k, iters, seed, spherical, &assign)
+    train_probing(sample, dim, k, iters, seed, spherical, PROBE_GROUPS)
 }
 
 /// [`train`] with assignments probing `probe` groups (see
