@@ -23,6 +23,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--doc-maxlen", type=int, default=300)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: torch.autocast to bfloat16 (what a PyTorch user would run)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -46,7 +48,8 @@ def main():
         enc = tok(batch_texts, truncation=True, max_length=a.doc_maxlen)["input_ids"]
         order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
         out, tokens = [None] * len(enc), 0
-        with torch.inference_mode():
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
+        with torch.inference_mode(), autocast:
             for s in range(0, len(order), a.batch_size):
                 idx = order[s : s + a.batch_size]
                 width = len(enc[idx[0]])
@@ -71,6 +74,7 @@ def main():
         best = min(best, time.perf_counter() - t0)
     print(json.dumps({
         "impl": "pytorch",
+        "precision": a.precision,
         "torch": torch.__version__,
         "device": str(device),
         "docs": len(texts),

@@ -59,6 +59,7 @@ fn main() {
         EncoderOptions {
             device: DeviceChoice::Auto,
             batch_size: 32,
+            precision: Default::default(),
         },
     )
     .unwrap();

@@ -119,7 +119,7 @@ pub struct CorpusReader {
     name: String,
     format: Format,
     opts: CorpusOptions,
-    lines: Box<dyn BufRead>,
+    lines: Box<dyn BufRead + Send>,
     line: usize,
     buf: Vec<u8>,
 }
@@ -141,13 +141,13 @@ pub fn compression_of(path: &Path) -> Option<Compression> {
 }
 
 /// Opens `path` (`-` for standard input), decompressing `.gz` and `.zst`.
-pub fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
+pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>> {
     if path == Path::new("-") {
         return Ok(Box::new(BufReader::new(std::io::stdin())));
     }
     let f =
         std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let raw: Box<dyn Read> = match compression_of(path) {
+    let raw: Box<dyn Read + Send> = match compression_of(path) {
         Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
         Some(Compression::Zstd) => Box::new(
             ruzstd::decoding::StreamingDecoder::new(BufReader::new(f))

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions};
+use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, Precision, PrecisionChoice};
 
-/// `--model`, `--device`, `--threads`, `--batch-size`.
+/// `--model`, `--device`, `--precision`, `--threads`, `--batch-size`.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model directory (Hugging Face BERT, Stanford ColBERT, PyLate or
@@ -24,9 +24,20 @@ pub struct ModelArgs {
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
+    /// Precision of the backbone: fp32; bf16 (matrix products in
+    /// bfloat16, vectors still f32 and unit length); or auto: bf16 on CUDA
+    /// and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere (emulated bf16
+    /// is slower than fp32). Default: auto; search, serve and eval encode
+    /// queries with the precision the index was built with.
+    #[arg(long, value_name = "P", value_parser = parse_precision)]
+    pub precision: Option<PrecisionChoice>,
 }
 
 fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    s.parse()
+}
+
+fn parse_precision(s: &str) -> Result<PrecisionChoice, String> {
     s.parse()
 }
 
@@ -41,6 +52,26 @@ impl ModelArgs {
                     "no --model given and the default model is not installed: \
                      run scripts/setup, or set TESSERA_MODEL",
                 ),
+        }
+    }
+
+    /// The precision a model loaded with these options runs in.
+    pub fn resolved_precision(&self) -> Result<Precision> {
+        let device = self.device.resolve()?;
+        Ok(self.precision.unwrap_or_default().resolve(device))
+    }
+
+    /// These options with `--precision` defaulting to the one recorded in
+    /// an index or embeddings folder's model info (`info["precision"]`;
+    /// fp32 for folders made before precision was recorded).
+    pub fn with_recorded_precision(&self, info: &serde_json::Value) -> Self {
+        let recorded = info["precision"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(PrecisionChoice::Fp32);
+        Self {
+            precision: Some(self.precision.unwrap_or(recorded)),
+            ..self.clone()
         }
     }
 
@@ -70,6 +101,7 @@ impl ModelArgs {
         let options = EncoderOptions {
             device: self.device,
             batch_size: self.batch_size as usize,
+            precision: self.precision.unwrap_or_default(),
         };
         let encoder = Encoder::load(dir, options)
             .with_context(|| format!("loading model {}", dir.display()))?;
@@ -78,6 +110,7 @@ impl ModelArgs {
             layout = %encoder.layout(),
             dim = encoder.dim(),
             device = %device::describe(encoder.device()),
+            precision = %encoder.precision(),
             threads,
             "encoder ready"
         );
@@ -99,5 +132,6 @@ pub fn model_info(encoder: &Encoder) -> serde_json::Value {
         "query_maxlen": s.query_maxlen,
         "doc_maxlen": s.doc_maxlen,
         "query_augmentation": s.query_augmentation,
+        "precision": encoder.precision().as_str(),
     })
 }

@@ -201,6 +201,7 @@ impl Engine {
             ),
             (None, None) => model.model_dir()?,
         };
+        let model = model.with_recorded_precision(&index.manifest().info["model"]);
         let encoder = model.load_dir(&model_dir)?;
         let want = index.query_dim();
         if encoder.dim() != want {

@@ -92,7 +92,7 @@ fn encode_text_output_shows_a_summary() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(
-        out.contains("huggingface-bert, identity head, 32 dims, cpu"),
+        out.contains("huggingface-bert, identity head, 32 dims, cpu, "),
         "{out}"
     );
     assert!(
@@ -208,4 +208,19 @@ fn score_ranks_the_relevant_document_first_with_the_default_model() {
     let results = v["results"].as_array().unwrap();
     assert_eq!(results[0]["doc"], 2);
     assert!(results[0]["score"].as_f64().unwrap() > results[1]["score"].as_f64().unwrap());
+}
+
+#[test]
+fn precision_is_chosen_reported_and_checked() {
+    let o = tessera(&tiny_args(
+        "encode",
+        &["--doc", "the sea, the sea.", "--precision", "bf16"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("32 dims, cpu, bf16)"), "{}", stdout(&o));
+    let o = tessera(&tiny_args("encode", &["--doc", "x", "--precision", "fp32"]));
+    assert!(stdout(&o).contains("32 dims, cpu, fp32)"), "{}", stdout(&o));
+    let o = tessera(&tiny_args("encode", &["--doc", "x", "--precision", "half"]));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("fp32, bf16 or auto"), "{}", stderr(&o));
 }

@@ -977,3 +977,67 @@ fn closed_stdout_is_quiet_and_unknown_filter_fields_are_reported() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bf16_builds_record_their_precision_and_rank_like_fp32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("fp32"), dir.path().join("bf16"));
+    ok(&build(
+        &sample(),
+        &a,
+        &["--precision", "fp32", "--codec", "f32"],
+        &[],
+        None,
+    ));
+    ok(&build(
+        &sample(),
+        &b,
+        &["--precision", "bf16", "--codec", "f32"],
+        &[],
+        None,
+    ));
+    let precision = |d: &Path| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+        m["info"]["model"]["precision"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(precision(&a), "fp32");
+    assert_eq!(precision(&b), "bf16");
+    // Queries are encoded with the index's precision by default; the
+    // exhaustive rankings of the two builds agree at the top.
+    let exhaustive = ["--candidates", "exhaustive", "-k", "3"];
+    for q in ["what causes tides", "how do vaccines work", "the moon"] {
+        let (x, y) = (
+            search_json(&a, q, &exhaustive),
+            search_json(&b, q, &exhaustive),
+        );
+        assert_eq!(ids(&x).first(), ids(&y).first(), "{q}");
+    }
+    // A bad value names the choices.
+    let e = err(&build(
+        &sample(),
+        &dir.path().join("x"),
+        &["--precision", "fp8"],
+        &[],
+        None,
+    ));
+    assert!(e.contains("fp32, bf16 or auto"), "{e}");
+    // Resuming an interrupted build in another precision is refused.
+    let idx = dir.path().join("r.idx");
+    let o = build(
+        &sample(),
+        &idx,
+        &["--checkpoint-every", "8", "--precision", "bf16"],
+        &[("TESSERA_FAULT_ABORT_AFTER_CHECKPOINTS", "1")],
+        None,
+    );
+    assert!(!o.status.success(), "the fault hook aborts the process");
+    let e = err(&build(
+        &sample(),
+        &idx,
+        &["--checkpoint-every", "8", "--resume", "--precision", "fp32"],
+        &[],
+        None,
+    ));
+    assert!(e.contains("resume with --precision bf16"), "{e}");
+}

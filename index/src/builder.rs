@@ -528,6 +528,8 @@ impl IndexBuilder {
             secs = t.elapsed().as_secs_f64(),
             "centroids trained"
         );
+        // The sample has served: free it before the chunks are read back.
+        self.reservoir = Vec::new();
         let codec = Codec::new(codec_kind, dim, buckets.clone(), unit)?;
         let t = Instant::now();
 

@@ -121,6 +121,9 @@ fn top_n(row: &[f32], shift: &[f32], top: &mut [(f32, u32)]) {
     }
 }
 
+/// Scores computed at once per group in [`Groups::assign`] (4 MiB).
+const SCORE_FLOATS: usize = 1 << 20;
+
 /// Centroids clustered into groups, for two-level assignment.
 struct Groups {
     /// `G × dim` group centres.
@@ -183,17 +186,25 @@ impl Groups {
                     if pts_idx.is_empty() || ids.is_empty() {
                         continue;
                     }
-                    gathered.clear();
-                    for &i in pts_idx {
-                        gathered.extend_from_slice(&pts[i as usize * dim..(i as usize + 1) * dim]);
-                    }
-                    let (n, nm) = (pts_idx.len(), ids.len());
-                    scores.resize(n * nm, 0.0);
-                    gemm_abt(&gathered, n, vecs, nm, dim, &mut scores);
-                    for (r, &i) in pts_idx.iter().enumerate() {
-                        let (v, j) = argmax_shifted(&scores[r * nm..(r + 1) * nm], half);
-                        if v > best[i as usize].0 {
-                            best[i as usize] = (v, ids[j as usize]);
+                    // Points in slices, so that the score matrix stays
+                    // within SCORE_FLOATS however large the group (groups
+                    // of clustered data can hold thousands of centroids).
+                    let nm = ids.len();
+                    let rows = (SCORE_FLOATS / nm).max(1);
+                    for slice in pts_idx.chunks(rows) {
+                        gathered.clear();
+                        for &i in slice {
+                            gathered
+                                .extend_from_slice(&pts[i as usize * dim..(i as usize + 1) * dim]);
+                        }
+                        let n = slice.len();
+                        scores.resize(n * nm, 0.0);
+                        gemm_abt(&gathered, n, vecs, nm, dim, &mut scores[..n * nm]);
+                        for (r, &i) in slice.iter().enumerate() {
+                            let (v, j) = argmax_shifted(&scores[r * nm..(r + 1) * nm], half);
+                            if v > best[i as usize].0 {
+                                best[i as usize] = (v, ids[j as usize]);
+                            }
                         }
                     }
                 }

@@ -2,6 +2,8 @@
 //! dot products (AVX2 + FMA at compile time, AVX-512 at run time when the
 //! CPU has it), and helpers.
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 
@@ -87,6 +89,25 @@ pub fn vnni_enabled() -> bool {
     }
 }
 
+/// Whether [`dot_block_i8`] runs a SIMD integer kernel: AVX-512 VNNI
+/// ([`vnni_enabled`]) or AVX2 (at compile time, as the workspace targets
+/// x86-64-v3). Elsewhere its plain loops are slower than the f32 kernels.
+pub fn int8_kernel_enabled() -> bool {
+    vnni_enabled() || cfg!(all(target_arch = "x86_64", target_feature = "avx2"))
+}
+
+/// Largest magnitude the *signed* side of [`dot_block_i8`] may hold on
+/// this CPU: 127 with VNNI, 64 for the AVX2 kernel (whose 16-bit pair sums
+/// must not saturate). Quantise queries with
+/// `QuantRows::with_levels(.., false, signed_levels())`.
+pub fn signed_levels() -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if !vnni_enabled() {
+        return avx2::SIGNED_LEVELS;
+    }
+    127.0
+}
+
 /// Rows quantised to 8 bits with one scale per row (`x ≈ scale · q`,
 /// `q ∈ [−127, 127]`), for integer dot products ([`dot_block_i8`]).
 /// *Unsigned* rows hold `q + 128` (the VNNI instruction multiplies
@@ -104,6 +125,12 @@ pub struct QuantRows {
 
 impl QuantRows {
     pub fn new(rows: &[f32], dim: usize, unsigned: bool) -> Self {
+        Self::with_levels(rows, dim, unsigned, 127.0)
+    }
+
+    /// [`QuantRows::new`] with `q ∈ [−levels, levels]` (`levels` ≤ 127).
+    pub fn with_levels(rows: &[f32], dim: usize, unsigned: bool, levels: f32) -> Self {
+        let levels = levels.clamp(1.0, 127.0);
         let n = rows.len().checked_div(dim).unwrap_or(0);
         let mut q = Self {
             dim,
@@ -114,10 +141,10 @@ impl QuantRows {
         };
         for r in rows.chunks_exact(dim.max(1)).take(n) {
             let max = r.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let s = if max > 0.0 { max / 127.0 } else { 1.0 };
+            let s = if max > 0.0 { max / levels } else { 1.0 };
             let mut sum = 0i32;
             for &x in r {
-                let v = (x / s).round().clamp(-127.0, 127.0) as i32;
+                let v = (x / s).round().clamp(-levels, levels) as i32;
                 sum += v;
                 q.bytes.push(if unsigned {
                     (v + 128) as u8
@@ -158,6 +185,19 @@ pub fn dot_block_i8(a: &QuantRows, rows: std::ops::Range<usize>, b: &QuantRows, 
         // counts come from the scales, and `QuantRows::new` writes exactly
         // `rows · dim` bytes and one scale and correction per row.
         unsafe { avx512::dot_block_u8i8(bytes, scale, signed, &b.scale, &b.corr, dim, out) };
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if b.bytes
+        .iter()
+        .all(|&x| (x as i8).unsigned_abs() as f32 <= avx2::SIGNED_LEVELS)
+    {
+        let signed: &[i8] = bytemuck::cast_slice(&b.bytes);
+        // SAFETY: AVX2 is enabled at compile time (cfg above); the row
+        // counts come from the scales, `QuantRows::new` writes exactly
+        // `rows · dim` bytes and one scale and correction per row, and the
+        // signed side was just checked to be within the kernel's ±64.
+        unsafe { avx2::dot_block_u8i8(bytes, scale, signed, &b.scale, &b.corr, dim, out) };
         return;
     }
     for i in 0..na {
@@ -434,15 +474,16 @@ pub fn dot2x4(c0: &[f32], c1: &[f32], q: [&[f32]; 4]) -> [[f32; 4]; 2] {
                     acc[4 + j] = _mm256_fmadd_ps(b, y, acc[4 + j]);
                 }
             }
-            let mut lanes = [[0.0f32; 8]; 8];
-            for (l, a) in lanes.iter_mut().zip(acc) {
-                _mm256_storeu_ps(l.as_mut_ptr(), a);
-            }
-            let sums = lanes.map(|l| l.iter().sum::<f32>());
-            [
-                [sums[0], sums[1], sums[2], sums[3]],
-                [sums[4], sums[5], sums[6], sums[7]],
-            ]
+            // Four horizontal sums at a time: three `vhaddps` and one
+            // add of the halves give [Σ x0, Σ x1, Σ x2, Σ x3].
+            let hsum4 = |x: &[__m256]| {
+                let h = _mm256_hadd_ps(_mm256_hadd_ps(x[0], x[1]), _mm256_hadd_ps(x[2], x[3]));
+                let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+                let mut v = [0.0f32; 4];
+                _mm_storeu_ps(v.as_mut_ptr(), s);
+                v
+            };
+            [hsum4(&acc[..4]), hsum4(&acc[4..])]
         };
         for (o, c) in out.iter_mut().zip([c0, c1]) {
             for (oj, qj) in o.iter_mut().zip(q) {
@@ -552,13 +593,17 @@ mod tests {
 
     #[test]
     fn quantised_dots_are_close_to_float_dots() {
-        for dim in [3, 64, 100, 384] {
+        // 127 levels: VNNI or plain loops; 64: the AVX2 kernel where built.
+        for (levels, dim) in [127.0, 64.0]
+            .into_iter()
+            .flat_map(|l| [3, 64, 100, 384].map(|d| (l, d)))
+        {
             for (na, nb) in [(1, 1), (5, 7), (9, 21)] {
                 let a: Vec<f32> = (0..na * dim).map(|i| (i as f32 * 0.37).sin()).collect();
                 let b: Vec<f32> = (0..nb * dim).map(|i| (i as f32 * 0.11).cos()).collect();
                 let (qa, qb) = (
                     QuantRows::new(&a, dim, true),
-                    QuantRows::new(&b, dim, false),
+                    QuantRows::with_levels(&b, dim, false, levels),
                 );
                 let mut out = vec![0.0; na * nb];
                 dot_block_i8(&qa, 0..na, &qb, &mut out);

@@ -3,7 +3,7 @@
 //! * [`Candidates::Exhaustive`] scores every live document exactly — the
 //!   correctness reference.
 //! * [`Candidates::Plaid`], PLAID's pipeline: query-token × centroid scores
-//!   (8-bit VNNI products when the CPU has them), the `n_probe` best cells
+//!   (8-bit products: AVX-512 VNNI, or AVX2 `vpmaddubsw`), the `n_probe` best cells
 //!   per query token; a first approximate score from the IVF lists alone
 //!   (per query token, the best of its probed cells the document has a
 //!   token in); for the `n_approx` best, a second one from every token's
@@ -27,7 +27,8 @@ use crate::error::{IndexError, Result};
 use crate::filter::{FieldValue, Filter};
 use crate::index::{Index, StoredDoc};
 use crate::linalg::{
-    dot, dot_block, dot_block_i8, maxsim_rows, norm2, prefetch, vnni_enabled, QuantRows,
+    dot, dot_block, dot_block_i8, int8_kernel_enabled, maxsim_rows, norm2, prefetch, signed_levels,
+    QuantRows,
 };
 use crate::maxsim::Scratch;
 use crate::vectors::TokenVectors;
@@ -606,8 +607,9 @@ impl Index {
     /// block read once and finished while in cache (an SGEMM would first
     /// copy — "pack" — the whole centroid matrix for a skinny query).
     ///
-    /// With AVX-512 VNNI the products are taken on 8-bit copies of both
-    /// sides (a quarter of the bytes, 64 products per instruction): these
+    /// The products are taken on 8-bit copies of both sides (a quarter of
+    /// the bytes; 64 products per VNNI instruction, 32 per AVX2
+    /// `vpmaddubsw` + `vpmaddwd` pair, the query side at ±64 there): these
     /// scores only choose cells and approximate ranks; the exact re-rank
     /// does not use them.
     fn centroid_pass(&self, q: &[f32], n_probe: Option<usize>, threshold: f32) -> CentroidPass {
@@ -627,11 +629,11 @@ impl Index {
             .fold(0.0f32, f32::max);
         let bound = (q_norm * self.max_centroid_norm()).max(f32::MIN_POSITIVE);
         let scale = 127.0 / bound;
-        let quant = vnni_enabled().then(|| {
+        let quant = int8_kernel_enabled().then(|| {
             let cq = self
                 .centroids_i8
                 .get_or_init(|| QuantRows::new(centroids, dim, true));
-            (cq, QuantRows::new(q, dim, false))
+            (cq, QuantRows::with_levels(q, dim, false, signed_levels()))
         });
         // The table is reused from this thread's last query (every row is
         // rewritten below): a fresh half-megabyte buffer per query costs

@@ -5,15 +5,19 @@
 //! ```text
 //! cargo bench -p tessera-training --bench encoder -- \
 //!     --corpus ../shared/datasets/scifact/corpus.jsonl --docs 512 --batch-size 32 \
-//!     [--model DIR] [--threads N] [--repeat R]
+//!     [--model DIR] [--threads N] [--repeat R] [--precision fp32|bf16|auto]
 //! ```
 //! `scripts/bench-encoder` runs it beside the PyTorch baseline.
+//!
+//! With `--queries FILE` (one query per line, the first `--docs` of them)
+//! it times instead each query encoded alone — the latency a search
+//! service pays per text query — and prints p50/p99 in milliseconds.
 
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, TextKind};
+use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, PrecisionChoice, TextKind};
 
 struct Args {
     corpus: PathBuf,
@@ -23,6 +27,8 @@ struct Args {
     threads: usize,
     repeat: usize,
     device: DeviceChoice,
+    precision: PrecisionChoice,
+    queries: Option<PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -34,6 +40,8 @@ fn parse_args() -> Args {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         repeat: 1,
         device: DeviceChoice::Cpu,
+        precision: PrecisionChoice::Fp32,
+        queries: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +54,8 @@ fn parse_args() -> Args {
             "--threads" => a.threads = value().parse().expect("--threads N"),
             "--repeat" => a.repeat = value().parse().expect("--repeat N"),
             "--device" => a.device = value().parse().expect("--device cpu|cuda|auto"),
+            "--precision" => a.precision = value().parse().expect("--precision fp32|bf16|auto"),
+            "--queries" => a.queries = Some(value().into()),
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
@@ -88,8 +98,12 @@ fn main() {
     let options = EncoderOptions {
         device: args.device,
         batch_size: args.batch_size,
+        precision: args.precision,
     };
     let encoder = Encoder::load(&model, options).expect("load model");
+    if let Some(path) = &args.queries {
+        return single_queries(&encoder, path, &args);
+    }
     let texts = read_corpus(&args.corpus, args.docs);
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
 
@@ -120,6 +134,7 @@ fn main() {
         serde_json::json!({
             "impl": "tessera",
             "device": device::describe(encoder.device()),
+            "precision": encoder.precision().as_str(),
             "docs": refs.len(),
             "batch_size": args.batch_size,
             "threads": args.threads,
@@ -128,6 +143,45 @@ fn main() {
             "seconds": best,
             "tokens_per_s": tokens as f64 / best,
             "peak_rss_mib": peak_rss_mib(),
+        })
+    );
+}
+
+/// Each query of `path` encoded alone, after a warm-up: p50/p99 latency.
+fn single_queries(encoder: &Encoder, path: &PathBuf, args: &Args) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let queries: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(args.docs)
+        .collect();
+    assert!(!queries.is_empty(), "{}: no queries", path.display());
+    for q in queries.iter().take(8) {
+        encoder.encode_queries(&[q]).expect("warm-up");
+    }
+    let mut ms = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        for q in &queries {
+            let start = Instant::now();
+            encoder.encode_queries(&[q]).expect("encode");
+            ms.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "tessera",
+            "mode": "single queries",
+            "device": device::describe(encoder.device()),
+            "precision": encoder.precision().as_str(),
+            "threads": args.threads,
+            "queries": queries.len(),
+            "runs": ms.len(),
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "mean_ms": ms.iter().sum::<f64>() / ms.len() as f64,
         })
     );
 }

@@ -11,20 +11,51 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::config::{Activation, BertConfig};
+use crate::precision::Precision;
 
 /// A linear map `x · Wᵀ + b` with `torch.nn.Linear`'s variable names.
 ///
 /// Forward goes through `at::linear` (one fused `addmm` for contiguous
 /// input), exactly what PyTorch runs, rather than tch's `matmul` + add.
+/// Under [`Precision::Bf16`] it multiplies bfloat16 copies of the weights
+/// (made once by [`BertModel::set_precision`]) and of its input.
 #[derive(Debug)]
 struct Linear {
     weight: Tensor,
     bias: Tensor,
+    /// bfloat16 copies of `weight` and `bias` (bf16 inference only).
+    half: Option<(Tensor, Tensor)>,
+}
+
+impl Linear {
+    /// The product in the compute precision: f32, or bfloat16 under bf16.
+    fn forward_low(&self, x: &Tensor) -> Tensor {
+        match &self.half {
+            None => x.linear(&self.weight, Some(&self.bias)),
+            Some((w, b)) => x.to_kind(Kind::BFloat16).linear(w, Some(b)),
+        }
+    }
+
+    fn set_precision(&mut self, p: Precision) {
+        self.half = match p {
+            Precision::Fp32 => None,
+            Precision::Bf16 => Some((
+                self.weight.detach().to_kind(Kind::BFloat16),
+                self.bias.detach().to_kind(Kind::BFloat16),
+            )),
+        };
+    }
 }
 
 impl Module for Linear {
+    /// Always f32 out (what the residual sums and LayerNorm take).
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        let y = self.forward_low(x);
+        if self.half.is_some() {
+            y.to_kind(Kind::Float)
+        } else {
+            y
+        }
     }
 }
 
@@ -33,6 +64,7 @@ fn linear(p: nn::Path, d_in: i64, d_out: i64) -> Linear {
     Linear {
         weight: p.zeros("weight", &[d_out, d_in]),
         bias: p.zeros("bias", &[d_out]),
+        half: None,
     }
 }
 
@@ -105,13 +137,25 @@ impl SelfAttention {
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
         let (b, l, h) = x.size3().expect("hidden states are [batch, len, hidden]");
         let split = |t: Tensor| t.view([b, l, self.heads, h / self.heads]).transpose(1, 2);
-        let q = split(self.query.forward(x));
-        let k = split(self.key.forward(x));
-        let v = split(self.value.forward(x));
+        // Attention runs in the compute precision (bf16 under bf16).
+        let q = split(self.query.forward_low(x));
+        let k = split(self.key.forward_low(x));
+        let v = split(self.value.forward_low(x));
         let ctx =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, None, false);
         let ctx = ctx.transpose(1, 2).contiguous().view([b, l, h]);
         self.norm.forward(&(self.output.forward(&ctx) + x))
+    }
+
+    fn set_precision(&mut self, p: Precision) {
+        for l in [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.output,
+        ] {
+            l.set_precision(p);
+        }
     }
 }
 
@@ -141,8 +185,14 @@ impl Layer {
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> Tensor {
         let x = self.attention.forward(x, mask);
-        let hidden = activate(self.act, &self.intermediate.forward(&x));
+        let hidden = activate(self.act, &self.intermediate.forward_low(&x));
         self.norm.forward(&(self.output.forward(&hidden) + x))
+    }
+
+    fn set_precision(&mut self, p: Precision) {
+        self.attention.set_precision(p);
+        self.intermediate.set_precision(p);
+        self.output.set_precision(p);
     }
 }
 
@@ -161,6 +211,7 @@ pub struct BertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     config: BertConfig,
+    precision: Precision,
 }
 
 impl BertModel {
@@ -174,11 +225,26 @@ impl BertModel {
             embeddings: Embeddings::new(p / "embeddings", config),
             layers,
             config: config.clone(),
+            precision: Precision::Fp32,
         }
     }
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Sets the precision of the matrix products for inference (see
+    /// [`crate::precision`]); call after the weights are loaded — bf16
+    /// copies them. Training runs in f32: leave it at `Fp32` there.
+    pub fn set_precision(&mut self, p: Precision) {
+        for layer in &mut self.layers {
+            layer.set_precision(p);
+        }
+        self.precision = p;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// `input_ids`: `[batch, len]` int64; `attention_mask`: `[batch, len]`,

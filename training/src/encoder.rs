@@ -13,7 +13,8 @@ use crate::checkpoint::{CheckpointLayout, ColbertModel};
 use crate::config::ColbertSettings;
 use crate::device::DeviceChoice;
 use crate::error::{Result, TrainingError};
-use crate::tokenize::{ColbertTokenizer, TextKind};
+use crate::precision::{Precision, PrecisionChoice};
+use crate::tokenize::{ColbertTokenizer, TextKind, TokenizedText};
 
 /// How to run the encoder.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +22,8 @@ pub struct EncoderOptions {
     pub device: DeviceChoice,
     /// Texts per forward pass.
     pub batch_size: usize,
+    /// The backbone's precision (resolved against the device at load).
+    pub precision: PrecisionChoice,
 }
 
 impl Default for EncoderOptions {
@@ -28,6 +31,7 @@ impl Default for EncoderOptions {
         Self {
             device: DeviceChoice::Auto,
             batch_size: 32,
+            precision: PrecisionChoice::Auto,
         }
     }
 }
@@ -69,7 +73,8 @@ impl Encoder {
     /// Loads the model in `dir`.
     pub fn load(dir: &Path, options: EncoderOptions) -> Result<Self> {
         let device = options.device.resolve()?;
-        let model = ColbertModel::load(dir, device)?;
+        let mut model = ColbertModel::load(dir, device)?;
+        model.bert.set_precision(options.precision.resolve(device));
         let max_positions = model.bert.config().max_position_embeddings as usize;
         let tokenizer = ColbertTokenizer::from_file(
             &dir.join("tokenizer.json"),
@@ -94,6 +99,11 @@ impl Encoder {
 
     pub fn device(&self) -> Device {
         self.model.device()
+    }
+
+    /// The precision the backbone runs in.
+    pub fn precision(&self) -> Precision {
+        self.model.bert.precision()
     }
 
     pub fn layout(&self) -> CheckpointLayout {
@@ -128,11 +138,28 @@ impl Encoder {
         kind: TextKind,
         progress: &mut dyn FnMut(usize),
     ) -> Result<EncodeOutput> {
-        let tokenized = self.tokenizer.encode_batch(texts, kind)?;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
+        let tokenized = self.tokenize(texts, kind)?;
+        self.encode_tokenized(&tokenized, kind, progress)
+    }
+
+    /// The first half of [`Encoder::encode`]: tokenisation only (no
+    /// libtorch), so that a pipeline can run it on another thread.
+    pub fn tokenize(&self, texts: &[&str], kind: TextKind) -> Result<Vec<TokenizedText>> {
+        self.tokenizer.encode_batch(texts, kind)
+    }
+
+    /// The second half of [`Encoder::encode`]: the model over texts that
+    /// [`Encoder::tokenize`] made with the same `kind`.
+    pub fn encode_tokenized(
+        &self,
+        tokenized: &[TokenizedText],
+        kind: TextKind,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<EncodeOutput> {
+        let mut order: Vec<usize> = (0..tokenized.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
 
-        let mut slots: Vec<Option<EncodedText>> = vec![None; texts.len()];
+        let mut slots: Vec<Option<EncodedText>> = vec![None; tokenized.len()];
         let mut out = EncodeOutput::default();
         let dim = self.dim();
         let device = self.device();

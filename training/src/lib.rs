@@ -13,6 +13,7 @@
 //! * [`tokenize`]: ColBERT tokenisation (markers by id, `[MASK]` augmentation).
 //! * [`encoder`]: the batched encoder used by indexing and search.
 //! * [`device`]: `--device cpu|cuda|auto`.
+//! * [`precision`]: `--precision fp32|bf16|auto` (mixed-precision inference).
 //!
 //! It does not know about gRPC, indexes or datasets: the `engine` crate
 //! composes it with those.
@@ -24,6 +25,7 @@ pub mod device;
 pub mod encoder;
 pub mod error;
 pub mod heads;
+pub mod precision;
 pub mod tokenize;
 pub mod weights;
 
@@ -33,6 +35,7 @@ pub use device::DeviceChoice;
 pub use encoder::{EncodeOutput, EncodedText, Encoder, EncoderOptions};
 pub use error::{Result, TrainingError};
 pub use heads::{HeadKind, ProjectionHead};
+pub use precision::{Precision, PrecisionChoice};
 pub use tokenize::TextKind;
 
 /// The libtorch binding this crate is built on, for callers that need it.

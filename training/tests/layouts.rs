@@ -25,6 +25,7 @@ fn cpu() -> EncoderOptions {
     EncoderOptions {
         device: DeviceChoice::Cpu,
         batch_size: 4,
+        precision: tessera_training::PrecisionChoice::Fp32,
     }
 }
 
@@ -382,4 +383,50 @@ fn marker_missing_from_vocabulary_is_an_error() {
     let e = Encoder::load(dir.path(), cpu()).err().unwrap();
     assert!(matches!(e, TrainingError::Tokenizer { .. }));
     assert!(e.to_string().contains("[NOPE]"), "{e}");
+}
+
+#[test]
+fn bf16_vectors_stay_close_to_fp32_and_unit_length() {
+    let texts = [
+        QUERY,
+        DOC,
+        "tides rise twice a day; the sun adds a smaller pull of its own.",
+        "a",
+    ];
+    let fp32 = Encoder::load(&tiny(), cpu()).unwrap();
+    let bf16 = Encoder::load(
+        &tiny(),
+        EncoderOptions {
+            precision: tessera_training::PrecisionChoice::Bf16,
+            ..cpu()
+        },
+    )
+    .unwrap();
+    assert_eq!(fp32.precision(), tessera_training::Precision::Fp32);
+    assert_eq!(bf16.precision(), tessera_training::Precision::Bf16);
+    let (a, b) = (
+        fp32.encode_documents(&texts).unwrap(),
+        bf16.encode_documents(&texts).unwrap(),
+    );
+    let (mut min_cos, mut sum, mut n) = (1.0f64, 0.0f64, 0usize);
+    for (x, y) in a.items.iter().zip(&b.items) {
+        assert_eq!(x.token_ids, y.token_ids);
+        let (vx, vy) = (vectors(x), vectors(y));
+        assert_eq!(vy.kind(), Kind::Float);
+        // Unit length whatever the precision.
+        let norms = vy.norm_scalaropt_dim(2, [-1i64].as_slice(), false);
+        assert!(max_abs_diff(&norms, &norms.ones_like()) < 1e-5);
+        let cos = (&vx * &vy).sum_dim_intlist([-1i64].as_slice(), false, Kind::Double);
+        min_cos = min_cos.min(cos.min().double_value(&[]));
+        sum += cos.sum(Kind::Double).double_value(&[]);
+        n += vx.size()[0] as usize;
+    }
+    let mean = sum / n as f64;
+    // The stated tolerance for the tiny random model (MiniLM: see parity.rs).
+    assert!(min_cos >= 0.99, "min cosine bf16 vs fp32 {min_cos}");
+    assert!(mean >= 0.998, "mean cosine bf16 vs fp32 {mean}");
+    assert!(
+        max_abs_diff(&vectors(&a.items[0]), &vectors(&b.items[0])) > 0.0,
+        "bf16 ran"
+    );
 }

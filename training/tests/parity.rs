@@ -140,6 +140,7 @@ fn encoder_outputs_are_normalised_reference_states_without_punctuation() {
     let options = EncoderOptions {
         device: tessera_training::DeviceChoice::Cpu,
         batch_size: 2, // several batches, with padding, out of order
+        precision: tessera_training::PrecisionChoice::Fp32,
     };
     let enc = Encoder::load(&dir, options).unwrap();
     let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
@@ -162,4 +163,49 @@ fn encoder_outputs_are_normalised_reference_states_without_punctuation() {
     }
     // "What causes ocean tides?" loses its "?"
     assert!(out.items[0].token_ids.len() < r.input_ids[0].len());
+}
+
+/// The quality guard of `--precision bf16` on the real model: every token
+/// vector of the reference sentences within the stated cosine of fp32.
+#[test]
+fn minilm_bf16_token_vectors_match_fp32() {
+    let dir = tessera_training::default_model_dir()
+        .filter(|d| d.join("model.safetensors").is_file())
+        .expect("the default MiniLM model is not installed: run scripts/setup");
+    let r = reference(&fixtures().join("minilm"));
+    let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+    let load = |precision| {
+        let options = EncoderOptions {
+            device: tessera_training::DeviceChoice::Cpu,
+            batch_size: 4,
+            precision,
+        };
+        Encoder::load(&dir, options).unwrap()
+    };
+    let a = load(tessera_training::PrecisionChoice::Fp32)
+        .encode_documents(&texts)
+        .unwrap();
+    let b = load(tessera_training::PrecisionChoice::Bf16)
+        .encode_documents(&texts)
+        .unwrap();
+    let (mut min_cos, mut sum, mut n) = (1.0f32, 0.0f64, 0usize);
+    for (x, y) in a.items.iter().zip(&b.items) {
+        assert_eq!(x.token_ids, y.token_ids);
+        let dim = x.vectors.dim();
+        for (u, v) in x
+            .vectors
+            .as_slice()
+            .chunks_exact(dim)
+            .zip(y.vectors.as_slice().chunks_exact(dim))
+        {
+            let cos: f32 = u.iter().zip(v).map(|(p, q)| p * q).sum();
+            min_cos = min_cos.min(cos);
+            sum += f64::from(cos);
+            n += 1;
+        }
+    }
+    let mean = sum / n as f64;
+    eprintln!("MiniLM bf16 vs fp32: {n} token vectors, min cosine {min_cos:.5}, mean {mean:.6}");
+    assert!(min_cos >= 0.995, "min cosine {min_cos}");
+    assert!(mean >= 0.9995, "mean cosine {mean}");
 }

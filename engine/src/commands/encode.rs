@@ -148,12 +148,13 @@ fn print_header(w: &mut impl Write, enc: &Encoder) -> Result<()> {
     let marker = |m: &Option<String>| m.clone().unwrap_or_else(|| "none".into());
     writeln!(
         w,
-        "model: {} ({}, {} head, {} dims, {})",
+        "model: {} ({}, {} head, {} dims, {}, {})",
         enc.model().dir.display(),
         enc.layout(),
         enc.model().head.kind(),
         enc.dim(),
         device::describe(enc.device()),
+        enc.precision(),
     )?;
     writeln!(
         w,

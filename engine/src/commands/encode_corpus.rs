@@ -5,10 +5,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
+use tessera_training::tokenize::TokenizedText;
 use tessera_training::{Encoder, TextKind};
 
 use crate::corpus::{
@@ -196,6 +198,17 @@ pub fn encode_to_dir(
                     info["path"]
                 );
             }
+            let precision =
+                |m: &serde_json::Value| m["precision"].as_str().unwrap_or("fp32").to_owned();
+            if precision(&st.model) != precision(&info) {
+                bail!(
+                    "{}: was encoded in {} precision, not {}; resume with --precision {}",
+                    out.display(),
+                    precision(&st.model),
+                    precision(&info),
+                    precision(&st.model)
+                );
+            }
             if st.input != input_name {
                 bail!(
                     "{}: was encoding {:?}, not {input_name:?}; resume with the same --input",
@@ -227,74 +240,200 @@ pub fn encode_to_dir(
     let mut reader = CorpusReader::open(&input.input, input.corpus_options())?;
     let resumed_lines = writer.state.input_lines as usize;
     reader.skip_lines(resumed_lines)?;
-    let mut seen: HashSet<String> = writer.written_ids()?.into_iter().collect();
-    let abort_at = abort_after_checkpoints();
-    let mut checkpoints = 0u64;
+    let seen: HashSet<String> = writer.written_ids()?.into_iter().collect();
 
     let pb = progress::bar(count_lines(&input.input), "lines");
     pb.set_prefix("encoding");
     pb.set_position(resumed_lines as u64);
-    let started = Instant::now();
-    let start_tokens = writer.state.tokens;
-    let mut eof = false;
-    while !eof {
-        // Gather one group of valid records.
+    let skip_invalid = input.records.skip_invalid;
+    let tokenizer = encoder.tokenizer();
+    let name = reader.name().to_owned();
+
+    // Three stages on their own threads, joined by queues of PIPELINE_DEPTH
+    // groups (so at most a few groups are in memory): read + validate +
+    // tokenise | the model | write + checkpoint. The model has the CPUs
+    // nearly to itself; the other two stages fill its idle moments.
+    // Groups stay in input order and each checkpoint is written after its
+    // group, exactly as a serial loop would, so resuming is unchanged.
+    let (to_model, from_reader) = mpsc::sync_channel::<Result<Group>>(PIPELINE_DEPTH);
+    let (to_writer, from_model) = mpsc::sync_channel::<Result<Encoded>>(PIPELINE_DEPTH);
+    std::thread::scope(|scope| -> Result<State> {
+        scope.spawn(move || read_groups(&mut reader, seen, tokenizer, group, &to_model));
+        let name_ref = &name;
+        let writing = scope.spawn(move || {
+            let complete = write_groups(&mut writer, from_model, &pb, skip_invalid, rerun)?;
+            pb.finish_and_clear();
+            // A reader that stopped without an error (a bug) must not make
+            // a partial encoding look finished.
+            ensure!(
+                complete,
+                "{name_ref}: reading stopped before the end of the input"
+            );
+            Ok::<_, anyhow::Error>(writer)
+        });
+        // The model, on this thread (libtorch's own threads under it).
+        for g in from_reader {
+            let g = match g {
+                Ok(g) => g,
+                Err(e) => {
+                    let _ = to_writer.send(Err(e));
+                    break;
+                }
+            };
+            let encoded = encoder
+                .encode_tokenized(&g.tokenized, TextKind::Document, &mut |_| {})
+                .context("encoding documents");
+            let failed = encoded.is_err();
+            let out = encoded.map(|output| Encoded { group: g, output });
+            // A closed queue: the writer stopped on an error it reports.
+            if to_writer.send(out).is_err() || failed {
+                break;
+            }
+        }
+        drop(to_writer);
+        let writer = writing
+            .join()
+            .map_err(|_| anyhow::anyhow!("the index writer thread panicked"))??;
+        if writer.state.docs == 0 {
+            bail!("{name}: no documents to index");
+        }
+        let lines = writer.state.input_lines;
+        writer.finish(lines)
+    })
+}
+
+/// Groups of records in flight between pipeline stages.
+const PIPELINE_DEPTH: usize = 2;
+
+/// One group of input records, validated and tokenised.
+struct Group {
+    /// Valid records and rejected ones, in input order.
+    records: Vec<Record>,
+    bad: Vec<BadRecord>,
+    /// The non-empty records' tokenised texts, in order.
+    tokenized: Vec<TokenizedText>,
+    /// Input lines read once this group is complete.
+    lines: u64,
+    /// The last group of the input.
+    last: bool,
+}
+
+/// A group with its model output.
+struct Encoded {
+    group: Group,
+    output: tessera_training::EncodeOutput,
+}
+
+/// Stage 1: reads, validates (duplicate ids against `seen`) and tokenises
+/// groups of `group` valid records. Stops at the end of the input, on a
+/// read error (sent on) or when the next stage has gone.
+fn read_groups(
+    reader: &mut CorpusReader,
+    mut seen: HashSet<String>,
+    tokenizer: &tessera_training::tokenize::ColbertTokenizer,
+    group: usize,
+    out: &mpsc::SyncSender<Result<Group>>,
+) {
+    loop {
         let mut records: Vec<Record> = Vec::with_capacity(group);
+        let mut bad = Vec::new();
+        let mut last = false;
         while records.len() < group {
             let Some(next) = reader.next_record() else {
-                eof = true;
+                last = true;
                 break;
             };
-            let rec = match next? {
-                Ok(r) if seen.contains(&r.id) => Err(BadRecord {
+            let rec = match next {
+                Err(e) => {
+                    let _ = out.send(Err(e));
+                    return;
+                }
+                Ok(Ok(r)) if seen.contains(&r.id) => Err(BadRecord {
                     path: reader.name().to_owned(),
                     line: r.line,
                     problem: Problem::DuplicateId,
                     detail: format!("{:?} appeared earlier", r.id),
                 }),
-                other => other,
+                Ok(other) => other,
             };
             match rec {
                 Ok(r) => {
                     seen.insert(r.id.clone());
                     records.push(r);
                 }
-                Err(bad) => reject(&mut writer.state, bad, input.records.skip_invalid, rerun)?,
+                Err(b) => bad.push(b),
             }
         }
-        if !records.is_empty() {
-            // Empty documents are stored with no vectors; the rest are encoded.
-            let texts: Vec<String> = records
-                .iter()
-                .filter(|r| !r.is_empty())
-                .map(Record::encoded_text)
-                .collect();
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let encoded = encoder
-                .encode(&refs, TextKind::Document, &mut |_| {})
-                .context("encoding documents")?;
-            let mut items = encoded.items.iter();
-            for r in &records {
-                let vectors: &[f32] = if r.is_empty() {
-                    &[]
+        // Empty documents are stored with no vectors; the rest are encoded.
+        let texts: Vec<String> = records
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(Record::encoded_text)
+            .collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tokenized = tokenizer
+            .encode_batch(&refs, TextKind::Document)
+            .context("tokenising documents");
+        let g = tokenized.map(|tokenized| Group {
+            records,
+            bad,
+            tokenized,
+            lines: reader.line() as u64,
+            last,
+        });
+        let failed = g.is_err();
+        if out.send(g).is_err() || failed || last {
+            return;
+        }
+    }
+}
+
+/// Stage 3: writes each group's documents and bad-record counts, then
+/// checkpoints (except after the last group, which `finish` seals).
+/// Returns whether the last group arrived.
+fn write_groups(
+    writer: &mut EmbeddingsWriter,
+    from: mpsc::Receiver<Result<Encoded>>,
+    pb: &indicatif::ProgressBar,
+    skip_invalid: bool,
+    rerun: Rerun,
+) -> Result<bool> {
+    let started = Instant::now();
+    let start_tokens = writer.state.tokens;
+    let abort_at = abort_after_checkpoints();
+    let mut checkpoints = 0u64;
+    for e in from {
+        let Encoded { group: g, output } = e?;
+        let mut bad = g.bad.into_iter().peekable();
+        let mut items = output.items.iter();
+        for r in &g.records {
+            // Bad records before this one, in input order.
+            while let Some(b) = bad.next_if(|b| b.line < r.line) {
+                reject(&mut writer.state, b, skip_invalid, rerun)?;
+            }
+            let vectors: &[f32] = if r.is_empty() {
+                &[]
+            } else {
+                let item = items.next().expect("one encoding per non-empty record");
+                if item.empty {
+                    &[] // only punctuation or special characters
                 } else {
-                    let item = items.next().expect("one encoding per non-empty record");
-                    if item.empty {
-                        &[] // only punctuation or special characters
-                    } else {
-                        item.vectors.as_slice()
-                    }
-                };
-                writer.add(&r.id, &r.title, &r.text, &r.metadata, vectors)?;
-            }
-            writer.state.truncated += encoded.truncated as u64;
+                    item.vectors.as_slice()
+                }
+            };
+            writer.add(&r.id, &r.title, &r.text, &r.metadata, vectors)?;
         }
-        if eof {
-            break;
+        for b in bad {
+            reject(&mut writer.state, b, skip_invalid, rerun)?;
         }
-        writer.checkpoint(reader.line() as u64)?;
+        writer.state.truncated += output.truncated as u64;
+        if g.last {
+            writer.state.input_lines = g.lines;
+            return Ok(true);
+        }
+        writer.checkpoint(g.lines)?;
         checkpoints += 1;
-        pb.set_position(reader.line() as u64);
+        pb.set_position(g.lines);
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         pb.set_message(format!(
             "{} docs, {:.0} tokens/s",
@@ -305,12 +444,7 @@ pub fn encode_to_dir(
             std::process::abort();
         }
     }
-    pb.finish_and_clear();
-    if writer.state.docs == 0 {
-        bail!("{}: no documents to index", reader.name());
-    }
-    let lines = reader.line() as u64;
-    writer.finish(lines)
+    Ok(false)
 }
 
 /// A bad record either stops the job (the default) or is counted.

@@ -21,6 +21,7 @@ use crate::embeddings::load_state;
 use crate::model::ModelArgs;
 use crate::progress;
 use crate::searcher::{Engine, RankArgs, Retriever};
+use tessera_training::Precision;
 
 /// Evaluate retrieval quality (nDCG@10, Recall@100, MAP@100, MRR@10) the
 /// way trec_eval does, on one BEIR dataset or several in one run.
@@ -315,12 +316,13 @@ fn dataset_name(canonical: &Path) -> String {
 }
 
 /// What makes a cached encoding of a dataset's corpus: the corpus file
-/// (path, size, time), the model and how records are read.
+/// (path, size, time), the model, its precision and how records are read.
 fn encoding_key(
     dataset: &Dataset,
     canonical: &Path,
     model: &Path,
     records: &RecordArgs,
+    precision: Precision,
 ) -> Result<u64> {
     let corpus = dataset.corpus_path();
     let meta = std::fs::metadata(&corpus).with_context(|| corpus.display().to_string())?;
@@ -333,6 +335,10 @@ fn encoding_key(
         .unwrap_or_else(|_| model.to_owned())
         .hash(&mut h);
     format!("{records:?}").hash(&mut h);
+    // fp32 encodings keep the key they had before precision was a choice.
+    if precision != Precision::Fp32 {
+        precision.as_str().hash(&mut h);
+    }
     Ok(h.finish())
 }
 
@@ -507,7 +513,13 @@ fn eval_dataset(
         Some(i) => i.clone(),
         None => {
             let model_dir = args.model.model_dir()?;
-            let key = encoding_key(&dataset, &canonical, &model_dir, &args.records)?;
+            let key = encoding_key(
+                &dataset,
+                &canonical,
+                &model_dir,
+                &args.records,
+                args.model.resolved_precision()?,
+            )?;
             let enc = cached_encoding(args, &dataset, &dname, key, &model_dir)?;
             let (idx, built) = cached_index(&enc, &dname, key, &args.codec, args.analyzer)?;
             index_build_s = built;
