@@ -894,6 +894,9 @@ fn every_new_command_has_help_with_an_example() {
         &["index"][..],
         &["index", "info"][..],
         &["index", "verify"][..],
+        &["index", "add"][..],
+        &["index", "delete"][..],
+        &["index", "compact"][..],
         &["search"][..],
         &["eval"][..],
         &["encode-corpus"][..],
@@ -1040,4 +1043,127 @@ fn bf16_builds_record_their_precision_and_rank_like_fp32() {
         None,
     ));
     assert!(e.contains("resume with --precision bf16"), "{e}");
+}
+
+#[test]
+fn index_add_delete_and_compact_update_a_built_index_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("u.idx");
+    ok(&build(&sample(), &idx, &[], &[], None));
+    let dump = dir.path().join("more.jsonl");
+    std::fs::write(
+        &dump,
+        concat!(
+            r#"{"_id": "new1", "title": "Quasars", "text": "Quasars are luminous galactic nuclei fed by supermassive black holes."}"#,
+            "\n",
+            r#"{"_id": "new2", "title": "Lichens", "text": "Lichens are symbioses of fungi with algae or cyanobacteria."}"#,
+            "\n",
+            r#"{"_id": "new3", "title": "", "text": ""}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let (idx_s, dump_s) = (idx.to_string_lossy(), dump.to_string_lossy());
+    let tiny = tiny();
+    let add = |extra: &[&str]| {
+        let mut a = vec![
+            "index",
+            "add",
+            "--index",
+            &idx_s,
+            "--input",
+            &dump_s,
+            "--model",
+            &tiny,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        run(&a, &[], None)
+    };
+    let docs = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&ok(&run(&["index", "info", &idx_s], &[], None))).unwrap();
+        (
+            v["documents"].as_u64().unwrap(),
+            v["segments"].as_u64().unwrap(),
+        )
+    };
+    let before = docs();
+    let out = add(&[]);
+    ok(&out);
+    assert!(
+        err_text(&out).contains("added 3 documents"),
+        "{}",
+        err_text(&out)
+    );
+    assert_eq!(docs(), (before.0 + 3, before.1 + 1));
+    // Searchable at once, with BM25 and with ColBERT (no rebuild).
+    let v = search_json(
+        &idx,
+        "quasars black holes",
+        &["--retriever", "bm25", "-k", "1"],
+    );
+    assert_eq!(ids(&v), ["new1"]);
+    let v = search_json(&idx, "quasars black holes", &["--candidates", "exhaustive"]);
+    assert!(ids(&v).contains(&"new1".to_owned()));
+
+    // The same ids again: refused, nothing committed; --skip-invalid skips them.
+    let e = err(&add(&[]));
+    assert!(e.contains("new1"), "{e}");
+    assert_eq!(docs(), (before.0 + 3, before.1 + 1));
+    let out = add(&["--skip-invalid"]);
+    ok(&out);
+    assert!(
+        err_text(&out).contains("3 already in the index, skipped"),
+        "{}",
+        err_text(&out)
+    );
+    assert_eq!(docs(), (before.0 + 3, before.1 + 1));
+
+    // Delete: unknown ids are a warning; the rest go in one commit.
+    let out = run(
+        &[
+            "index", "delete", "--index", &idx_s, "--ids", "new1", "nope", "new1",
+        ],
+        &[],
+        None,
+    );
+    ok(&out);
+    let e = err_text(&out);
+    assert!(
+        e.contains("1 id is not in the index") && e.contains("nope"),
+        "{e}"
+    );
+    assert!(e.contains("deleted 1 documents"), "{e}");
+    let v = search_json(&idx, "quasars black holes", &["--retriever", "bm25"]);
+    assert!(!ids(&v).contains(&"new1".to_owned()));
+    let ids_file = dir.path().join("ids.txt");
+    std::fs::write(&ids_file, "new2\n\n").unwrap();
+    ok(&run(
+        &[
+            "index",
+            "delete",
+            "--index",
+            &idx_s,
+            "--ids-file",
+            &ids_file.to_string_lossy(),
+        ],
+        &[],
+        None,
+    ));
+    assert_eq!(docs().0, before.0 + 1);
+
+    // Compact folds the segments; the index verifies and still answers.
+    ok(&run(&["index", "compact", &idx_s], &[], None));
+    assert_eq!(docs(), (before.0 + 1, 1));
+    ok(&run(&["index", "verify", &idx_s], &[], None));
+    let v = search_json(&idx, "tides moon", &["--retriever", "bm25", "-k", "1"]);
+    assert_eq!(ids(&v), ["doc01"]);
+}
+
+fn err_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -506,6 +506,10 @@ impl Index {
         }
         let allowed = self.allowed(filter);
         let mut all: Vec<(f32, usize, u32)> = Vec::new();
+        // One set of BM25 statistics for all segments, so their scores
+        // compare (an appended segment's own would be tiny).
+        let stats = (self.segments().len() > 1)
+            .then(|| crate::text::CorpusStats::new(self.segments().iter().map(|s| s.text())));
         for (si, seg) in self.segments().iter().enumerate() {
             let mask = match &allowed {
                 Some(a) => Some(std::sync::Arc::new(a[si].clone())),
@@ -514,7 +518,7 @@ impl Index {
                 )),
                 None => None,
             };
-            for (doc, score) in seg.text().search(query, k, mask)? {
+            for (doc, score) in seg.text().search(query, k, mask, stats.as_ref())? {
                 if (doc as usize) < seg.num_docs() && seg.is_live(doc) {
                     all.push((score, si, doc));
                 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{FilterCollector, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, QueryParser, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED,
     STRING, TEXT,
@@ -305,6 +305,41 @@ fn json_to_owned(v: &serde_json::Value) -> tantivy::schema::OwnedValue {
 }
 
 /// Reads a segment's tantivy index.
+/// BM25 statistics (documents, tokens, document frequencies) summed over
+/// the text indexes of all of an index's segments: each segment's tantivy
+/// index knows only its own, and a term's IDF in a three-document appended
+/// segment is nothing like its IDF in the corpus. Every segment shares one
+/// schema, so fields and terms mean the same in each.
+pub struct CorpusStats {
+    searchers: Vec<tantivy::Searcher>,
+}
+
+impl CorpusStats {
+    pub fn new<'a>(readers: impl IntoIterator<Item = &'a TextReader>) -> Self {
+        Self {
+            searchers: readers.into_iter().map(|r| r.reader.searcher()).collect(),
+        }
+    }
+
+    fn sum(&self, f: impl Fn(&tantivy::Searcher) -> tantivy::Result<u64>) -> tantivy::Result<u64> {
+        self.searchers.iter().map(f).sum()
+    }
+}
+
+impl Bm25StatisticsProvider for CorpusStats {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        self.sum(|s| s.total_num_tokens(field))
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        self.sum(Bm25StatisticsProvider::total_num_docs)
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        self.sum(|s| Bm25StatisticsProvider::doc_freq(s, term))
+    }
+}
+
 pub struct TextReader {
     dir: PathBuf,
     reader: IndexReader,
@@ -363,13 +398,18 @@ impl TextReader {
     /// BM25 top `k` for free text `query`, as `(local id, score)`. Query
     /// syntax errors are forgiven (lenient parsing). With `allowed`, only
     /// those local ids are collected (the filter runs before ranking).
+    ///
+    /// `stats`: BM25 statistics of the whole index ([`CorpusStats`]), so
+    /// that scores of several segments compare; this segment's own
+    /// statistics otherwise.
     pub fn search(
         &self,
         query: &str,
         k: usize,
         allowed: Option<Arc<Vec<bool>>>,
+        stats: Option<&CorpusStats>,
     ) -> Result<Vec<(u32, f32)>> {
-        guard(&self.dir, || self.search_inner(query, k, allowed))
+        guard(&self.dir, || self.search_inner(query, k, allowed, stats))
     }
 
     fn search_inner(
@@ -377,6 +417,7 @@ impl TextReader {
         query: &str,
         k: usize,
         allowed: Option<Arc<Vec<bool>>>,
+        stats: Option<&CorpusStats>,
     ) -> Result<Vec<(u32, f32)>> {
         let q: Box<dyn Query> = match self.body {
             Some(body) => {
@@ -401,11 +442,14 @@ impl TextReader {
         };
         let searcher = self.reader.searcher();
         let top = TopDocs::with_limit(k.max(1)).order_by_score();
+        let own = &searcher as &dyn Bm25StatisticsProvider;
+        let stats = stats.map_or(own, |s| s as &dyn Bm25StatisticsProvider);
         let hits = match allowed {
-            None => searcher.search(&q, &top),
+            None => searcher.search_with_statistics_provider(&q, &top, stats),
             Some(a) => {
                 let pred = move |local: u64| a.get(local as usize).copied().unwrap_or(false);
-                searcher.search(&q, &FilterCollector::new("local".to_string(), pred, top))
+                let filtered = FilterCollector::new("local".to_string(), pred, top);
+                searcher.search_with_statistics_provider(&q, &filtered, stats)
             }
         }
         .map_err(|e| text_err(&self.dir, e))?;

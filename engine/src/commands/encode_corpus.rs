@@ -146,6 +146,8 @@ pub enum Rerun {
     WithResume,
     /// `eval`: its cached encoding resumes by itself.
     Automatically,
+    /// `index add`: nothing is kept; rerun from the start.
+    FromScratch,
 }
 
 /// Lines in a plain (uncompressed) file, for the progress bar's total.
@@ -462,6 +464,10 @@ fn reject(state: &mut State, bad: BadRecord, skip: bool, rerun: Rerun) -> Result
         Rerun::Automatically => bail!(
             "{bad}\n  nothing was evaluated; fix the input and rerun (encoding continues \
              from the last checkpoint), or pass --skip-invalid to skip such records"
+        ),
+        Rerun::FromScratch => bail!(
+            "{bad}\n  nothing was added; fix the input and rerun, or pass --skip-invalid \
+             to skip such records"
         ),
     }
 }

@@ -1,4 +1,4 @@
-//! `tessera index build | info | verify`.
+//! `tessera index build | add | delete | compact | info | verify`.
 //!
 //! A build from a dump runs in two steps: encode the documents into a work
 //! folder next to the index (`.NAME.encoding/`, the `encode-corpus` layout,
@@ -22,11 +22,14 @@ use crate::embeddings::{load_state, EmbeddingsReader};
 use crate::model::ModelArgs;
 use crate::progress;
 
-/// Build and inspect indexes.
+/// Build, update and inspect indexes.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     tessera index build --input corpus.jsonl --out scifact.idx\n  \
     tessera index build --embeddings vectors/ --out scifact.idx --codec f16\n  \
+    tessera index add --index scifact.idx --input more.jsonl\n  \
+    tessera index delete --index scifact.idx --ids 4983\n  \
+    tessera index compact scifact.idx\n  \
     tessera index info scifact.idx")]
 pub struct IndexArgs {
     #[command(subcommand)]
@@ -36,6 +39,9 @@ pub struct IndexArgs {
 #[derive(Subcommand, Debug)]
 pub enum IndexCommand {
     Build(Box<BuildArgs>),
+    Add(Box<AddArgs>),
+    Delete(DeleteArgs),
+    Compact(CompactArgs),
     Info(InfoArgs),
     Verify(VerifyArgs),
 }
@@ -110,6 +116,56 @@ pub struct BuildArgs {
     pub model: ModelArgs,
 }
 
+/// Add the documents of a dump to an existing index, atomically: encoded
+/// with the model and precision that built it, coded with its centroids,
+/// and committed as one new segment — searches see all of them or none.
+/// An id already in the index (or twice in the dump) stops it before
+/// anything is committed, unless --skip-invalid skips such documents.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera index add --index scifact.idx --input new-abstracts.jsonl\n  \
+    zcat more.jsonl.gz | tessera index add --index scifact.idx --input - --skip-invalid")]
+pub struct AddArgs {
+    /// The index folder.
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// The dump, in any format `index build` reads (`-`: standard input).
+    #[arg(long, value_name = "PATH")]
+    pub input: PathBuf,
+    #[command(flatten)]
+    pub records: RecordArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Delete documents by id, atomically (one commit tombstones them all);
+/// ids not in the index are listed on stderr, not an error.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera index delete --index scifact.idx --ids 4983 5836\n  \
+    tessera index delete --index scifact.idx --ids-file retracted.txt")]
+pub struct DeleteArgs {
+    /// The index folder.
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// Ids to delete.
+    #[arg(long, value_name = "ID", num_args = 1.., required_unless_present = "ids_file")]
+    pub ids: Vec<String>,
+    /// A file with one id per line (blank lines ignored; `-`: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub ids_file: Option<PathBuf>,
+}
+
+/// Fold an index's segments into one and drop deleted documents (codes are
+/// copied, not re-encoded: no loss); atomic like every update.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  tessera index compact scifact.idx")]
+pub struct CompactArgs {
+    /// The index folder.
+    #[arg(value_name = "DIR")]
+    pub index: PathBuf,
+}
+
 /// Print an index's summary as JSON: documents, tokens, dimension, codec,
 /// centroids, BM25 analyzer, segments and the model that built it.
 #[derive(Args, Debug)]
@@ -133,6 +189,21 @@ pub struct VerifyArgs {
 pub fn run(args: IndexArgs) -> Result<()> {
     match args.command {
         IndexCommand::Build(b) => build(*b),
+        IndexCommand::Add(a) => add(*a),
+        IndexCommand::Delete(d) => delete(d),
+        IndexCommand::Compact(c) => {
+            let t = Instant::now();
+            let generation = tessera_index::compact(&c.index)
+                .with_context(|| format!("compacting {}", c.index.display()))?;
+            let index = tessera_index::Index::open(&c.index)?;
+            eprintln!(
+                "compacted {} into 1 segment ({} documents, generation {generation}) in {:.1} s",
+                c.index.display(),
+                index.manifest().live_docs(),
+                t.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         IndexCommand::Info(i) => {
             let index = tessera_index::Index::open(&i.index)?;
             let m = index.manifest();
@@ -369,4 +440,152 @@ pub fn build_from_vectors(
         ));
     }
     Ok((stats, note))
+}
+
+/// `index add`: encode the dump into a private work folder next to the
+/// index, then append it as one segment (the library's atomic append).
+fn add(args: AddArgs) -> Result<()> {
+    let t = Instant::now();
+    let index = tessera_index::Index::open(&args.index)
+        .with_context(|| format!("opening index {}", args.index.display()))?;
+    let info = &index.manifest().info["model"];
+    let model_dir = match (&args.model.model, info["path"].as_str().map(PathBuf::from)) {
+        (Some(d), _) => d.clone(),
+        (None, Some(p)) if p.exists() => p,
+        (None, Some(p)) => bail!(
+            "the index was built with model {}, which is no longer there; pass --model",
+            p.display()
+        ),
+        (None, None) => args.model.model_dir()?,
+    };
+    let model = args.model.with_recorded_precision(info);
+    let encoder = model.load_dir(&model_dir)?;
+    if encoder.dim() != index.query_dim() {
+        bail!(
+            "model {} makes {}-dim vectors, but index {} takes {}-dim vectors: \
+             use the model that built it",
+            model_dir.display(),
+            encoder.dim(),
+            args.index.display(),
+            index.query_dim()
+        );
+    }
+    let name = args
+        .index
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: not a usable index path", args.index.display()))?;
+    let parent = args
+        .index
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let work = parent.join(format!(".{name}.adding-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let input = InputArgs {
+        input: args.input.clone(),
+        records: args.records.clone(),
+    };
+    let result = (|| {
+        let state = encode_to_dir(&encoder, &input, &work, false, 1024, Rerun::FromScratch)?;
+        let mut reader = EmbeddingsReader::open(&work)?;
+        // With --skip-invalid, documents whose id the index holds already
+        // are skipped and counted; otherwise the append refuses them.
+        let mut taken = 0u64;
+        let mut failed = None;
+        let docs = std::iter::from_fn(|| loop {
+            match reader.next_doc() {
+                Ok(Some(d)) if args.records.skip_invalid && index.contains(&d.id) => taken += 1,
+                Ok(Some(d)) => {
+                    let vectors = match TokenVectors::new(reader.dim, d.vectors) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            failed = Some(anyhow::Error::from(e));
+                            return None;
+                        }
+                    };
+                    return Some(Document {
+                        id: d.id,
+                        vectors,
+                        title: d.title,
+                        text: d.text,
+                        metadata: d.metadata,
+                    });
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    failed = Some(e);
+                    return None;
+                }
+            }
+        });
+        let generation = tessera_index::append(&args.index, docs);
+        if let Some(e) = failed {
+            // The append saw a short stream; it committed nothing only if
+            // it failed too, so say what happened either way.
+            return Err(e.context(format!(
+                "reading the encoded documents back from {} (generation {generation:?})",
+                work.display()
+            )));
+        }
+        let generation =
+            generation.with_context(|| format!("adding to {}", args.index.display()))?;
+        Ok::<_, anyhow::Error>((state, taken, generation))
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    let (state, taken, generation) = result?;
+    let mut skipped = skipped_note(&state.skipped);
+    if taken > 0 {
+        skipped.push_str(&format!("; {taken} already in the index, skipped"));
+    }
+    eprintln!(
+        "added {} documents, {} tokens to {} (generation {generation}) in {:.1} s{skipped}",
+        state.docs - taken,
+        state.tokens,
+        args.index.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `index delete`: tombstone the ids in one commit.
+fn delete(args: DeleteArgs) -> Result<()> {
+    let mut ids = args.ids.clone();
+    if let Some(f) = &args.ids_file {
+        let text = if f == Path::new("-") {
+            std::io::read_to_string(std::io::stdin()).context("reading ids from stdin")?
+        } else {
+            std::fs::read_to_string(f).with_context(|| format!("{}: cannot read", f.display()))?
+        };
+        ids.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(id.clone()));
+    if ids.is_empty() {
+        bail!("no ids to delete (give --ids or a non-empty --ids-file)");
+    }
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let missing = tessera_index::delete(&args.index, &refs)
+        .with_context(|| format!("deleting from {}", args.index.display()))?;
+    if !missing.is_empty() {
+        let shown: Vec<&str> = missing.iter().take(10).map(String::as_str).collect();
+        eprintln!(
+            "warning: {} id{} not in the index (or deleted already): {}{}",
+            missing.len(),
+            if missing.len() == 1 { " is" } else { "s are" },
+            shown.join(", "),
+            if missing.len() > 10 { ", …" } else { "" }
+        );
+    }
+    eprintln!(
+        "deleted {} documents from {}",
+        ids.len() - missing.len(),
+        args.index.display()
+    );
+    Ok(())
 }
