@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
 use tessera_index::{
     Analyzer, BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors,
@@ -491,9 +491,26 @@ fn add(args: AddArgs) -> Result<()> {
         let mut reader = EmbeddingsReader::open(&work)?;
         // With --skip-invalid, documents whose id the index holds already
         // are skipped and counted; otherwise the append refuses them.
+        // A read error must not leave a partial append committed: the
+        // stream then ends with a document the append always refuses (an
+        // empty id), so it writes nothing, and the error is reported.
         let mut taken = 0u64;
         let mut failed = None;
+        let dim = reader.dim;
+        let poison = move || {
+            Some(Document {
+                id: String::new(),
+                vectors: TokenVectors::new(dim, Vec::new()).ok()?,
+                title: String::new(),
+                text: String::new(),
+                metadata: serde_json::Value::Null,
+            })
+        };
+        let mut done = false;
         let docs = std::iter::from_fn(|| loop {
+            if done {
+                return None;
+            }
             match reader.next_doc() {
                 Ok(Some(d)) if args.records.skip_invalid && index.contains(&d.id) => taken += 1,
                 Ok(Some(d)) => {
@@ -501,7 +518,8 @@ fn add(args: AddArgs) -> Result<()> {
                         Ok(v) => v,
                         Err(e) => {
                             failed = Some(anyhow::Error::from(e));
-                            return None;
+                            done = true;
+                            return poison();
                         }
                     };
                     return Some(Document {
@@ -515,16 +533,19 @@ fn add(args: AddArgs) -> Result<()> {
                 Ok(None) => return None,
                 Err(e) => {
                     failed = Some(e);
-                    return None;
+                    done = true;
+                    return poison();
                 }
             }
         });
         let generation = tessera_index::append(&args.index, docs);
         if let Some(e) = failed {
-            // The append saw a short stream; it committed nothing only if
-            // it failed too, so say what happened either way.
+            ensure!(
+                generation.is_err(),
+                "internal: an append went on past a read error"
+            );
             return Err(e.context(format!(
-                "reading the encoded documents back from {} (generation {generation:?})",
+                "reading the encoded documents back from {}; nothing was added",
                 work.display()
             )));
         }
