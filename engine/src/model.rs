@@ -1,8 +1,8 @@
 //! Options shared by every command that runs the model, and loading it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, Precision, PrecisionChoice};
 
@@ -73,6 +73,39 @@ impl ModelArgs {
             precision: Some(self.precision.unwrap_or(recorded)),
             ..self.clone()
         }
+    }
+
+    /// Loads the model that built `index` (at `dir`): `--model`, else the
+    /// one its manifest records, in the recorded precision unless
+    /// `--precision` says otherwise. Refuses a model whose vectors have
+    /// another width than the index takes. Returns it and its folder.
+    pub fn load_for_index(
+        &self,
+        index: &tessera_index::Index,
+        dir: &Path,
+    ) -> Result<(Encoder, PathBuf)> {
+        let info = &index.manifest().info["model"];
+        let model_dir = match (&self.model, info["path"].as_str().map(PathBuf::from)) {
+            (Some(d), _) => d.clone(),
+            (None, Some(p)) if p.exists() => p,
+            (None, Some(p)) => bail!(
+                "the index was built with model {}, which is no longer there; pass --model",
+                p.display()
+            ),
+            (None, None) => self.model_dir()?,
+        };
+        let encoder = self.with_recorded_precision(info).load_dir(&model_dir)?;
+        let want = index.query_dim();
+        if encoder.dim() != want {
+            bail!(
+                "model {} makes {}-dim vectors, but index {} expects {want}-dim queries: \
+                 use the model that built it",
+                model_dir.display(),
+                encoder.dim(),
+                dir.display()
+            );
+        }
+        Ok((encoder, model_dir))
     }
 
     /// Applies `--threads` and loads the encoder (`--model` or the default).

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use tessera_eval::beir::Query;
 use tessera_eval::Run;
@@ -189,30 +189,7 @@ impl Engine {
                 model_dir: None,
             });
         }
-        let recorded = index.manifest().info["model"]["path"]
-            .as_str()
-            .map(PathBuf::from);
-        let model_dir = match (&model.model, recorded) {
-            (Some(d), _) => d.clone(),
-            (None, Some(p)) if p.exists() => p,
-            (None, Some(p)) => bail!(
-                "the index was built with model {}, which is no longer there; pass --model",
-                p.display()
-            ),
-            (None, None) => model.model_dir()?,
-        };
-        let model = model.with_recorded_precision(&index.manifest().info["model"]);
-        let encoder = model.load_dir(&model_dir)?;
-        let want = index.query_dim();
-        if encoder.dim() != want {
-            bail!(
-                "model {} makes {}-dim vectors, but index {} expects {want}-dim queries: \
-                 use the model that built it",
-                model_dir.display(),
-                encoder.dim(),
-                dir.display()
-            );
-        }
+        let (encoder, model_dir) = model.load_for_index(&index, dir)?;
         Ok(Self {
             index,
             encoder: Some(encoder),

@@ -448,28 +448,7 @@ fn add(args: AddArgs) -> Result<()> {
     let t = Instant::now();
     let index = tessera_index::Index::open(&args.index)
         .with_context(|| format!("opening index {}", args.index.display()))?;
-    let info = &index.manifest().info["model"];
-    let model_dir = match (&args.model.model, info["path"].as_str().map(PathBuf::from)) {
-        (Some(d), _) => d.clone(),
-        (None, Some(p)) if p.exists() => p,
-        (None, Some(p)) => bail!(
-            "the index was built with model {}, which is no longer there; pass --model",
-            p.display()
-        ),
-        (None, None) => args.model.model_dir()?,
-    };
-    let model = args.model.with_recorded_precision(info);
-    let encoder = model.load_dir(&model_dir)?;
-    if encoder.dim() != index.query_dim() {
-        bail!(
-            "model {} makes {}-dim vectors, but index {} takes {}-dim vectors: \
-             use the model that built it",
-            model_dir.display(),
-            encoder.dim(),
-            args.index.display(),
-            index.query_dim()
-        );
-    }
+    let (encoder, _) = args.model.load_for_index(&index, &args.index)?;
     let name = args
         .index
         .file_name()
