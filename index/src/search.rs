@@ -167,6 +167,8 @@ pub struct SearchStats {
     pub candidates: usize,
     /// Documents scored exactly.
     pub exact_docs: usize,
+    /// BM25 search (hybrid only), milliseconds.
+    pub text_ms: f64,
 }
 
 /// HNSW graph over the index's centroids.
@@ -537,19 +539,33 @@ impl Index {
         text: &str,
         p: &SearchParams,
     ) -> Result<Vec<Hit>> {
+        Ok(self.search_hybrid_with_stats(query, text, p)?.0)
+    }
+
+    /// [`Index::search_hybrid`], also reporting where the time went (the
+    /// BM25 side in [`SearchStats::text_ms`]).
+    pub fn search_hybrid_with_stats(
+        &self,
+        query: &TokenVectors,
+        text: &str,
+        p: &SearchParams,
+    ) -> Result<(Vec<Hit>, SearchStats)> {
         let depth = p.k.max(100);
-        let dense = self.search(
+        let (dense, mut stats) = self.search_with_stats(
             query,
             &SearchParams {
                 k: depth,
                 ..p.clone()
             },
         )?;
+        let t = Instant::now();
         let sparse = self.search_text(text, depth, p.filter.as_ref())?;
-        Ok(match p.fusion {
+        stats.text_ms = ms(t);
+        let hits = match p.fusion {
             Fusion::Rrf { c } => rrf(&[dense, sparse], p.k, c),
             Fusion::Linear { bm25_weight } => linear_fusion(&dense, &sparse, p.k, bm25_weight),
-        })
+        };
+        Ok((hits, stats))
     }
 
     fn hits(&self, scored: Vec<(f32, usize, u32)>) -> Vec<Hit> {

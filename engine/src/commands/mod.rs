@@ -4,5 +4,7 @@ pub mod encode;
 pub mod encode_corpus;
 pub mod eval;
 pub mod index;
+pub mod query;
 pub mod score;
 pub mod search;
+pub mod serve;

@@ -1,0 +1,250 @@
+//! `tessera query`: search a running `tessera serve` over gRPC, one query
+//! or a file of them (writing a TREC run that `tessera eval --run` scores
+//! like a local one).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tessera_proto::v1 as pb;
+use tessera_proto::TesseraClient;
+
+use crate::commands::search::snippet;
+use crate::input::check_text;
+use crate::progress;
+use crate::searcher::{CandidatesArg, Retriever};
+
+/// Query a running `tessera serve` over gRPC.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera query --addr 127.0.0.1:50051 \"coffee reduces the risk of diabetes\"\n  \
+    tessera query --addr 127.0.0.1:50051 --retriever hybrid -k 5 --json \"vitamin D and bone density\"\n  \
+    tessera query --queries queries.jsonl --run-out run.trec -k 100\n  \
+    tessera eval --run run.trec --qrels qrels/dev.tsv")]
+pub struct QueryArgs {
+    /// The server, HOST:PORT (or an http:// URL).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: String,
+    /// The query text.
+    #[arg(value_name = "QUERY", required_unless_present = "queries")]
+    pub query: Option<String>,
+    /// Queries file: JSONL (`{"_id", "text"}`) or TSV (`id<TAB>text`).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "run_out",
+        conflicts_with = "query"
+    )]
+    pub queries: Option<PathBuf>,
+    /// With --queries: the TREC run file to write.
+    #[arg(long, value_name = "FILE")]
+    pub run_out: Option<PathBuf>,
+    /// Results per query.
+    #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub k: u32,
+    /// Ranking: colbert (MaxSim), bm25, or hybrid.
+    #[arg(long, value_enum, default_value_t = Retriever::Colbert)]
+    pub retriever: Retriever,
+    /// MaxSim candidate generation (default: the server's).
+    #[arg(long, value_enum)]
+    pub candidates: Option<CandidatesArg>,
+    /// Metadata filter as JSON (the language of `tessera search --filter`).
+    #[arg(long, value_name = "JSON")]
+    pub filter: Option<String>,
+    /// With --queries: queries per call.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// Deadline of each call, ms.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn retriever(r: Retriever) -> pb::Retriever {
+    match r {
+        Retriever::Colbert => pb::Retriever::Colbert,
+        Retriever::Bm25 => pb::Retriever::Bm25,
+        Retriever::Hybrid => pb::Retriever::Hybrid,
+    }
+}
+
+impl QueryArgs {
+    fn query(&self, id: &str, text: &str, fields: bool) -> pb::Query {
+        pb::Query {
+            id: id.to_owned(),
+            text: text.to_owned(),
+            vectors: None,
+            k: self.k,
+            retriever: retriever(self.retriever) as i32,
+            candidates: self.candidates.map(|c| pb::CandidateParams {
+                generator: match c {
+                    CandidatesArg::Plaid => pb::CandidateGenerator::Plaid,
+                    CandidatesArg::Hnsw => pb::CandidateGenerator::Hnsw,
+                    CandidatesArg::Exhaustive => pb::CandidateGenerator::Exhaustive,
+                } as i32,
+                ..Default::default()
+            }),
+            filter: self.filter.clone().unwrap_or_default(),
+            fields: Some(pb::Fields {
+                title: fields,
+                text: fields,
+                metadata: fields,
+            }),
+        }
+    }
+}
+
+/// The endpoint URL of `addr`.
+pub fn endpoint(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// A gRPC status as an error that says which call failed and how.
+fn status_error(s: tonic::Status, addr: &str) -> anyhow::Error {
+    anyhow::anyhow!("{addr}: {:?}: {}", s.code(), s.message())
+}
+
+pub fn run(args: QueryArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(query(args))
+}
+
+async fn query(args: QueryArgs) -> Result<()> {
+    let url = endpoint(&args.addr);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .with_context(|| format!("--addr {:?} is not a valid address", args.addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {url} (is `tessera serve` running?)"))?;
+    let mut client = TesseraClient::new(channel).max_decoding_message_size(usize::MAX);
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let call = |queries: Vec<pb::Query>| {
+        let mut req = tonic::Request::new(pb::SearchRequest { queries });
+        req.set_timeout(timeout);
+        req
+    };
+    if let Some(qpath) = &args.queries {
+        let queries = tessera_eval::beir::read_queries(qpath)?;
+        if queries.is_empty() {
+            bail!("{}: no queries", qpath.display());
+        }
+        let t = Instant::now();
+        let pb_ = progress::bar(Some(queries.len() as u64), "queries");
+        pb_.set_prefix("querying");
+        let mut run = tessera_eval::Run::default();
+        for chunk in queries.chunks(args.batch as usize) {
+            let batch = chunk
+                .iter()
+                .map(|q| args.query(&q.id, &q.text, false))
+                .collect();
+            let resp = client
+                .search(call(batch))
+                .await
+                .map_err(|s| status_error(s, &args.addr))?
+                .into_inner();
+            for r in resp.results {
+                run.results.insert(
+                    r.id,
+                    r.hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
+                );
+            }
+            pb_.inc(chunk.len() as u64);
+        }
+        pb_.finish_and_clear();
+        let out = args.run_out.as_ref().expect("clap requires --run-out");
+        run.write(out, &format!("tessera-grpc-{}", args.retriever))?;
+        eprintln!(
+            "{} queries in {:.2} s; run written to {}",
+            queries.len(),
+            t.elapsed().as_secs_f64(),
+            out.display()
+        );
+        return Ok(());
+    }
+    let text = args.query.as_deref().expect("clap requires a query");
+    check_text(text, "the query")?;
+    let t = Instant::now();
+    let resp = client
+        .search(call(vec![args.query("", text, true)]))
+        .await
+        .map_err(|s| status_error(s, &args.addr))?
+        .into_inner();
+    let took = t.elapsed().as_secs_f64() * 1e3;
+    let result = resp
+        .results
+        .into_iter()
+        .next()
+        .context("the server sent no result")?;
+    let timings = result.timings.unwrap_or_default();
+    let mut w = std::io::stdout().lock();
+    if args.json {
+        let rows: Vec<_> = result
+            .hits
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let meta: serde_json::Value = h
+                    .metadata_json
+                    .as_deref()
+                    .and_then(|m| serde_json::from_str(m).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                serde_json::json!({"rank": i + 1, "score": h.score, "id": h.id,
+                    "title": h.title, "text": h.text, "metadata": meta})
+            })
+            .collect();
+        serde_json::to_writer(
+            &mut w,
+            &serde_json::json!({"query": text, "retriever": args.retriever, "took_ms": took,
+                "generation": resp.generation,
+                "server_ms": {"queue": timings.queue_ms, "encode": timings.encode_ms,
+                    "candidates": timings.candidates_ms, "rerank": timings.rerank_ms,
+                    "total": timings.total_ms},
+                "results": rows}),
+        )?;
+        writeln!(w)?;
+        return Ok(());
+    }
+    if result.hits.is_empty() {
+        writeln!(w, "no results")?;
+    }
+    for (i, h) in result.hits.iter().enumerate() {
+        let title = h
+            .title
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .unwrap_or("(no title)");
+        writeln!(
+            w,
+            "{:>3}. {:>9.4}  {}  {}",
+            i + 1,
+            h.score,
+            h.id,
+            snippet(title, 90)
+        )?;
+        if let Some(text) = h.text.as_deref().filter(|t| !t.is_empty()) {
+            writeln!(w, "                {}", snippet(text, 160))?;
+        }
+    }
+    writeln!(
+        w,
+        "({} results, {} retriever, {took:.1} ms; server: encode {:.1}, candidates {:.1}, re-rank {:.1} ms)",
+        result.hits.len(),
+        args.retriever,
+        timings.encode_ms,
+        timings.candidates_ms,
+        timings.rerank_ms
+    )?;
+    Ok(())
+}
