@@ -87,7 +87,8 @@ pub struct ServeArgs {
     pub search_threads: Option<u16>,
     /// Search pools ("lanes") the search threads are split into; a call
     /// runs on one lane with all its threads, calls queue for lanes in
-    /// arrival order. Default: one lane per 4 search threads (at least 1).
+    /// arrival order. Default (adaptive): one lane per search thread, and
+    /// a call that finds no other search running gets all the threads.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub search_lanes: Option<u16>,
     /// Seconds calls in flight get to finish after SIGINT/SIGTERM.
@@ -191,9 +192,7 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
             max_hold: Duration::from_millis(args.batch_hold_ms),
         };
         let no_model = args.no_model;
-        let lanes = args
-            .search_lanes
-            .map_or((search_threads / 4).max(1), usize::from);
+        let lanes = args.search_lanes.map(usize::from);
         let delay = state.faults.load_delay;
         tokio::spawn(async move {
             let t = std::time::Instant::now();
@@ -295,13 +294,13 @@ fn load(
     model: ModelArgs,
     no_model: bool,
     mut config: BatchConfig,
-    (lanes, search_threads): (usize, usize),
+    (lanes, search_threads): (Option<usize>, usize),
     metrics: Arc<Metrics>,
 ) -> Result<Ready> {
     let dir = dir.canonicalize().unwrap_or(dir);
     let index = Index::open(&dir).with_context(|| format!("opening index {}", dir.display()))?;
-    let search_pool =
-        SearchLanes::new(lanes, search_threads).context("starting the search pools")?;
+    let search_pool = SearchLanes::new(lanes.unwrap_or(1), search_threads, lanes.is_none())
+        .context("starting the search pools")?;
     if config.max_hold > Duration::ZERO {
         config.search_backlog = Some(search_pool.backlog());
     }

@@ -96,15 +96,42 @@ impl Faults {
 /// out), which is what made the tail latency explode under load.
 pub struct SearchLanes {
     free: std::sync::Mutex<Vec<Arc<rayon::ThreadPool>>>,
+    /// With adaptive lanes: a pool of all the search threads, taken by a
+    /// call that finds no other search running (a lone query gets every
+    /// thread; under load queries run one per thread, which wastes less
+    /// on parallel overhead).
+    wide: Option<Arc<rayon::ThreadPool>>,
+    /// Searches running now.
+    running: std::sync::atomic::AtomicUsize,
     gate: tokio::sync::Semaphore,
     /// Calls with their queries encoded, waiting for a lane.
     backlog: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SearchLanes {
-    /// `lanes` pools sharing `threads` threads (each at least one).
-    pub fn new(lanes: usize, threads: usize) -> Result<Self, rayon::ThreadPoolBuildError> {
-        let lanes = lanes.clamp(1, threads.max(1));
+    /// `lanes` pools sharing `threads` threads (each at least one); with
+    /// `adaptive`, `threads` one-thread lanes plus a pool of all `threads`
+    /// for a call that finds nothing else running.
+    pub fn new(
+        lanes: usize,
+        threads: usize,
+        adaptive: bool,
+    ) -> Result<Self, rayon::ThreadPoolBuildError> {
+        let threads = threads.max(1);
+        let lanes = if adaptive {
+            threads
+        } else {
+            lanes.clamp(1, threads)
+        };
+        let wide = (adaptive && threads > 1)
+            .then(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("tessera-search-all.{i}"))
+                    .build()
+                    .map(Arc::new)
+            })
+            .transpose()?;
         let pools = (0..lanes)
             .map(|l| {
                 let n = threads / lanes + usize::from(l < threads % lanes);
@@ -118,6 +145,8 @@ impl SearchLanes {
         Ok(Self {
             gate: tokio::sync::Semaphore::new(pools.len()),
             free: std::sync::Mutex::new(pools),
+            wide,
+            running: Default::default(),
             backlog: Arc::default(),
         })
     }
@@ -150,17 +179,29 @@ impl SearchLanes {
                 ))
             }
         };
-        let pool = self
-            .free
-            .lock()
-            .map_err(|_| Status::internal("search lanes poisoned"))?
-            .pop()
-            .ok_or_else(|| Status::internal("no free search lane"))?;
-        // Returned on drop: also when the call is cut off at its deadline
-        // while the search runs (the lane then finishes that job first).
-        let lane = Lane {
-            lanes: self,
-            pool: Some(pool),
+        let lane = {
+            let mut free = self
+                .free
+                .lock()
+                .map_err(|_| Status::internal("search lanes poisoned"))?;
+            let alone = self.running.load(Ordering::Acquire) == 0;
+            let (pool, narrow) = match &self.wide {
+                Some(w) if alone => (w.clone(), false),
+                _ => (
+                    free.pop()
+                        .ok_or_else(|| Status::internal("no free search lane"))?,
+                    true,
+                ),
+            };
+            self.running.fetch_add(1, Ordering::AcqRel);
+            // Given back on drop: also when the call is cut off at its
+            // deadline while the search runs (the lane finishes that job
+            // first).
+            Lane {
+                lanes: self,
+                pool: Some(pool),
+                narrow,
+            }
         };
         let pool = lane
             .pool
@@ -191,11 +232,16 @@ impl Drop for Waiting<'_> {
 struct Lane<'a> {
     lanes: &'a SearchLanes,
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// A one-lane pool (back to the free list), not the wide one.
+    narrow: bool,
 }
 
 impl Drop for Lane<'_> {
     fn drop(&mut self) {
-        if let (Some(pool), Ok(mut free)) = (self.pool.take(), self.lanes.free.lock()) {
+        self.lanes.running.fetch_sub(1, Ordering::AcqRel);
+        if let (Some(pool), true, Ok(mut free)) =
+            (self.pool.take(), self.narrow, self.lanes.free.lock())
+        {
             free.push(pool);
         }
     }
