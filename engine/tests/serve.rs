@@ -420,6 +420,10 @@ async fn every_call_works_end_to_end_and_matches_the_cli() {
     assert_eq!(info.model.as_ref().unwrap().dim, 32);
     assert!(info.metadata_fields.contains(&"topic".to_owned()));
     assert!(info.bytes_on_disk > 0 && info.segments.len() == 1);
+    assert!(
+        info.built_unix_s > 1_700_000_000 && info.build_seconds > 0.0,
+        "{info:?}"
+    );
 
     // AddDocuments: text and vectors over one stream, visible together.
     let vecdoc = encoded_query("a comet with an icy tail");

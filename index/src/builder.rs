@@ -612,6 +612,17 @@ impl IndexBuilder {
             done: 0,
             total: 1,
         });
+        // When and how long (from `create` to the commit) the build ran,
+        // beside the caller's own record.
+        let mut info = self.opts.info.clone();
+        if let Some(o) = info.as_object_mut() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            o.insert("built_unix_s".into(), now.into());
+            let secs = (self.started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+            o.insert("index_seconds".into(), secs.into());
+        }
         let manifest = Manifest {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
@@ -623,7 +634,7 @@ impl IndexBuilder {
             reduction,
             files,
             segments: vec![segment],
-            info: self.opts.info.clone(),
+            info,
             analyzer: self.opts.analyzer,
         };
         let stats = self.stats(&manifest);
