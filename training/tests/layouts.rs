@@ -220,6 +220,41 @@ fn tessera_head_file_is_loaded() {
 }
 
 #[test]
+fn an_ffn_head_with_a_shortcut_is_built_from_its_spec_and_applied() {
+    use tessera_training::heads::{blocks, HeadKind, HeadSpec};
+    let dir = tempfile::tempdir().unwrap();
+    copy_tiny(
+        dir.path(),
+        &["config.json", "model.safetensors", "tokenizer.json"],
+    );
+    let mut spec = HeadSpec::new(HeadKind::Ffn, 32, 8);
+    spec.residual = true;
+    spec.layer_norm = true;
+    let params = blocks::init(&spec, Device::Cpu, 11);
+    let head = ProjectionHead::from_spec(spec.clone(), params, dir.path()).unwrap();
+    head.save_tessera(dir.path(), 32).unwrap();
+    let enc = Encoder::load(dir.path(), cpu()).unwrap();
+    assert_eq!(enc.layout(), CheckpointLayout::Tessera);
+    assert_eq!((enc.dim(), enc.model().head.kind()), (8, HeadKind::Ffn));
+    let d = enc.encode_documents(&["short"]).unwrap();
+    let b = head.block().unwrap();
+    let want = normalise(&blocks::forward(
+        &b.spec,
+        &b.params,
+        &states(&d.items[0].token_ids),
+    ));
+    assert!(max_abs_diff(&vectors(&d.items[0]), &want) <= 1e-4);
+    // A spec the backbone cannot feed is refused with the file named.
+    std::fs::write(
+        dir.path().join("head.json"),
+        r#"{"kind": "glu", "in_dim": 32, "out_dim": 8, "width_factor": 0.001}"#,
+    )
+    .unwrap();
+    let e = Encoder::load(dir.path(), cpu()).err().unwrap().to_string();
+    assert!(e.contains("head.json") && e.contains("width_factor"), "{e}");
+}
+
+#[test]
 fn pytorch_bin_weights_match_safetensors() {
     let dir = tempfile::tempdir().unwrap();
     copy_tiny(dir.path(), &["config.json", "tokenizer.json"]);

@@ -1,11 +1,16 @@
 //! Projection heads: the map from backbone token states to ColBERT vectors.
 //!
-//! This issue ships two kinds: [`HeadKind::Identity`] (raw backbone states)
-//! and [`HeadKind::Linear`] (`d → k`, no bias by default, as in ColBERT). A
-//! head is a stack of such layers so that checkpoints with several Dense
-//! modules (PyLate) load as they are. A head saved by Tessera lives beside the
-//! backbone as `head.json` + `head.safetensors`.
+//! Kinds: [`HeadKind::Identity`] (raw backbone states), [`HeadKind::Linear`]
+//! (`d → k`, no bias by default, as in ColBERT), and the architectures of
+//! [`blocks`]: [`HeadKind::Ffn`], [`HeadKind::Glu`], each optionally with a
+//! residual path. A checkpoint's head is a stack of linear layers so that
+//! several Dense modules (PyLate) load as they are. A head saved by Tessera
+//! lives beside the backbone as `head.json` (its [`HeadSpec`]) +
+//! `head.safetensors`; the spec alone says how to build it.
 
+pub mod blocks;
+
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +28,10 @@ pub enum HeadKind {
     Identity,
     /// A linear map `x · Wᵀ (+ b)`.
     Linear,
+    /// A feed-forward stack `d → m → … → k` ([`blocks`]).
+    Ffn,
+    /// A gated linear unit `(act(x·W_g) ⊙ x·W_v)·W_o` ([`blocks`]).
+    Glu,
 }
 
 impl std::fmt::Display for HeadKind {
@@ -30,19 +39,70 @@ impl std::fmt::Display for HeadKind {
         f.write_str(match self {
             Self::Identity => "identity",
             Self::Linear => "linear",
+            Self::Ffn => "ffn",
+            Self::Glu => "glu",
         })
     }
 }
 
 /// `head.json`: describes `head.safetensors`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadSpec {
     pub kind: HeadKind,
     pub in_dim: i64,
     pub out_dim: i64,
+    /// Biases on every linear layer.
     #[serde(default)]
     pub bias: bool,
+    /// FFN: linear layers (default 2).
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// FFN and GLU: hidden width as a multiple of `in_dim` (default 2).
+    #[serde(default = "default_width_factor")]
+    pub width_factor: f64,
+    /// FFN: between layers (default gelu); GLU: the gate (default silu).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<blocks::Activation>,
+    /// FFN: LayerNorm after each hidden activation.
+    #[serde(default)]
+    pub layer_norm: bool,
+    /// Add a skip path: identity when `in_dim == out_dim`, else a learned
+    /// bias-free linear shortcut.
+    #[serde(default)]
+    pub residual: bool,
+}
+
+fn default_depth() -> usize {
+    2
+}
+
+fn default_width_factor() -> f64 {
+    2.0
+}
+
+impl HeadSpec {
+    /// A spec of `kind` with every option at its default.
+    pub fn new(kind: HeadKind, in_dim: i64, out_dim: i64) -> Self {
+        Self {
+            kind,
+            in_dim,
+            out_dim,
+            bias: false,
+            depth: default_depth(),
+            width_factor: default_width_factor(),
+            activation: None,
+            layer_norm: false,
+            residual: false,
+        }
+    }
+}
+
+/// A head built from a spec with named parameters ([`blocks`]).
+#[derive(Debug)]
+pub struct BlockHead {
+    pub spec: HeadSpec,
+    pub params: HashMap<String, Tensor>,
 }
 
 /// One linear layer of a head.
@@ -66,11 +126,50 @@ impl LinearLayer {
 #[derive(Debug, Default)]
 pub struct ProjectionHead {
     layers: Vec<LinearLayer>,
+    /// An FFN, GLU or residual head (then `layers` is empty).
+    block: Option<BlockHead>,
 }
 
 impl ProjectionHead {
     pub fn identity() -> Self {
         Self::default()
+    }
+
+    /// A head from a spec and its parameters, checking both.
+    pub fn from_spec(
+        spec: HeadSpec,
+        mut params: HashMap<String, Tensor>,
+        origin: &Path,
+    ) -> Result<Self> {
+        spec.validate()
+            .map_err(|m| TrainingError::config(origin, m))?;
+        let mut kept = HashMap::new();
+        for (name, shape) in blocks::parameter_shapes(&spec) {
+            let t = params
+                .remove(&name)
+                .ok_or_else(|| TrainingError::MissingTensor {
+                    path: origin.to_owned(),
+                    name: name.clone(),
+                })?;
+            if t.size() != shape {
+                return Err(TrainingError::TensorShape {
+                    path: origin.to_owned(),
+                    name,
+                    expected: shape,
+                    actual: t.size(),
+                });
+            }
+            kept.insert(name, t.to_kind(Kind::Float));
+        }
+        Ok(Self {
+            layers: Vec::new(),
+            block: Some(BlockHead { spec, params: kept }),
+        })
+    }
+
+    /// The spec and parameters of an FFN, GLU or residual head.
+    pub fn block(&self) -> Option<&BlockHead> {
+        self.block.as_ref()
     }
 
     /// A head from explicit layers, checking that their shapes chain.
@@ -96,10 +195,16 @@ impl ProjectionHead {
             }
             dim = l.out_dim();
         }
-        Ok(Self { layers })
+        Ok(Self {
+            layers,
+            block: None,
+        })
     }
 
     pub fn kind(&self) -> HeadKind {
+        if let Some(b) = &self.block {
+            return b.spec.kind;
+        }
         if self.layers.is_empty() {
             HeadKind::Identity
         } else {
@@ -109,6 +214,9 @@ impl ProjectionHead {
 
     /// Output dimension for a given backbone width.
     pub fn output_dim(&self, input_dim: i64) -> i64 {
+        if let Some(b) = &self.block {
+            return b.spec.out_dim;
+        }
         self.layers.last().map_or(input_dim, LinearLayer::out_dim)
     }
 
@@ -121,10 +229,21 @@ impl ProjectionHead {
                 bias: l.bias.map(|b| b.to_device(device)),
             })
             .collect();
-        Self { layers }
+        let block = self.block.map(|b| BlockHead {
+            spec: b.spec,
+            params: b
+                .params
+                .into_iter()
+                .map(|(n, t)| (n, t.to_device(device)))
+                .collect(),
+        });
+        Self { layers, block }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        if let Some(b) = &self.block {
+            return blocks::forward(&b.spec, &b.params, x);
+        }
         let mut y = x.shallow_clone();
         for l in &self.layers {
             y = y.linear(&l.weight, l.bias.as_ref());
@@ -146,6 +265,12 @@ impl ProjectionHead {
                 ),
             ));
         }
+        spec.validate()
+            .map_err(|m| TrainingError::config(&spec_path, m))?;
+        if spec.is_block() {
+            let w = WeightFile::read(&dir.join("head.safetensors"))?;
+            return Self::from_spec(spec, w.tensors, &w.path);
+        }
         match spec.kind {
             HeadKind::Identity => {
                 if spec.out_dim != spec.in_dim {
@@ -156,6 +281,7 @@ impl ProjectionHead {
                 }
                 Ok(Self::identity())
             }
+            HeadKind::Ffn | HeadKind::Glu => unreachable!("block heads load above"),
             HeadKind::Linear => {
                 let mut w = WeightFile::read(&dir.join("head.safetensors"))?;
                 let weight = w.take("linear.weight", &[spec.out_dim, spec.in_dim])?;
@@ -171,6 +297,24 @@ impl ProjectionHead {
 
     /// Writes this head as `head.json` + `head.safetensors` into `dir`.
     pub fn save_tessera(&self, dir: &Path, input_dim: i64) -> Result<()> {
+        if let Some(b) = &self.block {
+            let shapes = blocks::parameter_shapes(&b.spec);
+            let named: Vec<(&str, Tensor)> = shapes
+                .iter()
+                .map(|(n, _)| {
+                    let t = b.params[n.as_str()]
+                        .to_device(Device::Cpu)
+                        .to_kind(Kind::Float);
+                    (n.as_str(), t)
+                })
+                .collect();
+            if !named.is_empty() {
+                Tensor::write_safetensors(&named, dir.join("head.safetensors"))?;
+            }
+            let json = serde_json::to_string_pretty(&b.spec).expect("HeadSpec serialises");
+            let path = dir.join("head.json");
+            return std::fs::write(&path, json).map_err(|e| TrainingError::io(&path, e));
+        }
         let (kind, bias) = match self.layers.as_slice() {
             [] => (HeadKind::Identity, false),
             [l] => (HeadKind::Linear, l.bias.is_some()),
@@ -181,10 +325,8 @@ impl ProjectionHead {
             }
         };
         let spec = HeadSpec {
-            kind,
-            in_dim: input_dim,
-            out_dim: self.output_dim(input_dim),
             bias,
+            ..HeadSpec::new(kind, input_dim, self.output_dim(input_dim))
         };
         if let [l] = self.layers.as_slice() {
             let weight = l.weight.to_device(Device::Cpu).to_kind(Kind::Float);
@@ -224,6 +366,29 @@ mod tests {
         let x = Tensor::from_slice(&[3.0f32, 5.0, 7.0]).view([1, 3]);
         let y: Vec<f32> = loaded.forward(&x).view([-1]).try_into().unwrap();
         assert_eq!(y, vec![3.0, 14.0]);
+    }
+
+    #[test]
+    fn block_heads_round_trip_through_head_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = HeadSpec::new(HeadKind::Glu, 6, 4);
+        spec.residual = true;
+        spec.bias = true;
+        let params = blocks::init(&spec, Device::Cpu, 3);
+        let head = ProjectionHead::from_spec(spec.clone(), params, Path::new("x")).unwrap();
+        head.save_tessera(dir.path(), 6).unwrap();
+        let loaded = ProjectionHead::load_tessera(dir.path(), 6).unwrap();
+        assert_eq!((loaded.kind(), loaded.output_dim(6)), (HeadKind::Glu, 4));
+        assert_eq!(loaded.block().unwrap().spec, spec);
+        let x = Tensor::randn([2, 3, 6], (Kind::Float, Device::Cpu));
+        assert!(head
+            .forward(&x)
+            .allclose(&loaded.forward(&x), 1e-6, 1e-6, false));
+        // A missing tensor names the file and the tensor.
+        let mut broken = blocks::init(&spec, Device::Cpu, 3);
+        broken.remove("glu.value.weight");
+        let e = ProjectionHead::from_spec(spec, broken, Path::new("h.safetensors")).unwrap_err();
+        assert!(e.to_string().contains("glu.value.weight"), "{e}");
     }
 
     #[test]
