@@ -323,6 +323,34 @@ mod tests {
     }
 
     #[test]
+    fn gradients_reach_every_parameter() {
+        // The trainer drives this same forward with its variables.
+        for json in [
+            r#"{"kind": "ffn", "in_dim": 6, "out_dim": 4, "depth": 3, "layer_norm": true, "bias": true, "residual": true}"#,
+            r#"{"kind": "glu", "in_dim": 6, "out_dim": 6, "activation": "gelu", "residual": true}"#,
+            r#"{"kind": "linear", "in_dim": 6, "out_dim": 3, "residual": true}"#,
+        ] {
+            let s = spec(json);
+            let p: HashMap<String, Tensor> = init(&s, Device::Cpu, 1)
+                .into_iter()
+                .map(|(n, t)| (n, t.set_requires_grad(true)))
+                .collect();
+            let x = Tensor::randn([5, 6], (Kind::Float, Device::Cpu));
+            forward(&s, &p, &x)
+                .pow_tensor_scalar(2)
+                .sum(Kind::Float)
+                .backward();
+            for (name, t) in &p {
+                let g = t.grad();
+                assert!(
+                    g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+                    "{json}: no gradient for {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn init_is_seeded_and_bounded_and_bad_specs_name_the_field() {
         let s = spec(r#"{"kind": "ffn", "in_dim": 16, "out_dim": 8}"#);
         let a = init(&s, Device::Cpu, 7);
