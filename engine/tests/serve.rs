@@ -14,32 +14,11 @@ use tessera_proto::TesseraClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tiny() -> String {
-    root()
-        .join("training/tests/fixtures/tiny-bert")
-        .to_string_lossy()
-        .into_owned()
-}
+mod common;
+use common::{ids as result_ids, ok, root, run, search_json, tiny};
 
 fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("tessera runs")
-}
-
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "tessera failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    run(args, &[], None)
 }
 
 /// The sample corpus indexed with the tiny model.
@@ -208,25 +187,7 @@ fn ids(r: &pb::QueryResult) -> Vec<String> {
 
 /// `tessera search --json` ids, the reference the server must match.
 fn cli_ids(index: &Path, query: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = vec![
-        "search",
-        "--index",
-        index.to_str().unwrap(),
-        "--json",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ];
-    a.extend_from_slice(extra);
-    a.push(query);
-    let v: serde_json::Value = serde_json::from_str(&ok(&tessera(&a))).unwrap();
-    v["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect()
+    result_ids(&search_json(index, query, extra))
 }
 
 /// The tiny model's vectors of `text` as a query, packed for the wire.
@@ -576,13 +537,10 @@ async fn every_call_works_end_to_end_and_matches_the_cli() {
         "sourdough bread yeast",
     ])))
     .unwrap();
-    let got: Vec<_> = qv["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(got, cli_ids(&index, "sourdough bread yeast", &["-k", "4"]));
+    assert_eq!(
+        result_ids(&qv),
+        cli_ids(&index, "sourdough bread yeast", &["-k", "4"])
+    );
     let qfile = dir.path().join("q.jsonl");
     std::fs::write(
         &qfile,

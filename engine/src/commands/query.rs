@@ -3,16 +3,14 @@
 //! like a local one).
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
 
-use crate::commands::search::snippet;
-use crate::input::check_text;
+use crate::commands::search::{write_hit, QueryInput};
 use crate::progress;
 use crate::searcher::{CandidatesArg, Retriever};
 
@@ -27,23 +25,8 @@ pub struct QueryArgs {
     /// The server, HOST:PORT (or an http:// URL).
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: String,
-    /// The query text.
-    #[arg(value_name = "QUERY", required_unless_present = "queries")]
-    pub query: Option<String>,
-    /// Queries file: JSONL (`{"_id", "text"}`) or TSV (`id<TAB>text`).
-    #[arg(
-        long,
-        value_name = "FILE",
-        requires = "run_out",
-        conflicts_with = "query"
-    )]
-    pub queries: Option<PathBuf>,
-    /// With --queries: the TREC run file to write.
-    #[arg(long, value_name = "FILE")]
-    pub run_out: Option<PathBuf>,
-    /// Results per query.
-    #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    pub k: u32,
+    #[command(flatten)]
+    pub input: QueryInput,
     /// Ranking: colbert (MaxSim), bm25, or hybrid.
     #[arg(long, value_enum, default_value_t = Retriever::Colbert)]
     pub retriever: Retriever,
@@ -78,7 +61,7 @@ impl QueryArgs {
             id: id.to_owned(),
             text: text.to_owned(),
             vectors: None,
-            k: self.k,
+            k: self.input.k,
             retriever: retriever(self.retriever) as i32,
             candidates: self.candidates.map(|c| pb::CandidateParams {
                 generator: match c {
@@ -135,11 +118,7 @@ async fn query(args: QueryArgs) -> Result<()> {
         req.set_timeout(timeout);
         req
     };
-    if let Some(qpath) = &args.queries {
-        let queries = tessera_eval::beir::read_queries(qpath)?;
-        if queries.is_empty() {
-            bail!("{}: no queries", qpath.display());
-        }
+    if let Some(queries) = args.input.batch()? {
         let t = Instant::now();
         let pb_ = progress::bar(Some(queries.len() as u64), "queries");
         pb_.set_prefix("querying");
@@ -163,18 +142,10 @@ async fn query(args: QueryArgs) -> Result<()> {
             pb_.inc(chunk.len() as u64);
         }
         pb_.finish_and_clear();
-        let out = args.run_out.as_ref().expect("clap requires --run-out");
-        run.write(out, &format!("tessera-grpc-{}", args.retriever))?;
-        eprintln!(
-            "{} queries in {:.2} s; run written to {}",
-            queries.len(),
-            t.elapsed().as_secs_f64(),
-            out.display()
-        );
-        return Ok(());
+        let name = format!("tessera-grpc-{}", args.retriever);
+        return args.input.write_run(&run, &name, queries.len(), t);
     }
-    let text = args.query.as_deref().expect("clap requires a query");
-    check_text(text, "the query")?;
+    let text = args.input.text()?;
     let t = Instant::now();
     let resp = client
         .search(call(vec![args.query("", text, true)]))
@@ -220,22 +191,15 @@ async fn query(args: QueryArgs) -> Result<()> {
         writeln!(w, "no results")?;
     }
     for (i, h) in result.hits.iter().enumerate() {
-        let title = h
-            .title
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .unwrap_or("(no title)");
-        writeln!(
-            w,
-            "{:>3}. {:>9.4}  {}  {}",
+        let (title, text) = (h.title.as_deref(), h.text.as_deref());
+        write_hit(
+            &mut w,
             i + 1,
             h.score,
-            h.id,
-            snippet(title, 90)
+            &h.id,
+            title.unwrap_or(""),
+            text.unwrap_or(""),
         )?;
-        if let Some(text) = h.text.as_deref().filter(|t| !t.is_empty()) {
-            writeln!(w, "                {}", snippet(text, 160))?;
-        }
     }
     writeln!(
         w,

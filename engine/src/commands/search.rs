@@ -24,6 +24,21 @@ pub struct SearchArgs {
     /// The index folder.
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
+    #[command(flatten)]
+    pub input: QueryInput,
+    #[command(flatten)]
+    pub rank: RankArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// What to search for, shared by `search` and `query`: one query, or a
+/// file of them with the run file to write; and `k`.
+#[derive(Args, Debug)]
+pub struct QueryInput {
     /// The query text.
     #[arg(value_name = "QUERY", required_unless_present = "queries")]
     pub query: Option<String>,
@@ -41,43 +56,65 @@ pub struct SearchArgs {
     /// Results per query.
     #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub k: u32,
-    #[command(flatten)]
-    pub rank: RankArgs,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub model: ModelArgs,
 }
 
-pub fn run(args: SearchArgs) -> Result<()> {
-    let engine = Engine::open(&args.index, &args.model, args.rank.retriever)?;
-    let params = args.rank.params(args.k as usize)?;
-    if let Some(f) = &params.filter {
-        warn_unknown_fields(&engine.index, f);
-    }
-    if let Some(qpath) = &args.queries {
+impl QueryInput {
+    /// The queries of `--queries`, refusing an empty file; `None` for a
+    /// single query.
+    pub fn batch(&self) -> Result<Option<Vec<tessera_eval::beir::Query>>> {
+        let Some(qpath) = &self.queries else {
+            return Ok(None);
+        };
         let queries = tessera_eval::beir::read_queries(qpath)?;
         if queries.is_empty() {
             bail!("{}: no queries", qpath.display());
         }
+        Ok(Some(queries))
+    }
+
+    /// The single query's text, refusing an empty one.
+    pub fn text(&self) -> Result<&str> {
+        let query = self.query.as_deref().expect("clap requires a query");
+        check_text(query, "the query")?;
+        Ok(query)
+    }
+
+    /// Writes `run` (of `n` queries, started at `t`) to `--run-out` under
+    /// the run name `name`, and says so on stderr.
+    pub fn write_run(
+        &self,
+        run: &tessera_eval::Run,
+        name: &str,
+        n: usize,
+        t: Instant,
+    ) -> Result<()> {
+        let out = self.run_out.as_ref().expect("clap requires --run-out");
+        run.write(out, name)?;
+        eprintln!(
+            "{n} queries in {:.2} s; run written to {}",
+            t.elapsed().as_secs_f64(),
+            out.display()
+        );
+        Ok(())
+    }
+}
+
+pub fn run(args: SearchArgs) -> Result<()> {
+    let engine = Engine::open(&args.index, &args.model, args.rank.retriever)?;
+    let params = args.rank.params(args.input.k as usize)?;
+    if let Some(f) = &params.filter {
+        warn_unknown_fields(&engine.index, f);
+    }
+    if let Some(queries) = args.input.batch()? {
         let t = Instant::now();
         let pb = progress::bar(Some(queries.len() as u64), "queries");
         pb.set_prefix("searching");
         let (run, _) = engine.run_queries(&queries, args.rank.retriever, &params, &pb)?;
         pb.finish_and_clear();
-        let out = args.run_out.as_ref().expect("clap requires --run-out");
-        run.write(out, &format!("tessera-{}", args.rank.retriever))?;
-        eprintln!(
-            "{} queries in {:.2} s; run written to {}",
-            queries.len(),
-            t.elapsed().as_secs_f64(),
-            out.display()
-        );
-        return Ok(());
+        let name = format!("tessera-{}", args.rank.retriever);
+        return args.input.write_run(&run, &name, queries.len(), t);
     }
-    let query = args.query.as_deref().expect("clap requires a query");
-    check_text(query, "the query")?;
+    let query = args.input.text()?;
     let t = Instant::now();
     let vecs = engine.encode_queries(&[query])?;
     let hits = engine.rank(args.rank.retriever, query, vecs.first(), &params)?;
@@ -109,22 +146,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
         writeln!(w, "no results")?;
     }
     for (i, (h, d)) in hits.iter().zip(&docs).enumerate() {
-        let title = if d.title.is_empty() {
-            "(no title)"
-        } else {
-            &d.title
-        };
-        writeln!(
-            w,
-            "{:>3}. {:>9.4}  {}  {}",
-            i + 1,
-            h.score,
-            h.id,
-            snippet(title, 90)
-        )?;
-        if !d.text.is_empty() {
-            writeln!(w, "                {}", snippet(&d.text, 160))?;
-        }
+        write_hit(&mut w, i + 1, h.score, &h.id, &d.title, &d.text)?;
     }
     writeln!(
         w,
@@ -138,25 +160,72 @@ pub fn run(args: SearchArgs) -> Result<()> {
 /// A filter on a field no document has matches nothing: say so (on
 /// stderr), with the fields there are.
 pub fn warn_unknown_fields(index: &tessera_index::Index, f: &tessera_index::Filter) {
+    if let Some(u) = unknown_fields(index, f) {
+        eprintln!(
+            "warning: --filter names {} that no document has (a condition on it never \
+             matches); metadata fields in this index: {}",
+            u.listed, u.present
+        );
+    }
+}
+
+/// Fields a filter names that no document has ([`unknown_fields`]).
+pub struct UnknownFields {
+    pub count: usize,
+    /// The unknown fields, quoted and comma-separated.
+    pub listed: String,
+    /// The metadata fields the index does have, or "none".
+    pub present: String,
+}
+
+/// The fields `f` names that no document of `index` has; `None` when every
+/// field exists.
+pub fn unknown_fields(
+    index: &tessera_index::Index,
+    f: &tessera_index::Filter,
+) -> Option<UnknownFields> {
     let unknown = index.unknown_filter_fields(f);
     if unknown.is_empty() {
-        return;
+        return None;
     }
     let have = index.metadata_fields();
-    eprintln!(
-        "warning: --filter names {} that no document has (a condition on it never matches); \
-         metadata fields in this index: {}",
-        unknown
-            .iter()
-            .map(|u| format!("{u:?}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        if have.is_empty() {
-            "none".to_owned()
-        } else {
-            have.join(", ")
-        }
-    );
+    let listed = unknown
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let present = if have.is_empty() {
+        "none".to_owned()
+    } else {
+        have.join(", ")
+    };
+    Some(UnknownFields {
+        count: unknown.len(),
+        listed,
+        present,
+    })
+}
+
+/// One ranked hit as `search` and `query` print it: rank, score, id, the
+/// title (or "(no title)"), then a line of text when there is any.
+pub fn write_hit(
+    w: &mut impl Write,
+    rank: usize,
+    score: f32,
+    id: &str,
+    title: &str,
+    text: &str,
+) -> std::io::Result<()> {
+    let title = if title.is_empty() {
+        "(no title)"
+    } else {
+        title
+    };
+    writeln!(w, "{rank:>3}. {score:>9.4}  {id}  {}", snippet(title, 90))?;
+    if !text.is_empty() {
+        writeln!(w, "                {}", snippet(text, 160))?;
+    }
+    Ok(())
 }
 
 /// The first `max` characters of `s` on one line, with "…" when cut.

@@ -298,7 +298,8 @@ fn load(
     metrics: Arc<Metrics>,
 ) -> Result<Ready> {
     let dir = dir.canonicalize().unwrap_or(dir);
-    let index = Index::open(&dir).with_context(|| format!("opening index {}", dir.display()))?;
+    let index =
+        Arc::new(Index::open(&dir).with_context(|| format!("opening index {}", dir.display()))?);
     let search_pool = SearchLanes::new(lanes.unwrap_or(1), search_threads, lanes.is_none())
         .context("starting the search pools")?;
     if config.max_hold > Duration::ZERO {
@@ -307,9 +308,8 @@ fn load(
     if no_model {
         return Ok(Ready::new(dir, index, None, None, search_pool));
     }
-    // The encoder thread reads the index's model record; a second handle
-    // on the same snapshot keeps the loader simple.
-    let probe = Index::open(&dir).with_context(|| format!("opening index {}", dir.display()))?;
+    // The encoder thread reads the index's model record.
+    let probe = index.clone();
     let model_dir = Arc::new(Mutex::new(None));
     let slot = model_dir.clone();
     let d = dir.clone();

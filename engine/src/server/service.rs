@@ -261,7 +261,7 @@ pub struct Ready {
 impl Ready {
     pub fn new(
         dir: PathBuf,
-        index: Index,
+        index: Arc<Index>,
         model_dir: Option<PathBuf>,
         batcher: Option<Batcher>,
         lanes: SearchLanes,
@@ -269,7 +269,7 @@ impl Ready {
         Self {
             dir,
             model_dir,
-            index: RwLock::new(Arc::new(index)),
+            index: RwLock::new(index),
             batcher,
             lanes,
             writer: tokio::sync::Mutex::new(()),
@@ -284,12 +284,30 @@ impl Ready {
         }
     }
 
-    fn publish(&self, index: Index) {
-        let index = Arc::new(index);
+    /// Runs one change of the index (`change` gets its folder) off the
+    /// async threads, one change at a time, then reopens the index and
+    /// publishes the new snapshot: a search that starts after this returns
+    /// sees the change. Once begun, the change runs to its end even if the
+    /// caller goes away. Returns the change's result and the new snapshot.
+    async fn update<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        change: impl FnOnce(&std::path::Path) -> Result<T, IndexError> + Send + 'static,
+    ) -> Result<(T, Arc<Index>), Status> {
+        let _w = self.writer.lock().await;
+        let dir = self.dir.clone();
+        let (out, fresh) = blocking(move || {
+            let out = change(&dir).map_err(|e| index_status(e, what))?;
+            let fresh = Index::open(&dir).map_err(|e| index_status(e, "reopening the index"))?;
+            Ok((out, fresh))
+        })
+        .await?;
+        let fresh = Arc::new(fresh);
         match self.index.write() {
-            Ok(mut g) => *g = index,
-            Err(p) => *p.into_inner() = index,
+            Ok(mut g) => *g = fresh.clone(),
+            Err(p) => *p.into_inner() = fresh.clone(),
         }
+        Ok((out, fresh))
     }
 }
 
@@ -318,6 +336,27 @@ impl State {
             limits,
             faults,
         }
+    }
+
+    /// The loaded index and model; `UNAVAILABLE` while they load.
+    pub fn ready(&self) -> Result<&Ready, Status> {
+        self.ready
+            .get()
+            .ok_or_else(|| Status::unavailable("the index is still loading; retry shortly"))
+    }
+
+    /// Refuses more ids in one call than `--max-ids` allows.
+    fn check_ids(&self, n: usize) -> Result<(), Status> {
+        if n > self.limits.max_ids {
+            return Err(invalid(
+                "ids",
+                format!(
+                    "{n} ids is above the limit of {} per call",
+                    self.limits.max_ids
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Gauges for `/metrics`.
@@ -477,9 +516,7 @@ impl Service {
             if st.draining.load(Ordering::Acquire) {
                 return Err(Status::unavailable("the server is shutting down"));
             }
-            if st.ready.get().is_none() {
-                return Err(Status::unavailable("the index is still loading; retry shortly"));
-            }
+            st.ready()?;
             let limit = st.limits.max_message_bytes;
             if size > limit {
                 return Err(invalid(
@@ -676,24 +713,13 @@ fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, 
         let filter: Filter = serde_json::from_str(&q.filter)
             .map_err(|e| invalid(f("filter"), format!("malformed filter: {e}")))?;
         filter.validate().map_err(|e| invalid(f("filter"), e))?;
-        let unknown = index.unknown_filter_fields(&filter);
-        if !unknown.is_empty() {
-            let have = index.metadata_fields();
+        if let Some(u) = crate::commands::search::unknown_fields(index, &filter) {
+            let plural = if u.count > 1 { "s" } else { "" };
             return Err(invalid(
                 f("filter"),
                 format!(
-                    "no document has the field{} {}; metadata fields in this index: {}",
-                    if unknown.len() > 1 { "s" } else { "" },
-                    unknown
-                        .iter()
-                        .map(|u| format!("{u:?}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if have.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        have.join(", ")
-                    }
+                    "no document has the field{plural} {}; metadata fields in this index: {}",
+                    u.listed, u.present
                 ),
             ));
         }
@@ -799,10 +825,7 @@ async fn search(
     deadline: Instant,
     start: Instant,
 ) -> Result<pb::SearchResponse, Status> {
-    let ready = st
-        .ready
-        .get()
-        .ok_or_else(|| Status::unavailable("loading"))?;
+    let ready = st.ready()?;
     let limits = &st.limits;
     if req.queries.is_empty() {
         return Err(invalid("queries", "at least one query is needed"));
@@ -910,20 +933,8 @@ fn get_documents(
     st: Arc<State>,
     req: pb::GetDocumentsRequest,
 ) -> Result<pb::GetDocumentsResponse, Status> {
-    let ready = st
-        .ready
-        .get()
-        .ok_or_else(|| Status::unavailable("loading"))?;
-    if req.ids.len() > st.limits.max_ids {
-        return Err(invalid(
-            "ids",
-            format!(
-                "{} ids is above the limit of {} per call",
-                req.ids.len(),
-                st.limits.max_ids
-            ),
-        ));
-    }
+    let ready = st.ready()?;
+    st.check_ids(req.ids.len())?;
     let index = ready.snapshot();
     let results = req
         .ids
@@ -1013,10 +1024,7 @@ async fn add_documents(
     mut stream: Streaming<pb::AddDocumentsRequest>,
     deadline: Instant,
 ) -> Result<pb::AddDocumentsResponse, Status> {
-    let ready = st
-        .ready
-        .get()
-        .ok_or_else(|| Status::unavailable("loading"))?;
+    let ready = st.ready()?;
     let index = ready.snapshot();
     let dim = index.query_dim();
     let mut docs: Vec<Incoming> = Vec::new();
@@ -1122,18 +1130,13 @@ async fn add_documents(
         });
     }
     // From here the commit runs to its end even if the client goes away.
-    let _w = ready.writer.lock().await;
-    let dir = ready.dir.clone();
     let delay = st.faults.commit_delay;
-    let (generation, fresh) = blocking(move || {
-        std::thread::sleep(delay);
-        let generation = tessera_index::append(&dir, docs.into_iter().map(|d| d.doc))
-            .map_err(|e| index_status(e, "adding documents"))?;
-        let fresh = Index::open(&dir).map_err(|e| index_status(e, "reopening the index"))?;
-        Ok((generation, fresh))
-    })
-    .await?;
-    ready.publish(fresh);
+    let (generation, _) = ready
+        .update("adding documents", move |dir| {
+            std::thread::sleep(delay);
+            tessera_index::append(dir, docs.into_iter().map(|d| d.doc))
+        })
+        .await?;
     Ok(pb::AddDocumentsResponse {
         added,
         skipped_ids: skipped,
@@ -1145,36 +1148,19 @@ async fn delete_documents(
     st: Arc<State>,
     req: pb::DeleteDocumentsRequest,
 ) -> Result<pb::DeleteDocumentsResponse, Status> {
-    let ready = st
-        .ready
-        .get()
-        .ok_or_else(|| Status::unavailable("loading"))?;
-    if req.ids.len() > st.limits.max_ids {
-        return Err(invalid(
-            "ids",
-            format!(
-                "{} ids is above the limit of {} per call",
-                req.ids.len(),
-                st.limits.max_ids
-            ),
-        ));
-    }
+    let ready = st.ready()?;
+    st.check_ids(req.ids.len())?;
     let mut ids = req.ids;
     let mut seen = HashSet::new();
     ids.retain(|id| seen.insert(id.clone()));
-    let _w = ready.writer.lock().await;
-    let dir = ready.dir.clone();
     let n = ids.len();
-    let (unknown, fresh) = blocking(move || {
-        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let unknown = tessera_index::delete(&dir, &refs)
-            .map_err(|e| index_status(e, "deleting documents"))?;
-        let fresh = Index::open(&dir).map_err(|e| index_status(e, "reopening the index"))?;
-        Ok((unknown, fresh))
-    })
-    .await?;
+    let (unknown, fresh) = ready
+        .update("deleting documents", move |dir| {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            tessera_index::delete(dir, &refs)
+        })
+        .await?;
     let generation = fresh.manifest().generation;
-    ready.publish(fresh);
     Ok(pb::DeleteDocumentsResponse {
         deleted: (n - unknown.len()) as u32,
         unknown_ids: unknown,
@@ -1183,20 +1169,15 @@ async fn delete_documents(
 }
 
 async fn compact(st: Arc<State>) -> Result<pb::CompactResponse, Status> {
-    let ready = st
-        .ready
-        .get()
-        .ok_or_else(|| Status::unavailable("loading"))?;
-    let _w = ready.writer.lock().await;
-    let before = ready.snapshot().segments().len() as u32;
-    let dir = ready.dir.clone();
-    let fresh = blocking(move || {
-        tessera_index::compact(&dir).map_err(|e| index_status(e, "compacting"))?;
-        Index::open(&dir).map_err(|e| index_status(e, "reopening the index"))
-    })
-    .await?;
-    let (generation, after) = (fresh.manifest().generation, fresh.segments().len() as u32);
-    ready.publish(fresh);
+    let ready = st.ready()?;
+    let ((generation, before), fresh) = ready
+        .update("compacting", |dir| {
+            // Counted under the writer lock, like the compaction itself.
+            let before = tessera_index::manifest::Manifest::load(dir)?.segments.len() as u32;
+            Ok((tessera_index::compact(dir)?, before))
+        })
+        .await?;
+    let after = fresh.segments().len() as u32;
     Ok(pb::CompactResponse {
         generation,
         segments_before: before,
@@ -1205,10 +1186,7 @@ async fn compact(st: Arc<State>) -> Result<pb::CompactResponse, Status> {
 }
 
 fn index_info(st: Arc<State>) -> Result<pb::IndexInfoResponse, Status> {
-    let ready = st
-        .ready
-        .get()
-        .ok_or_else(|| Status::unavailable("loading"))?;
+    let ready = st.ready()?;
     let index = ready.snapshot();
     let m = index.manifest();
     let mi = &m.info["model"];

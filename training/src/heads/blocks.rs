@@ -197,30 +197,29 @@ pub fn forward(spec: &HeadSpec, p: &HashMap<String, Tensor>, x: &Tensor) -> Tens
 /// at weight 1, bias 0; the same seed gives the same tensors.
 pub fn init(spec: &HeadSpec, device: Device, seed: i64) -> HashMap<String, Tensor> {
     tch::manual_seed(seed);
-    parameter_shapes(spec)
-        .into_iter()
+    let shapes = parameter_shapes(spec);
+    // A weight's fan-in is its second dim; a bias takes its weight's.
+    let fan_in = |name: &str| {
+        let weight = name.replace(".bias", ".weight");
+        shapes
+            .iter()
+            .find(|(n, _)| *n == weight)
+            .map_or(spec.in_dim, |(_, s)| s[1])
+    };
+    shapes
+        .iter()
         .map(|(name, shape)| {
             let t = if name.ends_with(".norm.weight") {
                 Tensor::ones(shape.as_slice(), (Kind::Float, device))
             } else if name.ends_with(".norm.bias") {
                 Tensor::zeros(shape.as_slice(), (Kind::Float, device))
             } else {
-                // fan_in: the weight's second dim; a bias takes its layer's.
-                let fan_in = parameter_fan_in(spec, &name).max(1) as f64;
-                let bound = 1.0 / fan_in.sqrt();
+                let bound = 1.0 / (fan_in(name).max(1) as f64).sqrt();
                 Tensor::empty(shape.as_slice(), (Kind::Float, device)).uniform_(-bound, bound)
             };
-            (name, t)
+            (name.clone(), t)
         })
         .collect()
-}
-
-fn parameter_fan_in(spec: &HeadSpec, name: &str) -> i64 {
-    let weight = name.replace(".bias", ".weight");
-    parameter_shapes(spec)
-        .into_iter()
-        .find(|(n, _)| *n == weight)
-        .map_or(spec.in_dim, |(_, s)| s[1])
 }
 
 #[cfg(test)]

@@ -138,11 +138,22 @@ impl ProjectionHead {
     /// A head from a spec and its parameters, checking both.
     pub fn from_spec(
         spec: HeadSpec,
-        mut params: HashMap<String, Tensor>,
+        params: HashMap<String, Tensor>,
         origin: &Path,
     ) -> Result<Self> {
         spec.validate()
             .map_err(|m| TrainingError::config(origin, m))?;
+        Self::with_params(spec, params, origin)
+    }
+
+    /// [`ProjectionHead::from_spec`] for a spec already validated: checks
+    /// that `params` holds every tensor it needs, at its shape (errors name
+    /// `origin`).
+    fn with_params(
+        spec: HeadSpec,
+        mut params: HashMap<String, Tensor>,
+        origin: &Path,
+    ) -> Result<Self> {
         let mut kept = HashMap::new();
         for (name, shape) in blocks::parameter_shapes(&spec) {
             let t = params
@@ -269,7 +280,7 @@ impl ProjectionHead {
             .map_err(|m| TrainingError::config(&spec_path, m))?;
         if spec.is_block() {
             let w = WeightFile::read(&dir.join("head.safetensors"))?;
-            return Self::from_spec(spec, w.tensors, &w.path);
+            return Self::with_params(spec, w.tensors, &w.path);
         }
         match spec.kind {
             HeadKind::Identity => {
