@@ -24,7 +24,8 @@ use clap::{Parser, Subcommand};
     tessera query --addr 127.0.0.1:50051 \"what causes tides?\"\n  \
     tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
     tessera encode --query \"what causes tides?\"\n  \
-    tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n\n\
+    tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n  \
+    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n\n\
     Logs go to stderr; set RUST_LOG=debug for more.")]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +42,8 @@ enum Command {
     EncodeCorpus(commands::encode_corpus::EncodeCorpusArgs),
     Encode(commands::encode::EncodeArgs),
     Score(commands::score::ScoreArgs),
+    Train(commands::train::TrainArgs),
+    Export(commands::export::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -67,6 +70,8 @@ fn main() -> std::process::ExitCode {
         Command::EncodeCorpus(args) => commands::encode_corpus::run(args),
         Command::Encode(args) => commands::encode::run(args),
         Command::Score(args) => commands::score::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Export(args) => commands::export::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -46,12 +46,7 @@ impl ModelArgs {
     pub fn model_dir(&self) -> Result<PathBuf> {
         match &self.model {
             Some(d) => Ok(d.clone()),
-            None => tessera_training::default_model_dir()
-                .filter(|d| d.exists())
-                .context(
-                    "no --model given and the default model is not installed: \
-                     run scripts/setup, or set TESSERA_MODEL",
-                ),
+            None => default_model(),
         }
     }
 
@@ -149,6 +144,16 @@ impl ModelArgs {
         );
         Ok(encoder)
     }
+}
+
+/// The default model folder (see [`tessera_training::default_model_dir`]).
+pub fn default_model() -> Result<PathBuf> {
+    tessera_training::default_model_dir()
+        .filter(|d| d.exists())
+        .context(
+            "no --model given and the default model is not installed: \
+             run scripts/setup, or set TESSERA_MODEL",
+        )
 }
 
 /// What an index or embeddings folder records about the model that made its

@@ -826,6 +826,9 @@ fn every_new_command_has_help_with_an_example() {
         &["search"][..],
         &["eval"][..],
         &["encode-corpus"][..],
+        &["train"][..],
+        &["train", "heads"][..],
+        &["export"][..],
     ] {
         let mut a = cmd.to_vec();
         a.push("--help");

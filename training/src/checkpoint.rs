@@ -19,6 +19,7 @@ use tch::{nn, Device};
 use crate::bert::BertModel;
 use crate::config::{json_message, read_text, BertConfig, ColbertSettings};
 use crate::error::{Result, TrainingError};
+use crate::heads::blocks::Activation;
 use crate::heads::{LinearLayer, ProjectionHead};
 use crate::weights::WeightFile;
 
@@ -50,6 +51,9 @@ pub struct ColbertModel {
     pub settings: ColbertSettings,
     pub layout: CheckpointLayout,
     pub dir: PathBuf,
+    /// Where the backbone (config, weights, tokenizer) lives: `dir` itself,
+    /// or the folder `tessera.json` names in `"backbone"`.
+    pub backbone_dir: PathBuf,
 }
 
 impl ColbertModel {
@@ -61,8 +65,9 @@ impl ColbertModel {
                 what: "model directory not found",
             });
         }
-        let config = BertConfig::from_file(&dir.join("config.json"))?;
-        let weights_path = weights_file(dir)?;
+        let backbone_dir = backbone_dir(dir)?;
+        let config = BertConfig::from_file(&backbone_dir.join("config.json"))?;
+        let weights_path = weights_file(&backbone_dir)?;
         let mut weights = WeightFile::read(&weights_path)?.normalised_bert_names();
 
         let mut vs = nn::VarStore::new(device);
@@ -81,10 +86,7 @@ impl ColbertModel {
             (head, CheckpointLayout::PyLate)
         } else if let Some(w) = weights.tensors.remove("linear.weight") {
             let w = w.to_kind(tch::Kind::Float);
-            let layer = LinearLayer {
-                weight: w,
-                bias: None,
-            };
+            let layer = LinearLayer::new(w, None);
             let head = ProjectionHead::from_layers(vec![layer], hidden, &weights_path)?;
             (head, CheckpointLayout::Stanford)
         } else {
@@ -104,6 +106,7 @@ impl ColbertModel {
             settings,
             layout,
             dir: dir.to_owned(),
+            backbone_dir,
         })
     }
 
@@ -114,6 +117,36 @@ impl ColbertModel {
 
     pub fn device(&self) -> Device {
         self.vs.device()
+    }
+}
+
+/// The backbone folder of the model in `dir`: the `"backbone"` field of
+/// its `tessera.json` (relative to `dir`, or absolute) when there is one —
+/// a trained head stored without a copy of the weights it sits on — else
+/// `dir`.
+pub fn backbone_dir(dir: &Path) -> Result<PathBuf> {
+    let own = dir.join("tessera.json");
+    if !own.is_file() {
+        return Ok(dir.to_owned());
+    }
+    let v: serde_json::Value = serde_json::from_str(&read_text(&own)?)
+        .map_err(|e| TrainingError::config(&own, json_message(&e)))?;
+    match v.get("backbone") {
+        None | Some(serde_json::Value::Null) => Ok(dir.to_owned()),
+        Some(serde_json::Value::String(p)) => {
+            let path = dir.join(p);
+            if !path.join("config.json").is_file() {
+                return Err(TrainingError::config(
+                    &own,
+                    format!(
+                        "field backbone names {}, which holds no config.json",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(path)
+        }
+        Some(_) => Err(TrainingError::config(&own, "field backbone must be a path")),
     }
 }
 
@@ -148,6 +181,8 @@ struct DenseConfig {
     bias: bool,
     #[serde(default)]
     activation_function: Option<String>,
+    #[serde(default)]
+    use_residual: bool,
 }
 
 fn yes() -> bool {
@@ -169,14 +204,24 @@ fn pylate_dense_layers(dir: &Path) -> Result<Option<Vec<LinearLayer>>> {
         let cfg_path = sub.join("config.json");
         let cfg: DenseConfig = serde_json::from_str(&read_text(&cfg_path)?)
             .map_err(|e| TrainingError::config(&cfg_path, json_message(&e)))?;
-        if let Some(act) = &cfg.activation_function {
-            if !act.ends_with("Identity") {
-                return Err(TrainingError::config(
-                    &cfg_path,
-                    format!("field activation_function {act:?} is not supported (Identity only)"),
-                ));
-            }
-        }
+        let activation = match cfg.activation_function.as_deref() {
+            None => None,
+            Some(a) => match a.rsplit('.').next().unwrap_or(a) {
+                "Identity" => None,
+                "GELU" => Some(Activation::Gelu),
+                "ReLU" => Some(Activation::Relu),
+                "SiLU" => Some(Activation::Silu),
+                _ => {
+                    return Err(TrainingError::config(
+                        &cfg_path,
+                        format!(
+                            "field activation_function {a:?} is not supported \
+                             (Identity, GELU, ReLU or SiLU)"
+                        ),
+                    ))
+                }
+            },
+        };
         let mut w = WeightFile::read(&weights_file(&sub)?)?;
         let weight = w.take("linear.weight", &[cfg.out_features, cfg.in_features])?;
         let bias = if cfg.bias {
@@ -184,7 +229,22 @@ fn pylate_dense_layers(dir: &Path) -> Result<Option<Vec<LinearLayer>>> {
         } else {
             None
         };
-        layers.push(LinearLayer { weight, bias });
+        let residual = if !cfg.use_residual {
+            None
+        } else if cfg.in_features == cfg.out_features {
+            Some(None)
+        } else {
+            Some(Some(w.take(
+                "residual.weight",
+                &[cfg.out_features, cfg.in_features],
+            )?))
+        };
+        layers.push(LinearLayer {
+            weight,
+            bias,
+            activation,
+            residual,
+        });
     }
     Ok((!layers.is_empty()).then_some(layers))
 }

@@ -158,7 +158,7 @@ impl BertConfig {
 }
 
 /// ColBERT conventions of one model: markers, lengths, query augmentation.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ColbertSettings {
     /// Token inserted after `[CLS]` in queries (e.g. `[unused0]`), if any.

@@ -62,6 +62,15 @@ pub struct EncodeOutput {
     pub tokens_processed: usize,
 }
 
+/// What [`Encoder::run`] returns per token.
+#[derive(Clone, Copy)]
+enum Output {
+    /// Head applied, L2-normalised.
+    Vectors,
+    /// The backbone's last hidden states as they are.
+    BackboneStates,
+}
+
 /// Backbone + head + tokenizer, ready to encode.
 pub struct Encoder {
     model: ColbertModel,
@@ -77,7 +86,7 @@ impl Encoder {
         model.bert.set_precision(options.precision.resolve(device));
         let max_positions = model.bert.config().max_position_embeddings as usize;
         let tokenizer = ColbertTokenizer::from_file(
-            &dir.join("tokenizer.json"),
+            &model.backbone_dir.join("tokenizer.json"),
             model.settings.clone(),
             max_positions,
         )?;
@@ -95,6 +104,19 @@ impl Encoder {
 
     pub fn dim(&self) -> usize {
         self.model.dim() as usize
+    }
+
+    /// This encoder with other ColBERT settings (markers, lengths, query
+    /// augmentation): the tokenizer is rebuilt, the model kept.
+    pub fn with_settings(mut self, settings: ColbertSettings) -> Result<Self> {
+        let max_positions = self.model.bert.config().max_position_embeddings as usize;
+        self.tokenizer = ColbertTokenizer::from_file(
+            &self.model.backbone_dir.join("tokenizer.json"),
+            settings.clone(),
+            max_positions,
+        )?;
+        self.model.settings = settings;
+        Ok(self)
     }
 
     pub fn device(&self) -> Device {
@@ -156,12 +178,38 @@ impl Encoder {
         kind: TextKind,
         progress: &mut dyn FnMut(usize),
     ) -> Result<EncodeOutput> {
+        self.run(tokenized, kind, Output::Vectors, progress)
+    }
+
+    /// The backbone's token states of `tokenized`, before the head and
+    /// unnormalised (`hidden_size` wide), for the tokens
+    /// [`Encoder::encode_tokenized`] would keep. A frozen-backbone trainer
+    /// caches these once and trains heads on them.
+    pub fn backbone_states(
+        &self,
+        tokenized: &[TokenizedText],
+        kind: TextKind,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<EncodeOutput> {
+        self.run(tokenized, kind, Output::BackboneStates, progress)
+    }
+
+    fn run(
+        &self,
+        tokenized: &[TokenizedText],
+        kind: TextKind,
+        output: Output,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<EncodeOutput> {
         let mut order: Vec<usize> = (0..tokenized.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokenized[i].ids.len()));
 
         let mut slots: Vec<Option<EncodedText>> = vec![None; tokenized.len()];
         let mut out = EncodeOutput::default();
-        let dim = self.dim();
+        let dim = match output {
+            Output::Vectors => self.dim(),
+            Output::BackboneStates => self.model.bert.config().hidden_size as usize,
+        };
         let device = self.device();
         let pad = i64::from(self.tokenizer.pad_id());
         let _no_grad = tch::no_grad_guard();
@@ -184,11 +232,17 @@ impl Encoder {
             let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
 
             let states = self.model.bert.forward(&ids, &mask);
-            let projected = self.model.head.forward(&states);
-            let norms = projected
-                .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
-                .clamp_min(1e-12);
-            let normalised = (projected / norms)
+            let out_states = match output {
+                Output::Vectors => {
+                    let projected = self.model.head.forward(&states);
+                    let norms = projected
+                        .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
+                        .clamp_min(1e-12);
+                    projected / norms
+                }
+                Output::BackboneStates => states,
+            };
+            let normalised = out_states
                 .to_device(Device::Cpu)
                 .to_kind(Kind::Float)
                 .contiguous();

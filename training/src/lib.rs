@@ -24,9 +24,12 @@ pub mod config;
 pub mod device;
 pub mod encoder;
 pub mod error;
+pub mod export;
 pub mod heads;
 pub mod precision;
+pub mod states;
 pub mod tokenize;
+pub mod train;
 pub mod weights;
 
 pub use checkpoint::{CheckpointLayout, ColbertModel};

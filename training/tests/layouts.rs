@@ -202,10 +202,7 @@ fn tessera_head_file_is_loaded() {
     tch::manual_seed(3);
     let w = Tensor::randn([4, 32], (Kind::Float, Device::Cpu));
     let head = ProjectionHead::from_layers(
-        vec![LinearLayer {
-            weight: w.shallow_clone(),
-            bias: None,
-        }],
+        vec![LinearLayer::new(w.shallow_clone(), None)],
         32,
         dir.path(),
     )

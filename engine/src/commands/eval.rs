@@ -342,7 +342,7 @@ fn encoding_key(
     Ok(h.finish())
 }
 
-fn cache_root() -> Result<PathBuf> {
+pub(crate) fn cache_root() -> Result<PathBuf> {
     Ok(tessera_training::tessera_home()
         .context("cannot locate the cache: set TESSERA_HOME")?
         .join("cache"))
@@ -351,7 +351,8 @@ fn cache_root() -> Result<PathBuf> {
 /// The cached encoding of a dataset's corpus (made if missing; an
 /// interrupted one continues from its last checkpoint).
 fn cached_encoding(
-    args: &EvalArgs,
+    model_args: &ModelArgs,
+    records: &RecordArgs,
     dataset: &Dataset,
     name: &str,
     key: u64,
@@ -370,12 +371,12 @@ fn cached_encoding(
     );
     let model = ModelArgs {
         model: Some(model_dir.to_owned()),
-        ..args.model.clone()
+        ..model_args.clone()
     };
     let encoder = model.load()?;
     let input = InputArgs {
         input: dataset.corpus_path(),
-        records: args.records.clone(),
+        records: records.clone(),
     };
     let t = Instant::now();
     let st = encode_to_dir(&encoder, &input, &dir, true, 1024, Rerun::Automatically)?;
@@ -424,6 +425,30 @@ fn cached_index(
         stats.docs, stats.tokens, stats.codec, stats.num_centroids
     );
     Ok((dir, Some(secs)))
+}
+
+/// The cached residual2 index (BM25 analyzer `en`) of a dataset's corpus
+/// encoded by the model in `model_dir`, as `tessera eval` builds it.
+pub(crate) fn cached_dataset_index(
+    dataset: &Dataset,
+    model_args: &ModelArgs,
+    model_dir: &Path,
+    records: &RecordArgs,
+) -> Result<PathBuf> {
+    let canonical = dataset
+        .dir
+        .canonicalize()
+        .with_context(|| dataset.dir.display().to_string())?;
+    let dname = dataset_name(&canonical);
+    let key = encoding_key(
+        dataset,
+        &canonical,
+        model_dir,
+        records,
+        model_args.resolved_precision()?,
+    )?;
+    let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir)?;
+    Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En)?.0)
 }
 
 /// Recall@10 of `run` against the top 10 of `truth`, over `queries`.
@@ -520,7 +545,14 @@ fn eval_dataset(
                 &args.records,
                 args.model.resolved_precision()?,
             )?;
-            let enc = cached_encoding(args, &dataset, &dname, key, &model_dir)?;
+            let enc = cached_encoding(
+                &args.model,
+                &args.records,
+                &dataset,
+                &dname,
+                key,
+                &model_dir,
+            )?;
             let (idx, built) = cached_index(&enc, &dname, key, &args.codec, args.analyzer)?;
             index_build_s = built;
             if args.against_exact && retriever != Retriever::Bm25 {

@@ -3,8 +3,10 @@
 pub mod encode;
 pub mod encode_corpus;
 pub mod eval;
+pub mod export;
 pub mod index;
 pub mod query;
 pub mod score;
 pub mod search;
 pub mod serve;
+pub mod train;

@@ -28,7 +28,7 @@ pub enum Activation {
 }
 
 impl Activation {
-    fn apply(self, x: &Tensor) -> Tensor {
+    pub(crate) fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Self::Gelu => x.gelu("none"),
             Self::Relu => x.relu(),

@@ -111,9 +111,38 @@ pub struct LinearLayer {
     /// `[out, in]`, as `torch.nn.Linear` stores it.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// Applied after the linear map (a PyLate `Dense` module's
+    /// `activation_function`); `None` is the identity.
+    pub activation: Option<blocks::Activation>,
+    /// PyLate's `Dense(use_residual=True)`: the layer's input is added to
+    /// its output — through this bias-free `[out, in]` map when the widths
+    /// differ (`Some(Some(w))`), as is when they match (`Some(None)`).
+    pub residual: Option<Option<Tensor>>,
 }
 
 impl LinearLayer {
+    /// A plain linear layer: no activation, no residual.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            activation: None,
+            residual: None,
+        }
+    }
+
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let mut y = x.linear(&self.weight, self.bias.as_ref());
+        if let Some(a) = self.activation {
+            y = a.apply(&y);
+        }
+        match &self.residual {
+            None => y,
+            Some(None) => y + x,
+            Some(Some(w)) => y + x.linear::<&Tensor>(w, None),
+        }
+    }
+
     fn out_dim(&self) -> i64 {
         self.weight.size()[0]
     }
@@ -178,6 +207,12 @@ impl ProjectionHead {
         })
     }
 
+    /// The linear layers of a head loaded as a layer stack (plain linear,
+    /// Stanford, PyLate Dense modules); empty for block heads.
+    pub fn layers(&self) -> &[LinearLayer] {
+        &self.layers
+    }
+
     /// The spec and parameters of an FFN, GLU or residual head.
     pub fn block(&self) -> Option<&BlockHead> {
         self.block.as_ref()
@@ -238,6 +273,8 @@ impl ProjectionHead {
             .map(|l| LinearLayer {
                 weight: l.weight.to_device(device),
                 bias: l.bias.map(|b| b.to_device(device)),
+                activation: l.activation,
+                residual: l.residual.map(|r| r.map(|w| w.to_device(device))),
             })
             .collect();
         let block = self.block.map(|b| BlockHead {
@@ -257,7 +294,7 @@ impl ProjectionHead {
         }
         let mut y = x.shallow_clone();
         for l in &self.layers {
-            y = y.linear(&l.weight, l.bias.as_ref());
+            y = l.apply(&y);
         }
         y
     }
@@ -301,7 +338,7 @@ impl ProjectionHead {
                 } else {
                     None
                 };
-                Self::from_layers(vec![LinearLayer { weight, bias }], input_dim, &spec_path)
+                Self::from_layers(vec![LinearLayer::new(weight, bias)], input_dim, &spec_path)
             }
         }
     }
@@ -328,10 +365,14 @@ impl ProjectionHead {
         }
         let (kind, bias) = match self.layers.as_slice() {
             [] => (HeadKind::Identity, false),
-            [l] => (HeadKind::Linear, l.bias.is_some()),
+            [l] if l.activation.is_none() && l.residual.is_none() => {
+                (HeadKind::Linear, l.bias.is_some())
+            }
             _ => {
                 return Err(TrainingError::InvalidInput(
-                    "a head of several layers cannot be saved as head.json yet".into(),
+                    "a head of several Dense layers (or one with an activation or a residual) \
+                     cannot be saved as head.json"
+                        .into(),
                 ))
             }
         };
@@ -361,15 +402,8 @@ mod tests {
     fn linear_head_round_trips_and_projects() {
         let dir = tempfile::tempdir().unwrap();
         let w = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 2.0]).view([2, 3]);
-        let head = ProjectionHead::from_layers(
-            vec![LinearLayer {
-                weight: w,
-                bias: None,
-            }],
-            3,
-            Path::new("x"),
-        )
-        .unwrap();
+        let head = ProjectionHead::from_layers(vec![LinearLayer::new(w, None)], 3, Path::new("x"))
+            .unwrap();
         head.save_tessera(dir.path(), 3).unwrap();
         let loaded = ProjectionHead::load_tessera(dir.path(), 3).unwrap();
         assert_eq!(loaded.kind(), HeadKind::Linear);

@@ -1,0 +1,1044 @@
+//! `tessera train heads`: trains a projection head (frozen backbone, on
+//! cached backbone states) or the backbone with it (`--mode full`) on BEIR
+//! train splits and self-supervised pairs, validating on dev splits, and
+//! writes a model folder every other command accepts.
+//!
+//! Steps: (1) read every dataset's train and dev split and check them; (2)
+//! cache the backbone states of corpus and queries (once per dataset, model
+//! and ColBERT settings, under `$TESSERA_HOME/cache/states`); (3) mine hard
+//! negatives for the train queries and candidate pools for the dev queries
+//! with BM25 and the current model's own index (the cached evaluation index
+//! of `tessera eval`); (4) train ([`tessera_training::train`]); (5) keep the
+//! best head on dev, its settings and the training record in `--out`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Subcommand};
+use rand::{Rng, SeedableRng};
+use tessera_eval::beir::{Dataset, Query};
+use tessera_eval::{evaluate, Measure, Qrels, Run};
+use tessera_index::SearchParams;
+use tessera_training::heads::blocks::Activation;
+use tessera_training::heads::HeadSpec;
+use tessera_training::states::{StateCache, StatesWriter};
+use tessera_training::train::optim::Decay;
+use tessera_training::train::score::{score_dev, DevSet};
+use tessera_training::train::{
+    self, plot, Backbone, DevLog, Example, Mode, Source, Texts, TrainConfig, Trainee,
+};
+use tessera_training::{
+    ColbertModel, ColbertSettings, Encoder, HeadKind, ProjectionHead, TextKind,
+};
+
+use crate::commands::encode_corpus::RecordArgs;
+use crate::commands::eval::cached_dataset_index;
+use crate::corpus::{CorpusOptions, CorpusReader};
+use crate::model::ModelArgs;
+use crate::progress;
+use crate::searcher::{Engine, Retriever};
+
+/// Train the model's projection head on labelled or unlabelled data.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n\n\
+    See `tessera train heads --help` for every option.")]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    pub what: TrainWhat,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrainWhat {
+    Heads(Box<HeadsArgs>),
+}
+
+/// Train a projection head — linear, FFN, GLU, any with a residual path —
+/// on BEIR train splits (and/or self-supervised pairs from a dump), keeping
+/// the best checkpoint on the dev splits.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
+      --head ffn --depth 2 --width-factor 2 --residual --dim 128 --out heads/ffn-res-128\n  \
+    tessera train heads --dataset ../shared/datasets/scifact --head linear --dim 128 --mode full \\\n    \
+      --steps 100 --batch-queries 8 --out heads/linear-full\n  \
+    tessera train heads --unsupervised-corpus my-dump.jsonl --head glu --dim 128 --out heads/mine\n  \
+    tessera index build --input corpus.jsonl --out my.idx --model heads/ffn-res-128\n\n\
+    The output folder is a model folder: head.json + head.safetensors, tessera.json (ColBERT\n\
+    settings and the backbone it sits on), training.json (the command, config and scores),\n\
+    metrics.jsonl, loss.png/svg and dev.png/svg. An interrupted run continues with --resume.")]
+pub struct HeadsArgs {
+    /// A BEIR dataset folder with a train split (repeat for several).
+    #[arg(long = "dataset", value_name = "DIR")]
+    pub datasets: Vec<PathBuf>,
+    /// Sampling weight of each --dataset (default 1 each), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "W,..")]
+    pub weights: Vec<f64>,
+    /// Self-supervised pairs from a dump without labels: two random spans of
+    /// one document as query and positive (Contriever's cropping).
+    #[arg(long, value_name = "DUMP")]
+    pub unsupervised_corpus: Option<PathBuf>,
+    /// Documents of --unsupervised-corpus to crop pairs from.
+    #[arg(long, default_value_t = 5000)]
+    pub unsupervised_docs: usize,
+    /// Split trained on.
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
+    /// Split validated on (skipped for datasets without it).
+    #[arg(long, default_value = "dev")]
+    pub dev_split: String,
+    /// Head architecture: identity, linear, ffn or glu.
+    #[arg(long, default_value = "ffn", value_parser = parse_head)]
+    pub head: HeadKind,
+    /// Output dimension.
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+    pub dim: i64,
+    /// FFN: linear layers.
+    #[arg(long, default_value_t = 2)]
+    pub depth: usize,
+    /// FFN and GLU: hidden width as a multiple of the backbone's width.
+    #[arg(long, default_value_t = 2.0)]
+    pub width_factor: f64,
+    /// gelu, relu or silu (default: gelu for FFN, silu — SwiGLU — for GLU).
+    #[arg(long, value_parser = parse_activation)]
+    pub activation: Option<Activation>,
+    /// FFN: LayerNorm after each hidden activation.
+    #[arg(long)]
+    pub layer_norm: bool,
+    /// Add a skip path (identity when widths match, a learned shortcut otherwise).
+    #[arg(long)]
+    pub residual: bool,
+    /// Biases on the head's linear layers.
+    #[arg(long)]
+    pub bias: bool,
+    /// frozen (cached backbone states; only the head trains) or full.
+    #[arg(long, default_value = "frozen", value_parser = parse_mode)]
+    pub mode: Mode,
+    /// Optimiser steps.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Queries per step (each with a positive and --negatives hard negatives;
+    /// every other document of the batch is an in-batch negative).
+    #[arg(long, default_value_t = 32)]
+    pub batch_queries: usize,
+    /// Mined hard negatives per query per step.
+    #[arg(long, default_value_t = 1)]
+    pub negatives: usize,
+    /// Learning rate of the head.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Learning rate of the backbone (full mode).
+    #[arg(long, default_value_t = 2e-5)]
+    pub backbone_lr: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    /// Warm-up steps (default: a tenth of --steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Decay after warm-up: linear, cosine or constant.
+    #[arg(long, default_value = "linear", value_parser = parse_decay)]
+    pub schedule: Decay,
+    /// Clip the gradients' global norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Softmax temperature of the contrastive loss (on MaxSim sums).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Teacher scores for distillation: a TREC run file per --dataset, in
+    /// order (scores of a larger model over each train query's candidates).
+    #[arg(long = "teacher", value_name = "RUN")]
+    pub teachers: Vec<PathBuf>,
+    /// Weight of the distillation loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub distill_weight: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub distill_temperature: f64,
+    /// Teacher candidates per query.
+    #[arg(long, default_value_t = 8)]
+    pub distill_candidates: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Validate on dev every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Continue the run in --out from its checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Hard negatives mined per train query from each of BM25 and the model.
+    #[arg(long, default_value_t = 30)]
+    pub mine_depth: usize,
+    /// Dev candidate pool: top N of BM25 and top N of the model, per query.
+    #[arg(long, default_value_t = 100)]
+    pub pool_depth: usize,
+    /// Use at most N dev queries per dataset for validation (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub dev_queries: usize,
+    /// Train with ColBERT's markers ([unused0] for queries, [unused1] for
+    /// documents); recorded in the model so encoding follows.
+    #[arg(long)]
+    pub markers: bool,
+    /// Pad queries with [MASK] to the query length and keep those outputs.
+    #[arg(long)]
+    pub query_augmentation: bool,
+    /// The model folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+fn parse_head(s: &str) -> Result<HeadKind, String> {
+    match s {
+        "identity" => Ok(HeadKind::Identity),
+        "linear" => Ok(HeadKind::Linear),
+        "ffn" => Ok(HeadKind::Ffn),
+        "glu" => Ok(HeadKind::Glu),
+        "residual" => {
+            Err("residual is a path, not a head: add --residual to linear, ffn or glu".into())
+        }
+        _ => Err(format!("unknown head {s:?} (identity, linear, ffn or glu)")),
+    }
+}
+
+fn parse_activation(s: &str) -> Result<Activation, String> {
+    match s {
+        "gelu" => Ok(Activation::Gelu),
+        "relu" => Ok(Activation::Relu),
+        "silu" | "swish" => Ok(Activation::Silu),
+        _ => Err(format!("unknown activation {s:?} (gelu, relu or silu)")),
+    }
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+fn parse_decay(s: &str) -> Result<Decay, String> {
+    s.parse()
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    match args.what {
+        TrainWhat::Heads(a) => heads(*a),
+    }
+}
+
+/// One dataset's texts and judgements, read and checked.
+struct DatasetData {
+    name: String,
+    dir: PathBuf,
+    doc_ids: Vec<String>,
+    doc_texts: Vec<String>,
+    queries: Vec<Query>,
+    train: Qrels,
+    dev: Option<Qrels>,
+}
+
+fn read_dataset(dir: &Path, train_split: &str, dev_split: &str) -> Result<DatasetData> {
+    let ds = Dataset::open(dir)?;
+    let train = ds
+        .qrels(train_split)
+        .with_context(|| format!("{}: no {train_split} split to train on", dir.display()))?;
+    ensure!(
+        !train.is_empty(),
+        "{}: qrels/{train_split}.tsv judges no queries",
+        dir.display()
+    );
+    let dev = match ds.qrels(dev_split) {
+        Ok(q) if !q.is_empty() => Some(q),
+        _ => {
+            eprintln!(
+                "note: {}: no {dev_split} split; it is not validated on",
+                dir.display()
+            );
+            None
+        }
+    };
+    let queries = tessera_eval::beir::read_queries(&dir.join("queries.jsonl"))?;
+    let (doc_ids, doc_texts) =
+        read_texts(&ds.corpus_path(), &CorpusOptions::default(), usize::MAX)?;
+    let known_docs: HashSet<&str> = doc_ids.iter().map(String::as_str).collect();
+    let known_q: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+    for (split, qrels) in [(train_split, Some(&train)), (dev_split, dev.as_ref())] {
+        let Some(qrels) = qrels else { continue };
+        let path = ds.qrels_path(split);
+        if let Some(q) = qrels
+            .judgements
+            .keys()
+            .find(|q| !known_q.contains(q.as_str()))
+        {
+            bail!(
+                "{}: names query {q:?}, which queries.jsonl does not have",
+                path.display()
+            );
+        }
+        for (q, judged) in &qrels.judgements {
+            if let Some(d) = judged.keys().find(|d| !known_docs.contains(d.as_str())) {
+                bail!(
+                    "{}: query {q} judges document {d:?}, which corpus.jsonl does not have",
+                    path.display()
+                );
+            }
+        }
+    }
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let name = canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dataset".into());
+    Ok(DatasetData {
+        name,
+        dir: canonical,
+        doc_ids,
+        doc_texts,
+        queries,
+        train,
+        dev,
+    })
+}
+
+/// Ids and encoded texts of up to `limit` records of a dump.
+fn read_texts(
+    path: &Path,
+    opts: &CorpusOptions,
+    limit: usize,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let mut reader = CorpusReader::open(path, opts.clone())?;
+    let (mut ids, mut texts) = (Vec::new(), Vec::new());
+    while let Some(r) = reader.next_record() {
+        match r? {
+            Ok(rec) => {
+                ids.push(rec.id.clone());
+                texts.push(rec.encoded_text());
+            }
+            Err(bad) => bail!("{bad}"),
+        }
+        if ids.len() >= limit {
+            break;
+        }
+    }
+    Ok((ids, texts))
+}
+
+/// The state cache of `texts` (built if missing), keyed by the model, the
+/// settings, the side and the texts themselves.
+fn cached_states(
+    encoder: &Encoder,
+    label: &str,
+    ids: &[String],
+    texts: &[String],
+    kind: TextKind,
+) -> Result<Arc<StateCache>> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let bb = &encoder.model().backbone_dir;
+    bb.canonicalize()
+        .unwrap_or_else(|_| bb.clone())
+        .hash(&mut h);
+    format!("{:?}", encoder.settings()).hash(&mut h);
+    format!("{kind:?}").hash(&mut h);
+    ids.hash(&mut h);
+    texts.hash(&mut h);
+    let side = match kind {
+        TextKind::Query => "queries",
+        TextKind::Document => "docs",
+    };
+    let dir = crate::commands::eval::cache_root()?
+        .join("states")
+        .join(format!("{label}-{side}-{:016x}", h.finish()));
+    if let Some(c) = StateCache::open(&dir)? {
+        return Ok(Arc::new(c));
+    }
+    eprintln!(
+        "caching backbone states of {} {label} {side} into {}",
+        texts.len(),
+        dir.display()
+    );
+    let t = Instant::now();
+    let dim = encoder.model().bert.config().hidden_size as usize;
+    let mut w = StatesWriter::create(&dir, dim)?;
+    let pb = progress::bar(Some(texts.len() as u64), side);
+    pb.set_prefix(format!("backbone states {label}"));
+    for (ci, chunk) in texts.chunks(512).enumerate() {
+        let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let tok = encoder.tokenize(&refs, kind)?;
+        let out = encoder.backbone_states(&tok, kind, &mut |n| pb.inc(n as u64))?;
+        for (j, item) in out.items.iter().enumerate() {
+            w.push(&ids[ci * 512 + j], item.vectors.as_slice())?;
+        }
+    }
+    pb.finish_and_clear();
+    let secs = t.elapsed().as_secs_f64();
+    let source = serde_json::json!({
+        "backbone": bb,
+        "settings": encoder.settings(),
+        "label": label,
+        "side": side,
+    });
+    let c = w.finish(source, secs)?;
+    eprintln!(
+        "cached {} texts, {} tokens in {secs:.1} s",
+        c.len(),
+        c.meta.tokens
+    );
+    Ok(Arc::new(c))
+}
+
+/// Top-`k` document ids per query from BM25 and from the model's index.
+fn mine(
+    engine: &Engine,
+    queries: &[Query],
+    k: usize,
+    label: &str,
+) -> Result<HashMap<String, Vec<String>>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    let params = SearchParams {
+        k,
+        ..SearchParams::default()
+    };
+    for retriever in [Retriever::Bm25, Retriever::Colbert] {
+        let pb = progress::bar(Some(queries.len() as u64), "queries");
+        pb.set_prefix(format!("mining {label} ({retriever})"));
+        let (run, _) = engine.run_queries(queries, retriever, &params, &pb)?;
+        pb.finish_and_clear();
+        for (q, hits) in run.results {
+            let e = out.entry(q).or_default();
+            for (d, _) in hits {
+                if !e.contains(&d) {
+                    e.push(d);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Contriever-style crops: two random spans (10–50 % of the words, at least
+/// 4) of each document with at least 8 words.
+fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0xC0FF_EE00);
+    let mut out = Vec::new();
+    for t in texts {
+        let words: Vec<&str> = t.split_whitespace().collect();
+        if words.len() < 8 {
+            continue;
+        }
+        let span = |rng: &mut rand::rngs::StdRng| {
+            let lo = (words.len() / 10).max(4);
+            let hi = (words.len() / 2).max(lo + 1);
+            let len = rng.gen_range(lo..hi).min(words.len());
+            let start = rng.gen_range(0..=words.len() - len);
+            words[start..start + len].join(" ")
+        };
+        let a = span(&mut rng);
+        let b = span(&mut rng);
+        out.push((a, b));
+    }
+    out
+}
+
+fn heads(args: HeadsArgs) -> Result<()> {
+    let t_all = Instant::now();
+    ensure!(
+        !args.datasets.is_empty() || args.unsupervised_corpus.is_some(),
+        "give at least one --dataset (with a train split) or --unsupervised-corpus"
+    );
+    ensure!(args.dim >= 1, "--dim must be at least 1, not {}", args.dim);
+    ensure!(
+        args.weights.is_empty() || args.weights.len() == args.datasets.len(),
+        "--weights lists {} weights for {} datasets",
+        args.weights.len(),
+        args.datasets.len()
+    );
+    if let Some(w) = args.weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+        bail!("--weights: {w} is not a positive weight");
+    }
+    ensure!(
+        args.teachers.len() <= args.datasets.len(),
+        "--teacher given {} times for {} datasets",
+        args.teachers.len(),
+        args.datasets.len()
+    );
+    let model_dir = args.model.model_dir()?;
+    let encoder = args.model.load_dir(&model_dir)?;
+    let hidden = encoder.model().bert.config().hidden_size;
+    let mut spec = HeadSpec::new(args.head, hidden, args.dim);
+    spec.depth = args.depth;
+    spec.width_factor = args.width_factor;
+    spec.activation = args.activation;
+    spec.layer_norm = args.layer_norm;
+    spec.residual = args.residual;
+    spec.bias = args.bias;
+    if args.head == HeadKind::Identity {
+        ensure!(
+            args.dim == hidden,
+            "--head identity keeps the backbone's {hidden} dims: give --dim {hidden}"
+        );
+    }
+    if let Err(m) = spec.validate() {
+        bail!(
+            "head options: {}",
+            m.replace("field ", "--").replace('_', "-")
+        );
+    }
+    let cfg = TrainConfig {
+        spec: spec.clone(),
+        mode: args.mode,
+        steps: args.steps,
+        batch_size: args.batch_queries,
+        negatives: args.negatives,
+        lr: args.lr,
+        backbone_lr: args.backbone_lr,
+        weight_decay: args.weight_decay,
+        warmup: args.warmup.unwrap_or(args.steps / 10),
+        decay: args.schedule,
+        clip: args.clip,
+        temperature: args.temperature,
+        distill_weight: if args.teachers.is_empty() {
+            0.0
+        } else {
+            args.distill_weight
+        },
+        distill_temperature: args.distill_temperature,
+        distill_candidates: args.distill_candidates,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+    };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let resume = if args.resume {
+        let st = train::read_checkpoint(&args.out)?
+            .with_context(|| format!("--resume: {} holds no checkpoint", args.out.display()))?;
+        train::check_resumable(&args.out, &st, &cfg)?;
+        Some(st)
+    } else {
+        if train::read_checkpoint(&args.out)?.is_some() {
+            bail!(
+                "{} holds a training run already: continue it with --resume, or pick another --out",
+                args.out.display()
+            );
+        }
+        None
+    };
+    // The settings the head trains (and will encode) with.
+    let mut settings: ColbertSettings = encoder.settings().clone();
+    if args.markers {
+        settings.query_marker = Some("[unused0]".into());
+        settings.doc_marker = Some("[unused1]".into());
+    }
+    if args.query_augmentation {
+        settings.query_augmentation = true;
+    }
+    let encoder = encoder.with_settings(settings.clone())?;
+
+    // 1. Data, checked before anything runs.
+    let mut data = Vec::new();
+    for d in &args.datasets {
+        data.push(read_dataset(d, &args.train_split, &args.dev_split)?);
+    }
+    let teachers: Vec<Run> = args
+        .teachers
+        .iter()
+        .map(|p| Run::read(p).with_context(|| format!("--teacher {}", p.display())))
+        .collect::<Result<_>>()?;
+
+    // 2–3. States, mining, pools.
+    let full = args.mode == Mode::Full;
+    let mut sources = Vec::new();
+    let mut devs: Vec<(DevSet, Qrels)> = Vec::new();
+    for (di, d) in data.iter().enumerate() {
+        let index = cached_dataset_index(
+            &Dataset::open(&d.dir)?,
+            &args.model,
+            &model_dir,
+            &RecordArgs::default(),
+        )?;
+        let engine = Engine::open(
+            &index,
+            &ModelArgs {
+                model: Some(model_dir.clone()),
+                ..args.model.clone()
+            },
+            Retriever::Colbert,
+        )?;
+        let qpos: HashMap<&str, usize> = d
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.id.as_str(), i))
+            .collect();
+        let dpos: HashMap<&str, usize> = d
+            .doc_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let train_q: Vec<Query> = d
+            .queries
+            .iter()
+            .filter(|q| d.train.judgements.contains_key(&q.id))
+            .cloned()
+            .collect();
+        let mined = mine(
+            &engine,
+            &train_q,
+            args.mine_depth,
+            &format!("{} {}", d.name, args.train_split),
+        )?;
+        let mut examples = Vec::new();
+        for q in &train_q {
+            let judged = &d.train.judgements[&q.id];
+            let positives: Vec<usize> = judged
+                .iter()
+                .filter(|(_, &r)| r > 0)
+                .map(|(id, _)| dpos[id.as_str()])
+                .collect();
+            if positives.is_empty() {
+                continue;
+            }
+            let negatives: Vec<usize> = mined
+                .get(&q.id)
+                .into_iter()
+                .flatten()
+                .filter(|id| judged.get(*id).is_none_or(|&r| r <= 0))
+                .filter_map(|id| dpos.get(id.as_str()).copied())
+                .collect();
+            let teacher = teachers
+                .get(di)
+                .and_then(|t| t.results.get(&q.id))
+                .map(|hits| {
+                    let mut h: Vec<(usize, f32)> = hits
+                        .iter()
+                        .filter_map(|(id, s)| dpos.get(id.as_str()).map(|&p| (p, *s as f32)))
+                        .collect();
+                    h.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    h
+                })
+                .unwrap_or_default();
+            examples.push(Example {
+                query: qpos[q.id.as_str()],
+                positives,
+                negatives,
+                teacher,
+            });
+        }
+        ensure!(
+            !examples.is_empty(),
+            "{}: qrels/{}.tsv has no query with a relevant document",
+            d.dir.display(),
+            args.train_split
+        );
+        let (queries, docs) = if full {
+            let qt: Vec<&str> = d.queries.iter().map(|q| q.text.as_str()).collect();
+            let dt: Vec<&str> = d.doc_texts.iter().map(String::as_str).collect();
+            (
+                Texts::Tokens(Arc::new(encoder.tokenize(&qt, TextKind::Query)?)),
+                Texts::Tokens(Arc::new(encoder.tokenize(&dt, TextKind::Document)?)),
+            )
+        } else {
+            let qids: Vec<String> = d.queries.iter().map(|q| q.id.clone()).collect();
+            let qtexts: Vec<String> = d.queries.iter().map(|q| q.text.clone()).collect();
+            (
+                Texts::Cached(cached_states(
+                    &encoder,
+                    &d.name,
+                    &qids,
+                    &qtexts,
+                    TextKind::Query,
+                )?),
+                Texts::Cached(cached_states(
+                    &encoder,
+                    &d.name,
+                    &d.doc_ids,
+                    &d.doc_texts,
+                    TextKind::Document,
+                )?),
+            )
+        };
+        if let Some(dev) = &d.dev {
+            let mut dev_q: Vec<Query> = d
+                .queries
+                .iter()
+                .filter(|q| dev.judgements.contains_key(&q.id))
+                .cloned()
+                .collect();
+            if args.dev_queries > 0 {
+                dev_q.truncate(args.dev_queries);
+            }
+            let pools = mine(
+                &engine,
+                &dev_q,
+                args.pool_depth,
+                &format!("{} {}", d.name, args.dev_split),
+            )?;
+            let items = dev_q
+                .iter()
+                .map(|q| {
+                    let pool = pools
+                        .get(&q.id)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| dpos.get(id.as_str()).copied())
+                        .collect();
+                    (qpos[q.id.as_str()], pool)
+                })
+                .collect();
+            let mut qrels = dev.clone();
+            let keep: HashSet<&str> = dev_q.iter().map(|q| q.id.as_str()).collect();
+            qrels.judgements.retain(|q, _| keep.contains(q.as_str()));
+            let share = |t: &Texts| match t {
+                Texts::Cached(c) => Texts::Cached(c.clone()),
+                Texts::Tokens(t) => Texts::Tokens(t.clone()),
+            };
+            devs.push((
+                DevSet {
+                    name: d.name.clone(),
+                    queries: share(&queries),
+                    docs: share(&docs),
+                    items,
+                },
+                qrels,
+            ));
+        }
+        sources.push(Source {
+            name: d.name.clone(),
+            weight: args.weights.get(di).copied().unwrap_or(1.0),
+            queries,
+            docs,
+            examples,
+        });
+    }
+    if let Some(dump) = &args.unsupervised_corpus {
+        let (_, texts) = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
+            .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?;
+        let pairs = crops(&texts, args.seed);
+        ensure!(
+            !pairs.is_empty(),
+            "--unsupervised-corpus {}: no document has the 8 words two crops need",
+            dump.display()
+        );
+        let ids: Vec<String> = (0..pairs.len()).map(|i| format!("crop{i}")).collect();
+        let qa: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+        let db: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
+        let label = format!(
+            "unsup-{}",
+            dump.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let (queries, docs) = if full {
+            let qt: Vec<&str> = qa.iter().map(String::as_str).collect();
+            let dt: Vec<&str> = db.iter().map(String::as_str).collect();
+            (
+                Texts::Tokens(Arc::new(encoder.tokenize(&qt, TextKind::Query)?)),
+                Texts::Tokens(Arc::new(encoder.tokenize(&dt, TextKind::Document)?)),
+            )
+        } else {
+            (
+                Texts::Cached(cached_states(&encoder, &label, &ids, &qa, TextKind::Query)?),
+                Texts::Cached(cached_states(
+                    &encoder,
+                    &label,
+                    &ids,
+                    &db,
+                    TextKind::Document,
+                )?),
+            )
+        };
+        let examples = (0..pairs.len())
+            .map(|i| Example {
+                query: i,
+                positives: vec![i],
+                ..Example::default()
+            })
+            .collect();
+        eprintln!("{label}: {} self-supervised pairs", pairs.len());
+        sources.push(Source {
+            name: label,
+            weight: 1.0,
+            queries,
+            docs,
+            examples,
+        });
+    }
+    eprintln!(
+        "training {} ({} parameters) for {} steps on {}",
+        train::describe(&spec),
+        spec_parameters(&spec),
+        cfg.steps,
+        sources
+            .iter()
+            .map(|s| format!("{} ({} queries)", s.name, s.examples.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    // 4. Train.
+    let device = encoder.device();
+    let mut full_model = None;
+    if full {
+        let mut m = ColbertModel::load(&model_dir, device)?;
+        m.vs.unfreeze();
+        full_model = Some(m);
+    }
+    let backbone = full_model.as_ref().map(|m| {
+        let mut variables: Vec<(String, tch_tensor::Tensor)> =
+            m.vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        Backbone {
+            bert: &m.bert,
+            variables,
+            tokenizer: encoder.tokenizer(),
+        }
+    });
+    let mut head = tessera_training::heads::blocks::init(&spec, device, args.seed as i64);
+    // A head that starts from a trained model's own head would go here;
+    // every run starts from the seed's initialisation.
+    for t in head.values_mut() {
+        *t = t.set_requires_grad(true);
+    }
+    let trainee = Trainee {
+        spec: spec.clone(),
+        head,
+        backbone,
+        device,
+    };
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
+    let measures = [Measure::Ndcg(10), Measure::Recall(100)];
+    let mut validate = |t: &Trainee<'_>| -> tessera_training::Result<Option<DevLog>> {
+        if devs.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let mut per = Vec::new();
+        for (dev, qrels) in &devs {
+            let scored = score_dev(t, dev);
+            let ids = doc_ids_of(&data, &dev.name);
+            let qids = query_ids_of(&data, &dev.name);
+            let mut run = Run::default();
+            for ((q, _), hits) in dev.items.iter().zip(scored) {
+                run.results.insert(
+                    qids[*q].clone(),
+                    hits.into_iter()
+                        .map(|(d, s)| (ids[d].clone(), f64::from(s)))
+                        .collect(),
+                );
+            }
+            let e = evaluate(qrels, &run, &measures, true);
+            per.push((dev.name.clone(), e.mean[0], e.mean[1]));
+        }
+        let ndcg10 = per.iter().map(|p| p.1).sum::<f64>() / per.len() as f64;
+        Ok(Some(DevLog {
+            step: 0,
+            ndcg10,
+            per_source: per,
+            seconds: t0.elapsed().as_secs_f64(),
+        }))
+    };
+    let pb = progress::bar(Some(cfg.steps as u64), "steps");
+    pb.set_prefix(format!("training {}", train::describe(&spec)));
+    if let Some(r) = &resume {
+        pb.set_position(r.step as u64);
+    }
+    let mut last_dev = String::from("-");
+    let mut on_step = |s: &train::StepLog, d: Option<&DevLog>| {
+        if let Some(d) = d {
+            last_dev = format!("{:.4}", d.ndcg10);
+            tracing::info!(step = s.step, ndcg10 = d.ndcg10, "dev");
+            eprintln!(
+                "step {}: loss {:.4}, dev nDCG@10 {:.4} ({})",
+                s.step,
+                s.loss,
+                d.ndcg10,
+                d.per_source
+                    .iter()
+                    .map(|p| format!("{} {:.4}/R@100 {:.4}", p.0, p.1, p.2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        pb.set_message(format!("loss {:.4} dev {last_dev}", s.loss));
+        pb.inc(1);
+    };
+    let backbone_ref = model_dir
+        .canonicalize()
+        .unwrap_or_else(|_| model_dir.clone());
+    let backbone_ref = tessera_training::checkpoint::backbone_dir(&backbone_ref)?;
+    let mut on_best = |t: &Trainee<'_>, _d: Option<&DevLog>| -> tessera_training::Result<()> {
+        write_model(&out, t, &settings, &backbone_ref, hidden)
+    };
+    let summary = train::train(
+        &cfg,
+        &sources,
+        trainee,
+        &out,
+        resume,
+        train::Hooks {
+            validate: &mut validate,
+            on_step: &mut on_step,
+            on_best: &mut on_best,
+        },
+    )?;
+    pb.finish_and_clear();
+
+    // 5. Record and draw.
+    let record = serde_json::json!({
+        "tessera": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "config": cfg,
+        "head": train::describe(&spec),
+        "parameters": summary.parameters,
+        "settings": settings,
+        "datasets": data.iter().map(|d| d.dir.display().to_string()).collect::<Vec<_>>(),
+        "unsupervised_corpus": args.unsupervised_corpus,
+        "best": summary.best,
+        "final_dev": summary.dev.last(),
+        "train_seconds": summary.train_seconds,
+        "steps_per_s": summary.steps.len() as f64 / summary.train_seconds.max(1e-9),
+        "pairs_per_s": summary.pairs_per_s,
+        "total_seconds": t_all.elapsed().as_secs_f64(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    let rp = out.join("training.json");
+    std::fs::write(&rp, serde_json::to_vec_pretty(&record)?)
+        .with_context(|| rp.display().to_string())?;
+    draw_curves(&out, &summary);
+    match &summary.best {
+        Some(b) => eprintln!(
+            "best dev nDCG@10 {:.4} at step {} ({}); model written to {}",
+            b.ndcg10,
+            b.step,
+            b.per_source
+                .iter()
+                .map(|p| format!("{} {:.4}", p.0, p.1))
+                .collect::<Vec<_>>()
+                .join(", "),
+            out.display()
+        ),
+        None => eprintln!("model written to {}", out.display()),
+    }
+    Ok(())
+}
+
+use tessera_training::tch as tch_tensor;
+
+fn spec_parameters(spec: &HeadSpec) -> i64 {
+    tessera_training::heads::blocks::parameter_shapes(spec)
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>())
+        .sum()
+}
+
+fn doc_ids_of<'a>(data: &'a [DatasetData], name: &str) -> &'a [String] {
+    &data
+        .iter()
+        .find(|d| d.name == name)
+        .expect("dev sets come from datasets")
+        .doc_ids
+}
+
+fn query_ids_of(data: &[DatasetData], name: &str) -> Vec<String> {
+    data.iter()
+        .find(|d| d.name == name)
+        .expect("dev sets come from datasets")
+        .queries
+        .iter()
+        .map(|q| q.id.clone())
+        .collect()
+}
+
+/// Writes the model folder: head files, tessera.json (settings and the
+/// backbone: a reference in frozen mode, the fine-tuned weights in full
+/// mode, with config.json and tokenizer.json copied beside them).
+fn write_model(
+    out: &Path,
+    t: &Trainee<'_>,
+    settings: &ColbertSettings,
+    backbone: &Path,
+    hidden: i64,
+) -> tessera_training::Result<()> {
+    use tessera_training::TrainingError;
+    let io = |p: &Path, e| TrainingError::Io {
+        path: p.to_owned(),
+        source: e,
+    };
+    let params: HashMap<String, tch_tensor::Tensor> = t.head_tensors().into_iter().collect();
+    let head = ProjectionHead::from_spec(t.spec.clone(), params, out)?;
+    head.save_tessera(out, hidden)?;
+    let mut own = serde_json::json!({ "colbert": settings });
+    match &t.backbone {
+        None => own["backbone"] = serde_json::json!(backbone),
+        Some(bb) => {
+            let named: Vec<(String, tch_tensor::Tensor)> = bb
+                .variables
+                .iter()
+                .map(|(n, v)| (n.clone(), v.detach().to_device(tch_tensor::Device::Cpu)))
+                .collect();
+            tch_tensor::Tensor::write_safetensors(&named, out.join("model.safetensors"))?;
+            for f in ["config.json", "tokenizer.json"] {
+                std::fs::copy(backbone.join(f), out.join(f)).map_err(|e| io(&out.join(f), e))?;
+            }
+        }
+    }
+    let p = out.join("tessera.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&own).expect("json")).map_err(|e| io(&p, e))
+}
+
+fn draw_curves(out: &Path, s: &train::Summary) {
+    let loss: Vec<(f64, f64)> = s.steps.iter().map(|l| (l.step as f64, l.loss)).collect();
+    let mut curves = vec![(
+        "loss",
+        "training loss",
+        "loss",
+        vec![
+            plot::Series {
+                name: "loss".into(),
+                points: loss.clone(),
+            },
+            plot::Series {
+                name: "smoothed (EMA 0.1)".into(),
+                points: plot::smooth(&loss, 0.1),
+            },
+        ],
+    )];
+    if !s.dev.is_empty() {
+        let mut by: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for d in &s.dev {
+            by.entry("mean".into())
+                .or_default()
+                .push((d.step as f64, d.ndcg10));
+            for (n, v, _) in &d.per_source {
+                by.entry(n.clone()).or_default().push((d.step as f64, *v));
+            }
+        }
+        curves.push((
+            "dev",
+            "dev nDCG@10 (exact MaxSim over the candidate pools)",
+            "nDCG@10",
+            by.into_iter()
+                .map(|(name, points)| plot::Series { name, points })
+                .collect(),
+        ));
+    }
+    for (stem, title, y, series) in curves {
+        if let Err(e) = plot::line_chart(&out.join(stem), title, "step", y, &series) {
+            eprintln!("warning: curves not drawn: {e}");
+            return;
+        }
+    }
+}
+
+/// Peak resident memory of this process (Linux), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,791 @@
+//! Training projection heads (and, in `full` mode, the backbone with them)
+//! for late interaction.
+//!
+//! * Data ([`Source`]): per dataset, the texts on each side — backbone
+//!   states cached on disk ([`crate::states`], `frozen` mode) or tokenised
+//!   texts the backbone runs over with gradients (`full` mode) — and the
+//!   training [`Example`]s: a query, its judged positives, mined hard
+//!   negatives and optional teacher scores. Several sources train together,
+//!   each step drawing its batch from one source chosen by weight.
+//! * Loss ([`loss`]): InfoNCE over MaxSim with in-batch and hard negatives,
+//!   plus optional KL distillation from teacher scores.
+//! * Optimiser ([`optim`]): AdamW, warm-up + linear/cosine decay, clipping.
+//! * Determinism: the batch of step `s` is drawn from an RNG seeded by
+//!   `(seed, s)` and the head is initialised from `seed`, so the same seed
+//!   and data give the same weights on CPU, and a run resumed from a
+//!   checkpoint continues exactly as an uninterrupted one.
+//! * Validation ([`score`]): exact MaxSim of the dev queries over a fixed
+//!   candidate pool per query; the caller turns scores into nDCG@10.
+//! * Checkpoints: `checkpoint/` in the output folder, replaced atomically;
+//!   the best head on dev is kept apart.
+
+pub mod loss;
+pub mod optim;
+pub mod plot;
+pub mod score;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::bert::BertModel;
+use crate::error::{Result, TrainingError};
+use crate::heads::{blocks, HeadSpec};
+use crate::states::StateCache;
+use crate::tokenize::{ColbertTokenizer, TextKind, TokenizedText};
+use optim::{AdamW, Decay, Group};
+
+/// `frozen`: only the head trains, on cached backbone states; `full`: the
+/// backbone is fine-tuned with the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Frozen,
+    Full,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "frozen" => Ok(Self::Frozen),
+            "full" => Ok(Self::Full),
+            _ => Err(format!("unknown mode {s:?} (frozen or full)")),
+        }
+    }
+}
+
+/// Everything that decides what a run learns (saved with checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub spec: HeadSpec,
+    pub mode: Mode,
+    pub steps: usize,
+    /// Queries per step.
+    pub batch_size: usize,
+    /// Mined hard negatives per query per step.
+    pub negatives: usize,
+    pub lr: f64,
+    /// Learning rate of the backbone in full mode.
+    pub backbone_lr: f64,
+    pub weight_decay: f64,
+    pub warmup: usize,
+    pub decay: Decay,
+    /// Global gradient-norm clip (0: off).
+    pub clip: f64,
+    pub temperature: f64,
+    /// Weight of the distillation term (0: off).
+    pub distill_weight: f64,
+    pub distill_temperature: f64,
+    /// Teacher candidates per query when distilling.
+    pub distill_candidates: usize,
+    pub seed: u64,
+    /// Validate every this many steps (0: only at the end).
+    pub eval_every: usize,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl TrainConfig {
+    /// Checks the numbers; the message names the option.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.spec.validate()?;
+        if self.steps == 0 {
+            return Err("--steps must be at least 1".into());
+        }
+        if self.batch_size < 1 {
+            return Err("--batch-size must be at least 1".into());
+        }
+        for (name, v) in [
+            ("--lr", self.lr),
+            ("--temperature", self.temperature),
+            ("--distill-temperature", self.distill_temperature),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a positive number, not {v}"));
+            }
+        }
+        if self.mode == Mode::Full && !(self.backbone_lr.is_finite() && self.backbone_lr >= 0.0) {
+            return Err(format!(
+                "--backbone-lr must be ≥ 0, not {}",
+                self.backbone_lr
+            ));
+        }
+        if !(self.weight_decay >= 0.0 && self.clip >= 0.0 && self.distill_weight >= 0.0) {
+            return Err("--weight-decay, --clip and --distill-weight must be ≥ 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// One training query.
+#[derive(Debug, Clone, Default)]
+pub struct Example {
+    /// Position of the query on the source's query side.
+    pub query: usize,
+    /// Judged relevant documents (positions on the document side); never
+    /// empty.
+    pub positives: Vec<usize>,
+    /// Mined hard negatives, judged positives excluded.
+    pub negatives: Vec<usize>,
+    /// Teacher scores over candidates, for distillation.
+    pub teacher: Vec<(usize, f32)>,
+}
+
+/// One side's texts: cached backbone states, or token ids for full mode.
+pub enum Texts {
+    Cached(Arc<StateCache>),
+    Tokens(Arc<Vec<TokenizedText>>),
+}
+
+impl Texts {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Cached(c) => c.len(),
+            Self::Tokens(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A dataset's training material.
+pub struct Source {
+    pub name: String,
+    pub weight: f64,
+    pub queries: Texts,
+    pub docs: Texts,
+    pub examples: Vec<Example>,
+}
+
+/// What the backbone needs in full mode.
+pub struct Backbone<'a> {
+    pub bert: &'a BertModel,
+    /// Its trainable variables (a frozen VarStore's, unfrozen).
+    pub variables: Vec<(String, Tensor)>,
+    pub tokenizer: &'a ColbertTokenizer,
+}
+
+/// One logged step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepLog {
+    pub step: usize,
+    pub loss: f64,
+    pub contrastive: f64,
+    pub distill: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub source: String,
+    pub seconds: f64,
+}
+
+/// One validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevLog {
+    pub step: usize,
+    /// Mean nDCG@10 over sources.
+    pub ndcg10: f64,
+    /// Per source: (name, nDCG@10, Recall@100).
+    pub per_source: Vec<(String, f64, f64)>,
+    pub seconds: f64,
+}
+
+/// `checkpoint/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    pub config: TrainConfig,
+    pub step: usize,
+    pub best: Option<DevLog>,
+    pub steps: Vec<StepLog>,
+    pub dev: Vec<DevLog>,
+    pub train_seconds: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub steps: Vec<StepLog>,
+    pub dev: Vec<DevLog>,
+    pub best: Option<DevLog>,
+    pub train_seconds: f64,
+    pub parameters: i64,
+    /// Query–document pairs scored per second of training.
+    pub pairs_per_s: f64,
+}
+
+/// The trainable state: head parameters (and the backbone's in full mode).
+pub struct Trainee<'a> {
+    pub spec: HeadSpec,
+    pub head: HashMap<String, Tensor>,
+    pub backbone: Option<Backbone<'a>>,
+    pub device: Device,
+}
+
+impl Trainee<'_> {
+    /// The head over `states` (`[…, in_dim]`), normalised.
+    pub fn project(&self, states: &Tensor) -> Tensor {
+        loss::normalise(&blocks::forward(&self.spec, &self.head, states))
+    }
+
+    /// Head parameters detached onto the CPU, in [`blocks::parameter_shapes`] order.
+    pub fn head_tensors(&self) -> Vec<(String, Tensor)> {
+        blocks::parameter_shapes(&self.spec)
+            .into_iter()
+            .map(|(n, _)| {
+                let t = self.head[&n].detach().to_device(Device::Cpu).copy();
+                (n, t)
+            })
+            .collect()
+    }
+
+    /// Backbone states and keep-mask of `items` of `texts`: from the cache,
+    /// or by running the backbone (with gradients when enabled).
+    pub fn states(&self, texts: &Texts, items: &[usize], kind: TextKind) -> (Tensor, Tensor) {
+        match texts {
+            Texts::Cached(c) => c.batch(items, self.device),
+            Texts::Tokens(t) => {
+                let bb = self
+                    .backbone
+                    .as_ref()
+                    .expect("token sides come with a backbone (checked at start)");
+                run_backbone(bb.bert, bb.tokenizer, t, items, kind, self.device)
+            }
+        }
+    }
+}
+
+/// The backbone over tokenised texts: `[n, L, d]` states and the mask of
+/// tokens the encoder keeps (padding, and document punctuation when the
+/// settings skip it, are 0).
+pub fn run_backbone(
+    bert: &BertModel,
+    tokenizer: &ColbertTokenizer,
+    texts: &[TokenizedText],
+    items: &[usize],
+    kind: TextKind,
+    device: Device,
+) -> (Tensor, Tensor) {
+    let width = items
+        .iter()
+        .map(|&i| texts[i].ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let pad = i64::from(tokenizer.pad_id());
+    let n = items.len();
+    let mut ids = vec![pad; n * width];
+    let mut attend = vec![0i64; n * width];
+    let mut keep = vec![0f32; n * width];
+    let skip_punct = kind == TextKind::Document && tokenizer.settings().skip_punctuation;
+    for (row, &i) in items.iter().enumerate() {
+        let t = &texts[i];
+        for (j, &id) in t.ids.iter().enumerate() {
+            ids[row * width + j] = i64::from(id);
+            if !(skip_punct && tokenizer.is_punctuation(id)) {
+                keep[row * width + j] = 1.0;
+            }
+        }
+        attend[row * width..row * width + t.attended].fill(1);
+    }
+    let shape = [n as i64, width as i64];
+    let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+    let attend = Tensor::from_slice(&attend).view(shape).to_device(device);
+    let keep = Tensor::from_slice(&keep).view(shape).to_device(device);
+    (bert.forward(&ids, &attend), keep)
+}
+
+/// A drawn batch (positions within one source).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub source: usize,
+    pub queries: Vec<usize>,
+    pub docs: Vec<usize>,
+    /// Per query: the column of its target positive in `docs`.
+    pub targets: Vec<i64>,
+    /// Per query, per doc: whether it takes part in the query's softmax.
+    pub allowed: Vec<Vec<bool>>,
+    /// Per query: teacher (column, score) pairs.
+    pub teacher: Vec<Vec<(usize, f32)>>,
+}
+
+/// Draws the batch of `step`: depends only on `(seed, step)` and the data.
+pub fn draw_batch(cfg: &TrainConfig, sources: &[Source], step: usize) -> Batch {
+    let mut rng = StdRng::seed_from_u64(
+        cfg.seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(step as u64 + 1),
+    );
+    let total: f64 = sources.iter().map(|s| s.weight).sum();
+    let mut pick = rng.gen::<f64>() * total;
+    let mut si = sources.len() - 1;
+    for (i, s) in sources.iter().enumerate() {
+        if pick < s.weight {
+            si = i;
+            break;
+        }
+        pick -= s.weight;
+    }
+    let src = &sources[si];
+    let b = cfg.batch_size.min(src.examples.len());
+    let chosen = rand::seq::index::sample(&mut rng, src.examples.len(), b).into_vec();
+    let mut docs: Vec<usize> = Vec::new();
+    let mut col: HashMap<usize, usize> = HashMap::new();
+    let mut add = |d: usize, docs: &mut Vec<usize>| {
+        *col.entry(d).or_insert_with(|| {
+            docs.push(d);
+            docs.len() - 1
+        })
+    };
+    let mut targets = Vec::with_capacity(b);
+    let mut queries = Vec::with_capacity(b);
+    let mut teacher = Vec::with_capacity(b);
+    for &e in &chosen {
+        let ex = &src.examples[e];
+        queries.push(ex.query);
+        let p = ex.positives[rng.gen_range(0..ex.positives.len())];
+        targets.push(add(p, &mut docs) as i64);
+    }
+    for &e in &chosen {
+        let ex = &src.examples[e];
+        let k = cfg.negatives.min(ex.negatives.len());
+        for j in rand::seq::index::sample(&mut rng, ex.negatives.len(), k) {
+            add(ex.negatives[j], &mut docs);
+        }
+    }
+    if cfg.distill_weight > 0.0 {
+        for &e in &chosen {
+            let ex = &src.examples[e];
+            let row: Vec<(usize, f32)> = ex
+                .teacher
+                .iter()
+                .take(cfg.distill_candidates)
+                .map(|&(d, s)| (add(d, &mut docs), s))
+                .collect();
+            teacher.push(row);
+        }
+    } else {
+        teacher.resize(b, Vec::new());
+    }
+    let allowed = chosen
+        .iter()
+        .zip(&targets)
+        .map(|(&e, &t)| {
+            let pos: HashSet<usize> = src.examples[e].positives.iter().copied().collect();
+            docs.iter()
+                .enumerate()
+                .map(|(j, d)| j as i64 == t || !pos.contains(d))
+                .collect()
+        })
+        .collect();
+    Batch {
+        source: si,
+        queries,
+        docs,
+        targets,
+        allowed,
+        teacher,
+    }
+}
+
+/// Loss of one batch: (total, contrastive, distillation) — a graph to
+/// backpropagate through.
+pub fn batch_loss(
+    cfg: &TrainConfig,
+    trainee: &Trainee<'_>,
+    sources: &[Source],
+    batch: &Batch,
+) -> (Tensor, f64, f64) {
+    let src = &sources[batch.source];
+    let device = trainee.device;
+    let (qs, qm) = trainee.states(&src.queries, &batch.queries, TextKind::Query);
+    let (ds, dm) = trainee.states(&src.docs, &batch.docs, TextKind::Document);
+    let q = trainee.project(&qs);
+    let d = trainee.project(&ds);
+    let scores = loss::maxsim(&q, &qm, &d, &dm);
+    let targets = Tensor::from_slice(&batch.targets).to_device(device);
+    let flat: Vec<bool> = batch.allowed.iter().flatten().copied().collect();
+    let allowed = Tensor::from_slice(&flat)
+        .view([batch.queries.len() as i64, batch.docs.len() as i64])
+        .to_device(device);
+    let contrastive = loss::info_nce(&scores, &targets, &allowed, cfg.temperature);
+    let c = f64::try_from(&contrastive).unwrap_or(f64::NAN);
+    let width = batch.teacher.iter().map(Vec::len).max().unwrap_or(0);
+    if cfg.distill_weight == 0.0 || width == 0 {
+        return (contrastive, c, 0.0);
+    }
+    let b = batch.queries.len();
+    let mut cols = vec![0i64; b * width];
+    let mut teach = vec![0f32; b * width];
+    let mut valid = vec![false; b * width];
+    for (r, row) in batch.teacher.iter().enumerate() {
+        for (j, &(c, s)) in row.iter().enumerate() {
+            cols[r * width + j] = c as i64;
+            teach[r * width + j] = s;
+            valid[r * width + j] = true;
+        }
+    }
+    let shape = [b as i64, width as i64];
+    let cols = Tensor::from_slice(&cols).view(shape).to_device(device);
+    let student = scores.gather(1, &cols, false);
+    let teacher = Tensor::from_slice(&teach).view(shape).to_device(device);
+    let valid = Tensor::from_slice(&valid).view(shape).to_device(device);
+    let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
+    let k = f64::try_from(&kl).unwrap_or(f64::NAN);
+    (contrastive + kl * cfg.distill_weight, c, k)
+}
+
+/// Files of a checkpoint folder.
+const CK_HEAD: &str = "head.safetensors";
+const CK_OPTIM: &str = "optim.safetensors";
+const CK_BACKBONE: &str = "backbone.safetensors";
+const CK_STATE: &str = "state.json";
+
+/// Reads `dir/checkpoint/state.json` if there is one.
+pub fn read_checkpoint(dir: &Path) -> Result<Option<CheckpointState>> {
+    let path = dir.join("checkpoint").join(CK_STATE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainingError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| TrainingError::config(&path, crate::config::json_message(&e)))
+}
+
+/// Checks that a checkpoint can resume `cfg`: same head spec and mode.
+pub fn check_resumable(dir: &Path, state: &CheckpointState, cfg: &TrainConfig) -> Result<()> {
+    let path = dir.join("checkpoint").join(CK_STATE);
+    if state.config.spec != cfg.spec {
+        return Err(TrainingError::config(
+            &path,
+            format!(
+                "the checkpoint is of head {} ({}→{}), not the requested {} ({}→{}); \
+                 resume with the same head options or use another --out",
+                describe(&state.config.spec),
+                state.config.spec.in_dim,
+                state.config.spec.out_dim,
+                describe(&cfg.spec),
+                cfg.spec.in_dim,
+                cfg.spec.out_dim
+            ),
+        ));
+    }
+    if state.config.mode != cfg.mode {
+        return Err(TrainingError::config(
+            &path,
+            format!(
+                "the checkpoint is of --mode {:?}, not {:?}",
+                state.config.mode, cfg.mode
+            ),
+        ));
+    }
+    if state.step > cfg.steps {
+        return Err(TrainingError::config(
+            &path,
+            format!(
+                "the checkpoint is at step {}, past --steps {}",
+                state.step, cfg.steps
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A short name of a spec: `ffn-d2-w2-gelu+res`.
+pub fn describe(spec: &HeadSpec) -> String {
+    use crate::heads::HeadKind;
+    let mut s = spec.kind.to_string();
+    match spec.kind {
+        HeadKind::Ffn => {
+            s += &format!(
+                "-d{}-w{}-{:?}",
+                spec.depth,
+                spec.width_factor,
+                spec.activation()
+            );
+            if spec.layer_norm {
+                s += "-ln";
+            }
+        }
+        HeadKind::Glu => s += &format!("-w{}-{:?}", spec.width_factor, spec.activation()),
+        _ => {}
+    }
+    if spec.residual {
+        s += "+res";
+    }
+    s.to_lowercase()
+}
+
+/// Where a run writes; the caller's hooks for validation and progress.
+pub struct Hooks<'a> {
+    /// Scores the dev split with the current trainee: `None` when the run
+    /// has no dev data.
+    pub validate: &'a mut dyn FnMut(&Trainee<'_>) -> Result<Option<DevLog>>,
+    /// After each step.
+    pub on_step: &'a mut dyn FnMut(&StepLog, Option<&DevLog>),
+    /// When the best dev score improves (or at the end without dev data):
+    /// the caller writes the model it will keep.
+    pub on_best: &'a mut dyn FnMut(&Trainee<'_>, Option<&DevLog>) -> Result<()>,
+}
+
+/// Runs (or resumes) training into `out` (checkpoints and metrics.jsonl).
+pub fn train(
+    cfg: &TrainConfig,
+    sources: &[Source],
+    trainee: Trainee<'_>,
+    out: &Path,
+    resume: Option<CheckpointState>,
+    hooks: Hooks<'_>,
+) -> Result<Summary> {
+    cfg.validate().map_err(TrainingError::InvalidInput)?;
+    for s in sources {
+        if s.examples.is_empty() {
+            return Err(TrainingError::InvalidInput(format!(
+                "{}: no training examples",
+                s.name
+            )));
+        }
+        if matches!(s.docs, Texts::Tokens(_)) && trainee.backbone.is_none() {
+            return Err(TrainingError::InvalidInput(format!(
+                "{}: token inputs need the backbone (full mode)",
+                s.name
+            )));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| TrainingError::io(out, e))?;
+    let metrics_path = out.join("metrics.jsonl");
+    let mut steps_log = Vec::new();
+    let mut dev_log = Vec::new();
+    let mut best: Option<DevLog> = None;
+    let mut start = 0usize;
+    let mut train_seconds = 0.0;
+
+    let mut groups = vec![Group {
+        params: blocks::parameter_shapes(&cfg.spec)
+            .into_iter()
+            .map(|(n, _)| (n.clone(), trainee.head[&n].shallow_clone()))
+            .collect(),
+        lr: cfg.lr,
+        weight_decay: cfg.weight_decay,
+    }];
+    if let Some(bb) = &trainee.backbone {
+        groups.push(Group {
+            params: bb
+                .variables
+                .iter()
+                .map(|(n, t)| (format!("backbone.{n}"), t.shallow_clone()))
+                .collect(),
+            lr: cfg.backbone_lr,
+            weight_decay: cfg.weight_decay,
+        });
+    }
+    let mut opt = AdamW::new(groups);
+
+    if let Some(state) = resume {
+        check_resumable(out, &state, cfg)?;
+        let ck = out.join("checkpoint");
+        load_into(&ck.join(CK_HEAD), &trainee.head)?;
+        if let Some(bb) = &trainee.backbone {
+            let named: HashMap<String, Tensor> = bb
+                .variables
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect();
+            load_into(&ck.join(CK_BACKBONE), &named)?;
+        }
+        let saved = crate::weights::WeightFile::read(&ck.join(CK_OPTIM))?;
+        opt.load_state(saved.tensors, state.step as i64)
+            .map_err(|m| TrainingError::config(ck.join(CK_OPTIM), m))?;
+        start = state.step;
+        steps_log = state.steps;
+        dev_log = state.dev;
+        best = state.best;
+        train_seconds = state.train_seconds;
+        // metrics.jsonl continues from the checkpoint: drop later lines.
+        rewrite_metrics(&metrics_path, &steps_log, &dev_log)?;
+        tracing::info!(step = start, "resumed from checkpoint");
+    } else {
+        rewrite_metrics(&metrics_path, &[], &[])?;
+    }
+
+    let mut pairs = 0usize;
+    let t_run = std::time::Instant::now();
+    for step in start..cfg.steps {
+        let t0 = std::time::Instant::now();
+        let batch = draw_batch(cfg, sources, step);
+        pairs += batch.queries.len() * batch.docs.len();
+        opt.zero_grad();
+        let (loss, c, k) = batch_loss(cfg, &trainee, sources, &batch);
+        let total = f64::try_from(&loss).unwrap_or(f64::NAN);
+        if !total.is_finite() {
+            return Err(TrainingError::InvalidInput(format!(
+                "the loss became {total} at step {step}: lower --lr or raise --temperature"
+            )));
+        }
+        loss.backward();
+        let grad_norm = opt.clip_grad_norm(cfg.clip);
+        let factor = optim::lr_factor(step, cfg.warmup, cfg.steps, cfg.decay);
+        opt.step(factor);
+        let seconds = t0.elapsed().as_secs_f64();
+        train_seconds += seconds;
+        let log = StepLog {
+            step: step + 1,
+            loss: total,
+            contrastive: c,
+            distill: k,
+            lr: cfg.lr * factor,
+            grad_norm,
+            source: sources[batch.source].name.clone(),
+            seconds,
+        };
+        append_metric(
+            &metrics_path,
+            &serde_json::json!({"type": "step", "step": log}),
+        )?;
+        steps_log.push(log.clone());
+
+        let last = step + 1 == cfg.steps;
+        let mut dev = None;
+        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+            let _ng = tch::no_grad_guard();
+            if let Some(mut d) = (hooks.validate)(&trainee)? {
+                d.step = step + 1;
+                append_metric(&metrics_path, &serde_json::json!({"type": "dev", "dev": d}))?;
+                dev_log.push(d.clone());
+                if best.as_ref().is_none_or(|b| d.ndcg10 > b.ndcg10) {
+                    (hooks.on_best)(&trainee, Some(&d))?;
+                    best = Some(d.clone());
+                }
+                dev = Some(d);
+            } else if last {
+                (hooks.on_best)(&trainee, None)?;
+            }
+        }
+        (hooks.on_step)(&log, dev.as_ref());
+        if last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) {
+            let state = CheckpointState {
+                config: cfg.clone(),
+                step: step + 1,
+                best: best.clone(),
+                steps: steps_log.clone(),
+                dev: dev_log.clone(),
+                train_seconds,
+            };
+            write_checkpoint(out, &trainee, &opt, &state)?;
+        }
+    }
+    let parameters = blocks::parameter_shapes(&cfg.spec)
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>())
+        .sum();
+    let run_s = t_run.elapsed().as_secs_f64();
+    Ok(Summary {
+        steps: steps_log,
+        dev: dev_log,
+        best,
+        train_seconds,
+        parameters,
+        pairs_per_s: pairs as f64 / run_s.max(1e-9),
+    })
+}
+
+fn load_into(path: &Path, named: &HashMap<String, Tensor>) -> Result<()> {
+    let mut w = crate::weights::WeightFile::read(path)?;
+    let _g = tch::no_grad_guard();
+    for (n, t) in named {
+        let src = w.take(n, &t.size())?;
+        let mut dst = t.shallow_clone();
+        dst.copy_(&src.to_device(t.device()));
+    }
+    Ok(())
+}
+
+fn write_checkpoint(
+    out: &Path,
+    trainee: &Trainee<'_>,
+    opt: &AdamW,
+    state: &CheckpointState,
+) -> Result<()> {
+    let tmp = out.join("checkpoint.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
+    let head = trainee.head_tensors();
+    if !head.is_empty() {
+        Tensor::write_safetensors(&head, tmp.join(CK_HEAD))?;
+    } else {
+        // An identity head has no tensors; keep the file so resume finds it.
+        Tensor::write_safetensors(
+            &[("empty", Tensor::zeros([1], (Kind::Float, Device::Cpu)))],
+            tmp.join(CK_HEAD),
+        )?;
+    }
+    if let Some(bb) = &trainee.backbone {
+        let named: Vec<(String, Tensor)> = bb
+            .variables
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu)))
+            .collect();
+        Tensor::write_safetensors(&named, tmp.join(CK_BACKBONE))?;
+    }
+    let moments: Vec<(String, Tensor)> = opt
+        .state()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&moments, tmp.join(CK_OPTIM))?;
+    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    let sp = tmp.join(CK_STATE);
+    std::fs::write(&sp, json).map_err(|e| TrainingError::io(&sp, e))?;
+    let dst = out.join("checkpoint");
+    let old = out.join("checkpoint.old");
+    if dst.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
+        }
+        std::fs::rename(&dst, &old).map_err(|e| TrainingError::io(&dst, e))?;
+    }
+    std::fs::rename(&tmp, &dst).map_err(|e| TrainingError::io(&dst, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+fn append_metric(path: &Path, v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainingError::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| TrainingError::io(path, e))
+}
+
+fn rewrite_metrics(path: &Path, steps: &[StepLog], dev: &[DevLog]) -> Result<()> {
+    let mut text = String::new();
+    let mut di = 0;
+    for s in steps {
+        text += &serde_json::json!({"type": "step", "step": s}).to_string();
+        text.push('\n');
+        while di < dev.len() && dev[di].step == s.step {
+            text += &serde_json::json!({"type": "dev", "dev": dev[di]}).to_string();
+            text.push('\n');
+            di += 1;
+        }
+    }
+    std::fs::write(path, text).map_err(|e| TrainingError::io(path, e))
+}
+
+/// Output folder of a run, for callers that keep several.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
