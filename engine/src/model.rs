@@ -10,9 +10,11 @@ use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, Precision,
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Model directory (Hugging Face BERT, Stanford ColBERT, PyLate or
-    /// Tessera layout). Default: the all-MiniLM-L6-v2 weights that
-    /// scripts/setup installs ($TESSERA_MODEL or $TESSERA_HOME/models/default).
-    #[arg(long, value_name = "DIR")]
+    /// Tessera layout), or a name: `tessera-minilm` (the default: the
+    /// committed trained head over all-MiniLM-L6-v2, 128-dim vectors) or
+    /// `raw` (all-MiniLM-L6-v2's raw 384-dim states, no head). Default:
+    /// $TESSERA_MODEL, else tessera-minilm.
+    #[arg(long, value_name = "DIR|NAME")]
     pub model: Option<PathBuf>,
     /// Where the model runs: cpu, cuda or auto (CUDA when available).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
@@ -45,7 +47,7 @@ impl ModelArgs {
     /// `--model`, else the default model.
     pub fn model_dir(&self) -> Result<PathBuf> {
         match &self.model {
-            Some(d) => Ok(d.clone()),
+            Some(d) => resolve_model(d),
             None => default_model(),
         }
     }
@@ -81,7 +83,7 @@ impl ModelArgs {
     ) -> Result<(Encoder, PathBuf)> {
         let info = &index.manifest().info["model"];
         let model_dir = match (&self.model, info["path"].as_str().map(PathBuf::from)) {
-            (Some(d), _) => d.clone(),
+            (Some(d), _) => resolve_model(d)?,
             (None, Some(p)) if p.exists() => p,
             (None, Some(p)) => bail!(
                 "the index was built with model {}, which is no longer there; pass --model",
@@ -146,14 +148,42 @@ impl ModelArgs {
     }
 }
 
-/// The default model folder (see [`tessera_training::default_model_dir`]).
-pub fn default_model() -> Result<PathBuf> {
-    tessera_training::default_model_dir()
+/// The installed backbone (all-MiniLM-L6-v2, `$TESSERA_HOME/models/default`).
+fn backbone() -> Result<PathBuf> {
+    tessera_training::tessera_home()
+        .map(|h| h.join("models/default"))
         .filter(|d| d.exists())
         .context(
-            "no --model given and the default model is not installed: \
-             run scripts/setup, or set TESSERA_MODEL",
+            "the default model's backbone is not installed: run scripts/setup \
+             (or pass --model DIR, or set TESSERA_MODEL)",
         )
+}
+
+/// The default model: `$TESSERA_MODEL`, else the built-in trained head
+/// over the installed backbone (written beside it on first use).
+pub fn default_model() -> Result<PathBuf> {
+    if let Some(m) = std::env::var_os("TESSERA_MODEL").filter(|v| !v.is_empty()) {
+        return Ok(m.into());
+    }
+    let bb = backbone()?;
+    tessera_training::builtin::install(&bb)
+        .with_context(|| format!("installing the default model beside {}", bb.display()))
+}
+
+/// A `--model` value: a folder, or one of the names `tessera-minilm` and
+/// `raw` when no folder of that name exists.
+pub fn resolve_model(p: &Path) -> Result<PathBuf> {
+    if p.exists() {
+        return Ok(p.to_owned());
+    }
+    match p.to_str() {
+        Some(tessera_training::builtin::RAW) => backbone(),
+        Some(tessera_training::builtin::NAME) => {
+            let bb = backbone()?;
+            Ok(tessera_training::builtin::install(&bb)?)
+        }
+        _ => Ok(p.to_owned()),
+    }
 }
 
 /// What an index or embeddings folder records about the model that made its

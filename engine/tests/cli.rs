@@ -224,3 +224,44 @@ fn precision_is_chosen_reported_and_checked() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("fp32, bf16 or auto"), "{}", stderr(&o));
 }
+
+#[test]
+fn the_default_model_is_the_committed_head_and_raw_selects_the_backbone() {
+    let dim = |extra: &[&str]| {
+        let mut a = vec![
+            "encode",
+            "--device",
+            "cpu",
+            "--query",
+            "what causes tides?",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        let o = tessera(&a);
+        assert!(
+            o.status.success(),
+            "the default model must be installed (scripts/setup): {}",
+            stderr(&o)
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        v["dim"].as_u64().unwrap()
+    };
+    assert_eq!(dim(&[]), 128);
+    assert_eq!(dim(&["--model", "tessera-minilm"]), 128);
+    assert_eq!(dim(&["--model", "raw"]), 384);
+    // Installed beside the backbone, naming it.
+    let home = tessera_training::tessera_home().unwrap();
+    let own: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(home.join("models/tessera-minilm/tessera.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        own["backbone"]
+            .as_str()
+            .unwrap()
+            .ends_with("models/default"),
+        "{own}"
+    );
+    let record = tessera_training::builtin::training_record();
+    assert_eq!(record["config"]["spec"]["kind"], "glu");
+}

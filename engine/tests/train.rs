@@ -294,9 +294,31 @@ fn unlabelled_dumps_train_and_linear_and_ffn_heads_export_to_pylate() {
             None,
         ));
         let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
-        v["vectors"].clone()
+        v["tokens"].clone()
     };
-    assert_eq!(enc(&out), enc(&py));
+    let (a, b) = (enc(&out), enc(&py));
+    let floats = |t: &serde_json::Value| -> Vec<f64> {
+        t.as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|tok| {
+                tok["vector"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+            })
+            .collect()
+    };
+    let (fa, fb) = (floats(&a), floats(&b));
+    assert!(fa.len() >= 3 * 16, "{a}");
+    assert_eq!(fa.len(), fb.len());
+    let diff = fa
+        .iter()
+        .zip(&fb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-6, "PyLate export differs by {diff}");
     // A GLU head has no Dense form.
     let glu = dir.path().join("glu");
     ok(&run(
@@ -319,12 +341,36 @@ fn unlabelled_dumps_train_and_linear_and_ffn_heads_export_to_pylate() {
             "cpu",
             "--threads",
             "1",
+            "--markers",
+            "--query-augmentation",
             "--out",
             glu.to_str().unwrap(),
         ],
         &envs,
         None,
     ));
+    // The query-side choice is recorded, and encoding follows it: markers
+    // and [MASK] padding to the query length (32 vectors).
+    let own: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(glu.join("tessera.json")).unwrap()).unwrap();
+    assert_eq!(own["colbert"]["query_marker"], "[unused0]", "{own}");
+    assert_eq!(own["colbert"]["query_augmentation"], true, "{own}");
+    let o = ok(&run(
+        &[
+            "encode",
+            "--model",
+            glu.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--query",
+            "moon tides",
+            "--json",
+        ],
+        &envs,
+        None,
+    ));
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 32, "{v}");
     let e = err(&run(
         &[
             "export",

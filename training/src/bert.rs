@@ -25,11 +25,21 @@ struct Linear {
     bias: Tensor,
     /// bfloat16 copies of `weight` and `bias` (bf16 inference only).
     half: Option<(Tensor, Tensor)>,
+    /// Training under bf16 autocast: the product in bfloat16 from casts of
+    /// the f32 weights made in each forward pass, so gradients reach the
+    /// f32 master weights.
+    train_bf16: bool,
 }
 
 impl Linear {
     /// The product in the compute precision: f32, or bfloat16 under bf16.
     fn forward_low(&self, x: &Tensor) -> Tensor {
+        if self.train_bf16 {
+            let bf = Kind::BFloat16;
+            return x
+                .to_kind(bf)
+                .linear(&self.weight.to_kind(bf), Some(&self.bias.to_kind(bf)));
+        }
         match &self.half {
             None => x.linear(&self.weight, Some(&self.bias)),
             Some((w, b)) => x.to_kind(Kind::BFloat16).linear(w, Some(b)),
@@ -51,7 +61,7 @@ impl Module for Linear {
     /// Always f32 out (what the residual sums and LayerNorm take).
     fn forward(&self, x: &Tensor) -> Tensor {
         let y = self.forward_low(x);
-        if self.half.is_some() {
+        if self.half.is_some() || self.train_bf16 {
             y.to_kind(Kind::Float)
         } else {
             y
@@ -65,6 +75,7 @@ fn linear(p: nn::Path, d_in: i64, d_out: i64) -> Linear {
         weight: p.zeros("weight", &[d_out, d_in]),
         bias: p.zeros("bias", &[d_out]),
         half: None,
+        train_bf16: false,
     }
 }
 
@@ -157,6 +168,17 @@ impl SelfAttention {
             l.set_precision(p);
         }
     }
+
+    fn set_training_bf16(&mut self, on: bool) {
+        for l in [
+            &mut self.query,
+            &mut self.key,
+            &mut self.value,
+            &mut self.output,
+        ] {
+            l.train_bf16 = on;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -193,6 +215,12 @@ impl Layer {
         self.attention.set_precision(p);
         self.intermediate.set_precision(p);
         self.output.set_precision(p);
+    }
+
+    fn set_training_bf16(&mut self, on: bool) {
+        self.attention.set_training_bf16(on);
+        self.intermediate.train_bf16 = on;
+        self.output.train_bf16 = on;
     }
 }
 
@@ -245,6 +273,15 @@ impl BertModel {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// bf16 autocast for fine-tuning (on CUDA): every linear layer
+    /// multiplies in bfloat16 casts of its f32 weights, LayerNorm and the
+    /// residual sums stay f32, gradients land on the f32 weights.
+    pub fn set_training_bf16(&mut self, on: bool) {
+        for layer in &mut self.layers {
+            layer.set_training_bf16(on);
+        }
     }
 
     /// `input_ids`: `[batch, len]` int64; `attention_mask`: `[batch, len]`,

@@ -19,6 +19,7 @@
 //! composes it with those.
 
 pub mod bert;
+pub mod builtin;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
@@ -60,9 +61,10 @@ pub fn tessera_home() -> Option<std::path::PathBuf> {
     })
 }
 
-/// Where `scripts/setup` installs the default model (all-MiniLM-L6-v2):
-/// `$TESSERA_MODEL` if set, else `$TESSERA_HOME/models/default` (see
-/// [`tessera_home`]).
+/// Where `scripts/setup` installs the backbone (all-MiniLM-L6-v2, the raw
+/// model): `$TESSERA_MODEL` if set, else `$TESSERA_HOME/models/default`
+/// (see [`tessera_home`]). The engine's default model is the trained head
+/// of [`builtin`] over it.
 pub fn default_model_dir() -> Option<std::path::PathBuf> {
     if let Some(m) = std::env::var_os("TESSERA_MODEL").filter(|v| !v.is_empty()) {
         return Some(m.into());

@@ -303,20 +303,23 @@ impl StateCache {
             .max()
             .unwrap_or(0)
             .max(1);
-        let mut data = vec![0f32; items.len() * width * d];
+        // Copied as f16 and widened by libtorch (vectorised) in one go.
+        let mut data = vec![f16::ZERO; items.len() * width * d];
         let mut mask = vec![0f32; items.len() * width];
         for (row, &i) in items.iter().enumerate() {
             let s = self.states(i);
             let base = row * width * d;
-            for (dst, src) in data[base..base + s.len()].iter_mut().zip(s) {
-                *dst = src.to_f32();
-            }
+            data[base..base + s.len()].copy_from_slice(s);
             mask[row * width..row * width + self.tokens(i)].fill(1.0);
         }
         let n = items.len() as i64;
-        let states = Tensor::from_slice(&data)
-            .view([n, width as i64, d as i64])
-            .to_device(device);
+        let states = Tensor::from_data_size(
+            bytemuck::cast_slice(&data),
+            &[n, width as i64, d as i64],
+            Kind::Half,
+        )
+        .to_device(device)
+        .to_kind(Kind::Float);
         let mask = Tensor::from_slice(&mask)
             .view([n, width as i64])
             .to_kind(Kind::Float)

@@ -436,3 +436,29 @@ fn pylate_export_reloads_to_the_same_vectors() {
         }
     }
 }
+
+#[test]
+fn bf16_autocast_training_stays_close_to_f32_and_reaches_the_f32_weights() {
+    let mut m = ColbertModel::load(&tiny(), Device::Cpu).unwrap();
+    m.vs.unfreeze();
+    let ids = Tensor::from_slice(&[2i64, 7, 9, 3]).view([1, 4]);
+    let mask = ids.ones_like();
+    let f32_out = m.bert.forward(&ids, &mask).detach();
+    m.bert.set_training_bf16(true);
+    let out = m.bert.forward(&ids, &mask);
+    assert_eq!(out.kind(), tessera_training::tch::Kind::Float);
+    let diff = (&out - &f32_out).abs().max().double_value(&[]);
+    assert!(diff < 0.1, "bf16 autocast differs from f32 by {diff}");
+    out.sum(tessera_training::tch::Kind::Float).backward();
+    let vars = m.vs.variables();
+    let w = &vars["encoder.layer.0.intermediate.dense.weight"];
+    assert_eq!(w.kind(), tessera_training::tch::Kind::Float);
+    assert!(
+        w.grad().defined()
+            && w.grad()
+                .abs()
+                .sum(tessera_training::tch::Kind::Float)
+                .double_value(&[])
+                > 0.0
+    );
+}

@@ -55,6 +55,24 @@ pub struct TrainArgs {
 #[derive(Subcommand, Debug)]
 pub enum TrainWhat {
     Heads(Box<HeadsArgs>),
+    Summarize(SummarizeArgs),
+}
+
+/// Tabulate training runs (mean ± std over seeds per head and dim) and draw
+/// their dev curves.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    tessera train summarize runs/*/ --plot docs/experiments/projection-heads-dev\n\n\
+    Runs with the same head, output dim and mode form one row; the table (Markdown) gives\n\
+    each dataset's best-checkpoint dev nDCG@10 and Recall@100, their mean, the seeds,\n\
+    training time and parameters.")]
+pub struct SummarizeArgs {
+    /// Output folders of `tessera train heads`.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// Also draw the mean dev nDCG@10 curve per row to FILE.png and FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Train a projection head — linear, FFN, GLU, any with a residual path —
@@ -118,7 +136,8 @@ pub struct HeadsArgs {
     /// frozen (cached backbone states; only the head trains) or full.
     #[arg(long, default_value = "frozen", value_parser = parse_mode)]
     pub mode: Mode,
-    /// Optimiser steps.
+    /// Optimiser steps (0: only evaluate the initial head on dev, e.g. the
+    /// identity baseline on the same candidate pools).
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
     /// Queries per step (each with a positive and --negatives hard negatives;
@@ -187,6 +206,10 @@ pub struct HeadsArgs {
     /// Pad queries with [MASK] to the query length and keep those outputs.
     #[arg(long)]
     pub query_augmentation: bool,
+    /// Start from the head of this model folder (its head.json replaces the
+    /// head options); with --steps 0, evaluate it on the dev pools.
+    #[arg(long, value_name = "DIR")]
+    pub init_head: Option<PathBuf>,
     /// The model folder to write.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -227,6 +250,7 @@ fn parse_decay(s: &str) -> Result<Decay, String> {
 pub fn run(args: TrainArgs) -> Result<()> {
     match args.what {
         TrainWhat::Heads(a) => heads(*a),
+        TrainWhat::Summarize(a) => summarize(a),
     }
 }
 
@@ -390,13 +414,34 @@ fn cached_states(
     Ok(Arc::new(c))
 }
 
-/// Top-`k` document ids per query from BM25 and from the model's index.
+/// Top-`k` document ids per query from BM25 and from the model's index
+/// (`index`), cached on disk: every run over the same index, queries and
+/// depth reuses them.
 fn mine(
     engine: &Engine,
+    index: &Path,
     queries: &[Query],
     k: usize,
     label: &str,
 ) -> Result<HashMap<String, Vec<String>>> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    index.hash(&mut h);
+    k.hash(&mut h);
+    for q in queries {
+        (&q.id, &q.text).hash(&mut h);
+    }
+    let cache = crate::commands::eval::cache_root()?
+        .join("mined")
+        .join(format!(
+            "{}-{:016x}.json",
+            label.replace(' ', "-"),
+            h.finish()
+        ));
+    if let Ok(text) = std::fs::read_to_string(&cache) {
+        if let Ok(m) = serde_json::from_str(&text) {
+            return Ok(m);
+        }
+    }
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     let params = SearchParams {
         k,
@@ -416,6 +461,12 @@ fn mine(
             }
         }
     }
+    if let Some(dir) = cache.parent() {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    let tmp = cache.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&out)?).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, &cache).with_context(|| cache.display().to_string())?;
     Ok(out)
 }
 
@@ -475,9 +526,35 @@ fn heads(args: HeadsArgs) -> Result<()> {
     spec.layer_norm = args.layer_norm;
     spec.residual = args.residual;
     spec.bias = args.bias;
-    if args.head == HeadKind::Identity {
+    // --init-head: start from (or, with --steps 0, evaluate) a trained head.
+    let init = match &args.init_head {
+        None => None,
+        Some(dir) => {
+            let sp = dir.join("head.json");
+            let loaded: HeadSpec = serde_json::from_str(
+                &std::fs::read_to_string(&sp)
+                    .with_context(|| format!("--init-head {}", sp.display()))?,
+            )
+            .with_context(|| format!("--init-head {}", sp.display()))?;
+            ensure!(
+                loaded.in_dim == hidden,
+                "--init-head {}: the head takes {}-dim states, the backbone makes {hidden}",
+                sp.display(),
+                loaded.in_dim
+            );
+            spec = loaded;
+            let wp = dir.join("head.safetensors");
+            let tensors = if wp.is_file() {
+                tessera_training::weights::WeightFile::read(&wp)?.tensors
+            } else {
+                HashMap::new()
+            };
+            Some(tensors)
+        }
+    };
+    if spec.kind == HeadKind::Identity {
         ensure!(
-            args.dim == hidden,
+            spec.out_dim == hidden,
             "--head identity keeps the backbone's {hidden} dims: give --dim {hidden}"
         );
     }
@@ -587,6 +664,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
             .collect();
         let mined = mine(
             &engine,
+            &index,
             &train_q,
             args.mine_depth,
             &format!("{} {}", d.name, args.train_split),
@@ -673,6 +751,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
             }
             let pools = mine(
                 &engine,
+                &index,
                 &dev_q,
                 args.pool_depth,
                 &format!("{} {}", d.name, args.dev_split),
@@ -785,6 +864,10 @@ fn heads(args: HeadsArgs) -> Result<()> {
     if full {
         let mut m = ColbertModel::load(&model_dir, device)?;
         m.vs.unfreeze();
+        // bf16 autocast on CUDA; f32 on CPU, where emulated bf16 is slower.
+        if device.is_cuda() {
+            m.bert.set_training_bf16(true);
+        }
         full_model = Some(m);
     }
     let backbone = full_model.as_ref().map(|m| {
@@ -798,8 +881,19 @@ fn heads(args: HeadsArgs) -> Result<()> {
         }
     });
     let mut head = tessera_training::heads::blocks::init(&spec, device, args.seed as i64);
-    // A head that starts from a trained model's own head would go here;
-    // every run starts from the seed's initialisation.
+    if let Some(mut tensors) = init {
+        for (name, shape) in tessera_training::heads::blocks::parameter_shapes(&spec) {
+            let t = tensors
+                .remove(&name)
+                .with_context(|| format!("--init-head: head.safetensors lacks tensor {name}"))?;
+            ensure!(
+                t.size() == shape,
+                "--init-head: tensor {name} has shape {:?}, expected {shape:?}",
+                t.size()
+            );
+            head.insert(name, t.to_kind(tch_tensor::Kind::Float).to_device(device));
+        }
+    }
     for t in head.values_mut() {
         *t = t.set_requires_grad(true);
     }
@@ -1041,4 +1135,143 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+fn summarize(args: SummarizeArgs) -> Result<()> {
+    struct Row {
+        seeds: Vec<u64>,
+        /// dataset → (nDCG@10s, R@100s)
+        per: BTreeMap<String, (Vec<f64>, Vec<f64>)>,
+        mean: Vec<f64>,
+        secs: Vec<f64>,
+        params: i64,
+        curves: Vec<Vec<(f64, f64)>>,
+    }
+    let mut rows: BTreeMap<(String, i64, String), Row> = BTreeMap::new();
+    for r in &args.runs {
+        let p = r.join("training.json");
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| p.display().to_string())?,
+        )
+        .with_context(|| p.display().to_string())?;
+        let best = &v["best"];
+        ensure!(
+            best.is_object(),
+            "{}: the run has no dev score",
+            p.display()
+        );
+        let key = (
+            v["head"].as_str().unwrap_or("?").to_owned(),
+            v["config"]["spec"]["out_dim"].as_i64().unwrap_or(0),
+            v["config"]["mode"].as_str().unwrap_or("?").to_owned(),
+        );
+        let row = rows.entry(key).or_insert_with(|| Row {
+            seeds: Vec::new(),
+            per: BTreeMap::new(),
+            mean: Vec::new(),
+            secs: Vec::new(),
+            params: v["parameters"].as_i64().unwrap_or(0),
+            curves: Vec::new(),
+        });
+        row.seeds.push(v["config"]["seed"].as_u64().unwrap_or(0));
+        row.mean.push(best["ndcg10"].as_f64().unwrap_or(f64::NAN));
+        row.secs.push(v["train_seconds"].as_f64().unwrap_or(0.0));
+        for ps in best["per_source"].as_array().into_iter().flatten() {
+            let e = row
+                .per
+                .entry(ps[0].as_str().unwrap_or("?").to_owned())
+                .or_default();
+            e.0.push(ps[1].as_f64().unwrap_or(f64::NAN));
+            e.1.push(ps[2].as_f64().unwrap_or(f64::NAN));
+        }
+        let metrics = std::fs::read_to_string(r.join("metrics.jsonl")).unwrap_or_default();
+        let curve: Vec<(f64, f64)> = metrics
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["type"] == "dev")
+            .map(|m| {
+                (
+                    m["dev"]["step"].as_f64().unwrap_or(0.0),
+                    m["dev"]["ndcg10"].as_f64().unwrap_or(0.0),
+                )
+            })
+            .collect();
+        row.curves.push(curve);
+    }
+    let datasets: Vec<String> = rows
+        .values()
+        .flat_map(|r| r.per.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let pm = |v: &[f64]| {
+        let (m, s) = mean_std(v);
+        format!("{m:.4} ± {s:.4}")
+    };
+    let mut head = String::from("| head | dim | mode | seeds |");
+    let mut rule = String::from("|---|---|---|---|");
+    for d in &datasets {
+        head += &format!(" {d} nDCG@10 | {d} R@100 |");
+        rule += "---|---|";
+    }
+    head += " mean nDCG@10 | train s | parameters |";
+    rule += "---|---|---|";
+    println!("{head}\n{rule}");
+    for ((name, dim, mode), r) in &rows {
+        let mut line = format!("| {name} | {dim} | {mode} | {} |", r.seeds.len());
+        for d in &datasets {
+            match r.per.get(d) {
+                Some((n, rc)) => line += &format!(" {} | {} |", pm(n), pm(rc)),
+                None => line += " – | – |",
+            }
+        }
+        line += &format!(
+            " {} | {:.0} | {} |",
+            pm(&r.mean),
+            mean_std(&r.secs).0,
+            r.params
+        );
+        println!("{line}");
+    }
+    if let Some(stem) = &args.plot {
+        let series: Vec<plot::Series> = rows
+            .iter()
+            .filter(|(_, r)| r.curves.iter().all(|c| c.len() > 1))
+            .map(|((name, dim, mode), r)| {
+                let n = r.curves.iter().map(Vec::len).min().unwrap_or(0);
+                let points = (0..n)
+                    .map(|i| {
+                        let ys: Vec<f64> = r.curves.iter().map(|c| c[i].1).collect();
+                        (r.curves[0][i].0, mean_std(&ys).0)
+                    })
+                    .collect();
+                let m = if mode == "full" { " full" } else { "" };
+                plot::Series {
+                    name: format!("{name} @{dim}{m}"),
+                    points,
+                }
+            })
+            .collect();
+        plot::line_chart(
+            stem,
+            "dev nDCG@10 (mean of datasets, mean over seeds)",
+            "step",
+            "nDCG@10",
+            &series,
+        )?;
+        eprintln!("curves: {}.png, {}.svg", stem.display(), stem.display());
+    }
+    Ok(())
 }

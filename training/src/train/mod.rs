@@ -95,9 +95,6 @@ impl TrainConfig {
     /// Checks the numbers; the message names the option.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.spec.validate()?;
-        if self.steps == 0 {
-            return Err("--steps must be at least 1".into());
-        }
         if self.batch_size < 1 {
             return Err("--batch-size must be at least 1".into());
         }
@@ -216,7 +213,7 @@ pub struct Summary {
     pub best: Option<DevLog>,
     pub train_seconds: f64,
     pub parameters: i64,
-    /// Query–document pairs scored per second of training.
+    /// Query–document pairs scored per second of training steps.
     pub pairs_per_s: f64,
 }
 
@@ -232,6 +229,21 @@ impl Trainee<'_> {
     /// The head over `states` (`[…, in_dim]`), normalised.
     pub fn project(&self, states: &Tensor) -> Tensor {
         loss::normalise(&blocks::forward(&self.spec, &self.head, states))
+    }
+
+    /// [`Trainee::project`] over the real tokens of a padded batch only
+    /// (`mask` `[N, L]`), scattered back to `[N, L, k]` with zeros at the
+    /// padding: the head's cost follows the tokens, not the padding.
+    pub fn project_masked(&self, states: &Tensor, mask: &Tensor) -> Tensor {
+        let keep = mask.gt(0.0);
+        let packed = states.index(&[Some(&keep)]);
+        let y = self.project(&packed);
+        let (n, l) = (states.size()[0], states.size()[1]);
+        Tensor::zeros([n, l, y.size()[1]], (y.kind(), y.device())).index_put(
+            &[Some(keep)],
+            &y,
+            false,
+        )
     }
 
     /// Head parameters detached onto the CPU, in [`blocks::parameter_shapes`] order.
@@ -406,8 +418,8 @@ pub fn batch_loss(
     let device = trainee.device;
     let (qs, qm) = trainee.states(&src.queries, &batch.queries, TextKind::Query);
     let (ds, dm) = trainee.states(&src.docs, &batch.docs, TextKind::Document);
-    let q = trainee.project(&qs);
-    let d = trainee.project(&ds);
+    let q = trainee.project_masked(&qs, &qm);
+    let d = trainee.project_masked(&ds, &dm);
     let scores = loss::maxsim(&q, &qm, &d, &dm);
     let targets = Tensor::from_slice(&batch.targets).to_device(device);
     let flat: Vec<bool> = batch.allowed.iter().flatten().copied().collect();
@@ -616,7 +628,20 @@ pub fn train(
     }
 
     let mut pairs = 0usize;
-    let t_run = std::time::Instant::now();
+    // Seconds of this invocation's steps (validation excluded).
+    let mut step_seconds = 0.0;
+    if cfg.steps == 0 {
+        // Evaluation only: the head as initialised (an identity head's
+        // baseline on the same pools as every trained head).
+        let _ng = tch::no_grad_guard();
+        let d = (hooks.validate)(&trainee)?;
+        if let Some(d) = &d {
+            append_metric(&metrics_path, &serde_json::json!({"type": "dev", "dev": d}))?;
+            dev_log.push(d.clone());
+        }
+        (hooks.on_best)(&trainee, d.as_ref())?;
+        best = d;
+    }
     for step in start..cfg.steps {
         let t0 = std::time::Instant::now();
         let batch = draw_batch(cfg, sources, step);
@@ -635,6 +660,7 @@ pub fn train(
         opt.step(factor);
         let seconds = t0.elapsed().as_secs_f64();
         train_seconds += seconds;
+        step_seconds += seconds;
         let log = StepLog {
             step: step + 1,
             loss: total,
@@ -685,14 +711,13 @@ pub fn train(
         .iter()
         .map(|(_, s)| s.iter().product::<i64>())
         .sum();
-    let run_s = t_run.elapsed().as_secs_f64();
     Ok(Summary {
         steps: steps_log,
         dev: dev_log,
         best,
         train_seconds,
         parameters,
-        pairs_per_s: pairs as f64 / run_s.max(1e-9),
+        pairs_per_s: pairs as f64 / step_seconds.max(1e-9),
     })
 }
 
