@@ -192,11 +192,15 @@ pub fn forward(spec: &HeadSpec, p: &HashMap<String, Tensor>, x: &Tensor) -> Tens
     }
 }
 
-/// Fresh parameters for `spec` on `device`, drawn as `torch.nn.Linear`
-/// initialises (uniform in ±1/√fan_in for weights and biases), LayerNorm
-/// at weight 1, bias 0; the same seed gives the same tensors.
+/// Fresh parameters for `spec` on `device`, drawn from the distribution
+/// `torch.nn.Linear` initialises with (uniform in ±1/√fan_in for weights
+/// and biases), LayerNorm at weight 1, bias 0. The values come from a
+/// private RNG seeded by `seed`, not libtorch's global generator, so the
+/// same seed gives the same tensors whatever else the process draws
+/// concurrently.
 pub fn init(spec: &HeadSpec, device: Device, seed: i64) -> HashMap<String, Tensor> {
-    tch::manual_seed(seed);
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed as u64);
     let shapes = parameter_shapes(spec);
     // A weight's fan-in is its second dim; a bias takes its weight's.
     let fan_in = |name: &str| {
@@ -214,8 +218,12 @@ pub fn init(spec: &HeadSpec, device: Device, seed: i64) -> HashMap<String, Tenso
             } else if name.ends_with(".norm.bias") {
                 Tensor::zeros(shape.as_slice(), (Kind::Float, device))
             } else {
-                let bound = 1.0 / (fan_in(name).max(1) as f64).sqrt();
-                Tensor::empty(shape.as_slice(), (Kind::Float, device)).uniform_(-bound, bound)
+                let bound = 1.0 / (fan_in(name).max(1) as f32).sqrt();
+                let n: i64 = shape.iter().product();
+                let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-bound..bound)).collect();
+                Tensor::from_slice(&v)
+                    .view(shape.as_slice())
+                    .to_device(device)
             };
             (name.clone(), t)
         })
