@@ -334,6 +334,25 @@ fn encoding_key(
         .canonicalize()
         .unwrap_or_else(|_| model.to_owned())
         .hash(&mut h);
+    // The model's files as well as its path: a head retrained (or a new
+    // default installed) in the same folder must not reuse old vectors.
+    if let Ok(rd) = std::fs::read_dir(model) {
+        let mut files: Vec<(String, u64, Option<std::time::SystemTime>)> = rd
+            .flatten()
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                m.is_file().then(|| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.len(),
+                        m.modified().ok(),
+                    )
+                })
+            })
+            .collect();
+        files.sort();
+        files.hash(&mut h);
+    }
     format!("{records:?}").hash(&mut h);
     // fp32 encodings keep the key they had before precision was a choice.
     if precision != Precision::Fp32 {
