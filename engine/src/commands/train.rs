@@ -414,6 +414,25 @@ fn cached_states(
     Ok(Arc::new(c))
 }
 
+/// One side of a source: token ids for full mode (the backbone runs with
+/// gradients), else the cached backbone states.
+fn side(
+    encoder: &Encoder,
+    full: bool,
+    label: &str,
+    ids: &[String],
+    texts: &[String],
+    kind: TextKind,
+) -> Result<Texts> {
+    if full {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        return Ok(Texts::Tokens(Arc::new(encoder.tokenize(&refs, kind)?)));
+    }
+    Ok(Texts::Cached(cached_states(
+        encoder, label, ids, texts, kind,
+    )?))
+}
+
 /// Top-`k` document ids per query from BM25 and from the model's index
 /// (`index`), cached on disk: every run over the same index, queries and
 /// depth reuses them.
@@ -712,33 +731,17 @@ fn heads(args: HeadsArgs) -> Result<()> {
             d.dir.display(),
             args.train_split
         );
-        let (queries, docs) = if full {
-            let qt: Vec<&str> = d.queries.iter().map(|q| q.text.as_str()).collect();
-            let dt: Vec<&str> = d.doc_texts.iter().map(String::as_str).collect();
-            (
-                Texts::Tokens(Arc::new(encoder.tokenize(&qt, TextKind::Query)?)),
-                Texts::Tokens(Arc::new(encoder.tokenize(&dt, TextKind::Document)?)),
-            )
-        } else {
-            let qids: Vec<String> = d.queries.iter().map(|q| q.id.clone()).collect();
-            let qtexts: Vec<String> = d.queries.iter().map(|q| q.text.clone()).collect();
-            (
-                Texts::Cached(cached_states(
-                    &encoder,
-                    &d.name,
-                    &qids,
-                    &qtexts,
-                    TextKind::Query,
-                )?),
-                Texts::Cached(cached_states(
-                    &encoder,
-                    &d.name,
-                    &d.doc_ids,
-                    &d.doc_texts,
-                    TextKind::Document,
-                )?),
-            )
-        };
+        let qids: Vec<String> = d.queries.iter().map(|q| q.id.clone()).collect();
+        let qtexts: Vec<String> = d.queries.iter().map(|q| q.text.clone()).collect();
+        let queries = side(&encoder, full, &d.name, &qids, &qtexts, TextKind::Query)?;
+        let docs = side(
+            &encoder,
+            full,
+            &d.name,
+            &d.doc_ids,
+            &d.doc_texts,
+            TextKind::Document,
+        )?;
         if let Some(dev) = &d.dev {
             let mut dev_q: Vec<Query> = d
                 .queries
@@ -771,15 +774,11 @@ fn heads(args: HeadsArgs) -> Result<()> {
             let mut qrels = dev.clone();
             let keep: HashSet<&str> = dev_q.iter().map(|q| q.id.as_str()).collect();
             qrels.judgements.retain(|q, _| keep.contains(q.as_str()));
-            let share = |t: &Texts| match t {
-                Texts::Cached(c) => Texts::Cached(c.clone()),
-                Texts::Tokens(t) => Texts::Tokens(t.clone()),
-            };
             devs.push((
                 DevSet {
                     name: d.name.clone(),
-                    queries: share(&queries),
-                    docs: share(&docs),
+                    queries: queries.clone(),
+                    docs: docs.clone(),
                     items,
                 },
                 qrels,
@@ -811,25 +810,8 @@ fn heads(args: HeadsArgs) -> Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
-        let (queries, docs) = if full {
-            let qt: Vec<&str> = qa.iter().map(String::as_str).collect();
-            let dt: Vec<&str> = db.iter().map(String::as_str).collect();
-            (
-                Texts::Tokens(Arc::new(encoder.tokenize(&qt, TextKind::Query)?)),
-                Texts::Tokens(Arc::new(encoder.tokenize(&dt, TextKind::Document)?)),
-            )
-        } else {
-            (
-                Texts::Cached(cached_states(&encoder, &label, &ids, &qa, TextKind::Query)?),
-                Texts::Cached(cached_states(
-                    &encoder,
-                    &label,
-                    &ids,
-                    &db,
-                    TextKind::Document,
-                )?),
-            )
-        };
+        let queries = side(&encoder, full, &label, &ids, &qa, TextKind::Query)?;
+        let docs = side(&encoder, full, &label, &ids, &db, TextKind::Document)?;
         let examples = (0..pairs.len())
             .map(|i| Example {
                 query: i,
@@ -849,7 +831,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
     eprintln!(
         "training {} ({} parameters) for {} steps on {}",
         train::describe(&spec),
-        spec_parameters(&spec),
+        tessera_training::heads::blocks::parameter_count(&spec),
         cfg.steps,
         sources
             .iter()
@@ -1022,13 +1004,6 @@ fn heads(args: HeadsArgs) -> Result<()> {
 }
 
 use tessera_training::tch as tch_tensor;
-
-fn spec_parameters(spec: &HeadSpec) -> i64 {
-    tessera_training::heads::blocks::parameter_shapes(spec)
-        .iter()
-        .map(|(_, s)| s.iter().product::<i64>())
-        .sum()
-}
 
 fn doc_ids_of<'a>(data: &'a [DatasetData], name: &str) -> &'a [String] {
     &data

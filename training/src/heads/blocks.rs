@@ -152,6 +152,14 @@ fn lin(p: &HashMap<String, Tensor>, name: &str, x: &Tensor) -> Tensor {
     )
 }
 
+/// How many numbers the head of `spec` learns.
+pub fn parameter_count(spec: &HeadSpec) -> i64 {
+    parameter_shapes(spec)
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>())
+        .sum()
+}
+
 /// Applies `spec` with parameters `p` (every name of [`parameter_shapes`])
 /// to `x` (`[…, in_dim]`).
 pub fn forward(spec: &HeadSpec, p: &HashMap<String, Tensor>, x: &Tensor) -> Tensor {

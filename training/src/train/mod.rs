@@ -134,7 +134,9 @@ pub struct Example {
     pub teacher: Vec<(usize, f32)>,
 }
 
-/// One side's texts: cached backbone states, or token ids for full mode.
+/// One side's texts: cached backbone states, or token ids for full mode
+/// (cloning shares them).
+#[derive(Clone)]
 pub enum Texts {
     Cached(Arc<StateCache>),
     Tokens(Arc<Vec<TokenizedText>>),
@@ -707,10 +709,7 @@ pub fn train(
             write_checkpoint(out, &trainee, &opt, &state)?;
         }
     }
-    let parameters = blocks::parameter_shapes(&cfg.spec)
-        .iter()
-        .map(|(_, s)| s.iter().product::<i64>())
-        .sum();
+    let parameters = blocks::parameter_count(&cfg.spec);
     Ok(Summary {
         steps: steps_log,
         dev: dev_log,
