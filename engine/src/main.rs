@@ -25,7 +25,9 @@ use clap::{Parser, Subcommand};
     tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
     tessera encode --query \"what causes tides?\"\n  \
     tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n\n\
+    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n  \
+    tessera train reduce --dataset ../shared/datasets/scifact --dims 16,32,64 --out my-reduction\n  \
+    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction my-reduction\n\n\
     Logs go to stderr; set RUST_LOG=debug for more.")]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +46,7 @@ enum Command {
     Score(commands::score::ScoreArgs),
     Train(commands::train::TrainArgs),
     Export(commands::export::ExportArgs),
+    Reduce(commands::reduce::ReduceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(args) => commands::score::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Export(args) => commands::export::run(args),
+        Command::Reduce(args) => commands::reduce::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -217,6 +217,115 @@ fn encoded_query(text: &str) -> pb::TokenVectors {
     tessera_proto::pack_vectors(&flat, toks.len())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_built_at_r_32_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let (ds, model, red) = common::reduced_fixture(dir.path(), &envs);
+    let index = dir.path().join("r32.idx");
+    ok(&run(
+        &[
+            "index",
+            "build",
+            "--input",
+            ds.join("corpus.jsonl").to_str().unwrap(),
+            "--out",
+            index.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--reduction",
+            red.to_str().unwrap(),
+            "--dim",
+            "32",
+            "--device",
+            "cpu",
+        ],
+        &envs,
+        None,
+    ));
+    // Started with the reduction named: accepted (it is the index's own).
+    let rs = red.to_str().unwrap();
+    let server = Server::start(&index, &["--reduction", rs, "--dim", "32"], "");
+    server.wait_serving().await;
+    let mut c = server.client().await;
+    for t in common::TOPICS {
+        let q = format!("what about {t}");
+        let want = cli_ids(&index, &q, &["-k", "3"]);
+        let r = c
+            .search(search_req(vec![text_query(&q, 3)]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ids(&r.results[0]), want, "{q}");
+    }
+    // Query vectors come at the model's width (64) and are reduced by the
+    // server like documents were; 32-dim ones are refused.
+    let v: serde_json::Value = serde_json::from_str(&ok(&tessera(&[
+        "encode",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--query",
+        "what about moon tides ocean",
+        "--json",
+    ])))
+    .unwrap();
+    let toks = v["tokens"].as_array().unwrap();
+    let flat: Vec<f32> = toks
+        .iter()
+        .flat_map(|t| {
+            t["vector"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect();
+    assert_eq!(flat.len(), toks.len() * 64);
+    let by_vectors = pb::Query {
+        vectors: Some(tessera_proto::pack_vectors(&flat, toks.len())),
+        ..text_query("", 3)
+    };
+    let r = c
+        .search(search_req(vec![by_vectors]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ids(&r.results[0]),
+        cli_ids(&index, "what about moon tides ocean", &["-k", "3"])
+    );
+    let half: Vec<f32> = flat.chunks(64).flat_map(|c| c[..32].to_vec()).collect();
+    let wrong = pb::Query {
+        vectors: Some(tessera_proto::pack_vectors(&half, toks.len())),
+        ..text_query("", 3)
+    };
+    let e = c.search(search_req(vec![wrong])).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("64"), "{}", e.message());
+    drop(server);
+    // Started with another reduction: refused before listening.
+    let o = run(
+        &[
+            "serve",
+            "--index",
+            index.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--reduction",
+            rs,
+            "--dim",
+            "16",
+        ],
+        &envs,
+        None,
+    );
+    let e = common::err(&o);
+    assert!(e.contains("another reduction"), "{e}");
+}
+
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("TESSERA_PYTHON") {
         return PathBuf::from(p);

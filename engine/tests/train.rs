@@ -8,55 +8,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{err, ok, run, search_json, tiny};
+use common::{err, ok, run, search_json, tiny, toy_dataset, TOPICS};
 
-const TOPICS: [&str; 8] = [
-    "moon tides ocean",
-    "volcano lava magma",
-    "piano music chords",
-    "bread flour yeast",
-    "river delta water",
-    "comet orbit sun",
-    "violin strings bow",
-    "cheese milk cows",
-];
-
-/// A BEIR folder: one document and one query per topic; queries 0–5 train,
-/// 6–7 dev.
 fn dataset(dir: &Path, train_qrels: Option<&str>) -> PathBuf {
-    let ds = dir.join("toy");
-    std::fs::create_dir_all(ds.join("qrels")).unwrap();
-    let corpus: String = TOPICS
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            serde_json::json!({"_id": format!("d{i}"), "title": t, "text": format!("all about {t} and {t}")})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(ds.join("corpus.jsonl"), corpus).unwrap();
-    let queries: String = TOPICS
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            serde_json::json!({"_id": format!("q{i}"), "text": format!("what about {t}")})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(ds.join("queries.jsonl"), queries).unwrap();
-    let mut train = String::from("query-id\tcorpus-id\tscore\n");
-    for i in 0..6 {
-        train += &format!("q{i}\td{i}\t1\n");
-    }
-    std::fs::write(ds.join("qrels/train.tsv"), train_qrels.unwrap_or(&train)).unwrap();
-    std::fs::write(
-        ds.join("qrels/dev.tsv"),
-        "query-id\tcorpus-id\tscore\nq6\td6\t1\nq7\td7\t1\n",
-    )
-    .unwrap();
-    ds
+    toy_dataset(dir, train_qrels)
 }
 
 fn train_args<'a>(ds: &'a str, out: &'a str, home_tiny: &'a str, rest: &[&'a str]) -> Vec<&'a str> {

@@ -28,6 +28,7 @@ pub mod error;
 pub mod export;
 pub mod heads;
 pub mod precision;
+pub mod reduce;
 pub mod states;
 pub mod tokenize;
 pub mod train;

@@ -21,6 +21,7 @@ use crate::embeddings::load_state;
 use crate::model::ModelArgs;
 use crate::progress;
 use crate::searcher::{Engine, RankArgs, Retriever};
+use tessera_training::reduce::Reduction;
 use tessera_training::Precision;
 
 /// Evaluate retrieval quality (nDCG@10, Recall@100, MAP@100, MRR@10) the
@@ -99,6 +100,9 @@ pub struct EvalArgs {
     /// How the corpus is read when it is indexed (BEIR defaults).
     #[command(flatten)]
     pub records: RecordArgs,
+    /// Without --index: the cached index is built with this reduction.
+    #[command(flatten)]
+    pub reduce: crate::commands::reduce::ReductionArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -417,26 +421,36 @@ fn cached_index(
     key: u64,
     codec: &str,
     analyzer: Analyzer,
+    reduction: Option<&(Reduction, usize)>,
 ) -> Result<(PathBuf, Option<f64>)> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     codec.hash(&mut h);
     analyzer.hash(&mut h);
     tessera_index::BUILD_RECIPE.hash(&mut h);
+    let mut label = format!("{name}-{codec}");
+    if let Some((red, r)) = reduction {
+        red.fingerprint().hash(&mut h);
+        r.hash(&mut h);
+        label += &format!("-{}{r}", red.meta.method);
+    }
     let dir = cache_root()?
         .join("indexes")
-        .join(format!("{name}-{codec}-{:016x}", h.finish()));
+        .join(format!("{label}-{:016x}", h.finish()));
     if dir.join(tessera_index::manifest::MANIFEST).exists() {
         eprintln!("using cached index {}", dir.display());
         return Ok((dir, None));
     }
     eprintln!("indexing into {} (cached for later runs)", dir.display());
     let t = Instant::now();
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         codec: codec.parse()?,
         analyzer,
         ..BuildOptions::default()
     };
+    if let Some((red, r)) = reduction {
+        crate::commands::reduce::apply_to_options(&mut opts, red, *r)?;
+    }
     let (stats, note) = build_from_vectors(encoding, &dir, opts)?;
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
@@ -467,7 +481,30 @@ pub(crate) fn cached_dataset_index(
         model_args.resolved_precision()?,
     )?;
     let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir)?;
-    Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En)?.0)
+    Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En, None)?.0)
+}
+
+/// The cached encoding (the model's vectors) of a dataset's corpus, as
+/// `tessera eval` makes it.
+pub(crate) fn cached_dataset_encoding(
+    dataset: &Dataset,
+    model_args: &ModelArgs,
+    model_dir: &Path,
+    records: &RecordArgs,
+) -> Result<PathBuf> {
+    let canonical = dataset
+        .dir
+        .canonicalize()
+        .with_context(|| dataset.dir.display().to_string())?;
+    let dname = dataset_name(&canonical);
+    let key = encoding_key(
+        dataset,
+        &canonical,
+        model_dir,
+        records,
+        model_args.resolved_precision()?,
+    )?;
+    cached_encoding(model_args, records, dataset, &dname, key, model_dir)
 }
 
 /// Recall@10 of `run` against the top 10 of `truth`, over `queries`.
@@ -572,19 +609,35 @@ fn eval_dataset(
                 key,
                 &model_dir,
             )?;
-            let (idx, built) = cached_index(&enc, &dname, key, &args.codec, args.analyzer)?;
+            let reduction = match &args.reduce.reduction {
+                Some(_) => args
+                    .reduce
+                    .load(Some(args.model.load_dir(&model_dir)?.dim()))?,
+                None => None,
+            };
+            let (idx, built) = cached_index(
+                &enc,
+                &dname,
+                key,
+                &args.codec,
+                args.analyzer,
+                reduction.as_ref(),
+            )?;
             index_build_s = built;
             if args.against_exact && retriever != Retriever::Bm25 {
                 exact_index = Some(if args.codec == "f32" {
                     idx.clone()
                 } else {
-                    cached_index(&enc, &dname, key, "f32", args.analyzer)?.0
+                    cached_index(&enc, &dname, key, "f32", args.analyzer, reduction.as_ref())?.0
                 });
             }
             idx
         }
     };
     let mut engine = Engine::open(&index_dir, &args.model, retriever)?;
+    if args.index.is_some() {
+        args.reduce.check_index(&engine.index, &index_dir)?;
+    }
     warn_missing(dir, split, &qrels, &queries, &engine.index);
     let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
     qrels.judgements.retain(|q, _| have.contains(q.as_str()));

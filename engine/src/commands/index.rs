@@ -18,6 +18,7 @@ use tessera_index::{
 };
 
 use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
+use crate::commands::reduce::{apply_to_options, ReductionArgs};
 use crate::embeddings::{load_state, EmbeddingsReader};
 use crate::model::ModelArgs;
 use crate::progress;
@@ -53,7 +54,8 @@ pub enum IndexCommand {
     tessera index build --input ../shared/datasets/scifact/corpus.jsonl --out scifact.idx\n  \
     zcat dump.jsonl.gz | tessera index build --input - --out dump.idx --skip-invalid\n  \
     tessera index build --input collection.tsv.zst --out msmarco.idx --codec residual2\n  \
-    tessera index build --embeddings vectors/ --out other.idx\n\n\
+    tessera index build --embeddings vectors/ --out other.idx\n  \
+    tessera index build --input corpus.jsonl --out small.idx --reduction my-reduction --dim 32\n\n\
     After an interruption, rerun the same command with --resume.")]
 pub struct BuildArgs {
     /// The dump: BEIR corpus.jsonl, any JSONL, or TSV (`id<TAB>text`),
@@ -112,6 +114,8 @@ pub struct BuildArgs {
     pub checkpoint_every: u32,
     #[command(flatten)]
     pub records: RecordArgs,
+    #[command(flatten)]
+    pub reduce: ReductionArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -262,7 +266,7 @@ pub fn work_dir(out: &Path) -> Result<PathBuf> {
 
 fn build(args: BuildArgs) -> Result<()> {
     let codec: CodecKind = args.codec.parse()?;
-    let opts = BuildOptions {
+    let mut opts = BuildOptions {
         codec,
         num_centroids: args.centroids,
         memory_budget: args.memory_mb.max(16) << 20,
@@ -281,6 +285,16 @@ fn build(args: BuildArgs) -> Result<()> {
             "{}: an index exists already (pass --overwrite to replace it)",
             args.out.display()
         );
+    }
+    if args.reduce.reduction.is_some() {
+        // Checked against the model's width before anything is encoded.
+        let model_dim = match &args.input {
+            Some(_) => Some(args.model.load()?.dim()),
+            None => None,
+        };
+        if let Some((red, r)) = args.reduce.load(model_dim)? {
+            apply_to_options(&mut opts, &red, r)?;
+        }
     }
     let t = Instant::now();
     let built = match (&args.input, &args.embeddings) {
@@ -400,6 +414,7 @@ pub fn build_from_vectors(
         .map(|s| skipped_note(&s.skipped))
         .unwrap_or_default();
     let empty = reader.doclens.iter().filter(|&&l| l == 0).count();
+    let recorded = std::mem::take(&mut opts.info);
     opts.info = serde_json::json!({
         "built_by": format!("tessera {}", env!("CARGO_PKG_VERSION")),
         "model": reader.state.as_ref().map(|s| s.model.clone()),
@@ -408,6 +423,12 @@ pub fn build_from_vectors(
         "truncated": reader.state.as_ref().map(|s| s.truncated),
         "empty_documents": empty,
     });
+    // What the caller recorded (e.g. the reduction) is kept.
+    if let (serde_json::Value::Object(into), serde_json::Value::Object(from)) =
+        (&mut opts.info, recorded)
+    {
+        into.extend(from);
+    }
     let mut builder = IndexBuilder::create(out, opts)?;
     let pb = progress::bar(Some(reader.len() as u64), "docs");
     pb.set_prefix("indexing");

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod index;
 pub mod query;
+pub mod reduce;
 pub mod score;
 pub mod search;
 pub mod serve;

@@ -32,6 +32,8 @@ pub struct SearchArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub reduce: crate::commands::reduce::ReductionArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
 }
 
@@ -101,6 +103,7 @@ impl QueryInput {
 
 pub fn run(args: SearchArgs) -> Result<()> {
     let engine = Engine::open(&args.index, &args.model, args.rank.retriever)?;
+    args.reduce.check_index(&engine.index, &args.index)?;
     let params = args.rank.params(args.input.k as usize)?;
     if let Some(f) = &params.filter {
         warn_unknown_fields(&engine.index, f);

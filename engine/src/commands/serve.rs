@@ -98,10 +98,18 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_model: bool,
     #[command(flatten)]
+    pub reduce: crate::commands::reduce::ReductionArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if args.reduce.reduction.is_some() {
+        // Refused before listening: the index must carry this reduction.
+        let index = Index::open(&args.index)
+            .with_context(|| format!("opening index {}", args.index.display()))?;
+        args.reduce.check_index(&index, &args.index)?;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let search_threads = args.search_threads.map_or(cpus, usize::from);
     // The global pool runs update work (appends, compaction).

@@ -55,6 +55,7 @@ pub struct TrainArgs {
 #[derive(Subcommand, Debug)]
 pub enum TrainWhat {
     Heads(Box<HeadsArgs>),
+    Reduce(Box<crate::commands::reduce::TrainReduceArgs>),
     Summarize(SummarizeArgs),
 }
 
@@ -250,22 +251,23 @@ fn parse_decay(s: &str) -> Result<Decay, String> {
 pub fn run(args: TrainArgs) -> Result<()> {
     match args.what {
         TrainWhat::Heads(a) => heads(*a),
+        TrainWhat::Reduce(a) => crate::commands::reduce::train_reduce(*a),
         TrainWhat::Summarize(a) => summarize(a),
     }
 }
 
 /// One dataset's texts and judgements, read and checked.
-struct DatasetData {
-    name: String,
-    dir: PathBuf,
-    doc_ids: Vec<String>,
-    doc_texts: Vec<String>,
-    queries: Vec<Query>,
-    train: Qrels,
-    dev: Option<Qrels>,
+pub(crate) struct DatasetData {
+    pub(crate) name: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) doc_ids: Vec<String>,
+    pub(crate) doc_texts: Vec<String>,
+    pub(crate) queries: Vec<Query>,
+    pub(crate) train: Qrels,
+    pub(crate) dev: Option<Qrels>,
 }
 
-fn read_dataset(dir: &Path, train_split: &str, dev_split: &str) -> Result<DatasetData> {
+pub(crate) fn read_dataset(dir: &Path, train_split: &str, dev_split: &str) -> Result<DatasetData> {
     let ds = Dataset::open(dir)?;
     let train = ds
         .qrels(train_split)
@@ -513,6 +515,183 @@ fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
     out
 }
 
+/// Dev sets with the qrels of the queries kept.
+pub(crate) type DevSets = Vec<(DevSet, Qrels)>;
+
+/// How [`prepare`] reads its datasets.
+pub(crate) struct Prep<'a> {
+    pub model: &'a ModelArgs,
+    pub model_dir: &'a Path,
+    /// Token ids (full mode) instead of cached backbone states.
+    pub full: bool,
+    pub train_split: &'a str,
+    pub dev_split: &'a str,
+    pub mine_depth: usize,
+    pub pool_depth: usize,
+    pub dev_queries: usize,
+    pub weights: &'a [f64],
+    pub teachers: &'a [Run],
+}
+
+/// Per dataset: its training source (cached states or token ids, examples
+/// with mined hard negatives, judged positives excluded) and, with a dev
+/// split, its dev set (fixed pools: BM25 ∪ the model's own top
+/// `pool_depth`) and the dev qrels of the queries kept.
+pub(crate) fn prepare(
+    encoder: &Encoder,
+    data: &[DatasetData],
+    o: &Prep<'_>,
+) -> Result<(Vec<Source>, DevSets)> {
+    let mut sources = Vec::new();
+    let mut devs: Vec<(DevSet, Qrels)> = Vec::new();
+    for (di, d) in data.iter().enumerate() {
+        let index = cached_dataset_index(
+            &Dataset::open(&d.dir)?,
+            o.model,
+            o.model_dir,
+            &RecordArgs::default(),
+        )?;
+        let engine = Engine::open(
+            &index,
+            &ModelArgs {
+                model: Some(o.model_dir.to_owned()),
+                ..o.model.clone()
+            },
+            Retriever::Colbert,
+        )?;
+        let qpos: HashMap<&str, usize> = d
+            .queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.id.as_str(), i))
+            .collect();
+        let dpos: HashMap<&str, usize> = d
+            .doc_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        let train_q: Vec<Query> = d
+            .queries
+            .iter()
+            .filter(|q| d.train.judgements.contains_key(&q.id))
+            .cloned()
+            .collect();
+        let mined = mine(
+            &engine,
+            &index,
+            &train_q,
+            o.mine_depth,
+            &format!("{} {}", d.name, o.train_split),
+        )?;
+        let mut examples = Vec::new();
+        for q in &train_q {
+            let judged = &d.train.judgements[&q.id];
+            let positives: Vec<usize> = judged
+                .iter()
+                .filter(|(_, &r)| r > 0)
+                .map(|(id, _)| dpos[id.as_str()])
+                .collect();
+            if positives.is_empty() {
+                continue;
+            }
+            let negatives: Vec<usize> = mined
+                .get(&q.id)
+                .into_iter()
+                .flatten()
+                .filter(|id| judged.get(*id).is_none_or(|&r| r <= 0))
+                .filter_map(|id| dpos.get(id.as_str()).copied())
+                .collect();
+            let teacher = o
+                .teachers
+                .get(di)
+                .and_then(|t| t.results.get(&q.id))
+                .map(|hits| {
+                    let mut h: Vec<(usize, f32)> = hits
+                        .iter()
+                        .filter_map(|(id, s)| dpos.get(id.as_str()).map(|&p| (p, *s as f32)))
+                        .collect();
+                    h.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    h
+                })
+                .unwrap_or_default();
+            examples.push(Example {
+                query: qpos[q.id.as_str()],
+                positives,
+                negatives,
+                teacher,
+            });
+        }
+        ensure!(
+            !examples.is_empty(),
+            "{}: qrels/{}.tsv has no query with a relevant document",
+            d.dir.display(),
+            o.train_split
+        );
+        let qids: Vec<String> = d.queries.iter().map(|q| q.id.clone()).collect();
+        let qtexts: Vec<String> = d.queries.iter().map(|q| q.text.clone()).collect();
+        let queries = side(encoder, o.full, &d.name, &qids, &qtexts, TextKind::Query)?;
+        let docs = side(
+            encoder,
+            o.full,
+            &d.name,
+            &d.doc_ids,
+            &d.doc_texts,
+            TextKind::Document,
+        )?;
+        if let Some(dev) = &d.dev {
+            let mut dev_q: Vec<Query> = d
+                .queries
+                .iter()
+                .filter(|q| dev.judgements.contains_key(&q.id))
+                .cloned()
+                .collect();
+            if o.dev_queries > 0 {
+                dev_q.truncate(o.dev_queries);
+            }
+            let pools = mine(
+                &engine,
+                &index,
+                &dev_q,
+                o.pool_depth,
+                &format!("{} {}", d.name, o.dev_split),
+            )?;
+            let items = dev_q
+                .iter()
+                .map(|q| {
+                    let pool = pools
+                        .get(&q.id)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|id| dpos.get(id.as_str()).copied())
+                        .collect();
+                    (qpos[q.id.as_str()], pool)
+                })
+                .collect();
+            let mut qrels = dev.clone();
+            let keep: HashSet<&str> = dev_q.iter().map(|q| q.id.as_str()).collect();
+            qrels.judgements.retain(|q, _| keep.contains(q.as_str()));
+            devs.push((
+                DevSet {
+                    name: d.name.clone(),
+                    queries: queries.clone(),
+                    docs: docs.clone(),
+                    items,
+                },
+                qrels,
+            ));
+        }
+        sources.push(Source {
+            name: d.name.clone(),
+            weight: o.weights.get(di).copied().unwrap_or(1.0),
+            queries,
+            docs,
+            examples,
+        });
+    }
+    Ok((sources, devs))
+}
+
 fn heads(args: HeadsArgs) -> Result<()> {
     let t_all = Instant::now();
     ensure!(
@@ -646,152 +825,22 @@ fn heads(args: HeadsArgs) -> Result<()> {
 
     // 2–3. States, mining, pools.
     let full = args.mode == Mode::Full;
-    let mut sources = Vec::new();
-    let mut devs: Vec<(DevSet, Qrels)> = Vec::new();
-    for (di, d) in data.iter().enumerate() {
-        let index = cached_dataset_index(
-            &Dataset::open(&d.dir)?,
-            &args.model,
-            &model_dir,
-            &RecordArgs::default(),
-        )?;
-        let engine = Engine::open(
-            &index,
-            &ModelArgs {
-                model: Some(model_dir.clone()),
-                ..args.model.clone()
-            },
-            Retriever::Colbert,
-        )?;
-        let qpos: HashMap<&str, usize> = d
-            .queries
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (q.id.as_str(), i))
-            .collect();
-        let dpos: HashMap<&str, usize> = d
-            .doc_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), i))
-            .collect();
-        let train_q: Vec<Query> = d
-            .queries
-            .iter()
-            .filter(|q| d.train.judgements.contains_key(&q.id))
-            .cloned()
-            .collect();
-        let mined = mine(
-            &engine,
-            &index,
-            &train_q,
-            args.mine_depth,
-            &format!("{} {}", d.name, args.train_split),
-        )?;
-        let mut examples = Vec::new();
-        for q in &train_q {
-            let judged = &d.train.judgements[&q.id];
-            let positives: Vec<usize> = judged
-                .iter()
-                .filter(|(_, &r)| r > 0)
-                .map(|(id, _)| dpos[id.as_str()])
-                .collect();
-            if positives.is_empty() {
-                continue;
-            }
-            let negatives: Vec<usize> = mined
-                .get(&q.id)
-                .into_iter()
-                .flatten()
-                .filter(|id| judged.get(*id).is_none_or(|&r| r <= 0))
-                .filter_map(|id| dpos.get(id.as_str()).copied())
-                .collect();
-            let teacher = teachers
-                .get(di)
-                .and_then(|t| t.results.get(&q.id))
-                .map(|hits| {
-                    let mut h: Vec<(usize, f32)> = hits
-                        .iter()
-                        .filter_map(|(id, s)| dpos.get(id.as_str()).map(|&p| (p, *s as f32)))
-                        .collect();
-                    h.sort_by(|a, b| b.1.total_cmp(&a.1));
-                    h
-                })
-                .unwrap_or_default();
-            examples.push(Example {
-                query: qpos[q.id.as_str()],
-                positives,
-                negatives,
-                teacher,
-            });
-        }
-        ensure!(
-            !examples.is_empty(),
-            "{}: qrels/{}.tsv has no query with a relevant document",
-            d.dir.display(),
-            args.train_split
-        );
-        let qids: Vec<String> = d.queries.iter().map(|q| q.id.clone()).collect();
-        let qtexts: Vec<String> = d.queries.iter().map(|q| q.text.clone()).collect();
-        let queries = side(&encoder, full, &d.name, &qids, &qtexts, TextKind::Query)?;
-        let docs = side(
-            &encoder,
+    let (mut sources, devs) = prepare(
+        &encoder,
+        &data,
+        &Prep {
+            model: &args.model,
+            model_dir: &model_dir,
             full,
-            &d.name,
-            &d.doc_ids,
-            &d.doc_texts,
-            TextKind::Document,
-        )?;
-        if let Some(dev) = &d.dev {
-            let mut dev_q: Vec<Query> = d
-                .queries
-                .iter()
-                .filter(|q| dev.judgements.contains_key(&q.id))
-                .cloned()
-                .collect();
-            if args.dev_queries > 0 {
-                dev_q.truncate(args.dev_queries);
-            }
-            let pools = mine(
-                &engine,
-                &index,
-                &dev_q,
-                args.pool_depth,
-                &format!("{} {}", d.name, args.dev_split),
-            )?;
-            let items = dev_q
-                .iter()
-                .map(|q| {
-                    let pool = pools
-                        .get(&q.id)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|id| dpos.get(id.as_str()).copied())
-                        .collect();
-                    (qpos[q.id.as_str()], pool)
-                })
-                .collect();
-            let mut qrels = dev.clone();
-            let keep: HashSet<&str> = dev_q.iter().map(|q| q.id.as_str()).collect();
-            qrels.judgements.retain(|q, _| keep.contains(q.as_str()));
-            devs.push((
-                DevSet {
-                    name: d.name.clone(),
-                    queries: queries.clone(),
-                    docs: docs.clone(),
-                    items,
-                },
-                qrels,
-            ));
-        }
-        sources.push(Source {
-            name: d.name.clone(),
-            weight: args.weights.get(di).copied().unwrap_or(1.0),
-            queries,
-            docs,
-            examples,
-        });
-    }
+            train_split: &args.train_split,
+            dev_split: &args.dev_split,
+            mine_depth: args.mine_depth,
+            pool_depth: args.pool_depth,
+            dev_queries: args.dev_queries,
+            weights: &args.weights,
+            teachers: &teachers,
+        },
+    )?;
     if let Some(dump) = &args.unsupervised_corpus {
         let (_, texts) = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
             .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?;
@@ -887,7 +936,6 @@ fn heads(args: HeadsArgs) -> Result<()> {
     };
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
-    let measures = [Measure::Ndcg(10), Measure::Recall(100)];
     let mut validate = |t: &Trainee<'_>| -> tessera_training::Result<Option<DevLog>> {
         if devs.is_empty() {
             return Ok(None);
@@ -895,20 +943,9 @@ fn heads(args: HeadsArgs) -> Result<()> {
         let t0 = Instant::now();
         let mut per = Vec::new();
         for (dev, qrels) in &devs {
-            let scored = score_dev(t, dev);
-            let ids = doc_ids_of(&data, &dev.name);
-            let qids = query_ids_of(&data, &dev.name);
-            let mut run = Run::default();
-            for ((q, _), hits) in dev.items.iter().zip(scored) {
-                run.results.insert(
-                    qids[*q].clone(),
-                    hits.into_iter()
-                        .map(|(d, s)| (ids[d].clone(), f64::from(s)))
-                        .collect(),
-                );
-            }
-            let e = evaluate(qrels, &run, &measures, true);
-            per.push((dev.name.clone(), e.mean[0], e.mean[1]));
+            let (ndcg, recall) =
+                pool_metrics(&data, &dev.name, &dev.items, score_dev(t, dev), qrels);
+            per.push((dev.name.clone(), ndcg, recall));
         }
         let ndcg10 = per.iter().map(|p| p.1).sum::<f64>() / per.len() as f64;
         Ok(Some(DevLog {
@@ -1004,6 +1041,35 @@ fn heads(args: HeadsArgs) -> Result<()> {
 }
 
 use tessera_training::tch as tch_tensor;
+
+/// nDCG@10 and Recall@100 of scored dev pools (positions of dataset
+/// `name`'s queries and documents) against `qrels`.
+pub(crate) fn pool_metrics(
+    data: &[DatasetData],
+    name: &str,
+    items: &[(usize, Vec<usize>)],
+    scored: Vec<Vec<(usize, f32)>>,
+    qrels: &Qrels,
+) -> (f64, f64) {
+    let ids = doc_ids_of(data, name);
+    let qids = query_ids_of(data, name);
+    let mut run = Run::default();
+    for ((q, _), hits) in items.iter().zip(scored) {
+        run.results.insert(
+            qids[*q].clone(),
+            hits.into_iter()
+                .map(|(d, s)| (ids[d].clone(), f64::from(s)))
+                .collect(),
+        );
+    }
+    let e = evaluate(
+        qrels,
+        &run,
+        &[Measure::Ndcg(10), Measure::Recall(100)],
+        true,
+    );
+    (e.mean[0], e.mean[1])
+}
 
 fn doc_ids_of<'a>(data: &'a [DatasetData], name: &str) -> &'a [String] {
     &data

@@ -82,3 +82,114 @@ pub fn ids(v: &serde_json::Value) -> Vec<String> {
         .map(|r| r["id"].as_str().unwrap().to_owned())
         .collect()
 }
+
+pub const TOPICS: [&str; 8] = [
+    "moon tides ocean",
+    "volcano lava magma",
+    "piano music chords",
+    "bread flour yeast",
+    "river delta water",
+    "comet orbit sun",
+    "violin strings bow",
+    "cheese milk cows",
+];
+
+/// A BEIR folder: one document and one query per topic; queries 0–5 train,
+/// 6–7 dev.
+pub fn toy_dataset(dir: &Path, train_qrels: Option<&str>) -> PathBuf {
+    let ds = dir.join("toy");
+    std::fs::create_dir_all(ds.join("qrels")).unwrap();
+    let corpus: String = TOPICS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"_id": format!("d{i}"), "title": t, "text": format!("all about {t} and {t}")})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(ds.join("corpus.jsonl"), corpus).unwrap();
+    let queries: String = TOPICS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"_id": format!("q{i}"), "text": format!("what about {t}")})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(ds.join("queries.jsonl"), queries).unwrap();
+    let mut train = String::from("query-id\tcorpus-id\tscore\n");
+    for i in 0..6 {
+        train += &format!("q{i}\td{i}\t1\n");
+    }
+    std::fs::write(ds.join("qrels/train.tsv"), train_qrels.unwrap_or(&train)).unwrap();
+    std::fs::write(
+        ds.join("qrels/dev.tsv"),
+        "query-id\tcorpus-id\tscore\nq6\td6\t1\nq7\td7\t1\n",
+    )
+    .unwrap();
+    ds
+}
+
+/// The reduction fixture: the toy dataset, a 64-dim model (the tiny BERT
+/// with an untrained linear head, as `train heads --steps 0` writes it) and
+/// an orthogonal reduction of its vectors to {16, 32} trained a few steps.
+pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, PathBuf) {
+    let ds = toy_dataset(dir, None);
+    let model = dir.join("model64");
+    let red = dir.join("reduction");
+    let common = [
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--mine-depth",
+        "4",
+        "--pool-depth",
+        "8",
+    ];
+    let mut a = vec![
+        "train",
+        "heads",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--model",
+        "PLACEHOLDER",
+        "--head",
+        "linear",
+        "--dim",
+        "64",
+        "--steps",
+        "0",
+        "--out",
+        model.to_str().unwrap(),
+    ];
+    let t = tiny();
+    a[5] = &t;
+    a.extend_from_slice(&common);
+    ok(&run(&a, envs, None));
+    let mut b = vec![
+        "train",
+        "reduce",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--dims",
+        "16,32",
+        "--steps",
+        "8",
+        "--batch-queries",
+        "4",
+        "--eval-every",
+        "4",
+        "--checkpoint-every",
+        "4",
+        "--out",
+        red.to_str().unwrap(),
+    ];
+    b.extend_from_slice(&common);
+    ok(&run(&b, envs, None));
+    (ds, model, red)
+}

@@ -329,26 +329,60 @@ pub struct Batch {
     pub teacher: Vec<Vec<(usize, f32)>>,
 }
 
+/// What decides a drawn batch, besides the data.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DrawPlan {
+    pub seed: u64,
+    pub batch_size: usize,
+    pub negatives: usize,
+    /// Teacher candidates per query (`None`: no distillation).
+    pub distill_candidates: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn draw_plan(&self) -> DrawPlan {
+        DrawPlan {
+            seed: self.seed,
+            batch_size: self.batch_size,
+            negatives: self.negatives,
+            distill_candidates: (self.distill_weight > 0.0).then_some(self.distill_candidates),
+        }
+    }
+}
+
+/// The RNG of `step` (seeded by `(seed, step)` only).
+pub fn step_rng(seed: u64, step: usize) -> StdRng {
+    StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(step as u64 + 1),
+    )
+}
+
 /// Draws the batch of `step`: depends only on `(seed, step)` and the data.
 pub fn draw_batch(cfg: &TrainConfig, sources: &[Source], step: usize) -> Batch {
-    let mut rng = StdRng::seed_from_u64(
-        cfg.seed
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(step as u64 + 1),
-    );
-    let total: f64 = sources.iter().map(|s| s.weight).sum();
+    let sets: Vec<(f64, &[Example])> = sources
+        .iter()
+        .map(|s| (s.weight, s.examples.as_slice()))
+        .collect();
+    draw(&cfg.draw_plan(), &sets, step)
+}
+
+/// [`draw_batch`] over weighted example sets (any training material).
+pub fn draw(plan: &DrawPlan, sets: &[(f64, &[Example])], step: usize) -> Batch {
+    let mut rng = step_rng(plan.seed, step);
+    let total: f64 = sets.iter().map(|s| s.0).sum();
     let mut pick = rng.gen::<f64>() * total;
-    let mut si = sources.len() - 1;
-    for (i, s) in sources.iter().enumerate() {
-        if pick < s.weight {
+    let mut si = sets.len() - 1;
+    for (i, s) in sets.iter().enumerate() {
+        if pick < s.0 {
             si = i;
             break;
         }
-        pick -= s.weight;
+        pick -= s.0;
     }
-    let src = &sources[si];
-    let b = cfg.batch_size.min(src.examples.len());
-    let chosen = rand::seq::index::sample(&mut rng, src.examples.len(), b).into_vec();
+    let examples = sets[si].1;
+    let b = plan.batch_size.min(examples.len());
+    let chosen = rand::seq::index::sample(&mut rng, examples.len(), b).into_vec();
     let mut docs: Vec<usize> = Vec::new();
     let mut col: HashMap<usize, usize> = HashMap::new();
     let mut add = |d: usize, docs: &mut Vec<usize>| {
@@ -361,25 +395,25 @@ pub fn draw_batch(cfg: &TrainConfig, sources: &[Source], step: usize) -> Batch {
     let mut queries = Vec::with_capacity(b);
     let mut teacher = Vec::with_capacity(b);
     for &e in &chosen {
-        let ex = &src.examples[e];
+        let ex = &examples[e];
         queries.push(ex.query);
         let p = ex.positives[rng.gen_range(0..ex.positives.len())];
         targets.push(add(p, &mut docs) as i64);
     }
     for &e in &chosen {
-        let ex = &src.examples[e];
-        let k = cfg.negatives.min(ex.negatives.len());
+        let ex = &examples[e];
+        let k = plan.negatives.min(ex.negatives.len());
         for j in rand::seq::index::sample(&mut rng, ex.negatives.len(), k) {
             add(ex.negatives[j], &mut docs);
         }
     }
-    if cfg.distill_weight > 0.0 {
+    if let Some(candidates) = plan.distill_candidates {
         for &e in &chosen {
-            let ex = &src.examples[e];
+            let ex = &examples[e];
             let row: Vec<(usize, f32)> = ex
                 .teacher
                 .iter()
-                .take(cfg.distill_candidates)
+                .take(candidates)
                 .map(|&(d, s)| (add(d, &mut docs), s))
                 .collect();
             teacher.push(row);
@@ -391,7 +425,7 @@ pub fn draw_batch(cfg: &TrainConfig, sources: &[Source], step: usize) -> Batch {
         .iter()
         .zip(&targets)
         .map(|(&e, &t)| {
-            let pos: HashSet<usize> = src.examples[e].positives.iter().copied().collect();
+            let pos: HashSet<usize> = examples[e].positives.iter().copied().collect();
             docs.iter()
                 .enumerate()
                 .map(|(j, d)| j as i64 == t || !pos.contains(d))

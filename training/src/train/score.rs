@@ -26,15 +26,33 @@ pub fn project(
     kind: TextKind,
     chunk: usize,
 ) -> Projected {
+    project_by(
+        items,
+        chunk,
+        trainee.device,
+        &|group| trainee.states(texts, group, kind),
+        &|states| trainee.project(states),
+    )
+}
+
+/// [`project`] with any source of `(states, keep-mask)` batches and any
+/// head (`[n, L, d]` → `[n, L, k]`, normalised).
+pub fn project_by(
+    items: &[usize],
+    chunk: usize,
+    device: Device,
+    states: &dyn Fn(&[usize]) -> (Tensor, Tensor),
+    head: &dyn Fn(&Tensor) -> Tensor,
+) -> Projected {
     let _ng = tch::no_grad_guard();
     let mut parts = Vec::new();
     let mut spans = HashMap::with_capacity(items.len());
     let mut at = 0i64;
-    let mut k = trainee.spec.out_dim;
+    let mut k = None;
     for group in items.chunks(chunk.max(1)) {
-        let (states, mask) = trainee.states(texts, group, kind);
-        let y = trainee.project(&states);
-        k = y.size()[2];
+        let (states, mask) = states(group);
+        let y = head(&states);
+        k = Some(y.size()[2]);
         let keep = mask.gt(0.0);
         let counts: Vec<i64> = Vec::try_from(
             keep.sum_dim_intlist([1i64].as_slice(), false, Kind::Int64)
@@ -48,10 +66,55 @@ pub fn project(
         }
         parts.push(flat);
     }
-    parts.push(Tensor::zeros([1, k], (Kind::Float, trainee.device)));
+    parts.push(Tensor::zeros([1, k.unwrap_or(1)], (Kind::Float, device)));
     Projected {
         vectors: Tensor::cat(&parts, 0),
         spans,
+    }
+}
+
+impl Projected {
+    /// Items as a padded batch: `[n, L, k]` vectors (zeros at padding) and
+    /// the `[n, L]` mask of real tokens.
+    pub fn batch(&self, items: &[usize]) -> (Tensor, Tensor) {
+        let pad = self.vectors.size()[0] - 1;
+        let width = items
+            .iter()
+            .map(|d| self.spans[d].1)
+            .max()
+            .unwrap_or(1)
+            .max(1) as usize;
+        let mut idx = vec![pad; items.len() * width];
+        let mut mask = vec![0f32; items.len() * width];
+        for (r, d) in items.iter().enumerate() {
+            let (s, l) = self.spans[d];
+            for j in 0..l as usize {
+                idx[r * width + j] = s + j as i64;
+                mask[r * width + j] = 1.0;
+            }
+        }
+        let device = self.vectors.device();
+        let idx = Tensor::from_slice(&idx).to_device(device);
+        let k = self.vectors.size()[1];
+        let n = items.len() as i64;
+        let v = self
+            .vectors
+            .index_select(0, &idx)
+            .view([n, width as i64, k]);
+        let m = Tensor::from_slice(&mask)
+            .view([n, width as i64])
+            .to_device(device);
+        (v, m)
+    }
+
+    /// The same texts with `f` applied to every vector (the padding row
+    /// too; it stays masked).
+    pub fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
+        let _ng = tch::no_grad_guard();
+        Self {
+            vectors: f(&self.vectors),
+            spans: self.spans.clone(),
+        }
     }
 }
 
@@ -61,37 +124,26 @@ pub fn score_pool(queries: &Projected, q: usize, docs: &Projected, pool: &[usize
     if pool.is_empty() {
         return Vec::new();
     }
-    let (qs, ql) = queries.spans[&q];
-    let qv = queries.vectors.narrow(0, qs, ql.max(0)).unsqueeze(0);
-    let qm = Tensor::ones([1, ql], (Kind::Float, qv.device()));
-    let pad = docs.vectors.size()[0] - 1;
-    let width = pool
-        .iter()
-        .map(|d| docs.spans[d].1)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let mut idx = vec![pad; pool.len() * width as usize];
-    let mut mask = vec![0f32; pool.len() * width as usize];
-    for (r, d) in pool.iter().enumerate() {
-        let (s, l) = docs.spans[d];
-        for j in 0..l {
-            idx[r * width as usize + j as usize] = s + j;
-            mask[r * width as usize + j as usize] = 1.0;
-        }
-    }
-    let device = qv.device();
-    let idx = Tensor::from_slice(&idx).to_device(device);
-    let k = docs.vectors.size()[1];
-    let dv = docs
-        .vectors
-        .index_select(0, &idx)
-        .view([pool.len() as i64, width, k]);
-    let dm = Tensor::from_slice(&mask)
-        .view([pool.len() as i64, width])
-        .to_device(device);
+    let (qv, qm) = queries.batch(&[q]);
+    let (dv, dm) = docs.batch(pool);
     let s = loss::maxsim(&qv, &qm, &dv, &dm);
     Vec::try_from(s.view([-1]).to_device(Device::Cpu)).expect("scores")
+}
+
+/// Scores every `(query, pool)` item over projected texts: per item,
+/// (document position, score).
+pub fn score_items(
+    queries: &Projected,
+    docs: &Projected,
+    items: &[(usize, Vec<usize>)],
+) -> Vec<Vec<(usize, f32)>> {
+    items
+        .iter()
+        .map(|(q, pool)| {
+            let s = score_pool(queries, *q, docs, pool);
+            pool.iter().copied().zip(s).collect()
+        })
+        .collect()
 }
 
 /// A dev split for validation: queries with their fixed candidate pools.
@@ -115,11 +167,5 @@ pub fn score_dev(trainee: &Trainee<'_>, dev: &DevSet) -> Vec<Vec<(usize, f32)>> 
     let queries: Vec<usize> = dev.items.iter().map(|(q, _)| *q).collect();
     let pd = project(trainee, &dev.docs, &docs, TextKind::Document, 64);
     let pq = project(trainee, &dev.queries, &queries, TextKind::Query, 256);
-    dev.items
-        .iter()
-        .map(|(q, pool)| {
-            let s = score_pool(&pq, *q, &pd, pool);
-            pool.iter().copied().zip(s).collect()
-        })
-        .collect()
+    score_items(&pq, &pd, &dev.items)
 }

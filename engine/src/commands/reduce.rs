@@ -1,0 +1,939 @@
+//! Dimension reductions: `tessera train reduce` (fit PCA or train an
+//! orthogonal Matryoshka reduction on a model's token vectors),
+//! `tessera reduce plan` (measure every (dim, codec) pair that fits a byte
+//! budget on a dev split and recommend one), and the `--reduction DIR
+//! --dim R` options of `index build`, `search`, `serve` and `eval`.
+//!
+//! A reduction trains on vectors, not text: the backbone states of the
+//! training and dev texts are the cached ones of `tessera train heads`
+//! (computed once per dataset and model), the model's head turns them into
+//! its `k`-dim vectors once per run, and every step and validation works on
+//! those.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, Subcommand};
+use tessera_eval::beir::Dataset;
+use tessera_eval::{evaluate, Measure, Run};
+use tessera_index::{BuildOptions, CodecKind, Index, SearchParams};
+use tessera_training::reduce::train::{
+    self as rtrain, DimScore, ReduceConfig, ReduceDev, ReduceHooks, VectorDev, VectorSource,
+};
+use tessera_training::reduce::{check_dims, pca, Covariance, Method, Reduction};
+use tessera_training::tch::{Device, Tensor};
+use tessera_training::train::optim::Decay;
+use tessera_training::train::score::{project_by, Projected};
+use tessera_training::train::{loss, plot, Texts};
+
+use crate::commands::train::{peak_rss_mib, pool_metrics, prepare, read_dataset, Prep};
+use crate::model::ModelArgs;
+use crate::progress;
+
+/// `--reduction DIR --dim R`, shared by the commands that build or search
+/// indexes.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReductionArgs {
+    /// A reduction folder (`tessera train reduce`): token vectors are
+    /// reduced to --dim dims before coding, and queries the same way. An
+    /// index records its reduction; searching it with another one is refused.
+    #[arg(long, value_name = "DIR", requires = "reduced_dim")]
+    pub reduction: Option<PathBuf>,
+    /// Output size of --reduction: one of its nested set (any size up to
+    /// the model's for pca and truncate).
+    #[arg(long = "dim", value_name = "R", requires = "reduction")]
+    pub reduced_dim: Option<usize>,
+}
+
+impl ReductionArgs {
+    /// The reduction and `r`, checked against vectors of `model_dim` dims.
+    pub fn load(&self, model_dim: Option<usize>) -> Result<Option<(Reduction, usize)>> {
+        let (Some(dir), Some(r)) = (&self.reduction, self.reduced_dim) else {
+            return Ok(None);
+        };
+        let red = Reduction::load(dir).with_context(|| format!("--reduction {}", dir.display()))?;
+        if let Some(k) = model_dim {
+            ensure!(
+                red.in_dim() == k,
+                "--reduction {}: it reduces {}-dim vectors, the model makes {k}-dim ones",
+                dir.display(),
+                red.in_dim()
+            );
+        }
+        red.check_r(r)?;
+        Ok(Some((red, r)))
+    }
+
+    /// Checks that `index` was built with this reduction (when one is given).
+    pub fn check_index(&self, index: &Index, index_dir: &Path) -> Result<()> {
+        let Some(dir) = &self.reduction else {
+            return Ok(());
+        };
+        let Some((red, r)) = self.load(Some(index.query_dim()))? else {
+            return Ok(());
+        };
+        let recorded = &index.manifest().info["reduction"];
+        ensure!(
+            !recorded.is_null(),
+            "--reduction {}: index {} was built without a reduction ({}-dim vectors)",
+            dir.display(),
+            index_dir.display(),
+            index.dim()
+        );
+        let same = recorded["fingerprint"].as_str() == Some(red.fingerprint().as_str())
+            && recorded["dim"].as_u64() == Some(r as u64);
+        ensure!(
+            same,
+            "--reduction {} --dim {r}: index {} was built with another reduction ({} {} at dim {}, \
+             from {}); search it without --reduction (it applies its own) or rebuild it",
+            dir.display(),
+            index_dir.display(),
+            recorded["method"].as_str().unwrap_or("?"),
+            recorded["fingerprint"].as_str().unwrap_or("?"),
+            recorded["dim"],
+            recorded["dir"].as_str().unwrap_or("?"),
+        );
+        Ok(())
+    }
+}
+
+/// What an index manifest records of its reduction.
+pub fn reduction_info(red: &Reduction, r: usize) -> serde_json::Value {
+    serde_json::json!({
+        "dir": red.dir.as_ref().map(|d| d.canonicalize().unwrap_or_else(|_| d.clone())),
+        "method": red.meta.method,
+        "in_dim": red.in_dim(),
+        "dim": r,
+        "dims": red.meta.dims,
+        "fingerprint": red.fingerprint(),
+    })
+}
+
+/// Build options reducing to `r` with `red`.
+pub fn apply_to_options(opts: &mut BuildOptions, red: &Reduction, r: usize) -> Result<()> {
+    opts.reduction = Some(red.to_index(r)?);
+    let mut info = match std::mem::take(&mut opts.info) {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    info.insert("reduction".into(), reduction_info(red, r));
+    opts.info = serde_json::Value::Object(info);
+    Ok(())
+}
+
+fn parse_decay(s: &str) -> Result<Decay, String> {
+    s.parse()
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    s.parse()
+}
+
+/// Fit or train a dimension reduction of a model's token vectors.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera train reduce --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
+      --dims 16,32,48,64,96 --out reductions/orthogonal\n  \
+    tessera train reduce --dataset ../shared/datasets/scifact --method pca --dims 16,32,64 --out reductions/pca\n  \
+    tessera index build --input corpus.jsonl --out small.idx --reduction reductions/orthogonal --dim 32\n\n\
+    orthogonal (the default) starts from PCA and trains U = cayley(X) with a Matryoshka strategy:\n\
+    each step one dim of --dims, distilling the full-dimension MaxSim distribution over each\n\
+    query's candidates. One reduction serves every dim of its set. The folder holds\n\
+    reduction.json + reduction.safetensors, metrics.jsonl, dev.png/svg (a curve per dim) and a\n\
+    checkpoint (--resume continues an interrupted run).")]
+pub struct TrainReduceArgs {
+    /// A BEIR dataset folder (repeat for several): its train split trains,
+    /// its dev split validates.
+    #[arg(long = "dataset", value_name = "DIR", required = true)]
+    pub datasets: Vec<PathBuf>,
+    /// Sampling weight of each --dataset (default 1 each), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "W,..")]
+    pub weights: Vec<f64>,
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
+    #[arg(long, default_value = "dev")]
+    pub dev_split: String,
+    /// orthogonal (PCA-initialised, trained), pca (fitted only) or truncate.
+    #[arg(long, default_value = "orthogonal", value_parser = parse_method)]
+    pub method: Method,
+    /// The nested output sizes, increasing, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,32,48,64,96",
+        value_name = "R,.."
+    )]
+    pub dims: Vec<usize>,
+    /// Document tokens the PCA covariance is computed from (evenly strided
+    /// over the training corpora; 0: all).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub pca_tokens: usize,
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Queries per step (each with its positive, --negatives mined
+    /// negatives, and the other queries' documents).
+    #[arg(long, default_value_t = 32)]
+    pub batch_queries: usize,
+    #[arg(long, default_value_t = 3)]
+    pub negatives: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Warm-up steps (default: a tenth of --steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// linear, cosine or constant.
+    #[arg(long, default_value = "linear", value_parser = parse_decay)]
+    pub schedule: Decay,
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Temperature of the teacher and student softmax over candidates.
+    #[arg(long, default_value_t = 1.0)]
+    pub distill_temperature: f64,
+    /// Weight of the contrastive loss on the labels (0: distillation only).
+    #[arg(long, default_value_t = 0.0)]
+    pub contrastive_weight: f64,
+    /// Temperature of the contrastive loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    #[arg(long)]
+    pub resume: bool,
+    /// Hard negatives mined per train query from each of BM25 and the model.
+    #[arg(long, default_value_t = 30)]
+    pub mine_depth: usize,
+    /// Dev pools: top N of BM25 and of the model per query.
+    #[arg(long, default_value_t = 100)]
+    pub pool_depth: usize,
+    /// At most N dev queries per dataset (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub dev_queries: usize,
+    /// The reduction folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// The model's vectors of every text of a cached side.
+fn project_all(
+    encoder: &tessera_training::Encoder,
+    texts: &Texts,
+    device: Device,
+) -> Result<Projected> {
+    let Texts::Cached(cache) = texts else {
+        bail!("reductions train on cached backbone states");
+    };
+    let head = &encoder.model().head;
+    let items: Vec<usize> = (0..cache.len()).collect();
+    Ok(project_by(
+        &items,
+        64,
+        device,
+        &|g| cache.batch(g, device),
+        &|s| loss::normalise(&head.forward(s)),
+    ))
+}
+
+pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
+    let t_all = Instant::now();
+    ensure!(
+        args.weights.is_empty() || args.weights.len() == args.datasets.len(),
+        "--weights lists {} weights for {} datasets",
+        args.weights.len(),
+        args.datasets.len()
+    );
+    let model_dir = args.model.model_dir()?;
+    let encoder = args.model.load_dir(&model_dir)?;
+    let k = encoder.dim();
+    check_dims(&args.dims, k).map_err(|m| anyhow::anyhow!("--dims: {m}"))?;
+    let cfg = ReduceConfig {
+        in_dim: k,
+        dims: args.dims.clone(),
+        steps: if args.method == Method::Orthogonal {
+            args.steps
+        } else {
+            0
+        },
+        batch_size: args.batch_queries,
+        negatives: args.negatives,
+        lr: args.lr,
+        warmup: args.warmup.unwrap_or(args.steps / 10),
+        decay: args.schedule,
+        clip: args.clip,
+        distill_temperature: args.distill_temperature,
+        contrastive_weight: args.contrastive_weight,
+        temperature: args.temperature,
+        seed: args.seed,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+    };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let resume = if args.resume {
+        let st = rtrain::read_checkpoint(&args.out)?
+            .with_context(|| format!("--resume: {} holds no checkpoint", args.out.display()))?;
+        rtrain::check_resumable(&args.out, &st, &cfg)?;
+        Some(st)
+    } else {
+        ensure!(
+            rtrain::read_checkpoint(&args.out)?.is_none(),
+            "{} holds a reduction run already: continue it with --resume, or pick another --out",
+            args.out.display()
+        );
+        None
+    };
+    let mut data = Vec::new();
+    for d in &args.datasets {
+        data.push(read_dataset(d, &args.train_split, &args.dev_split)?);
+    }
+    let (sources, devs) = prepare(
+        &encoder,
+        &data,
+        &Prep {
+            model: &args.model,
+            model_dir: &model_dir,
+            full: false,
+            train_split: &args.train_split,
+            dev_split: &args.dev_split,
+            mine_depth: args.mine_depth,
+            pool_depth: args.pool_depth,
+            dev_queries: args.dev_queries,
+            weights: &args.weights,
+            teachers: &[],
+        },
+    )?;
+    // The model's k-dim vectors of every text, once.
+    let device = encoder.device();
+    let t = Instant::now();
+    let pb = progress::bar(Some(sources.len() as u64 * 2), "sides");
+    pb.set_prefix("model vectors");
+    let mut vsources = Vec::new();
+    let mut vdevs = Vec::new();
+    for s in sources {
+        let docs = project_all(&encoder, &s.docs, device)?;
+        pb.inc(1);
+        let queries = project_all(&encoder, &s.queries, device)?;
+        pb.inc(1);
+        if let Some((dev, qrels)) = devs.iter().find(|(d, _)| d.name == s.name) {
+            vdevs.push((
+                VectorDev {
+                    name: dev.name.clone(),
+                    queries: queries.map(|v| v.shallow_clone()),
+                    docs: docs.map(|v| v.shallow_clone()),
+                    items: dev.items.clone(),
+                },
+                qrels.clone(),
+            ));
+        }
+        vsources.push(VectorSource {
+            name: s.name,
+            weight: s.weight,
+            queries,
+            docs,
+            examples: s.examples,
+        });
+    }
+    pb.finish_and_clear();
+    let tokens: i64 = vsources.iter().map(|s| s.docs.vectors.size()[0] - 1).sum();
+    eprintln!(
+        "{tokens} document token vectors ({k} dims) of {} in {:.1} s",
+        vsources
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        t.elapsed().as_secs_f64()
+    );
+
+    // PCA (the start of orthogonal training) over the document tokens.
+    let t = Instant::now();
+    let mut cov = Covariance::new(k);
+    let stride = if args.pca_tokens > 0 {
+        (tokens as usize).div_ceil(args.pca_tokens).max(1)
+    } else {
+        1
+    };
+    for s in &vsources {
+        let n = s.docs.vectors.size()[0] - 1;
+        let rows = s.docs.vectors.narrow(0, 0, n);
+        let rows = if stride > 1 {
+            let idx = Tensor::arange_start_step(
+                0,
+                n,
+                stride as i64,
+                (tessera_training::tch::Kind::Int64, device),
+            );
+            rows.index_select(0, &idx)
+        } else {
+            rows
+        };
+        let n = rows.size()[0];
+        let mut at = 0;
+        while at < n {
+            let len = (n - at).min(65536);
+            cov.push(&rows.narrow(0, at, len));
+            at += len;
+        }
+    }
+    let init = match args.method {
+        Method::Truncate => Reduction::truncate(k, args.dims.clone())?,
+        _ => pca(&cov, args.dims.clone())?,
+    };
+    let pca_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{} over {} vectors in {pca_s:.1} s",
+        if args.method == Method::Truncate {
+            "truncation"
+        } else {
+            "PCA"
+        },
+        cov.count()
+    );
+
+    // The full-dimension score on the same pools: the reference.
+    let metrics_of = |red: Option<(&Reduction, usize)>| -> Vec<(String, f64, f64)> {
+        vdevs
+            .iter()
+            .map(|(dev, qrels)| {
+                let scored = rtrain::score_dev(dev, red);
+                let (n, r) = pool_metrics(&data, &dev.name, &dev.items, scored, qrels);
+                (dev.name.clone(), n, r)
+            })
+            .collect()
+    };
+    let mean =
+        |p: &[(String, f64, f64)]| p.iter().map(|x| x.1).sum::<f64>() / p.len().max(1) as f64;
+    let full = metrics_of(None);
+    if !full.is_empty() {
+        eprintln!(
+            "full {k} dims: dev nDCG@10 {:.4} ({})",
+            mean(&full),
+            full.iter()
+                .map(|p| format!("{} {:.4}", p.0, p.1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let dims = args.dims.clone();
+    let mut validate = |red: &Reduction| -> tessera_training::Result<Option<ReduceDev>> {
+        if vdevs.is_empty() {
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let per_dim: Vec<DimScore> = dims
+            .iter()
+            .map(|&r| {
+                let per = metrics_of(Some((red, r)));
+                DimScore {
+                    dim: r,
+                    ndcg10: mean(&per),
+                    per_source: per,
+                }
+            })
+            .collect();
+        let ndcg10 = per_dim.iter().map(|d| d.ndcg10).sum::<f64>() / per_dim.len() as f64;
+        Ok(Some(ReduceDev {
+            step: 0,
+            ndcg10,
+            per_dim,
+            seconds: t0.elapsed().as_secs_f64(),
+        }))
+    };
+    let pb = progress::bar(Some(cfg.steps as u64), "steps");
+    pb.set_prefix("training reduction");
+    if let Some(r) = &resume {
+        pb.set_position(r.step as u64);
+    }
+    let mut last_dev = String::from("-");
+    let mut on_step = |s: &rtrain::ReduceStep, d: Option<&ReduceDev>| {
+        if let Some(d) = d {
+            last_dev = format!("{:.4}", d.ndcg10);
+            tracing::info!(step = s.step, ndcg10 = d.ndcg10, "dev");
+            eprintln!("step {}: loss {:.4}, {}", s.step, s.loss, dev_line(d));
+        }
+        pb.set_message(format!("r {} loss {:.4} dev {last_dev}", s.dim, s.loss));
+        pb.inc(1);
+    };
+    let out = args.out.clone();
+    let command: Vec<String> = std::env::args().collect();
+    let mut on_best = |red: &Reduction, d: Option<&ReduceDev>| -> tessera_training::Result<()> {
+        let mut red = red.clone();
+        red.meta.method = args.method;
+        red.meta.training = serde_json::json!({
+            "command": command,
+            "model": model_dir,
+            "best": d,
+        });
+        red.save(&out)
+    };
+    let summary = rtrain::train(
+        &cfg,
+        &vsources,
+        &init,
+        &args.out,
+        resume,
+        ReduceHooks {
+            validate: &mut validate,
+            on_step: &mut on_step,
+            on_best: &mut on_best,
+        },
+    )?;
+    pb.finish_and_clear();
+
+    // The final record, in reduction.json with the best numbers.
+    let mut red = Reduction::load(&args.out)?;
+    red.meta.training = serde_json::json!({
+        "tessera": env!("CARGO_PKG_VERSION"),
+        "command": std::env::args().collect::<Vec<_>>(),
+        "model": model_dir,
+        "datasets": data.iter().map(|d| d.dir.display().to_string()).collect::<Vec<_>>(),
+        "config": cfg,
+        "pca": init.meta.training,
+        "pca_seconds": pca_s,
+        "full": {"dim": k, "ndcg10": mean(&full), "per_source": full},
+        "initial": summary.initial,
+        "best": summary.best,
+        "final_dev": summary.dev.last(),
+        "inverse_cayley_init": summary.inverse_cayley_init,
+        "train_seconds": summary.train_seconds,
+        "steps_per_s": summary.steps.len() as f64 / summary.train_seconds.max(1e-9),
+        "total_seconds": t_all.elapsed().as_secs_f64(),
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    red.save(&args.out)?;
+    draw_dev_curves(&args.out, &summary.dev);
+    if let Some(b) = &summary.best {
+        eprintln!("best (step {}): {}", b.step, dev_line(b));
+    }
+    eprintln!("reduction written to {}", args.out.display());
+    Ok(())
+}
+
+fn dev_line(d: &ReduceDev) -> String {
+    d.per_dim
+        .iter()
+        .map(|p| format!("r{} {:.4}", p.dim, p.ndcg10))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn draw_dev_curves(out: &Path, dev: &[ReduceDev]) {
+    if dev.len() < 2 {
+        return;
+    }
+    let dims: Vec<usize> = dev[0].per_dim.iter().map(|p| p.dim).collect();
+    let series: Vec<plot::Series> = dims
+        .iter()
+        .map(|&r| plot::Series {
+            name: format!("r = {r}"),
+            points: dev
+                .iter()
+                .filter_map(|d| {
+                    d.per_dim
+                        .iter()
+                        .find(|p| p.dim == r)
+                        .map(|p| (d.step as f64, p.ndcg10))
+                })
+                .collect(),
+        })
+        .collect();
+    if let Err(e) = plot::line_chart(
+        &out.join("dev"),
+        "dev nDCG@10 per dimension",
+        "step",
+        "nDCG@10 (mean over dev sets)",
+        &series,
+    ) {
+        eprintln!("note: curves not drawn: {e}");
+    }
+}
+
+/// Choose a (dim, codec) pair for a byte budget by measuring them.
+#[derive(Args, Debug)]
+pub struct ReduceArgs {
+    #[command(subcommand)]
+    pub command: ReduceCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReduceCommand {
+    Plan(Box<PlanArgs>),
+}
+
+/// Measure dev nDCG@10 and search p50 of every (dim, codec) pair that fits
+/// a budget in bytes per token, from one encoding of the corpus, and
+/// recommend the best.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal\n  \
+    tessera reduce plan --dataset ../shared/datasets/nfcorpus --budget 40 --codecs f16,residual2 --json plan.json\n\n\
+    Bytes per token = the codec's bytes at dim r plus the 4-byte centroid id every index stores\n\
+    (f16 2r, int8 r + 4, residual-b r·b/8). For each codec the walk goes up the dims (the\n\
+    reduction's nested set, and the model's full width) while the pair fits. Each pair is an\n\
+    index built from the one cached encoding (the corpus is encoded once per model), searched\n\
+    with every dev query; the full-width f16 index is measured too, as the reference. The\n\
+    recommendation is the best nDCG@10 within the budget (ties within 0.002: the faster one).")]
+pub struct PlanArgs {
+    /// A BEIR dataset folder.
+    #[arg(long, value_name = "DIR")]
+    pub dataset: PathBuf,
+    /// The qrels split measured on.
+    #[arg(long, default_value = "dev")]
+    pub split: String,
+    /// Bytes per token the index may spend.
+    #[arg(long, value_name = "BYTES")]
+    pub budget: f64,
+    /// The reduction giving the smaller dims (none: full width only).
+    #[arg(long, value_name = "DIR")]
+    pub reduction: Option<PathBuf>,
+    /// Dims considered (default: the reduction's set and the model's width).
+    #[arg(long, value_delimiter = ',', value_name = "R,..")]
+    pub dims: Vec<usize>,
+    /// Codecs considered.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "f16,int8,residual1,residual2,residual4"
+    )]
+    pub codecs: Vec<String>,
+    /// Results per query when timing search (nDCG@10 needs 10).
+    #[arg(short, long, default_value_t = 10)]
+    pub k: usize,
+    /// Skip the full-width f16 reference.
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Write the whole table as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Keep the indexes in this folder (default: a temporary folder).
+    #[arg(long, value_name = "DIR")]
+    pub keep_indexes: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// One measured pair.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlanRow {
+    pub dim: usize,
+    pub codec: String,
+    /// Codec bytes + the 4-byte centroid id.
+    pub bytes_per_token: f64,
+    /// What the built index spends per token (codes, vectors, offsets).
+    pub measured_bytes_per_token: f64,
+    pub fits: bool,
+    pub reference: bool,
+    pub ndcg10: f64,
+    pub recall100: f64,
+    pub search_p50_ms: f64,
+    pub index_bytes: u64,
+    pub build_s: f64,
+}
+
+pub fn run(args: ReduceArgs) -> Result<()> {
+    match args.command {
+        ReduceCommand::Plan(p) => plan(*p),
+    }
+}
+
+/// Nominal bytes per token of `codec` at `dim`, centroid id included.
+pub fn bytes_per_token(codec: CodecKind, dim: usize) -> f64 {
+    (codec.bytes_per_token(dim) + 4) as f64
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    let t_all = Instant::now();
+    ensure!(
+        args.budget.is_finite() && args.budget > 0.0,
+        "--budget must be a positive number of bytes per token, not {}",
+        args.budget
+    );
+    let codecs: Vec<CodecKind> = args
+        .codecs
+        .iter()
+        .map(|c| {
+            c.parse::<CodecKind>()
+                .with_context(|| format!("--codecs {c}"))
+        })
+        .collect::<Result<_>>()?;
+    let model_dir = args.model.model_dir()?;
+    let encoder = args.model.load_dir(&model_dir)?;
+    let k = encoder.dim();
+    let red = match &args.reduction {
+        Some(d) => {
+            Some(Reduction::load(d).with_context(|| format!("--reduction {}", d.display()))?)
+        }
+        None => None,
+    };
+    if let Some(r) = &red {
+        ensure!(
+            r.in_dim() == k,
+            "--reduction {}: it reduces {}-dim vectors, the model makes {k}-dim ones",
+            args.reduction.as_ref().unwrap().display(),
+            r.in_dim()
+        );
+    }
+    let mut dims: Vec<usize> = if args.dims.is_empty() {
+        let mut d = red
+            .as_ref()
+            .map(|r| r.meta.dims.clone())
+            .unwrap_or_default();
+        d.push(k);
+        d
+    } else {
+        args.dims.clone()
+    };
+    dims.sort_unstable();
+    dims.dedup();
+    for &r in &dims {
+        if r == k {
+            continue;
+        }
+        match &red {
+            Some(red) => red.check_r(r)?,
+            None => bail!("--dims {r}: dims below the model's {k} need --reduction"),
+        }
+    }
+    // The walk: per codec, up the dims while the pair fits.
+    let mut pairs: Vec<(usize, CodecKind, bool)> = Vec::new();
+    for &c in &codecs {
+        for &r in &dims {
+            if c.validate(r).is_err() {
+                continue;
+            }
+            if bytes_per_token(c, r) > args.budget {
+                break;
+            }
+            pairs.push((r, c, false));
+        }
+    }
+    if !args.no_reference && !pairs.iter().any(|p| p.0 == k && p.1 == CodecKind::F16) {
+        pairs.push((k, CodecKind::F16, true));
+    }
+    if !pairs.iter().any(|p| !p.2) {
+        let smallest = codecs
+            .iter()
+            .flat_map(|&c| dims.iter().map(move |&r| (bytes_per_token(c, r), c, r)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        match smallest {
+            Some((b, c, r)) => bail!(
+                "no (dim, codec) pair fits {} bytes per token: the smallest is {b} ({c} at dim {r})",
+                args.budget
+            ),
+            None => bail!("no (dim, codec) pair to measure"),
+        }
+    }
+    eprintln!(
+        "planning {} pairs within {} bytes/token{}",
+        pairs.iter().filter(|p| !p.2).count(),
+        args.budget,
+        if args.no_reference {
+            ""
+        } else {
+            " (+ the full-width f16 reference)"
+        }
+    );
+
+    // One encoding of the corpus, one of the queries.
+    let dataset = Dataset::open(&args.dataset)?;
+    let enc = crate::commands::eval::cached_dataset_encoding(
+        &dataset,
+        &args.model,
+        &model_dir,
+        &crate::commands::encode_corpus::RecordArgs::default(),
+    )?;
+    let mut qrels = dataset.qrels(&args.split)?;
+    let queries = dataset.queries(&qrels)?;
+    ensure!(
+        !queries.is_empty(),
+        "{}: no queries of split {:?}",
+        args.dataset.display(),
+        args.split
+    );
+    let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
+    qrels.judgements.retain(|q, _| have.contains(q.as_str()));
+    let texts: Vec<&str> = queries.iter().map(|q| q.text.as_str()).collect();
+    let qvecs: Vec<tessera_index::TokenVectors> = encoder
+        .encode_queries(&texts)?
+        .items
+        .into_iter()
+        .map(|i| i.vectors)
+        .collect();
+
+    let tmp;
+    let work = match &args.keep_indexes {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir().context("a temporary folder for the indexes")?;
+            tmp.path().to_owned()
+        }
+    };
+    let mut rows: Vec<PlanRow> = Vec::new();
+    for (r, codec, reference) in pairs {
+        let dir = work.join(format!("r{r}-{codec}"));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())?;
+        }
+        let mut opts = BuildOptions {
+            codec,
+            ..BuildOptions::default()
+        };
+        if r < k {
+            let red = red
+                .as_ref()
+                .expect("checked: dims below k need a reduction");
+            apply_to_options(&mut opts, red, r)?;
+        }
+        let t = Instant::now();
+        let (stats, _) = crate::commands::index::build_from_vectors(&enc, &dir, opts)?;
+        let build_s = t.elapsed().as_secs_f64();
+        let index = Index::open(&dir)?;
+        let params = SearchParams {
+            k: args.k.max(10),
+            ..SearchParams::default()
+        };
+        let mut run = Run::default();
+        let mut lat = Vec::with_capacity(queries.len());
+        for (q, v) in queries.iter().zip(&qvecs) {
+            let t = Instant::now();
+            let hits = index.search(v, &params)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+            run.results.insert(
+                q.id.clone(),
+                hits.into_iter()
+                    .map(|h| (h.id, f64::from(h.score)))
+                    .collect(),
+            );
+        }
+        lat.sort_by(f64::total_cmp);
+        let e = evaluate(
+            &qrels,
+            &run,
+            &[Measure::Ndcg(10), Measure::Recall(100)],
+            true,
+        );
+        let row = PlanRow {
+            dim: r,
+            codec: codec.to_string(),
+            bytes_per_token: bytes_per_token(codec, r),
+            measured_bytes_per_token: stats.bytes_per_token,
+            fits: bytes_per_token(codec, r) <= args.budget,
+            reference,
+            ndcg10: e.mean[0],
+            recall100: e.mean[1],
+            search_p50_ms: lat[lat.len() / 2],
+            index_bytes: stats.index_bytes,
+            build_s,
+        };
+        eprintln!(
+            "r {:>4} {:<10} {:>6.1} B/token  nDCG@10 {:.4}  p50 {:.2} ms  {:.1} MiB  built in {:.1} s",
+            row.dim,
+            row.codec,
+            row.bytes_per_token,
+            row.ndcg10,
+            row.search_p50_ms,
+            row.index_bytes as f64 / (1 << 20) as f64,
+            row.build_s
+        );
+        rows.push(row);
+        if args.keep_indexes.is_none() {
+            drop(index);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let pick = recommend(&rows);
+    let reference = rows
+        .iter()
+        .find(|r| r.reference || (r.dim == k && r.codec == "f16"));
+    print_plan(&rows, pick, reference, args.budget);
+    let secs = t_all.elapsed().as_secs_f64();
+    eprintln!("planned in {secs:.1} s");
+    if let Some(p) = &args.json {
+        let v = serde_json::json!({
+            "dataset": args.dataset, "split": args.split, "budget": args.budget,
+            "model": model_dir, "reduction": args.reduction, "rows": rows,
+            "recommended": pick.map(|i| &rows[i]), "seconds": secs,
+        });
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| p.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Index of the best fitting row: highest nDCG@10; within 0.002 of it, the
+/// fastest.
+pub fn recommend(rows: &[PlanRow]) -> Option<usize> {
+    let best = rows
+        .iter()
+        .filter(|r| r.fits)
+        .map(|r| r.ndcg10)
+        .fold(f64::NEG_INFINITY, f64::max);
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| r.fits && r.ndcg10 >= best - 0.002)
+        .min_by(|a, b| a.1.search_p50_ms.total_cmp(&b.1.search_p50_ms))
+        .map(|(i, _)| i)
+}
+
+fn print_plan(rows: &[PlanRow], pick: Option<usize>, reference: Option<&PlanRow>, budget: f64) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(
+        o,
+        "| dim | codec | bytes/token | nDCG@10 | % of full f16 | Recall@100 | search p50 ms | index MiB | build s |"
+    );
+    let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, r) in rows.iter().enumerate() {
+        let pct = reference.map_or("-".into(), |f| {
+            format!("{:.1} %", 100.0 * r.ndcg10 / f.ndcg10.max(1e-12))
+        });
+        let mark = if Some(i) == pick {
+            " **recommended**"
+        } else if !r.fits {
+            " (reference, over budget)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {}{mark} | {:.1} | {:.4} | {pct} | {:.4} | {:.2} | {:.1} | {:.1} |",
+            r.dim,
+            r.codec,
+            r.bytes_per_token,
+            r.ndcg10,
+            r.recall100,
+            r.search_p50_ms,
+            r.index_bytes as f64 / (1 << 20) as f64,
+            r.build_s
+        );
+    }
+    match pick {
+        Some(i) => {
+            let r = &rows[i];
+            let vs = reference.map_or(String::new(), |f| {
+                format!(
+                    ": {:.1} % of the full-width f16 nDCG@10, {:.1}× its search speed",
+                    100.0 * r.ndcg10 / f.ndcg10.max(1e-12),
+                    f.search_p50_ms / r.search_p50_ms.max(1e-9)
+                )
+            });
+            let _ = writeln!(
+                o,
+                "\nrecommended within {budget} bytes/token: dim {} with {} ({:.1} bytes/token){vs}",
+                r.dim, r.codec, r.bytes_per_token
+            );
+        }
+        None => {
+            let _ = writeln!(o, "\nno pair fits {budget} bytes/token");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Reductions end to end on the tiny BERT: `train reduce` writes a
+//! reduction folder (orthogonal basis, nested dims, curves, checkpoint that
+//! resumes); `index build --reduction --dim 32` builds an index that
+//! records it and searches like the full one; `reduce plan` measures the
+//! pairs that fit a budget; bad input is refused naming the file or option.
+
+mod common;
+
+use std::path::Path;
+
+use common::{err, ids, ok, reduced_fixture, run, search_json, tiny, TOPICS};
+use tessera_training::reduce::{Method, Reduction};
+
+fn build(corpus: &Path, out: &Path, model: &Path, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut a = vec![
+        "index",
+        "build",
+        "--input",
+        corpus.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--codec",
+        "f16",
+    ];
+    a.extend_from_slice(extra);
+    ok(&run(&a, envs, None))
+}
+
+#[test]
+fn a_trained_reduction_builds_searches_and_plans() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let (ds, model, red_dir) = reduced_fixture(dir.path(), &envs);
+
+    // The folder: files, an orthogonal basis, the nested set, the record.
+    for f in [
+        "reduction.json",
+        "reduction.safetensors",
+        "metrics.jsonl",
+        "dev.png",
+        "dev.svg",
+        "checkpoint/state.json",
+    ] {
+        assert!(red_dir.join(f).is_file(), "{f} missing");
+    }
+    let red = Reduction::load(&red_dir).unwrap();
+    assert_eq!(red.meta.method, Method::Orthogonal);
+    assert_eq!((red.in_dim(), red.meta.dims.clone()), (64, vec![16, 32]));
+    assert!(red.orthogonality_error() <= 1e-5);
+    let rec = &red.meta.training;
+    assert_eq!(rec["config"]["steps"], 8);
+    assert!(
+        rec["best"]["per_dim"].as_array().unwrap().len() == 2,
+        "{rec}"
+    );
+    assert!(rec["full"]["ndcg10"].as_f64().is_some(), "{rec}");
+    let metrics = std::fs::read_to_string(red_dir.join("metrics.jsonl")).unwrap();
+    let steps: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 8);
+    assert!(steps
+        .iter()
+        .all(|s| s["step"]["orthogonality"].as_f64().unwrap() <= 1e-5));
+
+    // An index at r = 32 records the reduction and finds each topic's
+    // document like the full-width index does.
+    let corpus = ds.join("corpus.jsonl");
+    let small = dir.path().join("small.idx");
+    let full = dir.path().join("full.idx");
+    let rs = red_dir.to_str().unwrap();
+    build(
+        &corpus,
+        &small,
+        &model,
+        &["--reduction", rs, "--dim", "32"],
+        &envs,
+    );
+    build(&corpus, &full, &model, &[], &envs);
+    let info: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["index", "info", small.to_str().unwrap()],
+        &envs,
+        None,
+    )))
+    .unwrap();
+    assert_eq!(info["dim"], 32);
+    assert_eq!(info["info"]["reduction"]["dim"], 32);
+    assert_eq!(info["info"]["reduction"]["method"], "orthogonal");
+    assert_eq!(
+        info["info"]["reduction"]["fingerprint"],
+        red.fingerprint().as_str()
+    );
+    let mut agree = 0;
+    for t in TOPICS {
+        let q = format!("what about {t}");
+        let a = ids(&search_json(&small, &q, &["-k", "3"]));
+        let b = ids(&search_json(&full, &q, &["-k", "3"]));
+        assert_eq!(a.len(), 3);
+        agree += usize::from(a[0] == b[0]);
+    }
+    assert!(agree >= 6, "top hits agree on {agree} of 8 topics");
+    // Searching with the same reduction is accepted, with none too (the
+    // index applies its own).
+    search_json(&small, "moon tides", &["--reduction", rs, "--dim", "32"]);
+
+    // The planner: every pair within 40 bytes/token at dims 16, 32, 64,
+    // plus the full f16 reference; a recommendation.
+    let plan_json = dir.path().join("plan.json");
+    let out = ok(&run(
+        &[
+            "reduce",
+            "plan",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--budget",
+            "40",
+            "--reduction",
+            rs,
+            "--model",
+            model.to_str().unwrap(),
+            "--codecs",
+            "f16,residual2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            plan_json.to_str().unwrap(),
+        ],
+        &envs,
+        None,
+    ));
+    assert!(out.contains("recommended within 40 bytes/token"), "{out}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_json).unwrap()).unwrap();
+    let rows = plan["rows"].as_array().unwrap();
+    let pairs: Vec<(u64, &str)> = rows
+        .iter()
+        .map(|r| (r["dim"].as_u64().unwrap(), r["codec"].as_str().unwrap()))
+        .collect();
+    // f16: 16 → 36 B fits, 32 → 68 does not; residual2: 16 → 8, 32 → 12,
+    // 64 → 20; the 64-dim f16 reference (132 B) is measured over budget.
+    assert_eq!(
+        pairs,
+        vec![
+            (16, "f16"),
+            (16, "residual2"),
+            (32, "residual2"),
+            (64, "residual2"),
+            (64, "f16")
+        ]
+    );
+    assert!(rows.iter().all(|r| r["ndcg10"].as_f64().unwrap() >= 0.0));
+    assert_eq!(rows[4]["fits"], false);
+    assert!(plan["recommended"]["fits"].as_bool().unwrap());
+}
+
+#[test]
+fn bad_reductions_are_refused_naming_the_file_or_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let (ds, model, red_dir) = reduced_fixture(dir.path(), &envs);
+    let corpus = ds.join("corpus.jsonl");
+    let rs = red_dir.to_str().unwrap();
+    let idx = dir.path().join("x.idx");
+    let build_err = |extra: &[&str], m: &Path| {
+        let mut a = vec![
+            "index",
+            "build",
+            "--input",
+            corpus.to_str().unwrap(),
+            "--out",
+            idx.to_str().unwrap(),
+            "--model",
+            m.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        a.extend_from_slice(extra);
+        err(&run(&a, &envs, None))
+    };
+    // r outside the trained set.
+    let e = build_err(&["--reduction", rs, "--dim", "24"], &model);
+    assert!(e.contains("--dim 24") && e.contains("16,32"), "{e}");
+    // A reduction of 64-dim vectors for the 32-dim tiny model.
+    let e = build_err(&["--reduction", rs, "--dim", "16"], Path::new(&tiny()));
+    assert!(e.contains("64-dim") && e.contains("32-dim"), "{e}");
+    // --dim without --reduction.
+    let e = build_err(&["--dim", "16"], &model);
+    assert!(e.contains("--reduction"), "{e}");
+    assert!(!idx.exists(), "nothing is left behind");
+    // A damaged file: a non-orthogonal basis.
+    let bad = dir.path().join("bad-reduction");
+    let mut r = Reduction::load(&red_dir).unwrap();
+    r.basis[1] += 0.5;
+    r.save(&bad).unwrap();
+    let e = build_err(
+        &["--reduction", bad.to_str().unwrap(), "--dim", "16"],
+        &model,
+    );
+    assert!(
+        e.contains("reduction.safetensors") && e.contains("not orthogonal"),
+        "{e}"
+    );
+
+    // Index built with one reduction, searched with another or at another r.
+    let small = dir.path().join("small.idx");
+    build(
+        &corpus,
+        &small,
+        &model,
+        &["--reduction", rs, "--dim", "16"],
+        &envs,
+    );
+    let other = dir.path().join("pca");
+    ok(&run(
+        &[
+            "train",
+            "reduce",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--method",
+            "pca",
+            "--dims",
+            "16,32",
+            "--mine-depth",
+            "4",
+            "--pool-depth",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        &envs,
+        None,
+    ));
+    let search_err = |extra: &[&str], index: &Path| {
+        let mut a = vec![
+            "search",
+            "--index",
+            index.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        a.extend_from_slice(extra);
+        a.push("moon tides");
+        err(&run(&a, &envs, None))
+    };
+    let e = search_err(
+        &["--reduction", other.to_str().unwrap(), "--dim", "16"],
+        &small,
+    );
+    assert!(
+        e.contains("another reduction") && e.contains("small.idx"),
+        "{e}"
+    );
+    let e = search_err(&["--reduction", rs, "--dim", "32"], &small);
+    assert!(e.contains("another reduction"), "{e}");
+    let plain = dir.path().join("plain.idx");
+    build(&corpus, &plain, &model, &[], &envs);
+    let e = search_err(&["--reduction", rs, "--dim", "16"], &plain);
+    assert!(e.contains("without a reduction"), "{e}");
+    // The planner refuses a budget nothing fits.
+    let e = err(&run(
+        &[
+            "reduce",
+            "plan",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--budget",
+            "5",
+            "--reduction",
+            rs,
+            "--model",
+            model.to_str().unwrap(),
+            "--codecs",
+            "f16",
+            "--device",
+            "cpu",
+        ],
+        &envs,
+        None,
+    ));
+    assert!(e.contains("no (dim, codec) pair fits 5"), "{e}");
+    // Resuming a run with other dims.
+    let e = err(&run(
+        &[
+            "train",
+            "reduce",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--dims",
+            "8,16",
+            "--resume",
+            "--device",
+            "cpu",
+            "--out",
+            rs,
+        ],
+        &envs,
+        None,
+    ));
+    assert!(e.contains("state.json") && e.contains("--dims"), "{e}");
+}

@@ -1,0 +1,588 @@
+//! Dimension reductions of token vectors: `k`-dim model vectors become
+//! `r`-dim index vectors, `y = normalise((x − μ) · U[:, :r])`, for every `r`
+//! of a nested set with one stored `U`.
+//!
+//! * `truncate`: `U = I`, `μ = 0` — keep the first `r` coordinates (the
+//!   baseline; meaningful for Matryoshka-trained vectors).
+//! * `pca`: `μ` the corpus mean, `U`'s columns the principal directions by
+//!   decreasing variance, from a covariance streamed over the corpus
+//!   ([`Covariance`]: `k × k` sums, bounded memory).
+//! * `orthogonal` (MatryoshkaKV): `U` the Cayley transform of a free matrix,
+//!   initialised from PCA, trained with a Matryoshka strategy (each step one
+//!   `r` of the nested set, all prefixes sharing `U`) to keep the
+//!   full-dimension MaxSim distribution ([`train`]).
+//!
+//! A reduction is a folder: `reduction.json` (method, input dim, nested
+//! set, how it was made) and `reduction.safetensors` (`mean` `[k]`, `basis`
+//! `[k, k]`). Loading checks shapes, finiteness and orthogonality and names
+//! the file. [`Reduction::to_index`] gives the `r × k` matrix the index
+//! applies before coding (and to queries).
+
+pub mod train;
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Result, TrainingError};
+
+pub const FORMAT: &str = "tessera-reduction";
+pub const META: &str = "reduction.json";
+pub const WEIGHTS: &str = "reduction.safetensors";
+/// Largest |UᵀU − I| entry a stored basis may have (f32 storage).
+pub const ORTHOGONALITY_TOLERANCE: f64 = 1e-4;
+
+/// How a reduction was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Truncate,
+    Pca,
+    Orthogonal,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "truncate" => Ok(Self::Truncate),
+            "pca" => Ok(Self::Pca),
+            "orthogonal" => Ok(Self::Orthogonal),
+            _ => Err(format!(
+                "unknown reduction method {s:?} (truncate, pca or orthogonal; \
+                 a small trained head is `tessera train heads --dim R`)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Truncate => "truncate",
+            Self::Pca => "pca",
+            Self::Orthogonal => "orthogonal",
+        })
+    }
+}
+
+/// `reduction.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReductionMeta {
+    pub format: String,
+    pub version: u32,
+    pub method: Method,
+    /// `k`: the model's vector width.
+    pub in_dim: usize,
+    /// The nested output sizes, increasing; every `r` an index may use.
+    pub dims: Vec<usize>,
+    /// How it was made: command, data, training summary.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// A loaded (or fitted) reduction.
+#[derive(Debug, Clone)]
+pub struct Reduction {
+    pub meta: ReductionMeta,
+    /// `μ`, `in_dim` values.
+    pub mean: Vec<f32>,
+    /// `U`, row-major `in_dim × in_dim`; column `j` is output coordinate `j`.
+    pub basis: Vec<f32>,
+    /// The folder it was read from.
+    pub dir: Option<PathBuf>,
+}
+
+/// Checks a nested set: increasing, within `1..=in_dim`, not empty.
+pub fn check_dims(dims: &[usize], in_dim: usize) -> std::result::Result<(), String> {
+    if dims.is_empty() {
+        return Err("the nested set of dims is empty".into());
+    }
+    if let Some(&r) = dims.iter().find(|&&r| r == 0 || r > in_dim) {
+        return Err(format!(
+            "dim {r} is outside 1..={in_dim} (the vectors have {in_dim} dims)"
+        ));
+    }
+    if dims.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(format!("dims {dims:?} must be strictly increasing"));
+    }
+    Ok(())
+}
+
+impl Reduction {
+    /// A reduction from its parts, checked (shapes, values, orthogonality).
+    pub fn new(meta: ReductionMeta, mean: Vec<f32>, basis: Vec<f32>) -> Result<Self> {
+        let r = Self {
+            meta,
+            mean,
+            basis,
+            dir: None,
+        };
+        r.check().map_err(TrainingError::InvalidInput)?;
+        Ok(r)
+    }
+
+    /// `truncate` for `in_dim`-wide vectors.
+    pub fn truncate(in_dim: usize, dims: Vec<usize>) -> Result<Self> {
+        let mut basis = vec![0.0; in_dim * in_dim];
+        for i in 0..in_dim {
+            basis[i * in_dim + i] = 1.0;
+        }
+        Self::new(
+            ReductionMeta::new(Method::Truncate, in_dim, dims),
+            vec![0.0; in_dim],
+            basis,
+        )
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let k = self.meta.in_dim;
+        if self.meta.format != FORMAT {
+            return Err(format!("format is {:?}, not {FORMAT:?}", self.meta.format));
+        }
+        if k == 0 {
+            return Err("in_dim is 0".into());
+        }
+        check_dims(&self.meta.dims, k)?;
+        if self.mean.len() != k || self.basis.len() != k * k {
+            return Err(format!(
+                "a {k}-dim reduction needs mean [{k}] and basis [{k}, {k}] ({} and {} values given)",
+                self.mean.len(),
+                self.basis.len()
+            ));
+        }
+        if self.mean.iter().chain(&self.basis).any(|x| !x.is_finite()) {
+            return Err("mean or basis holds NaN or infinite values".into());
+        }
+        let e = self.orthogonality_error();
+        if e.is_nan() || e > ORTHOGONALITY_TOLERANCE {
+            return Err(format!(
+                "the basis is not orthogonal: max |UᵀU − I| = {e:.2e} (tolerance {ORTHOGONALITY_TOLERANCE:.0e})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Largest entry of `|UᵀU − I|`.
+    pub fn orthogonality_error(&self) -> f64 {
+        let k = self.meta.in_dim as i64;
+        let u = Tensor::from_slice(&self.basis)
+            .view([k, k])
+            .to_kind(Kind::Double);
+        orthogonality_error(&u)
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.meta.in_dim
+    }
+
+    /// Refuses an `r` outside the nested set (orthogonal reductions are
+    /// trained for exactly those) or past the input width.
+    pub fn check_r(&self, r: usize) -> Result<()> {
+        let ok = match self.meta.method {
+            Method::Orthogonal => self.meta.dims.contains(&r),
+            Method::Truncate | Method::Pca => (1..=self.meta.in_dim).contains(&r),
+        };
+        if ok {
+            return Ok(());
+        }
+        let msg = format!(
+            "--dim {r} is not in the {} reduction's set {} (of {}-dim vectors)",
+            self.meta.method,
+            self.dims_text(),
+            self.meta.in_dim
+        );
+        Err(match &self.dir {
+            Some(d) => TrainingError::config(d.join(META), msg),
+            None => TrainingError::InvalidInput(msg),
+        })
+    }
+
+    /// `16,32,64`.
+    pub fn dims_text(&self) -> String {
+        self.meta
+            .dims
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The `r × in_dim` row-major projection (row `j` = column `j` of `U`).
+    pub fn matrix(&self, r: usize) -> Vec<f32> {
+        let k = self.meta.in_dim;
+        let mut m = vec![0.0; r * k];
+        for j in 0..r {
+            for i in 0..k {
+                m[j * k + i] = self.basis[i * k + j];
+            }
+        }
+        m
+    }
+
+    /// What the index applies at `r` (checked against the nested set).
+    pub fn to_index(&self, r: usize) -> Result<tessera_index::Reduction> {
+        self.check_r(r)?;
+        tessera_index::Reduction::new(self.meta.in_dim, r, self.matrix(r), Some(self.mean.clone()))
+            .map_err(|e| TrainingError::InvalidInput(e.to_string()))
+    }
+
+    /// Reduces `x` (`[…, in_dim]`) to `[…, r]`, normalised.
+    pub fn apply(&self, x: &Tensor, r: usize) -> Tensor {
+        let k = self.meta.in_dim as i64;
+        let device = x.device();
+        let mean = Tensor::from_slice(&self.mean).to_device(device);
+        let u = Tensor::from_slice(&self.basis)
+            .view([k, k])
+            .narrow(1, 0, r as i64)
+            .to_device(device);
+        reduce(x, &mean, &u)
+    }
+
+    /// A stable fingerprint of the numbers (hex), recorded in index
+    /// manifests so a search can tell whether it is given the same one.
+    pub fn fingerprint(&self) -> String {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.meta.in_dim.hash(&mut h);
+        self.meta.method.to_string().hash(&mut h);
+        for x in self.mean.iter().chain(&self.basis) {
+            x.to_bits().hash(&mut h);
+        }
+        format!("{:016x}", h.finish())
+    }
+
+    /// Writes `dir/reduction.json` and `dir/reduction.safetensors`
+    /// (weights first, the JSON last, each replaced atomically).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainingError::io(dir, e))?;
+        let k = self.meta.in_dim as i64;
+        let tmp = dir.join(format!("{WEIGHTS}.tmp"));
+        Tensor::write_safetensors(
+            &[
+                ("mean", Tensor::from_slice(&self.mean)),
+                ("basis", Tensor::from_slice(&self.basis).view([k, k])),
+            ],
+            &tmp,
+        )?;
+        let w = dir.join(WEIGHTS);
+        std::fs::rename(&tmp, &w).map_err(|e| TrainingError::io(&w, e))?;
+        let j = dir.join(META);
+        let tmp = dir.join(format!("{META}.tmp"));
+        let text = serde_json::to_vec_pretty(&self.meta).expect("meta serialises");
+        std::fs::write(&tmp, text).map_err(|e| TrainingError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &j).map_err(|e| TrainingError::io(&j, e))
+    }
+
+    /// Reads and checks a reduction folder.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let j = dir.join(META);
+        if !j.is_file() {
+            return Err(TrainingError::MissingFile {
+                path: j,
+                what: "not a reduction folder (tessera train reduce writes one)",
+            });
+        }
+        let text = crate::config::read_text(&j)?;
+        let meta: ReductionMeta = serde_json::from_str(&text)
+            .map_err(|e| TrainingError::config(&j, crate::config::json_message(&e)))?;
+        let w = dir.join(WEIGHTS);
+        let mut file = crate::weights::WeightFile::read(&w)?;
+        let k = meta.in_dim as i64;
+        let mean = file.take("mean", &[k])?;
+        let basis = file.take("basis", &[k, k])?;
+        let to_vec = |t: Tensor| -> Vec<f32> {
+            Vec::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default()
+        };
+        let r = Self {
+            meta,
+            mean: to_vec(mean),
+            basis: to_vec(basis),
+            dir: Some(dir.to_owned()),
+        };
+        r.check().map_err(|m| TrainingError::config(&w, m))?;
+        Ok(r)
+    }
+}
+
+impl ReductionMeta {
+    pub fn new(method: Method, in_dim: usize, dims: Vec<usize>) -> Self {
+        Self {
+            format: FORMAT.into(),
+            version: 1,
+            method,
+            in_dim,
+            dims,
+            training: serde_json::Value::Null,
+        }
+    }
+}
+
+/// `normalise((x − mean) · u)` for `x` `[…, k]`, `u` `[k, r]`.
+pub fn reduce(x: &Tensor, mean: &Tensor, u: &Tensor) -> Tensor {
+    crate::train::loss::normalise(&(x - mean).matmul(u))
+}
+
+/// Largest entry of `|UᵀU − I|` (any float kind).
+pub fn orthogonality_error(u: &Tensor) -> f64 {
+    let u = u.to_kind(Kind::Double);
+    let k = u.size()[0];
+    let e = u.transpose(0, 1).matmul(&u) - Tensor::eye(k, (Kind::Double, u.device()));
+    f64::try_from(e.abs().max()).unwrap_or(f64::INFINITY)
+}
+
+/// The Cayley transform of a free square matrix `x`: with `A = X − Xᵀ`
+/// (skew-symmetric), `U = (I − A/2)⁻¹ (I + A/2)` — orthogonal with
+/// determinant +1 — computed by a linear solve, not an inverse.
+pub fn cayley(x: &Tensor) -> Tensor {
+    let k = x.size()[0];
+    let eye = Tensor::eye(k, (x.kind(), x.device()));
+    let half = (x - x.transpose(0, 1)) * 0.5;
+    Tensor::linalg_solve(&(&eye - &half), &(&eye + &half), true)
+}
+
+/// A free matrix whose [`cayley`] transform is the orthogonal `u` (det +1,
+/// no eigenvalue −1): `X = (U − I)(U + I)⁻¹` (skew-symmetric, so
+/// `X − Xᵀ = 2X = A`), by a solve. `None` when `U + I` is too close to
+/// singular for the round trip to hold to 1e-6.
+pub fn inverse_cayley(u: &Tensor) -> Option<Tensor> {
+    let u = u.to_kind(Kind::Double);
+    let k = u.size()[0];
+    let eye = Tensor::eye(k, (Kind::Double, u.device()));
+    // X (U + I) = U − I  ⇔  (U + I)ᵀ Xᵀ = (U − I)ᵀ.
+    let xt = Tensor::f_linalg_solve(
+        &(&u + &eye).transpose(0, 1),
+        &(&u - &eye).transpose(0, 1),
+        true,
+    )
+    .ok()?;
+    let x = xt.transpose(0, 1).contiguous();
+    let back = cayley(&x);
+    let err = f64::try_from((back - &u).abs().max()).unwrap_or(f64::INFINITY);
+    (err <= 1e-6).then_some(x)
+}
+
+/// Streams token vectors into their mean and covariance: `k × k` sums in
+/// f64, so memory stays bounded however many vectors pass.
+pub struct Covariance {
+    dim: usize,
+    n: u64,
+    sum: Tensor,
+    outer: Tensor,
+}
+
+impl Covariance {
+    pub fn new(dim: usize) -> Self {
+        let k = dim as i64;
+        Self {
+            dim,
+            n: 0,
+            sum: Tensor::zeros([k], (Kind::Double, Device::Cpu)),
+            outer: Tensor::zeros([k, k], (Kind::Double, Device::Cpu)),
+        }
+    }
+
+    /// Adds the rows of `x` (`[n, dim]`, any float kind and device).
+    pub fn push(&mut self, x: &Tensor) {
+        let _g = tch::no_grad_guard();
+        let x = x.to_kind(Kind::Double).to_device(Device::Cpu);
+        self.n += x.size()[0] as u64;
+        self.sum += x.sum_dim_intlist([0i64].as_slice(), false, Kind::Double);
+        self.outer += x.transpose(0, 1).matmul(&x);
+    }
+
+    /// Adds row-major f32 vectors.
+    pub fn push_slice(&mut self, v: &[f32]) {
+        if v.is_empty() {
+            return;
+        }
+        self.push(&Tensor::from_slice(v).view([-1, self.dim as i64]));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    /// The mean and the principal directions as the columns of an
+    /// orthogonal basis, by decreasing variance; each column's sign makes
+    /// its largest-magnitude entry positive, and the last column is flipped
+    /// if that is what makes the determinant +1 (a rotation, which the
+    /// Cayley transform can reach). Also the variances.
+    pub fn principal(&self) -> Result<(Vec<f32>, Vec<f32>, Vec<f64>)> {
+        if self.n < 2 {
+            return Err(TrainingError::InvalidInput(format!(
+                "PCA needs at least 2 vectors, {} given",
+                self.n
+            )));
+        }
+        let n = self.n as f64;
+        let mean = &self.sum / n;
+        let cov = &self.outer / n - mean.unsqueeze(1).matmul(&mean.unsqueeze(0));
+        let cov = (&cov + cov.transpose(0, 1)) * 0.5;
+        let (values, vectors) = cov.linalg_eigh("L");
+        // Ascending → descending.
+        let values = values.flip([0]);
+        let mut u = vectors.flip([1]);
+        let k = self.dim as i64;
+        let idx = u.abs().argmax(0, false);
+        let lead = u.gather(0, &idx.unsqueeze(0), false); // [1, k]
+        u = &u * lead.sign().where_scalarother(&lead.ne(0.0), 1.0);
+        let det = f64::try_from(Tensor::linalg_det(&u)).unwrap_or(1.0);
+        if det < 0.0 {
+            let flip = Tensor::ones([k], (Kind::Double, Device::Cpu)).index_fill(
+                0,
+                &Tensor::from_slice(&[k - 1]),
+                -1.0,
+            );
+            u = &u * flip;
+        }
+        let to_f32 = |t: &Tensor| -> Vec<f32> {
+            Vec::try_from(t.to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default()
+        };
+        let variances: Vec<f64> = Vec::try_from(values.clamp_min(0.0)).unwrap_or_default();
+        Ok((to_f32(&mean), to_f32(&u), variances))
+    }
+}
+
+/// PCA of the vectors pushed into `cov`, as a reduction with nested `dims`.
+pub fn pca(cov: &Covariance, dims: Vec<usize>) -> Result<Reduction> {
+    let (mean, basis, variances) = cov.principal()?;
+    let total: f64 = variances.iter().sum::<f64>().max(1e-30);
+    let mut meta = ReductionMeta::new(Method::Pca, cov.dim, dims);
+    let explained: Vec<serde_json::Value> = meta
+        .dims
+        .iter()
+        .map(|&r| {
+            serde_json::json!({
+                "dim": r,
+                "explained_variance": variances.iter().take(r).sum::<f64>() / total,
+            })
+        })
+        .collect();
+    meta.training = serde_json::json!({"vectors": cov.n, "explained": explained});
+    Reduction::new(meta, mean, basis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn random(n: i64, k: i64, seed: i64) -> Tensor {
+        tch::manual_seed(seed);
+        Tensor::randn([n, k], (Kind::Float, Device::Cpu))
+    }
+
+    #[test]
+    fn cayley_is_orthogonal_and_inverts() {
+        let x = random(6, 6, 1).to_kind(Kind::Double);
+        let u = cayley(&x);
+        assert!(orthogonality_error(&u) < 1e-12);
+        let det = f64::try_from(Tensor::linalg_det(&u)).unwrap();
+        assert!((det - 1.0).abs() < 1e-9, "{det}");
+        let back = inverse_cayley(&u).expect("invertible");
+        let again = cayley(&back);
+        let err = f64::try_from((again - &u).abs().max()).unwrap();
+        assert!(err < 1e-9, "{err}");
+    }
+
+    #[test]
+    fn pca_finds_the_directions_of_variance_and_is_a_rotation() {
+        // Variance 9 along e1, 1 along e0, 0.01 elsewhere; mean (1, 2, 0, 0).
+        let z = random(4000, 4, 2);
+        let scale = Tensor::from_slice(&[1.0f32, 3.0, 0.1, 0.1]);
+        let shift = Tensor::from_slice(&[1.0f32, 2.0, 0.0, 0.0]);
+        let x = z * scale + shift;
+        let mut cov = Covariance::new(4);
+        // Streamed in two parts: same as at once.
+        cov.push(&x.narrow(0, 0, 1500));
+        cov.push(&x.narrow(0, 1500, 2500));
+        let r = pca(&cov, vec![1, 2, 4]).unwrap();
+        assert!((r.mean[0] - 1.0).abs() < 0.1 && (r.mean[1] - 2.0).abs() < 0.2);
+        // First direction ±e1 (sign: largest entry positive), then e0.
+        assert!(r.basis[4] > 0.99, "{:?}", r.basis); // U[1][0]
+        assert!(r.basis[1].abs() > 0.99, "{:?}", r.basis); // U[0][1]
+        assert!(r.orthogonality_error() < 1e-5);
+        let k = 4;
+        let det = f64::try_from(Tensor::linalg_det(
+            &Tensor::from_slice(&r.basis)
+                .view([k, k])
+                .to_kind(Kind::Double),
+        ))
+        .unwrap();
+        assert!((det - 1.0).abs() < 1e-5, "{det}");
+        let init = inverse_cayley(&Tensor::from_slice(&r.basis).view([k, k]));
+        assert!(init.is_some());
+    }
+
+    #[test]
+    fn prefixes_are_nested_and_match_the_index_matrix() {
+        let x = random(50, 8, 3);
+        let mut cov = Covariance::new(8);
+        cov.push(&x);
+        let r = pca(&cov, vec![2, 4, 8]).unwrap();
+        let v = random(3, 8, 4);
+        let y4 = r.apply(&v, 4);
+        let y2 = r.apply(&v, 2);
+        // The 2-dim output is the renormalised first half of the
+        // unnormalised 4-dim one: same directions, nested.
+        let mean = Tensor::from_slice(&r.mean);
+        let u = Tensor::from_slice(&r.basis).view([8, 8]);
+        let raw4 = (&v - &mean).matmul(&u.narrow(1, 0, 4));
+        let lead = crate::train::loss::normalise(&raw4.narrow(1, 0, 2));
+        assert!(f64::try_from((&y2 - lead).abs().max()).unwrap() < 1e-6);
+        assert_eq!(y4.size(), vec![3, 4]);
+        // The index's matrix gives the same vectors.
+        let idx = r.to_index(2).unwrap();
+        let vs: Vec<f32> = Vec::try_from(v.contiguous().view([-1])).unwrap();
+        let got = idx.apply(&vs);
+        let want: Vec<f32> = Vec::try_from(y2.contiguous().view([-1])).unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn save_load_round_trips_and_bad_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = random(40, 6, 5);
+        let mut cov = Covariance::new(6);
+        cov.push(&x);
+        let r = pca(&cov, vec![2, 3]).unwrap();
+        r.save(dir.path()).unwrap();
+        let back = Reduction::load(dir.path()).unwrap();
+        assert_eq!(back.mean, r.mean);
+        assert_eq!(back.basis, r.basis);
+        assert_eq!(back.fingerprint(), r.fingerprint());
+        assert_eq!(back.meta.dims, vec![2, 3]);
+        // r outside the set of an orthogonal reduction.
+        let mut o = back.clone();
+        o.meta.method = Method::Orthogonal;
+        let e = o.check_r(4).unwrap_err().to_string();
+        assert!(e.contains("--dim 4") && e.contains("2,3"), "{e}");
+        assert!(back.check_r(7).is_err());
+        // A non-orthogonal basis.
+        let mut bad = r.clone();
+        bad.basis[0] += 0.1;
+        bad.save(dir.path()).unwrap();
+        let e = Reduction::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("not orthogonal") && e.contains(WEIGHTS), "{e}");
+        // NaN.
+        let mut bad = r.clone();
+        bad.mean[1] = f32::NAN;
+        bad.save(dir.path()).unwrap();
+        let e = Reduction::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("NaN"), "{e}");
+        // Not a reduction folder.
+        let e = Reduction::load(&dir.path().join("nope"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(META), "{e}");
+        // Bad nested sets.
+        assert!(check_dims(&[4, 2], 6).is_err());
+        assert!(check_dims(&[0], 6).is_err());
+        assert!(check_dims(&[7], 6).is_err());
+        assert!(Reduction::truncate(4, vec![2, 4]).is_ok());
+    }
+}

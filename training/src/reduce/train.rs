@@ -1,0 +1,563 @@
+//! Training an orthogonal reduction the MatryoshkaKV way, on token vectors
+//! computed once (a model's vectors of the training and dev texts; the
+//! backbone never runs here).
+//!
+//! The parameters are a free matrix `X` (`k × k`, f64) and a mean `μ`:
+//! `U = B · cayley(X)` with `B` a fixed rotation — the identity when `X`
+//! starts at the inverse Cayley transform of the PCA basis, the PCA basis
+//! itself (and `X = 0`) when that basis has an eigenvalue too close to −1
+//! for the inverse to be exact. `U` is orthogonal by construction at every
+//! step. Each step draws a batch of queries with their positives and mined
+//! negatives, and one `r` of the nested set (uniformly, seeded by the step);
+//! the loss is KL between the softmax of the full-dimension MaxSim scores
+//! (teacher) and of the `r`-dimension scores (student) over each query's
+//! candidates, plus optionally the contrastive loss on the labels.
+//! Validation scores every `r` on fixed dev pools; the best mean over `r`
+//! is kept.
+
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::{
+    cayley, inverse_cayley, orthogonality_error, reduce, Method, Reduction, ReductionMeta,
+};
+use crate::error::{Result, TrainingError};
+use crate::train::optim::{self, AdamW, Decay, Group};
+use crate::train::score::{score_items, Projected};
+use crate::train::{draw, loss, step_rng, DrawPlan, Example};
+
+/// Everything that decides what a run learns (saved with checkpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReduceConfig {
+    pub in_dim: usize,
+    /// The nested set, increasing.
+    pub dims: Vec<usize>,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub negatives: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    pub decay: Decay,
+    pub clip: f64,
+    /// Softmax temperature of teacher and student score distributions.
+    pub distill_temperature: f64,
+    /// Weight of the contrastive term on labelled pairs (0: distillation only).
+    pub contrastive_weight: f64,
+    pub temperature: f64,
+    pub seed: u64,
+    pub eval_every: usize,
+    pub checkpoint_every: usize,
+}
+
+impl ReduceConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        super::check_dims(&self.dims, self.in_dim).map_err(|m| format!("--dims: {m}"))?;
+        if self.batch_size < 1 {
+            return Err("--batch-queries must be at least 1".into());
+        }
+        for (name, v) in [
+            ("--lr", self.lr),
+            ("--distill-temperature", self.distill_temperature),
+            ("--temperature", self.temperature),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name} must be a positive number, not {v}"));
+            }
+        }
+        if !(self.contrastive_weight >= 0.0 && self.clip >= 0.0) {
+            return Err("--contrastive-weight and --clip must be ≥ 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// A dataset's training material: its texts' vectors and the examples.
+pub struct VectorSource {
+    pub name: String,
+    pub weight: f64,
+    pub queries: Projected,
+    pub docs: Projected,
+    pub examples: Vec<Example>,
+}
+
+/// A dev split: vectors and fixed pools `(query position, documents)`.
+pub struct VectorDev {
+    pub name: String,
+    pub queries: Projected,
+    pub docs: Projected,
+    pub items: Vec<(usize, Vec<usize>)>,
+}
+
+/// Scores a dev split's pools at full width (`None`) or reduced to `r`.
+pub fn score_dev(
+    dev: &VectorDev,
+    reduction: Option<(&Reduction, usize)>,
+) -> Vec<Vec<(usize, f32)>> {
+    match reduction {
+        None => score_items(&dev.queries, &dev.docs, &dev.items),
+        Some((red, r)) => {
+            let q = dev.queries.map(|v| red.apply(v, r));
+            let d = dev.docs.map(|v| red.apply(v, r));
+            score_items(&q, &d, &dev.items)
+        }
+    }
+}
+
+/// One logged step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReduceStep {
+    pub step: usize,
+    pub dim: usize,
+    pub loss: f64,
+    pub distill: f64,
+    pub contrastive: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// max |UᵀU − I| after the step.
+    pub orthogonality: f64,
+    pub seconds: f64,
+}
+
+/// One validation: per `r`, the mean nDCG@10 over dev sets and each set's
+/// (name, nDCG@10, Recall@100).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReduceDev {
+    pub step: usize,
+    /// Mean over `r` of the dev-mean nDCG@10: what picks the best step.
+    pub ndcg10: f64,
+    pub per_dim: Vec<DimScore>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DimScore {
+    pub dim: usize,
+    pub ndcg10: f64,
+    pub per_source: Vec<(String, f64, f64)>,
+}
+
+/// `checkpoint/state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReduceCheckpoint {
+    pub config: ReduceConfig,
+    pub step: usize,
+    pub best: Option<ReduceDev>,
+    pub steps: Vec<ReduceStep>,
+    pub dev: Vec<ReduceDev>,
+    pub train_seconds: f64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReduceSummary {
+    pub steps: Vec<ReduceStep>,
+    pub dev: Vec<ReduceDev>,
+    pub best: Option<ReduceDev>,
+    pub initial: Option<ReduceDev>,
+    pub train_seconds: f64,
+    /// Whether `X` started at the inverse Cayley transform of the PCA basis
+    /// (else `B` is that basis and `X` starts at 0).
+    pub inverse_cayley_init: bool,
+}
+
+/// The caller's hooks.
+pub struct ReduceHooks<'a> {
+    /// Scores the dev sets with a reduction (the caller turns scores into
+    /// nDCG): `None` without dev data.
+    pub validate: &'a mut dyn FnMut(&Reduction) -> Result<Option<ReduceDev>>,
+    pub on_step: &'a mut dyn FnMut(&ReduceStep, Option<&ReduceDev>),
+    /// When the dev score improves (or at the end without dev data).
+    pub on_best: &'a mut dyn FnMut(&Reduction, Option<&ReduceDev>) -> Result<()>,
+}
+
+/// The trainable parameters.
+struct Params {
+    x: Tensor,
+    mean: Tensor,
+    base: Tensor,
+}
+
+impl Params {
+    fn u(&self) -> Tensor {
+        self.base.matmul(&cayley(&self.x))
+    }
+
+    fn reduction(&self, cfg: &ReduceConfig) -> Reduction {
+        let _g = tch::no_grad_guard();
+        let to_vec = |t: &Tensor| -> Vec<f32> {
+            Vec::try_from(
+                t.detach()
+                    .to_kind(Kind::Float)
+                    .to_device(Device::Cpu)
+                    .contiguous()
+                    .view([-1]),
+            )
+            .unwrap_or_default()
+        };
+        Reduction {
+            meta: ReductionMeta::new(Method::Orthogonal, cfg.in_dim, cfg.dims.clone()),
+            mean: to_vec(&self.mean),
+            basis: to_vec(&self.u()),
+            dir: None,
+        }
+    }
+}
+
+const CK_PARAMS: &str = "params.safetensors";
+const CK_OPTIM: &str = "optim.safetensors";
+const CK_STATE: &str = "state.json";
+
+/// Reads `out/checkpoint/state.json` if there is one.
+pub fn read_checkpoint(out: &Path) -> Result<Option<ReduceCheckpoint>> {
+    let path = out.join("checkpoint").join(CK_STATE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainingError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| TrainingError::config(&path, crate::config::json_message(&e)))
+}
+
+/// Refuses to resume a checkpoint of another nested set, width or past
+/// `--steps`.
+pub fn check_resumable(out: &Path, st: &ReduceCheckpoint, cfg: &ReduceConfig) -> Result<()> {
+    let path = out.join("checkpoint").join(CK_STATE);
+    if st.config.dims != cfg.dims || st.config.in_dim != cfg.in_dim {
+        return Err(TrainingError::config(
+            &path,
+            format!(
+                "the checkpoint reduces {}-dim vectors to {:?}, not {}-dim to {:?}; \
+                 resume with the same --dims and model, or use another --out",
+                st.config.in_dim, st.config.dims, cfg.in_dim, cfg.dims
+            ),
+        ));
+    }
+    if st.step > cfg.steps {
+        return Err(TrainingError::config(
+            &path,
+            format!(
+                "the checkpoint is at step {}, past --steps {}",
+                st.step, cfg.steps
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Trains (or resumes) an orthogonal reduction from `init` (a PCA of the
+/// same vectors) into `out` (checkpoints, metrics.jsonl).
+pub fn train(
+    cfg: &ReduceConfig,
+    sources: &[VectorSource],
+    init: &Reduction,
+    out: &Path,
+    resume: Option<ReduceCheckpoint>,
+    hooks: ReduceHooks<'_>,
+) -> Result<ReduceSummary> {
+    cfg.validate().map_err(TrainingError::InvalidInput)?;
+    if init.meta.in_dim != cfg.in_dim {
+        return Err(TrainingError::InvalidInput(format!(
+            "the initial reduction takes {}-dim vectors, the model makes {}",
+            init.meta.in_dim, cfg.in_dim
+        )));
+    }
+    for s in sources {
+        if s.examples.is_empty() {
+            return Err(TrainingError::InvalidInput(format!(
+                "{}: no training examples",
+                s.name
+            )));
+        }
+    }
+    let device = sources
+        .first()
+        .map_or(Device::Cpu, |s| s.docs.vectors.device());
+    std::fs::create_dir_all(out).map_err(|e| TrainingError::io(out, e))?;
+    let metrics = out.join("metrics.jsonl");
+    let k = cfg.in_dim as i64;
+    let pca_u = Tensor::from_slice(&init.basis)
+        .view([k, k])
+        .to_kind(Kind::Double)
+        .to_device(device);
+    let (x0, base, exact) = match inverse_cayley(&pca_u) {
+        Some(x) => (x, Tensor::eye(k, (Kind::Double, device)), true),
+        None => {
+            tracing::warn!(
+                "PCA basis too close to an eigenvalue −1: training U = U_pca · cayley(X)"
+            );
+            (Tensor::zeros([k, k], (Kind::Double, device)), pca_u, false)
+        }
+    };
+    let params = Params {
+        x: x0.set_requires_grad(true),
+        mean: Tensor::from_slice(&init.mean)
+            .to_device(device)
+            .set_requires_grad(true),
+        base,
+    };
+    let mut opt = AdamW::new(vec![Group {
+        params: vec![
+            ("x".into(), params.x.shallow_clone()),
+            ("mean".into(), params.mean.shallow_clone()),
+        ],
+        lr: cfg.lr,
+        weight_decay: 0.0,
+    }]);
+    let (mut steps, mut devs, mut best, mut start, mut train_seconds) =
+        (Vec::new(), Vec::new(), None::<ReduceDev>, 0usize, 0.0f64);
+    let mut initial = None;
+    if let Some(st) = resume {
+        check_resumable(out, &st, cfg)?;
+        let ck = out.join("checkpoint");
+        let path = ck.join(CK_PARAMS);
+        let saved = crate::weights::WeightFile::read(&path)?;
+        {
+            let _g = tch::no_grad_guard();
+            // Copied in their own kinds (X and B are f64: a resumed run
+            // continues bit for bit).
+            for (name, dst) in [
+                ("x", &params.x),
+                ("mean", &params.mean),
+                ("base", &params.base),
+            ] {
+                let src = saved
+                    .tensors
+                    .get(name)
+                    .ok_or_else(|| TrainingError::MissingTensor {
+                        path: path.clone(),
+                        name: name.into(),
+                    })?;
+                if src.size() != dst.size() {
+                    return Err(TrainingError::TensorShape {
+                        path: path.clone(),
+                        name: name.into(),
+                        expected: dst.size(),
+                        actual: src.size(),
+                    });
+                }
+                dst.shallow_clone().copy_(&src.to_device(device));
+            }
+        }
+        let moments = crate::weights::WeightFile::read(&ck.join(CK_OPTIM))?;
+        opt.load_state(moments.tensors, st.step as i64)
+            .map_err(|m| TrainingError::config(ck.join(CK_OPTIM), m))?;
+        start = st.step;
+        steps = st.steps;
+        devs = st.dev;
+        best = st.best;
+        train_seconds = st.train_seconds;
+        rewrite_metrics(&metrics, &steps, &devs)?;
+        tracing::info!(step = start, "resumed from checkpoint");
+    } else {
+        std::fs::write(&metrics, "").map_err(|e| TrainingError::io(&metrics, e))?;
+        // The PCA starting point, scored like every later step.
+        let _g = tch::no_grad_guard();
+        if let Some(d) = (hooks.validate)(&params.reduction(cfg))? {
+            append(&metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
+            devs.push(d.clone());
+            (hooks.on_best)(&params.reduction(cfg), Some(&d))?;
+            best = Some(d.clone());
+            initial = Some(d);
+        }
+    }
+    let plan = DrawPlan {
+        seed: cfg.seed,
+        batch_size: cfg.batch_size,
+        negatives: cfg.negatives,
+        distill_candidates: None,
+    };
+    let sets: Vec<(f64, &[Example])> = sources
+        .iter()
+        .map(|s| (s.weight, s.examples.as_slice()))
+        .collect();
+    for step in start..cfg.steps {
+        let t0 = std::time::Instant::now();
+        let batch = draw(&plan, &sets, step);
+        // One r per step, from its own stream of the step's seed.
+        let r = dim_of_step(cfg, step);
+        let src = &sources[batch.source];
+        let (q, qm) = src.queries.batch(&batch.queries);
+        let (d, dm) = src.docs.batch(&batch.docs);
+        let teacher = {
+            let _g = tch::no_grad_guard();
+            loss::maxsim(&q, &qm, &d, &dm)
+        };
+        opt.zero_grad();
+        let u = params.u().narrow(1, 0, r as i64).to_kind(Kind::Float);
+        let qr = reduce(&q, &params.mean, &u);
+        let dr = reduce(&d, &params.mean, &u);
+        let student = loss::maxsim(&qr, &qm, &dr, &dm);
+        let valid = Tensor::ones(student.size().as_slice(), (Kind::Bool, device));
+        let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
+        let distill = f64::try_from(&kl).unwrap_or(f64::NAN);
+        let (total, contrastive) = if cfg.contrastive_weight > 0.0 {
+            let targets = Tensor::from_slice(&batch.targets).to_device(device);
+            let flat: Vec<bool> = batch.allowed.iter().flatten().copied().collect();
+            let allowed = Tensor::from_slice(&flat)
+                .view([batch.queries.len() as i64, batch.docs.len() as i64])
+                .to_device(device);
+            let c = loss::info_nce(&student, &targets, &allowed, cfg.temperature);
+            let cv = f64::try_from(&c).unwrap_or(f64::NAN);
+            (kl + c * cfg.contrastive_weight, cv)
+        } else {
+            (kl, 0.0)
+        };
+        let lv = f64::try_from(&total).unwrap_or(f64::NAN);
+        if !lv.is_finite() {
+            return Err(TrainingError::InvalidInput(format!(
+                "the loss became {lv} at step {step}: lower --lr"
+            )));
+        }
+        total.backward();
+        let grad_norm = opt.clip_grad_norm(cfg.clip);
+        let factor = optim::lr_factor(step, cfg.warmup, cfg.steps, cfg.decay);
+        opt.step(factor);
+        let orthogonality = {
+            let _g = tch::no_grad_guard();
+            orthogonality_error(&params.u())
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        train_seconds += seconds;
+        let log = ReduceStep {
+            step: step + 1,
+            dim: r,
+            loss: lv,
+            distill,
+            contrastive,
+            lr: cfg.lr * factor,
+            grad_norm,
+            orthogonality,
+            seconds,
+        };
+        append(&metrics, &serde_json::json!({"type": "step", "step": log}))?;
+        steps.push(log.clone());
+        let last = step + 1 == cfg.steps;
+        let mut dev = None;
+        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+            let _g = tch::no_grad_guard();
+            let red = params.reduction(cfg);
+            if let Some(mut d) = (hooks.validate)(&red)? {
+                d.step = step + 1;
+                append(&metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
+                devs.push(d.clone());
+                if best.as_ref().is_none_or(|b| d.ndcg10 > b.ndcg10) {
+                    (hooks.on_best)(&red, Some(&d))?;
+                    best = Some(d.clone());
+                }
+                dev = Some(d);
+            } else if last {
+                (hooks.on_best)(&red, None)?;
+            }
+        }
+        (hooks.on_step)(&log, dev.as_ref());
+        if last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) {
+            let st = ReduceCheckpoint {
+                config: cfg.clone(),
+                step: step + 1,
+                best: best.clone(),
+                steps: steps.clone(),
+                dev: devs.clone(),
+                train_seconds,
+            };
+            write_checkpoint(out, &params, &opt, &st)?;
+        }
+    }
+    if cfg.steps == 0 && initial.is_none() {
+        (hooks.on_best)(&params.reduction(cfg), None)?;
+    }
+    Ok(ReduceSummary {
+        steps,
+        dev: devs,
+        best,
+        initial,
+        train_seconds,
+        inverse_cayley_init: exact,
+    })
+}
+
+fn write_checkpoint(out: &Path, p: &Params, opt: &AdamW, st: &ReduceCheckpoint) -> Result<()> {
+    let tmp = out.join("checkpoint.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
+    let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu);
+    Tensor::write_safetensors(
+        &[
+            ("x", cpu(&p.x)),
+            ("mean", cpu(&p.mean)),
+            ("base", cpu(&p.base)),
+        ],
+        tmp.join(CK_PARAMS),
+    )?;
+    let moments: Vec<(String, Tensor)> = opt
+        .state()
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect();
+    Tensor::write_safetensors(&moments, tmp.join(CK_OPTIM))?;
+    let sp = tmp.join(CK_STATE);
+    std::fs::write(
+        &sp,
+        serde_json::to_vec_pretty(st).expect("state serialises"),
+    )
+    .map_err(|e| TrainingError::io(&sp, e))?;
+    replace_dir(&tmp, &out.join("checkpoint"))
+}
+
+/// Moves `tmp` to `dst`, replacing what was there (the old copy is kept
+/// until the new one is in place).
+fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
+    let old: PathBuf = dst.with_extension("old");
+    if dst.exists() {
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
+        }
+        std::fs::rename(dst, &old).map_err(|e| TrainingError::io(dst, e))?;
+    }
+    std::fs::rename(tmp, dst).map_err(|e| TrainingError::io(dst, e))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
+    }
+    Ok(())
+}
+
+fn append(path: &Path, v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainingError::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| TrainingError::io(path, e))
+}
+
+fn rewrite_metrics(path: &Path, steps: &[ReduceStep], dev: &[ReduceDev]) -> Result<()> {
+    let mut text = String::new();
+    let mut di = 0;
+    while di < dev.len() && dev[di].step == 0 {
+        text += &serde_json::json!({"type": "dev", "dev": dev[di]}).to_string();
+        text.push('\n');
+        di += 1;
+    }
+    for s in steps {
+        text += &serde_json::json!({"type": "step", "step": s}).to_string();
+        text.push('\n');
+        while di < dev.len() && dev[di].step == s.step {
+            text += &serde_json::json!({"type": "dev", "dev": dev[di]}).to_string();
+            text.push('\n');
+            di += 1;
+        }
+    }
+    std::fs::write(path, text).map_err(|e| TrainingError::io(path, e))
+}
+
+/// The `r` step `step` trains: uniform over the nested set, from its own
+/// stream of the step's seed (so batches and dims are independent).
+pub fn dim_of_step(cfg: &ReduceConfig, step: usize) -> usize {
+    cfg.dims[step_rng(cfg.seed ^ 0x5EED_D1A5, step).gen_range(0..cfg.dims.len())]
+}
