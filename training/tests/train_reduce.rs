@@ -76,6 +76,7 @@ fn config(steps: usize) -> ReduceConfig {
         seed: 7,
         eval_every: 10,
         checkpoint_every: 10,
+        relative: false,
     }
 }
 

@@ -205,6 +205,10 @@ pub struct TrainReduceArgs {
     pub checkpoint_every: usize,
     #[arg(long)]
     pub resume: bool,
+    /// Parametrise U = U_pca · cayley(X) from X = 0 (well conditioned at
+    /// the start) instead of X = cayley⁻¹(U_pca).
+    #[arg(long)]
+    pub relative: bool,
     /// Hard negatives mined per train query from each of BM25 and the model.
     #[arg(long, default_value_t = 30)]
     pub mine_depth: usize,
@@ -273,6 +277,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
+        relative: args.relative,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let resume = if args.resume {
@@ -564,6 +569,27 @@ pub struct ReduceArgs {
 #[derive(Subcommand, Debug)]
 pub enum ReduceCommand {
     Plan(Box<PlanArgs>),
+    Summarize(SummarizeArgs),
+}
+
+/// Tabulate reduction runs and plans: dev nDCG@10 per method and dim on
+/// the fixed pools (reduction folders of `train reduce`, model folders of
+/// `train heads` for small heads), and nDCG@10 against bytes per token on
+/// full indexes (`reduce plan --json` files), drawn to PNG and SVG.
+#[derive(Args, Debug)]
+#[command(after_help = "Example:\n  \
+    tessera reduce summarize runs/truncate runs/pca runs/orthogonal-s* runs/head-*-s1 \\\n    \
+      runs/plan-*.json --plot docs/experiments/reductions/ndcg-vs-bytes\n\n\
+    Runs of one method and dim form a row (mean ± std over seeds); plans form one row per\n\
+    method, dim and codec, with each dataset's nDCG@10 and their mean.")]
+pub struct SummarizeArgs {
+    /// Reduction folders, head model folders and plan JSON files.
+    #[arg(required = true, value_name = "RUN")]
+    pub runs: Vec<PathBuf>,
+    /// Draw nDCG@10 (dev mean) against bytes per token of the plans to
+    /// FILE.png and FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Measure dev nDCG@10 and search p50 of every (dim, codec) pair that fits
@@ -630,7 +656,8 @@ pub struct PlanRow {
     pub fits: bool,
     pub reference: bool,
     pub ndcg10: f64,
-    pub recall100: f64,
+    /// Of the top k (k = 10 by default: Recall@10).
+    pub recall: f64,
     pub search_p50_ms: f64,
     pub index_bytes: u64,
     pub build_s: f64,
@@ -639,6 +666,7 @@ pub struct PlanRow {
 pub fn run(args: ReduceArgs) -> Result<()> {
     match args.command {
         ReduceCommand::Plan(p) => plan(*p),
+        ReduceCommand::Summarize(a) => summarize(a),
     }
 }
 
@@ -818,7 +846,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         let e = evaluate(
             &qrels,
             &run,
-            &[Measure::Ndcg(10), Measure::Recall(100)],
+            &[Measure::Ndcg(10), Measure::Recall(args.k.max(10))],
             true,
         );
         let row = PlanRow {
@@ -829,7 +857,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             fits: bytes_per_token(codec, r) <= args.budget,
             reference,
             ndcg10: e.mean[0],
-            recall100: e.mean[1],
+            recall: e.mean[1],
             search_p50_ms: lat[lat.len() / 2],
             index_bytes: stats.index_bytes,
             build_s,
@@ -889,7 +917,7 @@ fn print_plan(rows: &[PlanRow], pick: Option<usize>, reference: Option<&PlanRow>
     let mut o = std::io::stdout().lock();
     let _ = writeln!(
         o,
-        "| dim | codec | bytes/token | nDCG@10 | % of full f16 | Recall@100 | search p50 ms | index MiB | build s |"
+        "| dim | codec | bytes/token | nDCG@10 | % of full f16 | Recall@k | search p50 ms | index MiB | build s |"
     );
     let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for (i, r) in rows.iter().enumerate() {
@@ -910,7 +938,7 @@ fn print_plan(rows: &[PlanRow], pick: Option<usize>, reference: Option<&PlanRow>
             r.codec,
             r.bytes_per_token,
             r.ndcg10,
-            r.recall100,
+            r.recall,
             r.search_p50_ms,
             r.index_bytes as f64 / (1 << 20) as f64,
             r.build_s
@@ -935,5 +963,304 @@ fn print_plan(rows: &[PlanRow], pick: Option<usize>, reference: Option<&PlanRow>
         None => {
             let _ = writeln!(o, "\nno pair fits {budget} bytes/token");
         }
+    }
+}
+
+fn read_json(p: &Path) -> Result<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
+        .with_context(|| p.display().to_string())
+}
+
+fn summarize(args: SummarizeArgs) -> Result<()> {
+    use crate::commands::train::mean_std;
+    use std::collections::BTreeMap;
+    // Pools: (method, dim) → dataset → nDCG@10 per seed, and the mean per seed.
+    type Pool = (BTreeMap<String, Vec<f64>>, Vec<f64>, Vec<u64>);
+    let mut pools: BTreeMap<(String, usize), Pool> = BTreeMap::new();
+    let mut full: Option<(usize, serde_json::Value)> = None;
+    // Plans: (method, dim, codec) → dataset → row.
+    let mut plans: BTreeMap<(String, usize, String), BTreeMap<String, serde_json::Value>> =
+        BTreeMap::new();
+    let mut add_pool = |method: String, dim: usize, seed: u64, per: &serde_json::Value| {
+        let e = pools.entry((method, dim)).or_default();
+        let mut sum = 0.0;
+        let mut n = 0.0;
+        for ps in per.as_array().into_iter().flatten() {
+            let v = ps[1].as_f64().unwrap_or(f64::NAN);
+            e.0.entry(ps[0].as_str().unwrap_or("?").to_owned())
+                .or_default()
+                .push(v);
+            sum += v;
+            n += 1.0;
+        }
+        e.1.push(sum / f64::max(n, 1.0));
+        e.2.push(seed);
+    };
+    for r in &args.runs {
+        if r.join("reduction.json").is_file() {
+            let v = read_json(&r.join("reduction.json"))?;
+            let t = &v["training"];
+            let best = &t["best"];
+            ensure!(
+                best.is_object(),
+                "{}: the run has no dev score",
+                r.display()
+            );
+            let method = v["method"].as_str().unwrap_or("?").to_owned();
+            let seed = t["config"]["seed"].as_u64().unwrap_or(0);
+            for d in best["per_dim"].as_array().into_iter().flatten() {
+                let dim = d["dim"].as_u64().unwrap_or(0) as usize;
+                add_pool(method.clone(), dim, seed, &d["per_source"]);
+            }
+            if full.is_none() && t["full"].is_object() {
+                full = Some((
+                    t["full"]["dim"].as_u64().unwrap_or(0) as usize,
+                    t["full"].clone(),
+                ));
+            }
+        } else if r.join("training.json").is_file() {
+            let v = read_json(&r.join("training.json"))?;
+            let best = &v["best"];
+            ensure!(
+                best.is_object(),
+                "{}: the run has no dev score",
+                r.display()
+            );
+            let dim = v["config"]["spec"]["out_dim"].as_u64().unwrap_or(0) as usize;
+            let method = format!("head ({})", v["head"].as_str().unwrap_or("?"));
+            add_pool(
+                method,
+                dim,
+                v["config"]["seed"].as_u64().unwrap_or(0),
+                &best["per_source"],
+            );
+        } else if r.is_file() {
+            let v = read_json(r)?;
+            ensure!(
+                v["rows"].is_array(),
+                "{}: not a `reduce plan --json` file",
+                r.display()
+            );
+            let method = match v["reduction"].as_str() {
+                Some(d) => read_json(&Path::new(d).join("reduction.json"))
+                    .ok()
+                    .and_then(|j| j["method"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "?".into()),
+                None => "model".into(),
+            };
+            let dataset = Path::new(v["dataset"].as_str().unwrap_or("?"))
+                .file_name()
+                .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+            let model_dim = v["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| x["dim"].as_u64().unwrap_or(0))
+                .max()
+                .unwrap_or(0);
+            for row in v["rows"].as_array().into_iter().flatten() {
+                let dim = row["dim"].as_u64().unwrap_or(0);
+                let m = if method == "model" {
+                    format!(
+                        "head {}",
+                        Path::new(v["model"].as_str().unwrap_or("?"))
+                            .file_name()
+                            .map_or("?".into(), |n| n.to_string_lossy().into_owned())
+                    )
+                } else if dim == model_dim {
+                    "full".into()
+                } else {
+                    method.clone()
+                };
+                plans
+                    .entry((
+                        m,
+                        dim as usize,
+                        row["codec"].as_str().unwrap_or("?").to_owned(),
+                    ))
+                    .or_default()
+                    .insert(dataset.clone(), row.clone());
+            }
+        } else {
+            bail!(
+                "{}: neither a reduction folder, a head model folder nor a plan JSON file",
+                r.display()
+            );
+        }
+    }
+    let pm = |v: &[f64]| {
+        let (m, s) = mean_std(v);
+        if v.len() > 1 {
+            format!("{m:.4} ± {s:.4}")
+        } else {
+            format!("{m:.4}")
+        }
+    };
+    if !pools.is_empty() {
+        let datasets: Vec<String> = pools
+            .values()
+            .flat_map(|p| p.0.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        println!("Dev nDCG@10 on the fixed pools (exact MaxSim, f32 vectors):\n");
+        let mut head = String::from("| method | dim | seeds |");
+        let mut rule = String::from("|---|---:|---|");
+        for d in &datasets {
+            head += &format!(" {d} |");
+            rule += "---:|";
+        }
+        println!("{head} mean |\n{rule}---:|");
+        let mut keys: Vec<&(String, usize)> = pools.keys().collect();
+        keys.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
+        for k in keys {
+            let p = &pools[k];
+            let mut line = format!(
+                "| {} | {} | {} |",
+                k.0,
+                k.1,
+                p.2.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            );
+            for d in &datasets {
+                line += &format!(" {} |", p.0.get(d).map_or("–".into(), |v| pm(v)));
+            }
+            println!("{line} {} |", pm(&p.1));
+        }
+        if let Some((dim, f)) = &full {
+            let mut line = format!("| full (no reduction) | {dim} | – |");
+            for d in &datasets {
+                let v = f["per_source"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p[0].as_str() == Some(d.as_str()))
+                    .and_then(|p| p[1].as_f64());
+                line += &format!(" {} |", v.map_or("–".into(), |x| format!("{x:.4}")));
+            }
+            println!("{line} {:.4} |", f["ndcg10"].as_f64().unwrap_or(f64::NAN));
+        }
+        println!();
+    }
+    if !plans.is_empty() {
+        let datasets: Vec<String> = plans
+            .values()
+            .flat_map(|p| p.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        println!("Full indexes (PLAID search, k = 10):\n");
+        let mut head = String::from("| method | dim | codec | bytes/token |");
+        let mut rule = String::from("|---|---:|---|---:|");
+        for d in &datasets {
+            head += &format!(" {d} nDCG@10 | {d} p50 ms | {d} MiB | {d} build s |");
+            rule += "---:|---:|---:|---:|";
+        }
+        println!("{head} mean nDCG@10 |\n{rule}---:|");
+        let mut keys: Vec<&(String, usize, String)> = plans.keys().collect();
+        keys.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
+        let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        for k in keys {
+            let per = &plans[k];
+            let any = per.values().next().expect("a row");
+            let bytes = any["bytes_per_token"].as_f64().unwrap_or(0.0);
+            let mut line = format!("| {} | {} | {} | {bytes:.0} |", k.0, k.1, k.2);
+            let mut vals = Vec::new();
+            for d in &datasets {
+                match per.get(d) {
+                    Some(r) => {
+                        let n = r["ndcg10"].as_f64().unwrap_or(f64::NAN);
+                        vals.push(n);
+                        line += &format!(
+                            " {n:.4} | {:.1} | {:.1} | {:.1} |",
+                            r["search_p50_ms"].as_f64().unwrap_or(f64::NAN),
+                            r["index_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
+                            r["build_s"].as_f64().unwrap_or(f64::NAN)
+                        );
+                    }
+                    None => line += " – | – | – | – |",
+                }
+            }
+            let mean = if vals.len() == datasets.len() {
+                vals.iter().sum::<f64>() / vals.len() as f64
+            } else {
+                f64::NAN
+            };
+            println!("{line} {mean:.4} |");
+            if mean.is_finite() {
+                let label = if k.0 == "full" || k.0.starts_with("head") {
+                    format!("{} ({})", if k.0 == "full" { "full" } else { "heads" }, k.2)
+                } else {
+                    format!("{} ({})", k.0, k.2)
+                };
+                series.entry(label).or_default().push((bytes, mean));
+            }
+        }
+        if let Some(stem) = &args.plot {
+            let series: Vec<plot::Series> = series
+                .into_iter()
+                .map(|(name, mut points)| {
+                    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    plot::Series { name, points }
+                })
+                .collect();
+            if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+            }
+            plot::line_chart(
+                stem,
+                "nDCG@10 (dev mean) against index bytes per token",
+                "bytes per token (codec + 4-byte centroid id)",
+                "nDCG@10",
+                &series,
+            )?;
+            eprintln!("plot: {}.png, {}.svg", stem.display(), stem.display());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(dim: usize, codec: &str, ndcg10: f64, p50: f64, fits: bool) -> PlanRow {
+        PlanRow {
+            dim,
+            codec: codec.into(),
+            bytes_per_token: 0.0,
+            measured_bytes_per_token: 0.0,
+            fits,
+            reference: !fits,
+            ndcg10,
+            recall: 0.0,
+            search_p50_ms: p50,
+            index_bytes: 0,
+            build_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn bytes_count_the_codec_and_the_centroid_id() {
+        assert_eq!(bytes_per_token(CodecKind::F16, 128), 260.0);
+        assert_eq!(
+            bytes_per_token(CodecKind::Residual { nbits: 2 }, 384),
+            100.0
+        );
+        assert_eq!(bytes_per_token(CodecKind::Residual { nbits: 1 }, 96), 16.0);
+        assert_eq!(bytes_per_token(CodecKind::Int8, 8), 16.0);
+    }
+
+    #[test]
+    fn the_recommendation_is_the_best_fitting_pair_and_the_faster_of_near_ties() {
+        let rows = vec![
+            row(32, "residual2", 0.700, 5.0, true),
+            row(48, "residual2", 0.7015, 7.0, true),
+            row(96, "residual1", 0.690, 4.0, true),
+            row(128, "f16", 0.800, 20.0, false),
+        ];
+        // 0.7015 is best; 0.700 is within 0.002 and faster; the reference
+        // does not fit.
+        assert_eq!(recommend(&rows), Some(0));
+        assert_eq!(recommend(&rows[3..]), None);
     }
 }

@@ -1179,7 +1179,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 }
 
 /// Mean and sample standard deviation.
-fn mean_std(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n.max(1.0);
     let var = if v.len() > 1 {

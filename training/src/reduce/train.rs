@@ -50,6 +50,12 @@ pub struct ReduceConfig {
     pub seed: u64,
     pub eval_every: usize,
     pub checkpoint_every: usize,
+    /// Train `U = U_pca · cayley(X)` from `X = 0` instead of starting `X`
+    /// at the inverse Cayley transform of the PCA basis: the same set of
+    /// rotations, but the map is well conditioned at the start whatever the
+    /// PCA basis's eigenvalues.
+    #[serde(default)]
+    pub relative: bool,
 }
 
 impl ReduceConfig {
@@ -283,8 +289,14 @@ pub fn train(
         .view([k, k])
         .to_kind(Kind::Double)
         .to_device(device);
-    let (x0, base, exact) = match inverse_cayley(&pca_u) {
+    let inverse = if cfg.relative {
+        None
+    } else {
+        inverse_cayley(&pca_u)
+    };
+    let (x0, base, exact) = match inverse {
         Some(x) => (x, Tensor::eye(k, (Kind::Double, device)), true),
+        None if cfg.relative => (Tensor::zeros([k, k], (Kind::Double, device)), pca_u, false),
         None => {
             tracing::warn!(
                 "PCA basis too close to an eigenvalue −1: training U = U_pca · cayley(X)"

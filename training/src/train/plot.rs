@@ -75,7 +75,7 @@ fn plot_err(path: &Path, m: String) -> TrainingError {
     TrainingError::InvalidInput(format!("{}: cannot draw: {m}", path.display()))
 }
 
-const COLOURS: [RGBColor; 8] = [
+const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -84,6 +84,8 @@ const COLOURS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
 fn draw<DB: DrawingBackend>(
