@@ -192,15 +192,14 @@ fn cli_ids(index: &Path, query: &str, extra: &[&str]) -> Vec<String> {
 
 /// The tiny model's vectors of `text` as a query, packed for the wire.
 fn encoded_query(text: &str) -> pb::TokenVectors {
+    let (flat, n) = query_vectors(&tiny(), text);
+    tessera_proto::pack_vectors(&flat, n)
+}
+
+/// A model's query vectors of `text` (row-major) and their count.
+fn query_vectors(model: &str, text: &str) -> (Vec<f32>, usize) {
     let v: serde_json::Value = serde_json::from_str(&ok(&tessera(&[
-        "encode",
-        "--model",
-        &tiny(),
-        "--device",
-        "cpu",
-        "--query",
-        text,
-        "--json",
+        "encode", "--model", model, "--device", "cpu", "--query", text, "--json",
     ])))
     .unwrap();
     let toks = v["tokens"].as_array().unwrap();
@@ -214,7 +213,7 @@ fn encoded_query(text: &str) -> pb::TokenVectors {
                 .map(|x| x.as_f64().unwrap() as f32)
         })
         .collect();
-    tessera_proto::pack_vectors(&flat, toks.len())
+    (flat, toks.len())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,31 +260,10 @@ async fn an_index_built_at_r_32_is_served() {
     }
     // Query vectors come at the model's width (64) and are reduced by the
     // server like documents were; 32-dim ones are refused.
-    let v: serde_json::Value = serde_json::from_str(&ok(&tessera(&[
-        "encode",
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--query",
-        "what about moon tides ocean",
-        "--json",
-    ])))
-    .unwrap();
-    let toks = v["tokens"].as_array().unwrap();
-    let flat: Vec<f32> = toks
-        .iter()
-        .flat_map(|t| {
-            t["vector"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-        })
-        .collect();
-    assert_eq!(flat.len(), toks.len() * 64);
+    let (flat, n) = query_vectors(model.to_str().unwrap(), "what about moon tides ocean");
+    assert_eq!(flat.len(), n * 64);
     let by_vectors = pb::Query {
-        vectors: Some(tessera_proto::pack_vectors(&flat, toks.len())),
+        vectors: Some(tessera_proto::pack_vectors(&flat, n)),
         ..text_query("", 3)
     };
     let r = c
@@ -299,7 +277,7 @@ async fn an_index_built_at_r_32_is_served() {
     );
     let half: Vec<f32> = flat.chunks(64).flat_map(|c| c[..32].to_vec()).collect();
     let wrong = pb::Query {
-        vectors: Some(tessera_proto::pack_vectors(&half, toks.len())),
+        vectors: Some(tessera_proto::pack_vectors(&half, n)),
         ..text_query("", 3)
     };
     let e = c.search(search_req(vec![wrong])).await.unwrap_err();

@@ -472,7 +472,6 @@ pub(crate) fn cached_dataset_index(
         .dir
         .canonicalize()
         .with_context(|| dataset.dir.display().to_string())?;
-    let dname = dataset_name(&canonical);
     let key = encoding_key(
         dataset,
         &canonical,
@@ -480,8 +479,16 @@ pub(crate) fn cached_dataset_index(
         records,
         model_args.resolved_precision()?,
     )?;
-    let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir)?;
-    Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En, None)?.0)
+    let enc = cached_dataset_encoding(dataset, model_args, model_dir, records)?;
+    Ok(cached_index(
+        &enc,
+        &dataset_name(&canonical),
+        key,
+        "residual2",
+        Analyzer::En,
+        None,
+    )?
+    .0)
 }
 
 /// The cached encoding (the model's vectors) of a dataset's corpus, as

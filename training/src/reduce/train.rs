@@ -15,7 +15,7 @@
 //! Validation scores every `r` on fixed dev pools; the best mean over `r`
 //! is kept.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -369,7 +369,7 @@ pub fn train(
         // The PCA starting point, scored like every later step.
         let _g = tch::no_grad_guard();
         if let Some(d) = (hooks.validate)(&params.reduction(cfg))? {
-            append(&metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
+            crate::train::append_metric(&metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
             devs.push(d.clone());
             (hooks.on_best)(&params.reduction(cfg), Some(&d))?;
             best = Some(d.clone());
@@ -445,7 +445,7 @@ pub fn train(
             orthogonality,
             seconds,
         };
-        append(&metrics, &serde_json::json!({"type": "step", "step": log}))?;
+        crate::train::append_metric(&metrics, &serde_json::json!({"type": "step", "step": log}))?;
         steps.push(log.clone());
         let last = step + 1 == cfg.steps;
         let mut dev = None;
@@ -454,7 +454,10 @@ pub fn train(
             let red = params.reduction(cfg);
             if let Some(mut d) = (hooks.validate)(&red)? {
                 d.step = step + 1;
-                append(&metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
+                crate::train::append_metric(
+                    &metrics,
+                    &serde_json::json!({"type": "dev", "dev": d}),
+                )?;
                 devs.push(d.clone());
                 if best.as_ref().is_none_or(|b| d.ndcg10 > b.ndcg10) {
                     (hooks.on_best)(&red, Some(&d))?;
@@ -518,34 +521,7 @@ fn write_checkpoint(out: &Path, p: &Params, opt: &AdamW, st: &ReduceCheckpoint) 
         serde_json::to_vec_pretty(st).expect("state serialises"),
     )
     .map_err(|e| TrainingError::io(&sp, e))?;
-    replace_dir(&tmp, &out.join("checkpoint"))
-}
-
-/// Moves `tmp` to `dst`, replacing what was there (the old copy is kept
-/// until the new one is in place).
-fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
-    let old: PathBuf = dst.with_extension("old");
-    if dst.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
-        }
-        std::fs::rename(dst, &old).map_err(|e| TrainingError::io(dst, e))?;
-    }
-    std::fs::rename(tmp, dst).map_err(|e| TrainingError::io(dst, e))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
-    }
-    Ok(())
-}
-
-fn append(path: &Path, v: &serde_json::Value) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| TrainingError::io(path, e))?;
-    writeln!(f, "{v}").map_err(|e| TrainingError::io(path, e))
+    crate::train::replace_dir(&tmp, &out.join("checkpoint"))
 }
 
 fn rewrite_metrics(path: &Path, steps: &[ReduceStep], dev: &[ReduceDev]) -> Result<()> {

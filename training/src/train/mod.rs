@@ -803,22 +803,28 @@ fn write_checkpoint(
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     let sp = tmp.join(CK_STATE);
     std::fs::write(&sp, json).map_err(|e| TrainingError::io(&sp, e))?;
-    let dst = out.join("checkpoint");
-    let old = out.join("checkpoint.old");
+    replace_dir(&tmp, &out.join("checkpoint"))
+}
+
+/// Moves folder `tmp` to `dst`, replacing what was there (the old copy is
+/// kept until the new one is in place).
+pub(crate) fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
+    let old = dst.with_extension("old");
     if dst.exists() {
         if old.exists() {
             std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
         }
-        std::fs::rename(&dst, &old).map_err(|e| TrainingError::io(&dst, e))?;
+        std::fs::rename(dst, &old).map_err(|e| TrainingError::io(dst, e))?;
     }
-    std::fs::rename(&tmp, &dst).map_err(|e| TrainingError::io(&dst, e))?;
+    std::fs::rename(tmp, dst).map_err(|e| TrainingError::io(dst, e))?;
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
     }
     Ok(())
 }
 
-fn append_metric(path: &Path, v: &serde_json::Value) -> Result<()> {
+/// Appends one JSON line to a metrics log.
+pub(crate) fn append_metric(path: &Path, v: &serde_json::Value) -> Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
