@@ -559,8 +559,13 @@ fn draw_dev_curves(out: &Path, dev: &[ReduceDev]) {
     }
 }
 
-/// Choose a (dim, codec) pair for a byte budget by measuring them.
+/// Choose a (dim, codec) pair for a byte budget by measuring them, and
+/// tabulate reduction experiments.
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction my-reduction\n  \
+    tessera reduce summarize runs/pca runs/orthogonal-s1 runs/plan-*.json --plot ndcg-vs-bytes\n\n\
+    Reductions are made by `tessera train reduce`.")]
 pub struct ReduceArgs {
     #[command(subcommand)]
     pub command: ReduceCommand,

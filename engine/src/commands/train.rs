@@ -44,9 +44,10 @@ use crate::searcher::{Engine, Retriever};
 
 /// Train the model's projection head on labelled or unlabelled data.
 #[derive(Args, Debug)]
-#[command(after_help = "Example:\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n\n\
-    See `tessera train heads --help` for every option.")]
+#[command(after_help = "Examples:\n  \
+    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n  \
+    tessera train reduce --dataset ../shared/datasets/scifact --dims 16,32,64 --out my-reduction\n\n\
+    See `tessera train heads --help` and `tessera train reduce --help` for every option.")]
 pub struct TrainArgs {
     #[command(subcommand)]
     pub what: TrainWhat,
