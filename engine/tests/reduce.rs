@@ -11,7 +11,14 @@ use std::path::Path;
 use common::{err, ids, ok, reduced_fixture, run, search_json, tiny, TOPICS};
 use tessera_training::reduce::{Method, Reduction};
 
-fn build(corpus: &Path, out: &Path, model: &Path, extra: &[&str], envs: &[(&str, &str)]) -> String {
+/// `tessera index build` of `corpus` into `out` with `model` (f16, CPU).
+fn index_build(
+    corpus: &Path,
+    out: &Path,
+    model: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> std::process::Output {
     let mut a = vec![
         "index",
         "build",
@@ -29,7 +36,11 @@ fn build(corpus: &Path, out: &Path, model: &Path, extra: &[&str], envs: &[(&str,
         "f16",
     ];
     a.extend_from_slice(extra);
-    ok(&run(&a, envs, None))
+    run(&a, envs, None)
+}
+
+fn build(corpus: &Path, out: &Path, model: &Path, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    ok(&index_build(corpus, out, model, extra, envs))
 }
 
 #[test]
@@ -173,22 +184,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     let corpus = ds.join("corpus.jsonl");
     let rs = red_dir.to_str().unwrap();
     let idx = dir.path().join("x.idx");
-    let build_err = |extra: &[&str], m: &Path| {
-        let mut a = vec![
-            "index",
-            "build",
-            "--input",
-            corpus.to_str().unwrap(),
-            "--out",
-            idx.to_str().unwrap(),
-            "--model",
-            m.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ];
-        a.extend_from_slice(extra);
-        err(&run(&a, &envs, None))
-    };
+    let build_err = |extra: &[&str], m: &Path| err(&index_build(&corpus, &idx, m, extra, &envs));
     // r outside the trained set.
     let e = build_err(&["--reduction", rs, "--dim", "24"], &model);
     assert!(e.contains("--dim 24") && e.contains("16,32"), "{e}");

@@ -460,14 +460,14 @@ fn cached_index(
     Ok((dir, Some(secs)))
 }
 
-/// The cached residual2 index (BM25 analyzer `en`) of a dataset's corpus
-/// encoded by the model in `model_dir`, as `tessera eval` builds it.
-pub(crate) fn cached_dataset_index(
+/// The name and encoding key of a dataset's corpus encoded by the model in
+/// `model_dir`.
+fn dataset_key(
     dataset: &Dataset,
     model_args: &ModelArgs,
     model_dir: &Path,
     records: &RecordArgs,
-) -> Result<PathBuf> {
+) -> Result<(String, u64)> {
     let canonical = dataset
         .dir
         .canonicalize()
@@ -479,16 +479,20 @@ pub(crate) fn cached_dataset_index(
         records,
         model_args.resolved_precision()?,
     )?;
-    let enc = cached_dataset_encoding(dataset, model_args, model_dir, records)?;
-    Ok(cached_index(
-        &enc,
-        &dataset_name(&canonical),
-        key,
-        "residual2",
-        Analyzer::En,
-        None,
-    )?
-    .0)
+    Ok((dataset_name(&canonical), key))
+}
+
+/// The cached residual2 index (BM25 analyzer `en`) of a dataset's corpus
+/// encoded by the model in `model_dir`, as `tessera eval` builds it.
+pub(crate) fn cached_dataset_index(
+    dataset: &Dataset,
+    model_args: &ModelArgs,
+    model_dir: &Path,
+    records: &RecordArgs,
+) -> Result<PathBuf> {
+    let (dname, key) = dataset_key(dataset, model_args, model_dir, records)?;
+    let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir)?;
+    Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En, None)?.0)
 }
 
 /// The cached encoding (the model's vectors) of a dataset's corpus, as
@@ -499,18 +503,7 @@ pub(crate) fn cached_dataset_encoding(
     model_dir: &Path,
     records: &RecordArgs,
 ) -> Result<PathBuf> {
-    let canonical = dataset
-        .dir
-        .canonicalize()
-        .with_context(|| dataset.dir.display().to_string())?;
-    let dname = dataset_name(&canonical);
-    let key = encoding_key(
-        dataset,
-        &canonical,
-        model_dir,
-        records,
-        model_args.resolved_precision()?,
-    )?;
+    let (dname, key) = dataset_key(dataset, model_args, model_dir, records)?;
     cached_encoding(model_args, records, dataset, &dname, key, model_dir)
 }
 

@@ -218,14 +218,7 @@ const CK_STATE: &str = "state.json";
 
 /// Reads `out/checkpoint/state.json` if there is one.
 pub fn read_checkpoint(out: &Path) -> Result<Option<ReduceCheckpoint>> {
-    let path = out.join("checkpoint").join(CK_STATE);
-    if !path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainingError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| TrainingError::config(&path, crate::config::json_message(&e)))
+    crate::train::read_checkpoint_state(out)
 }
 
 /// Refuses to resume a checkpoint of another nested set, width or past

@@ -497,6 +497,13 @@ const CK_STATE: &str = "state.json";
 
 /// Reads `dir/checkpoint/state.json` if there is one.
 pub fn read_checkpoint(dir: &Path) -> Result<Option<CheckpointState>> {
+    read_checkpoint_state(dir)
+}
+
+/// `dir/checkpoint/state.json` as any trainer's state type, if there is one.
+pub(crate) fn read_checkpoint_state<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+) -> Result<Option<T>> {
     let path = dir.join("checkpoint").join(CK_STATE);
     if !path.is_file() {
         return Ok(None);
