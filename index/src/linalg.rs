@@ -56,6 +56,22 @@ pub fn dot_block(a: &[f32], b: &[f32], dim: usize, out: &mut [f32]) {
     }
 }
 
+/// Hints the CPU to start loading the cache line holding `x` (a no-op
+/// elsewhere).
+#[inline]
+pub fn prefetch_line<T>(x: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint that never faults; the reference is
+    // valid anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (x as *const T).cast(),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = x;
+}
+
 /// Hints the CPU to start loading `v` into cache (a no-op elsewhere).
 #[inline]
 pub fn prefetch(v: &[f32]) {
@@ -112,9 +128,16 @@ pub fn signed_levels() -> f32 {
 /// `q ∈ [−127, 127]`), for integer dot products ([`dot_block_i8`]).
 /// *Unsigned* rows hold `q + 128` (the VNNI instruction multiplies
 /// unsigned by signed bytes); signed rows hold `q` and `128 · Σ q`.
+///
+/// Each row is padded to [`QuantRows::stride`] bytes (a multiple of 32)
+/// with the code of 0 (128 unsigned, 0 signed), so the kernels never run
+/// a scalar tail: a padded product is `x · 0` on the signed side, and the
+/// correction sums only real values.
 #[derive(Debug, Clone)]
 pub struct QuantRows {
     pub dim: usize,
+    /// Bytes per row: `dim` rounded up to a multiple of [`QUANT_ALIGN`].
+    pub stride: usize,
     pub bytes: Vec<u8>,
     pub scale: Vec<f32>,
     /// `128 · Σ q` per row (signed rows), which undoes the other side's
@@ -132,9 +155,12 @@ impl QuantRows {
     pub fn with_levels(rows: &[f32], dim: usize, unsigned: bool, levels: f32) -> Self {
         let levels = levels.clamp(1.0, 127.0);
         let n = rows.len().checked_div(dim).unwrap_or(0);
+        let stride = dim.next_multiple_of(QUANT_ALIGN);
+        let pad = if unsigned { 128u8 } else { 0 };
         let mut q = Self {
             dim,
-            bytes: Vec::with_capacity(n * dim),
+            stride,
+            bytes: Vec::with_capacity(n * stride),
             scale: Vec::with_capacity(n),
             corr: Vec::with_capacity(n),
             unsigned,
@@ -152,6 +178,7 @@ impl QuantRows {
                     v as i8 as u8
                 });
             }
+            q.bytes.resize(q.bytes.len() + stride - dim, pad);
             q.scale.push(s);
             q.corr.push(128.0 * sum as f32);
         }
@@ -161,7 +188,16 @@ impl QuantRows {
     pub fn rows(&self) -> usize {
         self.scale.len()
     }
+
+    /// Row `i`'s bytes, padding included.
+    pub fn row(&self, i: usize) -> &[u8] {
+        &self.bytes[i * self.stride..(i + 1) * self.stride]
+    }
 }
+
+/// [`QuantRows`] pad their rows to a multiple of this many bytes: one
+/// AVX2 register (half an AVX-512 one, whose kernel masks its tail).
+pub const QUANT_ALIGN: usize = 32;
 
 /// `out[(i − start)·nb + j] ≈ a_i · b_j` for the rows `i` of `a` in
 /// `rows`, from quantised rows: `a` unsigned, `b` signed ([`QuantRows`]).
@@ -172,19 +208,23 @@ impl QuantRows {
 /// `out` (caller bugs).
 pub fn dot_block_i8(a: &QuantRows, rows: std::ops::Range<usize>, b: &QuantRows, out: &mut [f32]) {
     assert!(a.unsigned && !b.unsigned && a.dim == b.dim && rows.end <= a.rows());
-    let (na, nb, dim) = (rows.len(), b.rows(), a.dim);
+    // The kernels run over whole padded rows (no tails).
+    let (na, nb, stride) = (rows.len(), b.rows(), a.stride);
     assert!(out.len() >= na * nb);
-    let (bytes, scale) = (&a.bytes[rows.start * dim..rows.end * dim], &a.scale[rows]);
-    if na == 0 || nb == 0 || dim == 0 {
+    let (bytes, scale) = (
+        &a.bytes[rows.start * stride..rows.end * stride],
+        &a.scale[rows],
+    );
+    if na == 0 || nb == 0 || stride == 0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if vnni_enabled() {
         let signed: &[i8] = bytemuck::cast_slice(&b.bytes);
         // SAFETY: AVX-512F/BW/VNNI were detected at run time; the row
-        // counts come from the scales, and `QuantRows::new` writes exactly
-        // `rows · dim` bytes and one scale and correction per row.
-        unsafe { avx512::dot_block_u8i8(bytes, scale, signed, &b.scale, &b.corr, dim, out) };
+        // counts come from the scales, and `QuantRows::with_levels` writes
+        // exactly `rows · stride` bytes and one scale and correction per row.
+        unsafe { avx512::dot_block_u8i8(bytes, scale, signed, &b.scale, &b.corr, stride, out) };
         return;
     }
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -194,19 +234,19 @@ pub fn dot_block_i8(a: &QuantRows, rows: std::ops::Range<usize>, b: &QuantRows, 
     {
         let signed: &[i8] = bytemuck::cast_slice(&b.bytes);
         // SAFETY: AVX2 is enabled at compile time (cfg above); the row
-        // counts come from the scales, `QuantRows::new` writes exactly
-        // `rows · dim` bytes and one scale and correction per row, and the
-        // signed side was just checked to be within the kernel's ±64.
-        unsafe { avx2::dot_block_u8i8(bytes, scale, signed, &b.scale, &b.corr, dim, out) };
+        // counts come from the scales, `QuantRows::with_levels` writes
+        // exactly `rows · stride` bytes (a multiple of 32 per row) and one
+        // scale and correction per row, and the signed side was just
+        // checked to be within the kernel's ±64.
+        unsafe { avx2::dot_block_u8i8(bytes, scale, signed, &b.scale, &b.corr, stride, out) };
         return;
     }
     for i in 0..na {
-        let x = &bytes[i * dim..(i + 1) * dim];
+        let x = &bytes[i * stride..(i + 1) * stride];
         for j in 0..nb {
-            let y = &b.bytes[j * dim..(j + 1) * dim];
             let s: i32 = x
                 .iter()
-                .zip(y)
+                .zip(b.row(j))
                 .map(|(&u, &v)| i32::from(u) * i32::from(v as i8))
                 .sum();
             out[i * nb + j] = (s as f32 - b.corr[j]) * scale[i] * b.scale[j];
@@ -320,6 +360,39 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
+}
+
+/// One row of query-token scores (one centroid against every query token)
+/// as the i8 table of PLAID's approximate pass: `out[i] = round(row[i] ·
+/// scale)` (half to even, clamped to ±127) for `i < row.len()`, 0 beyond,
+/// or all 0 when the row's best score is under `threshold`. Returns the
+/// best score.
+///
+/// # Panics
+/// If `out.len()` is not `row.len()` rounded up to a multiple of 32.
+pub fn quantize_scores(row: &[f32], scale: f32, threshold: f32, out: &mut [i8]) -> f32 {
+    assert_eq!(out.len(), row.len().div_ceil(32) * 32);
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        // SAFETY: AVX2 is enabled at compile time (cfg above); the output
+        // length was checked above.
+        unsafe { avx2::quantize_scores(row, scale, threshold, out) }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    quantize_scores_scalar(row, scale, threshold, out)
+}
+
+/// [`quantize_scores`] without SIMD (the reference the kernel is tested
+/// against).
+pub fn quantize_scores_scalar(row: &[f32], scale: f32, threshold: f32, out: &mut [i8]) -> f32 {
+    let best = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    out.fill(0);
+    if best >= threshold {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = (x * scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+    }
+    best
 }
 
 /// Squared L2 norm.
@@ -592,11 +665,40 @@ mod tests {
     }
 
     #[test]
+    fn quantised_scores_match_the_scalar_reference() {
+        for n in [1usize, 7, 8, 31, 32, 33, 64, 70] {
+            let row: Vec<f32> = (0..n).map(|i| ((i * 7 + 3) as f32 * 0.61).sin()).collect();
+            // Exact halves (ties go to even), values past ±127 (clamped),
+            // and a threshold above the best (all zero).
+            let ties: Vec<f32> = (0..n).map(|i| i as f32 - 40.5).collect();
+            let cases = [
+                (&row, 100.0, 0.0),
+                (&row, 300.0, -1.0),
+                (&row, 100.0, 2.0),
+                (&ties, 1.0, -100.0),
+                (&ties, 5.0, -100.0),
+            ];
+            for (r, scale, threshold) in cases {
+                let len = n.div_ceil(32) * 32;
+                let (mut a, mut b) = (vec![9i8; len], vec![9i8; len]);
+                let ba = quantize_scores(r, scale, threshold, &mut a);
+                let bb = quantize_scores_scalar(r, scale, threshold, &mut b);
+                assert_eq!(ba, bb, "n {n}");
+                assert_eq!(a, b, "n {n} scale {scale} threshold {threshold}");
+            }
+        }
+        // Ties to even: 0.5 → 0, 1.5 → 2, −2.5 → −2.
+        let mut out = [0i8; 32];
+        quantize_scores(&[0.5, 1.5, -2.5], 1.0, f32::NEG_INFINITY, &mut out);
+        assert_eq!(out[..4], [0, 2, -2, 0]);
+    }
+
+    #[test]
     fn quantised_dots_are_close_to_float_dots() {
         // 127 levels: VNNI or plain loops; 64: the AVX2 kernel where built.
         for (levels, dim) in [127.0, 64.0]
             .into_iter()
-            .flat_map(|l| [3, 64, 100, 384].map(|d| (l, d)))
+            .flat_map(|l| [3, 16, 48, 64, 100, 384].map(|d| (l, d)))
         {
             for (na, nb) in [(1, 1), (5, 7), (9, 21)] {
                 let a: Vec<f32> = (0..na * dim).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -612,10 +714,10 @@ mod tests {
                         let (x, y) = (&a[i * dim..(i + 1) * dim], &b[j * dim..(j + 1) * dim]);
                         // Exactly the integer formula (the VNNI kernel and
                         // the plain loops must agree) ...
-                        let (u, v) = (
-                            &qa.bytes[i * dim..(i + 1) * dim],
-                            &qb.bytes[j * dim..(j + 1) * dim],
-                        );
+                        let (u, v) = (&qa.row(i)[..dim], &qb.row(j)[..dim]);
+                        // Padding is the code of 0 on both sides.
+                        assert!(qa.row(i)[dim..].iter().all(|&p| p == 128));
+                        assert!(qb.row(j)[dim..].iter().all(|&p| p == 0));
                         let n: i32 = u
                             .iter()
                             .zip(v)

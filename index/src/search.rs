@@ -27,8 +27,8 @@ use crate::error::{IndexError, Result};
 use crate::filter::{FieldValue, Filter};
 use crate::index::{Index, StoredDoc};
 use crate::linalg::{
-    dot, dot_block, dot_block_i8, int8_kernel_enabled, maxsim_rows, norm2, prefetch, signed_levels,
-    QuantRows,
+    dot, dot_block, dot_block_i8, int8_kernel_enabled, maxsim_rows, norm2, prefetch, prefetch_line,
+    quantize_scores, signed_levels, QuantRows,
 };
 use crate::maxsim::Scratch;
 use crate::vectors::TokenVectors;
@@ -477,7 +477,14 @@ impl Index {
                 |acc, (s, d)| {
                     acc.fill([i8::MIN; I8_LANES]);
                     let seg = &self.segments()[s];
-                    for &c in &seg.codes()[seg.token_range(d)] {
+                    let codes = &seg.codes()[seg.token_range(d)];
+                    for (t, &c) in codes.iter().enumerate() {
+                        // The rows are read in code order, far apart in a
+                        // table larger than L1: ask for one a few tokens
+                        // ahead while this one is folded in.
+                        if let Some(&n) = codes.get(t + PREFETCH_AHEAD) {
+                            prefetch_line(&table[n as usize * blocks]);
+                        }
                         let rows = &table[c as usize * blocks..(c as usize + 1) * blocks];
                         for (a, r) in acc.iter_mut().zip(rows) {
                             max_i8x32(a, r);
@@ -633,12 +640,16 @@ impl Index {
     /// scores only choose cells and approximate ranks; the exact re-rank
     /// does not use them.
     fn centroid_pass(&self, q: &[f32], n_probe: Option<usize>, threshold: f32) -> CentroidPass {
-        // Large enough that filling each block's best-cell lists is cheap
-        // next to scanning it; small enough to stay in L2 and share out.
-        const BLOCK: usize = 2048;
         let dim = self.dim();
         let centroids = self.centroids();
         let (k, nq) = (centroids.len() / dim, q.len() / dim);
+        // Rows per parallel block: one block per thread (at least 2,048
+        // rows). Each block starts its best-cell lists from nothing, and
+        // filling them — every row beats the bar at first — costs more
+        // than the scan itself in small blocks: 8 blocks of 2,048 where 2
+        // of 8,192 would do made the whole search 1.4× slower on 16,384
+        // centroids (docs/BENCHMARKS.md).
+        let block = k.div_ceil(rayon::current_num_threads()).max(2048);
         let q = &q[..nq * dim];
         let blocks = nq.div_ceil(I8_LANES);
         // |score| ≤ max |q_i| · max |c|: a scale fixed before any score is
@@ -661,10 +672,10 @@ impl Index {
         let mut table = TABLE.with(|t| std::mem::take(&mut *t.borrow_mut()));
         table.resize(k * blocks, [0; I8_LANES]);
         let tops = table
-            .par_chunks_mut(BLOCK * blocks)
+            .par_chunks_mut(block * blocks)
             .enumerate()
             .map_init(Vec::new, |out, (b, tab)| {
-                let first = b * BLOCK;
+                let first = b * block;
                 let n_rows = tab.len() / blocks;
                 let rows = first..first + n_rows;
                 out.resize(n_rows * nq, 0.0);
@@ -672,42 +683,17 @@ impl Index {
                     Some((cq, qq)) => dot_block_i8(cq, rows, qq, out),
                     None => dot_block(&centroids[rows.start * dim..rows.end * dim], q, dim, out),
                 }
-                for (row, t) in out.chunks_exact(nq).zip(tab.chunks_exact_mut(blocks)) {
-                    let best = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    let t = t.as_flattened_mut();
-                    t.fill(0);
-                    if best >= threshold {
-                        for (o, &x) in t.iter_mut().zip(row) {
-                            *o = (x * scale).round_ties_even().clamp(-127.0, 127.0) as i8;
-                        }
+                // One walk down the rows: each row becomes its i8 table
+                // row and (PLAID) is offered to the tokens' best-cell lists.
+                let mut lists = n_probe.map(|n| CellLists::new(nq, n));
+                let rows = out.chunks_exact(nq).zip(tab.chunks_exact_mut(blocks));
+                for (c, (row, t)) in rows.enumerate() {
+                    quantize_scores(row, scale, threshold, t.as_flattened_mut());
+                    if let Some(l) = &mut lists {
+                        l.offer(row, (first + c) as u32);
                     }
                 }
-                let Some(n) = n_probe else {
-                    return Vec::new();
-                };
-                // Per token, a column walk with an unsorted buffer of at
-                // most 2n entries and the bar an entry must beat (a
-                // predictable branch); a full buffer is cut back to its n
-                // best.
-                let tops: Vec<Vec<(f32, u32)>> = (0..nq)
-                    .map(|i| {
-                        let mut top: Vec<(f32, u32)> = Vec::with_capacity(2 * n);
-                        let mut bar = f32::NEG_INFINITY;
-                        for c in 0..n_rows {
-                            let v = out[c * nq + i];
-                            if v > bar {
-                                top.push((v, (first + c) as u32));
-                                if top.len() == 2 * n {
-                                    cut_to_best(&mut top, n);
-                                    bar = top[n - 1].0;
-                                }
-                            }
-                        }
-                        cut_to_best(&mut top, n);
-                        top
-                    })
-                    .collect();
-                tops
+                lists.map_or_else(Vec::new, CellLists::finish)
             })
             .reduce(Vec::new, |a, b| merge_tops(a, b, n_probe.unwrap_or(0)))
             .into_iter()
@@ -723,6 +709,62 @@ impl Index {
 thread_local! {
     /// The last [`CentroidPass::table`] this thread made, for reuse.
     static TABLE: std::cell::RefCell<Vec<[i8; I8_LANES]>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Each query token's best cells while the centroid rows stream by: per
+/// token an unsorted buffer of at most 2n entries and the bar an entry
+/// must beat (the n-th best so far); a full buffer is cut back to its n
+/// best. Rows are offered whole, so the common case — no token's bar
+/// beaten — is a vector compare per 8 tokens.
+struct CellLists {
+    n: usize,
+    bars: Vec<f32>,
+    tops: Vec<Vec<(f32, u32)>>,
+}
+
+impl CellLists {
+    fn new(nq: usize, n: usize) -> Self {
+        Self {
+            n,
+            bars: vec![f32::NEG_INFINITY; nq],
+            tops: (0..nq).map(|_| Vec::with_capacity(2 * n)).collect(),
+        }
+    }
+
+    /// Offers cell `cell`, whose score against token i is `row[i]`.
+    fn offer(&mut self, row: &[f32], cell: u32) {
+        if !any_above(row, &self.bars) {
+            return;
+        }
+        let n = self.n;
+        for ((top, bar), &v) in self.tops.iter_mut().zip(&mut self.bars).zip(row) {
+            if v > *bar {
+                top.push((v, cell));
+                if top.len() == 2 * n {
+                    cut_to_best(top, n);
+                    *bar = top[n - 1].0;
+                }
+            }
+        }
+    }
+
+    /// Per token, its n best cells (unsorted; fewer if fewer were offered).
+    fn finish(mut self) -> Vec<Vec<(f32, u32)>> {
+        for t in &mut self.tops {
+            cut_to_best(t, self.n);
+        }
+        self.tops
+    }
+}
+
+/// How many tokens ahead the approximate pass prefetches table rows.
+const PREFETCH_AHEAD: usize = 4;
+
+/// Whether any `row[i] > bars[i]` (no early exit, so it vectorises).
+fn any_above(row: &[f32], bars: &[f32]) -> bool {
+    row.iter()
+        .zip(bars)
+        .fold(false, |hit, (v, b)| hit | (v > b))
 }
 
 /// Best first; ties: lower id.
@@ -866,4 +908,44 @@ fn top_k(v: &mut Vec<(f32, usize, u32)>, k: usize) {
         v.truncate(k);
     }
     v.sort_by(cmp);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The best-cell lists hold exactly each token's n best cells (ties:
+    /// lower id), whatever the rows' order of arrival and however the rows
+    /// are split into blocks and merged.
+    #[test]
+    fn cell_lists_keep_each_tokens_best_cells() {
+        let (rows, nq, n) = (3000usize, 5usize, 7usize);
+        // Scores on a coarse grid, so ties happen.
+        let scores: Vec<f32> = (0..rows * nq)
+            .map(|i| ((i * 2_654_435_761) % 97) as f32 / 8.0)
+            .collect();
+        let want: Vec<Vec<(f32, u32)>> = (0..nq)
+            .map(|t| {
+                let mut col: Vec<(f32, u32)> =
+                    (0..rows).map(|c| (scores[c * nq + t], c as u32)).collect();
+                col.sort_by(best_first);
+                col.truncate(n);
+                col
+            })
+            .collect();
+        for block in [rows, 1000, 64, 7] {
+            let mut merged = Vec::new();
+            for (b, chunk) in scores.chunks(block * nq).enumerate() {
+                let mut l = CellLists::new(nq, n);
+                for (c, row) in chunk.chunks_exact(nq).enumerate() {
+                    l.offer(row, (b * block + c) as u32);
+                }
+                merged = merge_tops(merged, l.finish(), n);
+            }
+            for t in &mut merged {
+                t.sort_by(best_first);
+            }
+            assert_eq!(merged, want, "blocks of {block}");
+        }
+    }
 }
