@@ -191,6 +191,40 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     // A reduction of 64-dim vectors for the 32-dim tiny model.
     let e = build_err(&["--reduction", rs, "--dim", "16"], Path::new(&tiny()));
     assert!(e.contains("64-dim") && e.contains("32-dim"), "{e}");
+    // eval refuses it too, before encoding the corpus.
+    let encodings = home.join("cache").join("encodings");
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let before = names(&encodings);
+    let tiny_model = tiny();
+    let e = err(&run(
+        &[
+            "eval",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--model",
+            tiny_model.as_str(),
+            "--reduction",
+            rs,
+            "--dim",
+            "16",
+            "--device",
+            "cpu",
+        ],
+        &envs,
+        None,
+    ));
+    assert!(e.contains("64-dim") && e.contains("32-dim"), "{e}");
+    assert_eq!(names(&encodings), before, "nothing was encoded");
     // --dim without --reduction.
     let e = build_err(&["--dim", "16"], &model);
     assert!(e.contains("--reduction"), "{e}");
@@ -208,6 +242,29 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         e.contains("reduction.safetensors") && e.contains("not orthogonal"),
         "{e}"
     );
+
+    // Bad data options are refused before any work, as train heads does.
+    for (w, want) in [("0", "not a positive weight"), ("1,1", "2 weights for 1")] {
+        let out = dir.path().join("never");
+        let e = err(&run(
+            &[
+                "train",
+                "reduce",
+                "--dataset",
+                ds.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--weights",
+                w,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &envs,
+            None,
+        ));
+        assert!(e.contains(want), "{e}");
+        assert!(!out.exists());
+    }
 
     // Index built with one reduction, searched with another or at another r.
     let small = dir.path().join("small.idx");

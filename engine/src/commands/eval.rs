@@ -380,6 +380,7 @@ fn cached_encoding(
     name: &str,
     key: u64,
     model_dir: &Path,
+    preloaded: Option<&tessera_training::Encoder>,
 ) -> Result<PathBuf> {
     let dir = cache_root()?
         .join("encodings")
@@ -392,17 +393,20 @@ fn cached_encoding(
         dataset.corpus_path().display(),
         dir.display()
     );
-    let model = ModelArgs {
-        model: Some(model_dir.to_owned()),
-        ..model_args.clone()
+    let loaded;
+    let encoder = match preloaded {
+        Some(e) => e,
+        None => {
+            loaded = model_args.load_dir(model_dir)?;
+            &loaded
+        }
     };
-    let encoder = model.load()?;
     let input = InputArgs {
         input: dataset.corpus_path(),
         records: records.clone(),
     };
     let t = Instant::now();
-    let st = encode_to_dir(&encoder, &input, &dir, true, 1024, Rerun::Automatically)?;
+    let st = encode_to_dir(encoder, &input, &dir, true, 1024, Rerun::Automatically)?;
     eprintln!(
         "encoded {} documents, {} tokens in {:.1} s{}",
         st.docs,
@@ -491,7 +495,7 @@ pub(crate) fn cached_dataset_index(
     records: &RecordArgs,
 ) -> Result<PathBuf> {
     let (dname, key) = dataset_key(dataset, model_args, model_dir, records)?;
-    let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir)?;
+    let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir, None)?;
     Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En, None)?.0)
 }
 
@@ -504,7 +508,7 @@ pub(crate) fn cached_dataset_encoding(
     records: &RecordArgs,
 ) -> Result<PathBuf> {
     let (dname, key) = dataset_key(dataset, model_args, model_dir, records)?;
-    cached_encoding(model_args, records, dataset, &dname, key, model_dir)
+    cached_encoding(model_args, records, dataset, &dname, key, model_dir, None)
 }
 
 /// Recall@10 of `run` against the top 10 of `truth`, over `queries`.
@@ -601,6 +605,13 @@ fn eval_dataset(
                 &args.records,
                 args.model.resolved_precision()?,
             )?;
+            // A reduction is checked against the model's width before the
+            // corpus is encoded (and the model loaded for it encodes).
+            let encoder = match &args.reduce.reduction {
+                Some(_) => Some(args.model.load_dir(&model_dir)?),
+                None => None,
+            };
+            let reduction = args.reduce.load(encoder.as_ref().map(|e| e.dim()))?;
             let enc = cached_encoding(
                 &args.model,
                 &args.records,
@@ -608,13 +619,9 @@ fn eval_dataset(
                 &dname,
                 key,
                 &model_dir,
+                encoder.as_ref(),
             )?;
-            let reduction = match &args.reduce.reduction {
-                Some(_) => args
-                    .reduce
-                    .load(Some(args.model.load_dir(&model_dir)?.dim()))?,
-                None => None,
-            };
+            drop(encoder);
             let (idx, built) = cached_index(
                 &enc,
                 &dname,

@@ -286,13 +286,14 @@ fn build(args: BuildArgs) -> Result<()> {
             args.out.display()
         );
     }
+    // A reduction is checked against the model's width before anything is
+    // encoded (and the model loaded for it encodes).
+    let mut encoder = None;
     if args.reduce.reduction.is_some() {
-        // Checked against the model's width before anything is encoded.
-        let model_dim = match &args.input {
-            Some(_) => Some(args.model.load()?.dim()),
-            None => None,
-        };
-        if let Some((red, r)) = args.reduce.load(model_dim)? {
+        if args.input.is_some() {
+            encoder = Some(args.model.load()?);
+        }
+        if let Some((red, r)) = args.reduce.load(encoder.as_ref().map(|e| e.dim()))? {
             apply_to_options(&mut opts, &red, r)?;
         }
     }
@@ -319,6 +320,7 @@ fn build(args: BuildArgs) -> Result<()> {
                 opts,
                 args.resume,
                 args.checkpoint_every as usize,
+                encoder,
             )?
         }
         (None, None) => bail!("give --input or --embeddings"),
@@ -359,6 +361,7 @@ pub struct Built {
 
 /// Encodes `input` (resumably, in the work folder next to `out`) and builds
 /// the index at `out`; the work folder is removed once the index is in place.
+/// `preloaded`: the model, when the caller has loaded it already.
 pub fn build_from_input(
     model: &ModelArgs,
     input: &InputArgs,
@@ -366,6 +369,7 @@ pub fn build_from_input(
     opts: BuildOptions,
     resume: bool,
     checkpoint_every: usize,
+    preloaded: Option<tessera_training::Encoder>,
 ) -> Result<Built> {
     let t = Instant::now();
     let work = work_dir(out)?;
@@ -379,7 +383,10 @@ pub fn build_from_input(
         );
     }
     if !state.as_ref().is_some_and(|s| s.complete) {
-        let encoder = model.load()?;
+        let encoder = match preloaded {
+            Some(e) => e,
+            None => model.load()?,
+        };
         encode_to_dir(
             &encoder,
             input,

@@ -28,7 +28,7 @@ use tessera_training::train::optim::Decay;
 use tessera_training::train::score::{project_by, Projected};
 use tessera_training::train::{loss, plot, Texts};
 
-use crate::commands::train::{peak_rss_mib, pool_metrics, prepare, read_dataset, Prep};
+use crate::commands::train::{peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep};
 use crate::model::ModelArgs;
 use crate::progress;
 
@@ -148,13 +148,8 @@ pub struct TrainReduceArgs {
     /// its dev split validates.
     #[arg(long = "dataset", value_name = "DIR", required = true)]
     pub datasets: Vec<PathBuf>,
-    /// Sampling weight of each --dataset (default 1 each), comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "W,..")]
-    pub weights: Vec<f64>,
-    #[arg(long, default_value = "train")]
-    pub train_split: String,
-    #[arg(long, default_value = "dev")]
-    pub dev_split: String,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// orthogonal (PCA-initialised, trained), pca (fitted only) or truncate.
     #[arg(long, default_value = "orthogonal", value_parser = parse_method)]
     pub method: Method,
@@ -209,15 +204,6 @@ pub struct TrainReduceArgs {
     /// the start) instead of X = cayley⁻¹(U_pca).
     #[arg(long)]
     pub relative: bool,
-    /// Hard negatives mined per train query from each of BM25 and the model.
-    #[arg(long, default_value_t = 30)]
-    pub mine_depth: usize,
-    /// Dev pools: top N of BM25 and of the model per query.
-    #[arg(long, default_value_t = 100)]
-    pub pool_depth: usize,
-    /// At most N dev queries per dataset (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub dev_queries: usize,
     /// The reduction folder to write.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -247,12 +233,7 @@ fn project_all(
 
 pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
     let t_all = Instant::now();
-    ensure!(
-        args.weights.is_empty() || args.weights.len() == args.datasets.len(),
-        "--weights lists {} weights for {} datasets",
-        args.weights.len(),
-        args.datasets.len()
-    );
+    args.data.check(args.datasets.len())?;
     let model_dir = args.model.model_dir()?;
     let encoder = args.model.load_dir(&model_dir)?;
     let k = encoder.dim();
@@ -295,7 +276,11 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
     };
     let mut data = Vec::new();
     for d in &args.datasets {
-        data.push(read_dataset(d, &args.train_split, &args.dev_split)?);
+        data.push(read_dataset(
+            d,
+            &args.data.train_split,
+            &args.data.dev_split,
+        )?);
     }
     let (sources, devs) = prepare(
         &encoder,
@@ -304,12 +289,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
             model: &args.model,
             model_dir: &model_dir,
             full: false,
-            train_split: &args.train_split,
-            dev_split: &args.dev_split,
-            mine_depth: args.mine_depth,
-            pool_depth: args.pool_depth,
-            dev_queries: args.dev_queries,
-            weights: &args.weights,
+            data: &args.data,
             teachers: &[],
         },
     )?;

@@ -95,9 +95,8 @@ pub struct HeadsArgs {
     /// A BEIR dataset folder with a train split (repeat for several).
     #[arg(long = "dataset", value_name = "DIR")]
     pub datasets: Vec<PathBuf>,
-    /// Sampling weight of each --dataset (default 1 each), comma-separated.
-    #[arg(long, value_delimiter = ',', value_name = "W,..")]
-    pub weights: Vec<f64>,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Self-supervised pairs from a dump without labels: two random spans of
     /// one document as query and positive (Contriever's cropping).
     #[arg(long, value_name = "DUMP")]
@@ -105,12 +104,6 @@ pub struct HeadsArgs {
     /// Documents of --unsupervised-corpus to crop pairs from.
     #[arg(long, default_value_t = 5000)]
     pub unsupervised_docs: usize,
-    /// Split trained on.
-    #[arg(long, default_value = "train")]
-    pub train_split: String,
-    /// Split validated on (skipped for datasets without it).
-    #[arg(long, default_value = "dev")]
-    pub dev_split: String,
     /// Head architecture: identity, linear, ffn or glu.
     #[arg(long, default_value = "ffn", value_parser = parse_head)]
     pub head: HeadKind,
@@ -192,15 +185,6 @@ pub struct HeadsArgs {
     /// Continue the run in --out from its checkpoint.
     #[arg(long)]
     pub resume: bool,
-    /// Hard negatives mined per train query from each of BM25 and the model.
-    #[arg(long, default_value_t = 30)]
-    pub mine_depth: usize,
-    /// Dev candidate pool: top N of BM25 and top N of the model, per query.
-    #[arg(long, default_value_t = 100)]
-    pub pool_depth: usize,
-    /// Use at most N dev queries per dataset for validation (0: all).
-    #[arg(long, default_value_t = 0)]
-    pub dev_queries: usize,
     /// Train with ColBERT's markers ([unused0] for queries, [unused1] for
     /// documents); recorded in the model so encoding follows.
     #[arg(long)]
@@ -217,6 +201,46 @@ pub struct HeadsArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// The data options both trainers (`train heads`, `train reduce`) share:
+/// the splits, how the datasets are weighted, how hard negatives are mined
+/// and how the dev pools are drawn.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Sampling weight of each --dataset (default 1 each), comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "W,..")]
+    pub weights: Vec<f64>,
+    /// Split trained on.
+    #[arg(long, default_value = "train")]
+    pub train_split: String,
+    /// Split validated on (skipped for datasets without it).
+    #[arg(long, default_value = "dev")]
+    pub dev_split: String,
+    /// Hard negatives mined per train query from each of BM25 and the model.
+    #[arg(long, default_value_t = 30)]
+    pub mine_depth: usize,
+    /// Dev candidate pool: top N of BM25 and top N of the model, per query.
+    #[arg(long, default_value_t = 100)]
+    pub pool_depth: usize,
+    /// Use at most N dev queries per dataset for validation (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub dev_queries: usize,
+}
+
+impl DataArgs {
+    /// The weights fit `datasets` datasets and are positive.
+    pub fn check(&self, datasets: usize) -> Result<()> {
+        ensure!(
+            self.weights.is_empty() || self.weights.len() == datasets,
+            "--weights lists {} weights for {datasets} datasets",
+            self.weights.len(),
+        );
+        if let Some(w) = self.weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
+            bail!("--weights: {w} is not a positive weight");
+        }
+        Ok(())
+    }
 }
 
 fn parse_head(s: &str) -> Result<HeadKind, String> {
@@ -525,12 +549,7 @@ pub(crate) struct Prep<'a> {
     pub model_dir: &'a Path,
     /// Token ids (full mode) instead of cached backbone states.
     pub full: bool,
-    pub train_split: &'a str,
-    pub dev_split: &'a str,
-    pub mine_depth: usize,
-    pub pool_depth: usize,
-    pub dev_queries: usize,
-    pub weights: &'a [f64],
+    pub data: &'a DataArgs,
     pub teachers: &'a [Run],
 }
 
@@ -582,8 +601,8 @@ pub(crate) fn prepare(
             &engine,
             &index,
             &train_q,
-            o.mine_depth,
-            &format!("{} {}", d.name, o.train_split),
+            o.data.mine_depth,
+            &format!("{} {}", d.name, o.data.train_split),
         )?;
         let mut examples = Vec::new();
         for q in &train_q {
@@ -627,7 +646,7 @@ pub(crate) fn prepare(
             !examples.is_empty(),
             "{}: qrels/{}.tsv has no query with a relevant document",
             d.dir.display(),
-            o.train_split
+            o.data.train_split
         );
         let qids: Vec<String> = d.queries.iter().map(|q| q.id.clone()).collect();
         let qtexts: Vec<String> = d.queries.iter().map(|q| q.text.clone()).collect();
@@ -647,15 +666,15 @@ pub(crate) fn prepare(
                 .filter(|q| dev.judgements.contains_key(&q.id))
                 .cloned()
                 .collect();
-            if o.dev_queries > 0 {
-                dev_q.truncate(o.dev_queries);
+            if o.data.dev_queries > 0 {
+                dev_q.truncate(o.data.dev_queries);
             }
             let pools = mine(
                 &engine,
                 &index,
                 &dev_q,
-                o.pool_depth,
-                &format!("{} {}", d.name, o.dev_split),
+                o.data.pool_depth,
+                &format!("{} {}", d.name, o.data.dev_split),
             )?;
             let items = dev_q
                 .iter()
@@ -684,7 +703,7 @@ pub(crate) fn prepare(
         }
         sources.push(Source {
             name: d.name.clone(),
-            weight: o.weights.get(di).copied().unwrap_or(1.0),
+            weight: o.data.weights.get(di).copied().unwrap_or(1.0),
             queries,
             docs,
             examples,
@@ -700,15 +719,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
         "give at least one --dataset (with a train split) or --unsupervised-corpus"
     );
     ensure!(args.dim >= 1, "--dim must be at least 1, not {}", args.dim);
-    ensure!(
-        args.weights.is_empty() || args.weights.len() == args.datasets.len(),
-        "--weights lists {} weights for {} datasets",
-        args.weights.len(),
-        args.datasets.len()
-    );
-    if let Some(w) = args.weights.iter().find(|w| !(w.is_finite() && **w > 0.0)) {
-        bail!("--weights: {w} is not a positive weight");
-    }
+    args.data.check(args.datasets.len())?;
     ensure!(
         args.teachers.len() <= args.datasets.len(),
         "--teacher given {} times for {} datasets",
@@ -816,7 +827,11 @@ fn heads(args: HeadsArgs) -> Result<()> {
     // 1. Data, checked before anything runs.
     let mut data = Vec::new();
     for d in &args.datasets {
-        data.push(read_dataset(d, &args.train_split, &args.dev_split)?);
+        data.push(read_dataset(
+            d,
+            &args.data.train_split,
+            &args.data.dev_split,
+        )?);
     }
     let teachers: Vec<Run> = args
         .teachers
@@ -833,12 +848,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
             model: &args.model,
             model_dir: &model_dir,
             full,
-            train_split: &args.train_split,
-            dev_split: &args.dev_split,
-            mine_depth: args.mine_depth,
-            pool_depth: args.pool_depth,
-            dev_queries: args.dev_queries,
-            weights: &args.weights,
+            data: &args.data,
             teachers: &teachers,
         },
     )?;
