@@ -355,7 +355,7 @@ pub fn train(
         devs = st.dev;
         best = st.best;
         train_seconds = st.train_seconds;
-        rewrite_metrics(&metrics, &steps, &devs)?;
+        crate::train::rewrite_metrics(&metrics, &steps, |s| s.step, &devs, |d| d.step)?;
         tracing::info!(step = start, "resumed from checkpoint");
     } else {
         std::fs::write(&metrics, "").map_err(|e| TrainingError::io(&metrics, e))?;
@@ -515,26 +515,6 @@ fn write_checkpoint(out: &Path, p: &Params, opt: &AdamW, st: &ReduceCheckpoint) 
     )
     .map_err(|e| TrainingError::io(&sp, e))?;
     crate::train::replace_dir(&tmp, &out.join("checkpoint"))
-}
-
-fn rewrite_metrics(path: &Path, steps: &[ReduceStep], dev: &[ReduceDev]) -> Result<()> {
-    let mut text = String::new();
-    let mut di = 0;
-    while di < dev.len() && dev[di].step == 0 {
-        text += &serde_json::json!({"type": "dev", "dev": dev[di]}).to_string();
-        text.push('\n');
-        di += 1;
-    }
-    for s in steps {
-        text += &serde_json::json!({"type": "step", "step": s}).to_string();
-        text.push('\n');
-        while di < dev.len() && dev[di].step == s.step {
-            text += &serde_json::json!({"type": "dev", "dev": dev[di]}).to_string();
-            text.push('\n');
-            di += 1;
-        }
-    }
-    std::fs::write(path, text).map_err(|e| TrainingError::io(path, e))
 }
 
 /// The `r` step `step` trains: uniform over the nested set, from its own

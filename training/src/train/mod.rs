@@ -664,10 +664,10 @@ pub fn train(
         best = state.best;
         train_seconds = state.train_seconds;
         // metrics.jsonl continues from the checkpoint: drop later lines.
-        rewrite_metrics(&metrics_path, &steps_log, &dev_log)?;
+        rewrite_metrics(&metrics_path, &steps_log, |s| s.step, &dev_log, |d| d.step)?;
         tracing::info!(step = start, "resumed from checkpoint");
     } else {
-        rewrite_metrics(&metrics_path, &[], &[])?;
+        rewrite_metrics::<StepLog, DevLog>(&metrics_path, &[], |s| s.step, &[], |d| d.step)?;
     }
 
     let mut pairs = 0usize;
@@ -841,18 +841,31 @@ pub(crate) fn append_metric(path: &Path, v: &serde_json::Value) -> Result<()> {
     writeln!(f, "{v}").map_err(|e| TrainingError::io(path, e))
 }
 
-fn rewrite_metrics(path: &Path, steps: &[StepLog], dev: &[DevLog]) -> Result<()> {
+/// Rewrites a metrics log from the records a resumed run kept: each step's
+/// line, each validation after the step it followed (validations before the
+/// first step first, any after the last step last). Both trainers' logs.
+pub(crate) fn rewrite_metrics<S: serde::Serialize, D: serde::Serialize>(
+    path: &Path,
+    steps: &[S],
+    step_of: impl Fn(&S) -> usize,
+    dev: &[D],
+    dev_step: impl Fn(&D) -> usize,
+) -> Result<()> {
     let mut text = String::new();
-    let mut di = 0;
+    let mut dev = dev.iter().peekable();
+    let mut flush_dev = |text: &mut String, upto: usize| {
+        while let Some(d) = dev.next_if(|d| dev_step(d) <= upto) {
+            *text += &serde_json::json!({"type": "dev", "dev": d}).to_string();
+            text.push('\n');
+        }
+    };
+    flush_dev(&mut text, 0);
     for s in steps {
         text += &serde_json::json!({"type": "step", "step": s}).to_string();
         text.push('\n');
-        while di < dev.len() && dev[di].step == s.step {
-            text += &serde_json::json!({"type": "dev", "dev": dev[di]}).to_string();
-            text.push('\n');
-            di += 1;
-        }
+        flush_dev(&mut text, step_of(s));
     }
+    flush_dev(&mut text, usize::MAX);
     std::fs::write(path, text).map_err(|e| TrainingError::io(path, e))
 }
 
