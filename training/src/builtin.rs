@@ -10,8 +10,14 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, TrainingError};
 
-/// The folder name of the default model under `$TESSERA_HOME/models`.
+/// The name that selects the default model (`--model tessera-minilm`).
 pub const NAME: &str = "tessera-minilm";
+
+/// The folder the default model is installed in, beside the backbone: one
+/// per version of the committed head, so an index built with an earlier
+/// default keeps the model it recorded (v1 lived in `tessera-minilm`)
+/// instead of meeting new weights at the same path.
+pub const INSTALL_DIR: &str = "tessera-minilm-v2";
 
 /// The name that selects the raw backbone (identity head) instead.
 pub const RAW: &str = "raw";
@@ -38,11 +44,11 @@ const FILES: [(&str, &[u8]); 4] = [
     file!("training.json"),
 ];
 
-/// Writes the default model beside `backbone` (as `../NAME`) unless an
-/// identical copy is there; returns its folder.
+/// Writes the default model beside `backbone` (as `../INSTALL_DIR`) unless
+/// an identical copy is there; returns its folder.
 pub fn install(backbone: &Path) -> Result<PathBuf> {
     let parent = backbone.parent().unwrap_or(Path::new("."));
-    let dir = parent.join(NAME);
+    let dir = parent.join(INSTALL_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| TrainingError::io(&dir, e))?;
     for (name, bytes) in FILES {
         let content = if name == "tessera.json" {
