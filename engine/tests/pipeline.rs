@@ -455,6 +455,31 @@ fn batch_search_writes_a_run_and_eval_scores_it() {
     );
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("using cached index"));
+    // The cache follows the corpus's bytes, not its file: rewritten with
+    // the same bytes (a new modification time) it is still used; with one
+    // byte more it is not.
+    let corpus = ds.join("corpus.jsonl");
+    let bytes = std::fs::read(&corpus).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&corpus, &bytes).unwrap();
+    let again = |out: &Path| {
+        let a = args("colbert", out);
+        let o = run(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            &envs,
+            None,
+        );
+        ok(&o);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = again(&dir.path().join("same-bytes.json"));
+    assert!(e.contains("using cached index"), "{e}");
+    let mut more = bytes.clone();
+    more.push(b'\n');
+    std::fs::write(&corpus, &more).unwrap();
+    let e = again(&dir.path().join("one-more-byte.json"));
+    assert!(!e.contains("using cached index"), "{e}");
+    std::fs::write(&corpus, &bytes).unwrap();
     let r2: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report2).unwrap()).unwrap();
     assert!(r2["recall10_vs_exact"].as_f64().unwrap() > 0.0);

@@ -319,8 +319,12 @@ fn dataset_name(canonical: &Path) -> String {
         .map_or("dataset".into(), |n| n.to_string_lossy().into_owned())
 }
 
-/// What makes a cached encoding of a dataset's corpus: the corpus file
-/// (path, size, time), the model, its precision and how records are read.
+/// What makes a cached encoding of a dataset's corpus: the corpus's bytes,
+/// the model (its folder's path and the bytes of its files), its precision
+/// and how records are read. Contents, not sizes and times: a dataset or a
+/// model checked out again or re-provisioned at the same path keeps its
+/// encodings, and a head retrained in the same folder does not reuse old
+/// vectors.
 fn encoding_key(
     dataset: &Dataset,
     canonical: &Path,
@@ -329,33 +333,25 @@ fn encoding_key(
     precision: Precision,
 ) -> Result<u64> {
     let corpus = dataset.corpus_path();
-    let meta = std::fs::metadata(&corpus).with_context(|| corpus.display().to_string())?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     canonical.hash(&mut h);
-    meta.len().hash(&mut h);
-    meta.modified().ok().hash(&mut h);
+    hash_file(&corpus, &mut h)?;
     model
         .canonicalize()
         .unwrap_or_else(|_| model.to_owned())
         .hash(&mut h);
-    // The model's files as well as its path: a head retrained (or a new
-    // default installed) in the same folder must not reuse old vectors.
     if let Ok(rd) = std::fs::read_dir(model) {
-        let mut files: Vec<(String, u64, Option<std::time::SystemTime>)> = rd
+        let mut files: Vec<PathBuf> = rd
             .flatten()
-            .filter_map(|e| {
-                let m = e.metadata().ok()?;
-                m.is_file().then(|| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        m.len(),
-                        m.modified().ok(),
-                    )
-                })
-            })
+            .map(|e| e.path())
+            // Following links: a Hugging Face snapshot links its blobs.
+            .filter(|p| p.is_file())
             .collect();
         files.sort();
-        files.hash(&mut h);
+        for f in files {
+            f.file_name().hash(&mut h);
+            hash_file(&f, &mut h)?;
+        }
     }
     format!("{records:?}").hash(&mut h);
     // fp32 encodings keep the key they had before precision was a choice.
@@ -462,6 +458,22 @@ fn cached_index(
         stats.docs, stats.tokens, stats.codec, stats.num_centroids
     );
     Ok((dir, Some(secs)))
+}
+
+/// Feeds the bytes of the file at `path` to `h`, a megabyte at a time.
+fn hash_file(path: &Path, h: &mut impl Hasher) -> Result<()> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    loop {
+        let buf = r.fill_buf().with_context(|| path.display().to_string())?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        h.write(buf);
+        let n = buf.len();
+        r.consume(n);
+    }
 }
 
 /// The name and encoding key of a dataset's corpus encoded by the model in
