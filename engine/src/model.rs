@@ -91,6 +91,24 @@ impl ModelArgs {
             ),
             (None, None) => self.model_dir()?,
         };
+        // The folder may hold another model than the one that built the
+        // index (indexes from before fingerprints record none).
+        if let Some(recorded) = info["fingerprint"].as_str() {
+            let now = model_fingerprint(&model_dir)?;
+            if now != recorded {
+                let msg = format!(
+                    "index {} was built with the model in {} (fingerprint {recorded}),                      but that folder now holds other files (fingerprint {now})",
+                    dir.display(),
+                    model_dir.display()
+                );
+                if self.model.is_none() {
+                    bail!(
+                        "{msg}: queries would be encoded by a model its documents never saw;                          rebuild the index, restore the model, or pass --model to override"
+                    );
+                }
+                tracing::warn!("{msg}; searching with it as --model asks");
+            }
+        }
         let encoder = self.with_recorded_precision(info).load_dir(&model_dir)?;
         let want = index.query_dim();
         if encoder.dim() != want {
@@ -186,6 +204,56 @@ pub fn resolve_model(p: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Files of a model folder hashed whole up to this size; a larger one (a
+/// backbone's weights) by its size and its first and last 4 MiB, so opening
+/// an index stays cheap.
+const FULL_HASH_BYTES: u64 = 64 << 20;
+
+/// A fingerprint of the files in model folder `dir` (names and bytes,
+/// links followed, subfolders such as `checkpoint/` left out), as 16 hex
+/// digits. An index records it, so a folder that now holds another model
+/// (a head retrained in place) is noticed instead of encoding queries with
+/// weights its documents never saw.
+pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| dir.display().to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    for f in files {
+        let ctx = || f.display().to_string();
+        f.file_name().hash(&mut h);
+        let mut file = std::fs::File::open(&f).with_context(ctx)?;
+        let len = file.metadata().with_context(ctx)?.len();
+        len.hash(&mut h);
+        let mut feed = |file: &mut std::fs::File, n: u64| -> Result<()> {
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                file.read_exact(&mut buf[..k]).with_context(ctx)?;
+                h.write(&buf[..k]);
+                left -= k as u64;
+            }
+            Ok(())
+        };
+        if len <= FULL_HASH_BYTES {
+            feed(&mut file, len)?;
+        } else {
+            let edge = 4u64 << 20;
+            feed(&mut file, edge)?;
+            file.seek(SeekFrom::Start(len - edge)).with_context(ctx)?;
+            feed(&mut file, edge)?;
+        }
+    }
+    Ok(format!("{:016x}", h.finish()))
+}
+
 /// What an index or embeddings folder records about the model that made its
 /// vectors, so search can load the same one.
 pub fn model_info(encoder: &Encoder) -> serde_json::Value {
@@ -194,6 +262,7 @@ pub fn model_info(encoder: &Encoder) -> serde_json::Value {
     let path = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
     serde_json::json!({
         "path": path,
+        "fingerprint": model_fingerprint(&m.dir).ok(),
         "layout": encoder.layout().to_string(),
         "head": format!("{:?}", m.head.kind()).to_lowercase(),
         "dim": encoder.dim(),

@@ -369,4 +369,31 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         None,
     ));
     assert!(e.contains("state.json") && e.contains("--dims"), "{e}");
+
+    // The model folder an index recorded now holds another head (one weight
+    // changed in place): search refuses rather than encode queries with
+    // weights the documents never saw; an explicit --model overrides.
+    let head = model.join("head.safetensors");
+    let mut bytes = std::fs::read(&head).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    std::fs::write(&head, &bytes).unwrap();
+    let e = search_err(&["--reduction", rs, "--dim", "16"], &small);
+    assert!(
+        e.contains("fingerprint") && e.contains(model.to_str().unwrap()),
+        "{e}"
+    );
+    ok(&run(
+        &[
+            "search",
+            "--index",
+            small.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "moon tides",
+        ],
+        &envs,
+        None,
+    ));
 }

@@ -320,7 +320,7 @@ fn dataset_name(canonical: &Path) -> String {
 }
 
 /// What makes a cached encoding of a dataset's corpus: the corpus's bytes,
-/// the model (its folder's path and the bytes of its files), its precision
+/// the model (its folder's path and [`crate::model::model_fingerprint`]), its precision
 /// and how records are read. Contents, not sizes and times: a dataset or a
 /// model checked out again or re-provisioned at the same path keeps its
 /// encodings, and a head retrained in the same folder does not reuse old
@@ -340,19 +340,7 @@ fn encoding_key(
         .canonicalize()
         .unwrap_or_else(|_| model.to_owned())
         .hash(&mut h);
-    if let Ok(rd) = std::fs::read_dir(model) {
-        let mut files: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            // Following links: a Hugging Face snapshot links its blobs.
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for f in files {
-            f.file_name().hash(&mut h);
-            hash_file(&f, &mut h)?;
-        }
-    }
+    crate::model::model_fingerprint(model).ok().hash(&mut h);
     format!("{records:?}").hash(&mut h);
     // fp32 encodings keep the key they had before precision was a choice.
     if precision != Precision::Fp32 {
