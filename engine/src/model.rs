@@ -210,11 +210,23 @@ pub fn resolve_model(p: &Path) -> Result<PathBuf> {
 const FULL_HASH_BYTES: u64 = 64 << 20;
 
 /// A fingerprint of the files in model folder `dir` (names and bytes,
-/// links followed, subfolders such as `checkpoint/` left out), as 16 hex
-/// digits. An index records it, so a folder that now holds another model
+/// links followed, subfolders such as `checkpoint/` left out) and, for a
+/// head that names its backbone, of the backbone's folder: 16 hex digits
+/// per folder. An index records it, so a folder that now holds another model
 /// (a head retrained in place) is noticed instead of encoding queries with
 /// weights its documents never saw.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
+    let own = files_fingerprint(dir)?;
+    // A Tessera head names its backbone's folder: that folder's files count
+    // too (one level: a backbone is a plain model folder).
+    Ok(match tessera_training::checkpoint::backbone_dir(dir) {
+        Ok(b) if b != dir => format!("{own}-{}", files_fingerprint(&b)?),
+        _ => own,
+    })
+}
+
+/// [`model_fingerprint`] of one folder's own files.
+fn files_fingerprint(dir: &Path) -> Result<String> {
     use std::hash::{Hash, Hasher};
     use std::io::{Read, Seek, SeekFrom};
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -271,4 +283,33 @@ pub fn model_info(encoder: &Encoder) -> serde_json::Value {
         "query_augmentation": s.query_augmentation,
         "precision": encoder.precision().as_str(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_follows_the_files_of_a_head_and_of_its_backbone() {
+        let dir = tempfile::tempdir().unwrap();
+        let backbone = dir.path().join("backbone");
+        let head = dir.path().join("head");
+        std::fs::create_dir_all(&backbone).unwrap();
+        std::fs::create_dir_all(head.join("checkpoint")).unwrap();
+        std::fs::write(backbone.join("config.json"), "{}").unwrap();
+        std::fs::write(backbone.join("model.safetensors"), [1u8; 100]).unwrap();
+        std::fs::write(head.join("tessera.json"), r#"{"backbone": "../backbone"}"#).unwrap();
+        std::fs::write(head.join("head.safetensors"), [2u8; 100]).unwrap();
+        let first = model_fingerprint(&head).unwrap();
+        // Same bytes written again, and a checkpoint's files: no change.
+        std::fs::write(head.join("head.safetensors"), [2u8; 100]).unwrap();
+        std::fs::write(head.join("checkpoint/state.json"), "{}").unwrap();
+        assert_eq!(model_fingerprint(&head).unwrap(), first);
+        // The head's weights or the backbone's: another fingerprint.
+        std::fs::write(head.join("head.safetensors"), [3u8; 100]).unwrap();
+        let second = model_fingerprint(&head).unwrap();
+        assert_ne!(second, first);
+        std::fs::write(backbone.join("model.safetensors"), [4u8; 100]).unwrap();
+        assert_ne!(model_fingerprint(&head).unwrap(), second);
+    }
 }
