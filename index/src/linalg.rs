@@ -75,15 +75,9 @@ pub fn prefetch_line<T>(x: &T) {
 /// Hints the CPU to start loading `v` into cache (a no-op elsewhere).
 #[inline]
 pub fn prefetch(v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
+    // One hint per 64-byte line (16 floats).
     for line in v.chunks(16) {
-        // SAFETY: prefetching is a hint that never faults; the pointer is
-        // in bounds anyway.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                line.as_ptr().cast(),
-            )
-        };
+        prefetch_line(&line[0]);
     }
 }
 

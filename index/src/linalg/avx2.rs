@@ -16,12 +16,13 @@ pub const SIGNED_LEVELS: f32 = 64.0;
 
 /// `out[i·nb + j] = ((Σ a_i·b_j) − corr_j) · a_scale_i · b_scale_j` for
 /// byte rows `a` (`na × dim`, unsigned) and `b` (`nb × dim`, signed,
-/// |b| ≤ 64): the same contract as the AVX-512 VNNI kernel.
+/// |b| ≤ 64), `dim` a multiple of 32 (rows padded as
+/// [`super::QuantRows`] pads them, so no scalar tail runs).
 ///
 /// # Safety
-/// AVX2 must be available; `a.len() = na·dim`, `b.len() = nb·dim`, the
-/// scales and `corr` hold one entry per row, `out.len() ≥ na·nb`, and
-/// every signed byte is within ±64.
+/// AVX2 must be available; `dim` is a positive multiple of 32;
+/// `a.len() = na·dim`, `b.len() = nb·dim`, the scales and `corr` hold one
+/// entry per row, `out.len() ≥ na·nb`, and every signed byte is within ±64.
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot_block_u8i8(
     a: &[u8],
@@ -32,6 +33,7 @@ pub unsafe fn dot_block_u8i8(
     dim: usize,
     out: &mut [f32],
 ) {
+    debug_assert!(dim > 0 && dim.is_multiple_of(32));
     let (na, nb) = (a.len() / dim, b.len() / dim);
     let full = dim / 32;
     let ones = _mm256_set1_epi16(1);
@@ -70,7 +72,7 @@ pub unsafe fn dot_block_u8i8(
             for t in 0..ni {
                 let s = hsum4(&acc[t * 4..t * 4 + 4]);
                 let i = i0 + t;
-                if nj == 4 && full * 32 == dim {
+                if nj == 4 {
                     // The common case, four at once: (sum − corr) · a_scale · b_scale.
                     // SAFETY: j0 + 4 ≤ nb entries of `corr`, `b_scale` and
                     // row i of `out` (the caller's lengths).
@@ -88,12 +90,7 @@ pub unsafe fn dot_block_u8i8(
                 unsafe { _mm_storeu_si128(v.as_mut_ptr().cast(), s) };
                 for (l, &sum) in v.iter().enumerate().take(nj) {
                     let j = j0 + l;
-                    let mut dotv = sum;
-                    // The width's tail (dim not a multiple of 32).
-                    for d in full * 32..dim {
-                        dotv += i32::from(a[i * dim + d]) * i32::from(b[j * dim + d]);
-                    }
-                    out[i * nb + j] = (dotv as f32 - corr[j]) * a_scale[i] * b_scale[j];
+                    out[i * nb + j] = (sum as f32 - corr[j]) * a_scale[i] * b_scale[j];
                 }
             }
             j0 += 4;
