@@ -228,7 +228,6 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
 /// [`model_fingerprint`] of one folder's own files.
 fn files_fingerprint(dir: &Path) -> Result<String> {
     use std::hash::{Hash, Hasher};
-    use std::io::{Read, Seek, SeekFrom};
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| dir.display().to_string())?
         .flatten()
@@ -237,33 +236,43 @@ fn files_fingerprint(dir: &Path) -> Result<String> {
         .collect();
     files.sort();
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut buf = vec![0u8; 4 << 20];
     for f in files {
-        let ctx = || f.display().to_string();
         f.file_name().hash(&mut h);
-        let mut file = std::fs::File::open(&f).with_context(ctx)?;
-        let len = file.metadata().with_context(ctx)?.len();
+        let len = std::fs::metadata(&f)
+            .with_context(|| f.display().to_string())?
+            .len();
         len.hash(&mut h);
-        let mut feed = |file: &mut std::fs::File, n: u64| -> Result<()> {
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(buf.len() as u64) as usize;
-                file.read_exact(&mut buf[..k]).with_context(ctx)?;
-                h.write(&buf[..k]);
-                left -= k as u64;
-            }
-            Ok(())
-        };
-        if len <= FULL_HASH_BYTES {
-            feed(&mut file, len)?;
-        } else {
-            let edge = 4u64 << 20;
-            feed(&mut file, edge)?;
-            file.seek(SeekFrom::Start(len - edge)).with_context(ctx)?;
-            feed(&mut file, edge)?;
-        }
+        hash_file(&f, &mut h, false)?;
     }
     Ok(format!("{:016x}", h.finish()))
+}
+
+/// Feeds the bytes of the file at `path` to `h`: all of them, or — unless
+/// `whole`, for a file over [`FULL_HASH_BYTES`] — its first and last 4 MiB.
+pub(crate) fn hash_file(path: &Path, h: &mut impl std::hash::Hasher, whole: bool) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let ctx = || path.display().to_string();
+    let mut file = std::fs::File::open(path).with_context(ctx)?;
+    let len = file.metadata().with_context(ctx)?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut feed = |file: &mut std::fs::File, n: u64| -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..k]).with_context(ctx)?;
+            h.write(&buf[..k]);
+            left -= k as u64;
+        }
+        Ok(())
+    };
+    if whole || len <= FULL_HASH_BYTES {
+        feed(&mut file, len)
+    } else {
+        let edge = 4u64 << 20;
+        feed(&mut file, edge)?;
+        file.seek(SeekFrom::Start(len - edge)).with_context(ctx)?;
+        feed(&mut file, edge)
+    }
 }
 
 /// What an index or embeddings folder records about the model that made its

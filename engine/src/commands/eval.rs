@@ -335,7 +335,7 @@ fn encoding_key(
     let corpus = dataset.corpus_path();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     canonical.hash(&mut h);
-    hash_file(&corpus, &mut h)?;
+    crate::model::hash_file(&corpus, &mut h, true)?;
     model
         .canonicalize()
         .unwrap_or_else(|_| model.to_owned())
@@ -446,22 +446,6 @@ fn cached_index(
         stats.docs, stats.tokens, stats.codec, stats.num_centroids
     );
     Ok((dir, Some(secs)))
-}
-
-/// Feeds the bytes of the file at `path` to `h`, a megabyte at a time.
-fn hash_file(path: &Path, h: &mut impl Hasher) -> Result<()> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
-    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
-    loop {
-        let buf = r.fill_buf().with_context(|| path.display().to_string())?;
-        if buf.is_empty() {
-            return Ok(());
-        }
-        h.write(buf);
-        let n = buf.len();
-        r.consume(n);
-    }
 }
 
 /// The name and encoding key of a dataset's corpus encoded by the model in

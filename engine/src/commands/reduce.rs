@@ -956,6 +956,15 @@ fn read_json(p: &Path) -> Result<serde_json::Value> {
         .with_context(|| p.display().to_string())
 }
 
+/// The distinct names among `names`, sorted (a table's dataset columns).
+fn sorted_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    names
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
 fn summarize(args: SummarizeArgs) -> Result<()> {
     use crate::commands::train::mean_std;
     use std::collections::BTreeMap;
@@ -1082,12 +1091,7 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         }
     };
     if !pools.is_empty() {
-        let datasets: Vec<String> = pools
-            .values()
-            .flat_map(|p| p.0.keys().cloned())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let datasets = sorted_names(pools.values().flat_map(|p| p.0.keys()));
         println!("Dev nDCG@10 on the fixed pools (exact MaxSim, f32 vectors):\n");
         let mut head = String::from("| method | dim | seeds |");
         let mut rule = String::from("|---|---:|---|");
@@ -1127,12 +1131,7 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         println!();
     }
     if !plans.is_empty() {
-        let datasets: Vec<String> = plans
-            .values()
-            .flat_map(|p| p.keys().cloned())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let datasets = sorted_names(plans.values().flat_map(|p| p.keys()));
         println!("Full indexes (PLAID search, k = 10):\n");
         let mut head = String::from("| method | dim | codec | bytes/token |");
         let mut rule = String::from("|---|---:|---|---:|");
