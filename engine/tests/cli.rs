@@ -12,6 +12,9 @@ fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(args)
         .env("RUST_LOG", "warn")
+        // `--precision auto` pinned to fp32, as in tests/common: the tiny
+        // model's outputs must not depend on whether the CPU has native bf16.
+        .env("TESSERA_NO_BF16", "1")
         .output()
         .expect("tessera runs")
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{err, ids, ok, run, sample, search_json, tiny};
 
@@ -884,7 +884,7 @@ fn closed_stdout_is_quiet_and_unknown_filter_fields_are_reported() {
         "what causes the ocean tides on earth?\n".repeat(400),
     )
     .unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    let mut c = common::tessera_command();
     c.args([
         "encode",
         "--model",

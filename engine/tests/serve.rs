@@ -56,7 +56,7 @@ impl Server {
             "serve-{}.log",
             std::process::id() as u64 * 1000 + rand_suffix()
         ));
-        let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        let mut c = common::tessera_command();
         c.args([
             "serve",
             "--index",

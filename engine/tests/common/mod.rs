@@ -23,8 +23,19 @@ pub fn sample() -> String {
         .into_owned()
 }
 
-pub fn run(args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+/// The `tessera` binary under test. `--precision auto` is pinned to fp32
+/// (`TESSERA_NO_BF16`): on a CPU with native bf16 (AVX-512 BF16, AMX) it
+/// would pick bf16, and the tiny random model's rankings — which these
+/// tests compare — would then depend on the machine. Tests of bf16 ask for
+/// it with `--precision bf16`.
+pub fn tessera_command() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.env("TESSERA_NO_BF16", "1");
+    c
+}
+
+pub fn run(args: &[&str], envs: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
+    let mut c = tessera_command();
     c.args(args).env("RUST_LOG", "warn");
     for (k, v) in envs {
         c.env(k, v);
