@@ -359,6 +359,7 @@ fn bad_training_input_is_refused_before_training() {
             "unknown activation",
         ),
         (vec!["--dim", "0"], "--dim must be at least 1"),
+        (vec!["--positives", "0"], "--positives must be at least 1"),
         (vec!["--head", "identity", "--dim", "16"], "--dim 32"),
         (vec!["--head", "ffn", "--depth", "0"], "depth"),
         (vec!["--head", "glu", "--width-factor", "0"], "width"),

@@ -116,6 +116,7 @@ fn config(spec: HeadSpec, steps: usize) -> TrainConfig {
         steps,
         batch_size: 6,
         negatives: 1,
+        positives: 1,
         lr: 5e-3,
         backbone_lr: 1e-4,
         weight_decay: 0.01,

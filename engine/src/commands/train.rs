@@ -142,6 +142,12 @@ pub struct HeadsArgs {
     /// Mined hard negatives per query per step.
     #[arg(long, default_value_t = 1)]
     pub negatives: usize,
+    /// Judged positives per query per step (at most): each is a loss row of
+    /// its own, with the query's other positives left out of its softmax.
+    /// More than 1 uses more of a dataset with many judgements per query
+    /// (NFCorpus: about 43) in the same number of steps.
+    #[arg(long, default_value_t = 1)]
+    pub positives: usize,
     /// Learning rate of the head.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
@@ -780,6 +786,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
         steps: args.steps,
         batch_size: args.batch_queries,
         negatives: args.negatives,
+        positives: args.positives,
         lr: args.lr,
         backbone_lr: args.backbone_lr,
         weight_decay: args.weight_decay,

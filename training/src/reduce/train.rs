@@ -373,6 +373,7 @@ pub fn train(
         seed: cfg.seed,
         batch_size: cfg.batch_size,
         negatives: cfg.negatives,
+        positives: 1,
         distill_candidates: None,
     };
     let sets: Vec<(f64, &[Example])> = sources
@@ -400,12 +401,7 @@ pub fn train(
         let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
         let distill = f64::try_from(&kl).unwrap_or(f64::NAN);
         let (total, contrastive) = if cfg.contrastive_weight > 0.0 {
-            let targets = Tensor::from_slice(&batch.targets).to_device(device);
-            let flat: Vec<bool> = batch.allowed.iter().flatten().copied().collect();
-            let allowed = Tensor::from_slice(&flat)
-                .view([batch.queries.len() as i64, batch.docs.len() as i64])
-                .to_device(device);
-            let c = loss::info_nce(&student, &targets, &allowed, cfg.temperature);
+            let c = batch.info_nce(&student, cfg.temperature);
             let cv = f64::try_from(&c).unwrap_or(f64::NAN);
             (kl + c * cfg.contrastive_weight, cv)
         } else {

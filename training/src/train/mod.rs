@@ -70,6 +70,10 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Mined hard negatives per query per step.
     pub negatives: usize,
+    /// Judged positives per query per step (at most; each is a loss row of
+    /// its own, the query's other positives left out of its softmax).
+    #[serde(default = "one")]
+    pub positives: usize,
     pub lr: f64,
     /// Learning rate of the backbone in full mode.
     pub backbone_lr: f64,
@@ -91,12 +95,19 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl TrainConfig {
     /// Checks the numbers; the message names the option.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.spec.validate()?;
         if self.batch_size < 1 {
             return Err("--batch-size must be at least 1".into());
+        }
+        if self.positives < 1 {
+            return Err("--positives must be at least 1".into());
         }
         for (name, v) in [
             ("--lr", self.lr),
@@ -321,12 +332,37 @@ pub struct Batch {
     pub source: usize,
     pub queries: Vec<usize>,
     pub docs: Vec<usize>,
-    /// Per query: the column of its target positive in `docs`.
+    /// Per loss row: its query (an index into `queries`); one row per drawn
+    /// positive, so a query with several positives has several rows.
+    pub rows: Vec<usize>,
+    /// Per loss row: the column of its target positive in `docs`.
     pub targets: Vec<i64>,
-    /// Per query, per doc: whether it takes part in the query's softmax.
+    /// Per loss row, per doc: whether it takes part in the row's softmax
+    /// (the query's other judged positives do not).
     pub allowed: Vec<Vec<bool>>,
     /// Per query: teacher (column, score) pairs.
     pub teacher: Vec<Vec<(usize, f32)>>,
+}
+
+impl Batch {
+    /// The contrastive loss of the batch's rows, given the scores of its
+    /// queries against its documents (`[queries, docs]`).
+    pub fn info_nce(&self, scores: &Tensor, temperature: f64) -> Tensor {
+        let device = scores.device();
+        let rows: Vec<i64> = self.rows.iter().map(|&q| q as i64).collect();
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let targets = Tensor::from_slice(&self.targets).to_device(device);
+        let flat: Vec<bool> = self.allowed.iter().flatten().copied().collect();
+        let allowed = Tensor::from_slice(&flat)
+            .view([self.rows.len() as i64, self.docs.len() as i64])
+            .to_device(device);
+        loss::info_nce(
+            &scores.index_select(0, &rows),
+            &targets,
+            &allowed,
+            temperature,
+        )
+    }
 }
 
 /// What decides a drawn batch, besides the data.
@@ -335,6 +371,8 @@ pub struct DrawPlan {
     pub seed: u64,
     pub batch_size: usize,
     pub negatives: usize,
+    /// Judged positives per query (at most).
+    pub positives: usize,
     /// Teacher candidates per query (`None`: no distillation).
     pub distill_candidates: Option<usize>,
 }
@@ -345,6 +383,7 @@ impl TrainConfig {
             seed: self.seed,
             batch_size: self.batch_size,
             negatives: self.negatives,
+            positives: self.positives,
             distill_candidates: (self.distill_weight > 0.0).then_some(self.distill_candidates),
         }
     }
@@ -391,14 +430,24 @@ pub fn draw(plan: &DrawPlan, sets: &[(f64, &[Example])], step: usize) -> Batch {
             docs.len() - 1
         })
     };
+    let mut rows = Vec::with_capacity(b);
     let mut targets = Vec::with_capacity(b);
     let mut queries = Vec::with_capacity(b);
     let mut teacher = Vec::with_capacity(b);
-    for &e in &chosen {
+    for (qi, &e) in chosen.iter().enumerate() {
         let ex = &examples[e];
         queries.push(ex.query);
-        let p = ex.positives[rng.gen_range(0..ex.positives.len())];
-        targets.push(add(p, &mut docs) as i64);
+        let n = ex.positives.len();
+        // One positive: the draw every run made before --positives existed.
+        let picks = if plan.positives <= 1 {
+            vec![rng.gen_range(0..n)]
+        } else {
+            rand::seq::index::sample(&mut rng, n, plan.positives.min(n)).into_vec()
+        };
+        for i in picks {
+            rows.push(qi);
+            targets.push(add(ex.positives[i], &mut docs) as i64);
+        }
     }
     for &e in &chosen {
         let ex = &examples[e];
@@ -421,11 +470,11 @@ pub fn draw(plan: &DrawPlan, sets: &[(f64, &[Example])], step: usize) -> Batch {
     } else {
         teacher.resize(b, Vec::new());
     }
-    let allowed = chosen
+    let allowed = rows
         .iter()
         .zip(&targets)
-        .map(|(&e, &t)| {
-            let pos: HashSet<usize> = examples[e].positives.iter().copied().collect();
+        .map(|(&qi, &t)| {
+            let pos: HashSet<usize> = examples[chosen[qi]].positives.iter().copied().collect();
             docs.iter()
                 .enumerate()
                 .map(|(j, d)| j as i64 == t || !pos.contains(d))
@@ -436,6 +485,7 @@ pub fn draw(plan: &DrawPlan, sets: &[(f64, &[Example])], step: usize) -> Batch {
         source: si,
         queries,
         docs,
+        rows,
         targets,
         allowed,
         teacher,
@@ -457,12 +507,7 @@ pub fn batch_loss(
     let q = trainee.project_masked(&qs, &qm);
     let d = trainee.project_masked(&ds, &dm);
     let scores = loss::maxsim(&q, &qm, &d, &dm);
-    let targets = Tensor::from_slice(&batch.targets).to_device(device);
-    let flat: Vec<bool> = batch.allowed.iter().flatten().copied().collect();
-    let allowed = Tensor::from_slice(&flat)
-        .view([batch.queries.len() as i64, batch.docs.len() as i64])
-        .to_device(device);
-    let contrastive = loss::info_nce(&scores, &targets, &allowed, cfg.temperature);
+    let contrastive = batch.info_nce(&scores, cfg.temperature);
     let c = f64::try_from(&contrastive).unwrap_or(f64::NAN);
     let width = batch.teacher.iter().map(Vec::len).max().unwrap_or(0);
     if cfg.distill_weight == 0.0 || width == 0 {
@@ -872,4 +917,103 @@ pub(crate) fn rewrite_metrics<S: serde::Serialize, D: serde::Serialize>(
 /// Output folder of a run, for callers that keep several.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(positives: usize) -> DrawPlan {
+        DrawPlan {
+            seed: 5,
+            batch_size: 3,
+            negatives: 1,
+            positives,
+            distill_candidates: None,
+        }
+    }
+
+    /// Queries 0..4, each judged relevant to documents 10q..10q+4 (five
+    /// positives), with one mined negative 100 + q.
+    fn examples() -> Vec<Example> {
+        (0..4)
+            .map(|q| Example {
+                query: q,
+                positives: (10 * q..10 * q + 5).collect(),
+                negatives: vec![100 + q],
+                teacher: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_positives_give_a_row_each_and_mask_each_other() {
+        let ex = examples();
+        let b = draw(&plan(3), &[(1.0, &ex)], 0);
+        assert_eq!(b.queries.len(), 3);
+        assert_eq!(b.rows.len(), 9, "three positives for each of three queries");
+        assert_eq!(b.targets.len(), 9);
+        for (r, (&qi, &t)) in b.rows.iter().zip(&b.targets).enumerate() {
+            let q = b.queries[qi];
+            let target = b.docs[t as usize];
+            assert!(ex[q].positives.contains(&target), "row {r}: {target}");
+            for (j, &d) in b.docs.iter().enumerate() {
+                let own_positive = ex[q].positives.contains(&d);
+                // The target takes part; the query's other positives do not;
+                // everything else (other queries' documents, negatives) does.
+                let want = j as i64 == t || !own_positive;
+                assert_eq!(b.allowed[r][j], want, "row {r}, doc {d}");
+            }
+        }
+        // The positives of one query are distinct.
+        for qi in 0..3 {
+            let mut t: Vec<i64> = (0..9)
+                .filter(|&r| b.rows[r] == qi)
+                .map(|r| b.targets[r])
+                .collect();
+            t.sort_unstable();
+            t.dedup();
+            assert_eq!(t.len(), 3);
+        }
+        // More positives than a query has: all of them, once each.
+        let all = draw(&plan(50), &[(1.0, &ex)], 0);
+        assert_eq!(all.rows.len(), 15);
+    }
+
+    #[test]
+    fn one_positive_draws_one_row_per_query() {
+        let ex = examples();
+        let b = draw(&plan(1), &[(1.0, &ex)], 3);
+        assert_eq!(b.rows, vec![0, 1, 2]);
+        assert_eq!(
+            draw(&plan(1), &[(1.0, &ex)], 3),
+            b,
+            "seeded by (seed, step)"
+        );
+    }
+
+    #[test]
+    fn row_losses_pick_their_query_scores() {
+        let ex = examples();
+        let b = draw(&plan(2), &[(1.0, &ex)], 1);
+        let (nq, nd) = (b.queries.len() as i64, b.docs.len() as i64);
+        let scores = Tensor::arange(nq * nd, (Kind::Float, Device::Cpu)).view([nq, nd]) / 10.0;
+        let got = f64::try_from(b.info_nce(&scores, 1.0)).unwrap();
+        // By hand: mean over rows of logsumexp(allowed scores) − target score.
+        let s: Vec<f32> = scores.view([-1]).try_into().unwrap();
+        let mut want = 0.0;
+        for (r, &qi) in b.rows.iter().enumerate() {
+            let row = &s[qi * nd as usize..(qi + 1) * nd as usize];
+            let lse = row
+                .iter()
+                .zip(&b.allowed[r])
+                .filter(|(_, &a)| a)
+                .map(|(&x, _)| f64::from(x).exp())
+                .sum::<f64>()
+                .ln();
+            want += lse - f64::from(row[b.targets[r] as usize]);
+        }
+        want /= b.rows.len() as f64;
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    }
 }
