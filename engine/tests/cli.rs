@@ -255,7 +255,7 @@ fn the_default_model_is_the_committed_head_and_raw_selects_the_backbone() {
     // Installed beside the backbone, naming it.
     let home = tessera_training::tessera_home().unwrap();
     let own: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(home.join("models/tessera-minilm-v2/tessera.json")).unwrap(),
+        &std::fs::read_to_string(home.join("models/tessera-minilm-v3/tessera.json")).unwrap(),
     )
     .unwrap();
     assert!(
