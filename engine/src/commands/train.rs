@@ -84,6 +84,9 @@ pub struct SummarizeArgs {
 #[command(after_help = "Examples:\n  \
     tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
       --head ffn --depth 2 --width-factor 2 --residual --dim 128 --out heads/ffn-res-128\n  \
+    tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
+      --head glu --dim 128 --steps 400 --batch-queries 24 --positives 4 --out heads/glu-128  \
+    # the default model's recipe\n  \
     tessera train heads --dataset ../shared/datasets/scifact --head linear --dim 128 --mode full \\\n    \
       --steps 100 --batch-queries 8 --out heads/linear-full\n  \
     tessera train heads --unsupervised-corpus my-dump.jsonl --head glu --dim 128 --out heads/mine\n  \
