@@ -1,20 +1,19 @@
 //! End-to-end tests of the `tessera` binary: arguments, output formats and
 //! the errors a user sees.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/tests/fixtures/tiny-bert")
 }
 
 fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
+    common::tessera_command()
         .args(args)
         .env("RUST_LOG", "warn")
-        // `--precision auto` pinned to fp32, as in tests/common: the tiny
-        // model's outputs must not depend on whether the CPU has native bf16.
-        .env("TESSERA_NO_BF16", "1")
         .output()
         .expect("tessera runs")
 }

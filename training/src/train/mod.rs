@@ -470,14 +470,19 @@ pub fn draw(plan: &DrawPlan, sets: &[(f64, &[Example])], step: usize) -> Batch {
     } else {
         teacher.resize(b, Vec::new());
     }
+    // Each query's judged positives, once per query (a query has a row per
+    // drawn positive).
+    let judged: Vec<HashSet<usize>> = chosen
+        .iter()
+        .map(|&e| examples[e].positives.iter().copied().collect())
+        .collect();
     let allowed = rows
         .iter()
         .zip(&targets)
         .map(|(&qi, &t)| {
-            let pos: HashSet<usize> = examples[chosen[qi]].positives.iter().copied().collect();
             docs.iter()
                 .enumerate()
-                .map(|(j, d)| j as i64 == t || !pos.contains(d))
+                .map(|(j, d)| j as i64 == t || !judged[qi].contains(d))
                 .collect()
         })
         .collect();
