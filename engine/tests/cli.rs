@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/tests/fixtures/tiny-bert")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../training/tests/fixtures/tiny-bert")
 }
 
 fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
@@ -254,7 +258,7 @@ fn the_default_model_is_the_committed_head_and_raw_selects_the_backbone() {
     // Installed beside the backbone, naming it.
     let home = tessera_training::tessera_home().unwrap();
     let own: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(home.join("models/tessera-minilm-v3/tessera.json")).unwrap(),
+        &std::fs::read_to_string(home.join("models/tessera-minilm-v4/tessera.json")).unwrap(),
     )
     .unwrap();
     assert!(

@@ -6,10 +6,16 @@ use std::path::{Path, PathBuf};
 
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
 
+// The package folder as `cargo test` gives it at run time (the compile-time
+// path is a fallback): a test binary reused from another checkout that shares
+// the target folder must read this checkout's files.
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/fixtures")
+    .join(name)
 }
 
 fn expected() -> serde_json::Value {

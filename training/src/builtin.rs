@@ -17,7 +17,7 @@ pub const NAME: &str = "tessera-minilm";
 /// per version of the committed head, so an index built with an earlier
 /// default keeps the model it recorded (v1 lived in `tessera-minilm`)
 /// instead of meeting new weights at the same path.
-pub const INSTALL_DIR: &str = "tessera-minilm-v3";
+pub const INSTALL_DIR: &str = "tessera-minilm-v4";
 
 /// The name that selects the raw backbone (identity head) instead.
 pub const RAW: &str = "raw";

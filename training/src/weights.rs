@@ -178,8 +178,11 @@ mod tests {
 
     #[test]
     fn ordered_dict_pickle_gets_an_actionable_error() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/ordered-dict.bin");
+        let path = std::path::Path::new(
+            &std::env::var_os("CARGO_MANIFEST_DIR")
+                .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+        )
+        .join("tests/fixtures/ordered-dict.bin");
         let e = WeightFile::read(&path)
             .err()
             .expect("OrderedDict is unreadable");

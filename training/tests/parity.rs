@@ -12,7 +12,11 @@ use tessera_training::{ColbertModel, ColbertSettings, Encoder, EncoderOptions, T
 const TOL: f64 = 1e-4;
 
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/fixtures")
 }
 
 struct Reference {

@@ -5,8 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+// The package folder as `cargo test` gives it at run time (the compile-time
+// path is a fallback): a test binary reused from another checkout that shares
+// the target folder must read this checkout's files.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(
+        &std::env::var_os("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("..")
 }
 
 pub fn tiny() -> String {
