@@ -3,16 +3,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
-
-fn tiny() -> PathBuf {
-    Path::new(
-        &std::env::var_os("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("../training/tests/fixtures/tiny-bert")
-}
 
 fn tessera<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     common::tessera_command()
@@ -32,11 +23,7 @@ fn stderr(o: &Output) -> String {
 
 /// `COMMAND --model <tiny> --device cpu --threads 1 REST…`
 fn tiny_args(command: &str, rest: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        command.to_owned(),
-        "--model".into(),
-        tiny().to_string_lossy().into_owned(),
-    ];
+    let mut v = vec![command.to_owned(), "--model".into(), common::tiny()];
     v.extend(["--device", "cpu", "--threads", "1"].map(String::from));
     v.extend(rest.iter().map(|s| s.to_string()));
     v

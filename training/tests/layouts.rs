@@ -2,7 +2,9 @@
 //! PyTorch `.bin`), ColBERT conventions, and bad input — each on a tiny random
 //! checkpoint the test builds from the committed tiny BERT.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use tessera_training::heads::LinearLayer;
 use tessera_training::tch::{self, Device, Kind, Tensor};
@@ -11,13 +13,7 @@ use tessera_training::{
     ProjectionHead, TrainingError,
 };
 
-fn tiny() -> PathBuf {
-    Path::new(
-        &std::env::var_os("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("tests/fixtures/tiny-bert")
-}
+use common::tiny;
 
 fn copy_tiny(to: &Path, files: &[&str]) {
     for f in files {

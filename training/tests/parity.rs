@@ -3,7 +3,9 @@
 //! BERT and the real all-MiniLM-L6-v2 (installed by `scripts/setup`).
 //! Tolerance: max |Δ| ≤ 1e-4 in f32.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 
 use tessera_training::tch::{Device, Kind, Tensor};
 use tessera_training::tokenize::ColbertTokenizer;
@@ -11,13 +13,7 @@ use tessera_training::{ColbertModel, ColbertSettings, Encoder, EncoderOptions, T
 
 const TOL: f64 = 1e-4;
 
-pub fn fixtures() -> PathBuf {
-    Path::new(
-        &std::env::var_os("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("tests/fixtures")
-}
+use common::fixtures;
 
 struct Reference {
     sentences: Vec<String>,

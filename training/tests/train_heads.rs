@@ -3,6 +3,8 @@
 //! the same weights, a resumed run equals an uninterrupted one, a checkpoint
 //! of another spec is refused, and full mode moves the backbone.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,13 +19,7 @@ use tessera_training::{
     ColbertModel, DeviceChoice, Encoder, EncoderOptions, HeadKind, ProjectionHead, TextKind,
 };
 
-fn tiny() -> PathBuf {
-    Path::new(
-        &std::env::var_os("CARGO_MANIFEST_DIR")
-            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
-    )
-    .join("tests/fixtures/tiny-bert")
-}
+use common::tiny;
 
 fn encoder() -> Encoder {
     Encoder::load(
