@@ -85,8 +85,8 @@ pub struct SummarizeArgs {
     tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
       --head ffn --depth 2 --width-factor 2 --residual --dim 128 --out heads/ffn-res-128\n  \
     tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
-      --head glu --dim 128 --steps 400 --batch-queries 24 --positives 4 --out heads/glu-128  \
-    # the default model's recipe\n  \
+      --head glu --dim 128 --steps 600 --batch-queries 24 --positives 4 --out heads/glu-128  \
+    # the recipe of the default model v4\n  \
     tessera train heads --dataset ../shared/datasets/scifact --head linear --dim 128 --mode full \\\n    \
       --steps 100 --batch-queries 8 --out heads/linear-full\n  \
     tessera train heads --unsupervised-corpus my-dump.jsonl --head glu --dim 128 --out heads/mine\n  \
