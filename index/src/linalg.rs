@@ -366,6 +366,12 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// If `out.len()` is not `row.len()` rounded up to a multiple of 32.
 pub fn quantize_scores(row: &[f32], scale: f32, threshold: f32, out: &mut [i8]) -> f32 {
     assert_eq!(out.len(), row.len().div_ceil(32) * 32);
+    #[cfg(target_arch = "x86_64")]
+    if avx512_enabled() {
+        // SAFETY: AVX-512F was detected at run time; `out` is a whole
+        // number of 32-byte blocks covering the row (checked above).
+        return unsafe { avx512::quantize_scores(row, scale, threshold, out) };
+    }
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     {
         // SAFETY: AVX2 is enabled at compile time (cfg above); the output

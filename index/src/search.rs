@@ -22,12 +22,11 @@ use std::time::Instant;
 use hnsw_rs::prelude::{DistL2, Hnsw};
 use rayon::prelude::*;
 
-use crate::codec::CodecKind;
 use crate::error::{IndexError, Result};
 use crate::filter::{FieldValue, Filter};
 use crate::index::{Index, StoredDoc};
 use crate::linalg::{
-    dot, dot_block, dot_block_i8, int8_kernel_enabled, maxsim_rows, norm2, prefetch, prefetch_line,
+    dot, dot_block, dot_block_i8, int8_kernel_enabled, maxsim_rows, norm2, prefetch_line,
     quantize_scores, signed_levels, QuantRows,
 };
 use crate::maxsim::Scratch;
@@ -311,32 +310,25 @@ impl Index {
         let codes = &s.codes()[range.clone()];
         let bytes = s.vector_bytes(range);
         let cents = self.centroids();
-        // Only residual codes read their centroid while decoding.
-        let reads_centroid = matches!(codec.kind, CodecKind::Residual { .. });
         let nq = q.len() / dim;
         scratch.best.clear();
         scratch.best.resize(nq, f32::NEG_INFINITY);
         scratch.doc.resize(TILE * dim, 0.0);
         scratch.scale.resize(TILE, 1.0);
-        for (t0, tile) in codes.chunks(TILE).enumerate() {
-            let t0 = t0 * TILE;
-            for (i, &c) in tile.iter().enumerate() {
-                let c = c as usize;
-                let t = t0 + i;
-                // The centroids are read in code order, far apart: start
-                // loading the next one while this one is decoded.
-                if let Some(&n) = codes.get(t + 1).filter(|_| reads_centroid) {
-                    prefetch(&cents[n as usize * dim..(n as usize + 1) * dim]);
-                }
-                scratch.scale[i] = codec.decode_unscaled(
-                    &bytes[t * bpt..(t + 1) * bpt],
-                    &cents[c * dim..(c + 1) * dim],
-                    &mut scratch.doc[i * dim..(i + 1) * dim],
-                );
-            }
+        for (i, tile) in codes.chunks(TILE).enumerate() {
+            let n = tile.len();
+            // One call decodes the tile (residual codes read their
+            // centroids, the next one prefetched while this one decodes).
+            codec.decode_tokens_unscaled(
+                &bytes[i * TILE * bpt..(i * TILE + n) * bpt],
+                tile,
+                cents,
+                &mut scratch.doc[..n * dim],
+                &mut scratch.scale[..n],
+            );
             maxsim_rows(
                 q,
-                &scratch.doc[..tile.len() * dim],
+                &scratch.doc[..n * dim],
                 dim,
                 &scratch.scale,
                 &mut scratch.best,

@@ -10,7 +10,10 @@
 //!   into running per-query maxima.
 //! * [`decode_residual`]: PLAID residual codes to `centroid + weight`, 16
 //!   dimensions per step with a lane permute instead of a table per byte,
-//!   returning the squared norm.
+//!   returning the squared norm; [`decode_residual_tokens`] does a tile of
+//!   tokens per call (the exact re-rank's path).
+//! * [`quantize_scores`]: a row of query-token scores to the i8 table of
+//!   the approximate pass, read in place with masked loads.
 
 use std::arch::x86_64::*;
 
@@ -192,6 +195,153 @@ pub unsafe fn decode_residual(
             2 => decode_residual_n::<2, 4>(weights, bytes, centroid, out),
             _ => decode_residual_n::<4, 8>(weights, bytes, centroid, out),
         }
+    }
+}
+
+/// [`super::quantize_scores`] with AVX-512 masked loads: a row of any
+/// length is read in place (no copy of a short tail into a padded
+/// buffer), 16 lanes per step, and each step stores 16 bytes.
+///
+/// # Safety
+/// AVX-512F must be available; `out.len()` is a multiple of 16 and at
+/// least `row.len()`.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn quantize_scores(row: &[f32], scale: f32, threshold: f32, out: &mut [i8]) -> f32 {
+    let n = row.len();
+    let mask = |rem: usize| -> __mmask16 {
+        if rem >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << rem) - 1
+        }
+    };
+    let neg = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut m = neg;
+    for c in 0..n.div_ceil(16) {
+        // SAFETY: the mask covers only lanes below n − c·16; masked-off
+        // lanes are not read.
+        let v = unsafe { _mm512_mask_loadu_ps(neg, mask(n - c * 16), row.as_ptr().add(c * 16)) };
+        m = _mm512_max_ps(m, v);
+    }
+    let best = _mm512_reduce_max_ps(m);
+    // The scalar reference's test: a NaN best zeroes the row as well.
+    let keep = best >= threshold;
+    if !keep {
+        out.fill(0);
+        return best;
+    }
+    let s = _mm512_set1_ps(scale);
+    let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    for c in 0..out.len() / 16 {
+        let k = mask(n.saturating_sub(c * 16));
+        // SAFETY: as above (zeros where masked off); c·16 + 16 ≤ out.len().
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(k, row.as_ptr().add(c * 16));
+            let v = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, s), lo), hi);
+            // The default rounding (MXCSR): to nearest, ties to even.
+            let b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v));
+            _mm_storeu_si128(out.as_mut_ptr().add(c * 16).cast(), b);
+        }
+    }
+    best
+}
+
+/// [`decode_residual`] for the consecutive tokens of a tile: token `t`'s
+/// `bpt` code bytes start at `bytes[t·bpt]`, its centroid is row
+/// `codes[t]` of `centroids` (`dim` floats each), and its decoded vector
+/// goes to `out[t·dim..]`, its squared norm to `norms[t]`. One call per
+/// tile instead of per token: the lane constants are set up once, and the
+/// next token's centroid is prefetched while this one is decoded.
+///
+/// # Safety
+/// AVX-512F must be available; `dim` a multiple of 16; `nbits` 1, 2 or
+/// 4 with `bpt ≥ dim·nbits/8`; `bytes.len() ≥ codes.len()·bpt`;
+/// `out.len() ≥ codes.len()·dim`; `norms.len() ≥ codes.len()`; every code
+/// `< centroids.len() / dim`.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn decode_residual_tokens(
+    nbits: u32,
+    weights: &[f32; 16],
+    bytes: &[u8],
+    bpt: usize,
+    codes: &[u32],
+    centroids: &[f32],
+    dim: usize,
+    out: &mut [f32],
+    norms: &mut [f32],
+) {
+    // SAFETY: forwarded.
+    unsafe {
+        match nbits {
+            1 => decode_tokens_n::<1, 2>(weights, bytes, bpt, codes, centroids, dim, out, norms),
+            2 => decode_tokens_n::<2, 4>(weights, bytes, bpt, codes, centroids, dim, out, norms),
+            _ => decode_tokens_n::<4, 8>(weights, bytes, bpt, codes, centroids, dim, out, norms),
+        }
+    }
+}
+
+/// [`decode_residual_tokens`] for `NB`-bit codes (`STEP = 2·NB` bytes per
+/// 16 dimensions).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
+    weights: &[f32; 16],
+    bytes: &[u8],
+    bpt: usize,
+    codes: &[u32],
+    centroids: &[f32],
+    dim: usize,
+    out: &mut [f32],
+    norms: &mut [f32],
+) {
+    // SAFETY: `weights` is exactly 16 floats.
+    let w = unsafe { _mm512_loadu_ps(weights.as_ptr()) };
+    let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let mask = _mm512_set1_epi32((1 << NB) - 1);
+    let bit = _mm512_mullo_epi32(lane, _mm512_set1_epi32(NB));
+    let shift = _mm512_and_si512(bit, _mm512_set1_epi32(31));
+    let upper = _mm512_cmpge_epi32_mask(bit, _mm512_set1_epi32(32));
+    let chunks = dim / 16;
+    for (t, &code) in codes.iter().enumerate() {
+        if let Some(&next) = codes.get(t + 1) {
+            let row = &centroids[next as usize * dim..(next as usize + 1) * dim];
+            for line in row.chunks(16) {
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
+        }
+        let cent = &centroids[code as usize * dim..(code as usize + 1) * dim];
+        let tb = &bytes[t * bpt..t * bpt + chunks * STEP];
+        let o = &mut out[t * dim..(t + 1) * dim];
+        let mut norm = [_mm512_setzero_ps(); 2];
+        for c in 0..chunks {
+            // SAFETY: `tb` holds `chunks·STEP` bytes; the read takes STEP
+            // of them at c·STEP.
+            let x: u64 = unsafe {
+                let p = tb.as_ptr().add(c * STEP);
+                match STEP {
+                    2 => u64::from(p.cast::<u16>().read_unaligned()),
+                    4 => u64::from(p.cast::<u32>().read_unaligned()),
+                    _ => p.cast::<u64>().read_unaligned(),
+                }
+            }
+            .to_le();
+            let lo = _mm512_set1_epi32(x as u32 as i32);
+            let words = if STEP == 8 {
+                _mm512_mask_set1_epi32(lo, upper, (x >> 32) as u32 as i32)
+            } else {
+                lo
+            };
+            let idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), mask);
+            let r = _mm512_permutexvar_ps(idx, w);
+            // SAFETY: c·16 + 16 <= dim = cent.len() = o.len().
+            unsafe {
+                let v = _mm512_add_ps(_mm512_loadu_ps(cent.as_ptr().add(c * 16)), r);
+                norm[c & 1] = _mm512_fmadd_ps(v, v, norm[c & 1]);
+                _mm512_storeu_ps(o.as_mut_ptr().add(c * 16), v);
+            }
+        }
+        norms[t] = _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
     }
 }
 
