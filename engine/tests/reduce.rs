@@ -173,6 +173,80 @@ fn a_trained_reduction_builds_searches_and_plans() {
     assert!(rows.iter().all(|r| r["ndcg10"].as_f64().unwrap() >= 0.0));
     assert_eq!(rows[4]["fits"], false);
     assert!(plan["recommended"]["fits"].as_bool().unwrap());
+
+    // Centroid counts and search settings as axes, the fastest above a
+    // floor: 2 pairs × 2 centroid counts × 2 settings, and the full f16
+    // index at both counts and settings (the default one is the
+    // reference).
+    let plan_json = dir.path().join("plan-axes.json");
+    let out = ok(&run(
+        &[
+            "reduce",
+            "plan",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--budget",
+            "12",
+            "--reduction",
+            rs,
+            "--dims",
+            "16,32",
+            "--model",
+            model.to_str().unwrap(),
+            "--codecs",
+            "residual2",
+            "--centroids",
+            "auto,16",
+            "--probes",
+            "32/512,8/128/128/512",
+            "--min-share",
+            "0.5",
+            "--rounds",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            plan_json.to_str().unwrap(),
+        ],
+        &envs,
+        None,
+    ));
+    assert!(out.contains("search it: tessera search"), "{out}");
+    let plan: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_json).unwrap()).unwrap();
+    let rows = plan["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    let reduced: Vec<&serde_json::Value> = rows.iter().filter(|r| r["fits"] == true).collect();
+    assert_eq!(reduced.len(), 8);
+    assert!(reduced.iter().any(|r| r["centroids"] == 16));
+    assert!(reduced
+        .iter()
+        .any(|r| r["n_probe"] == 8 && r["rerank_budget"] == 512));
+    let reference = &plan["reference"];
+    assert_eq!(reference["dim"], 64);
+    assert_eq!(reference["default_settings"], true);
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r["dim"] == 64 && r["default_settings"] == true)
+            .count(),
+        1
+    );
+    let pick = &plan["recommended"];
+    let floor = 0.5 * reference["ndcg10"].as_f64().unwrap();
+    assert!(pick["ndcg10"].as_f64().unwrap() >= floor);
+    // No faster fitting row clears the floor.
+    let p50 = pick["search_p50_ms"].as_f64().unwrap();
+    assert!(reduced
+        .iter()
+        .all(|r| r["ndcg10"].as_f64().unwrap() < floor
+            || r["search_p50_ms"].as_f64().unwrap() >= p50));
+    // The full-width index at the pick's settings is reported beside it.
+    let matched = &plan["reference_at_recommended_settings"];
+    assert_eq!(matched["dim"], 64);
+    assert_eq!(matched["centroids"], pick["centroids"]);
+    assert_eq!(matched["n_probe"], pick["n_probe"]);
 }
 
 #[test]
@@ -348,6 +422,37 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         None,
     ));
     assert!(e.contains("no (dim, codec) pair fits 5"), "{e}");
+    // Bad planner axes name the option and the value.
+    let plan_err = |extra: &[&str]| {
+        let mut a = vec![
+            "reduce",
+            "plan",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--budget",
+            "40",
+            "--reduction",
+            rs,
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+        ];
+        a.extend_from_slice(extra);
+        err(&run(&a, &envs, None))
+    };
+    let e = plan_err(&["--probes", "16"]);
+    assert!(
+        e.contains("--probes") && e.contains("N_PROBE/PROBE_BUDGET"),
+        "{e}"
+    );
+    let e = plan_err(&["--centroids", "auto,0"]);
+    assert!(
+        e.contains("--centroids") && e.contains("positive integer"),
+        "{e}"
+    );
+    let e = plan_err(&["--min-share", "0.95", "--no-reference"]);
+    assert!(e.contains("--min-share"), "{e}");
     // Resuming a run with other dims.
     let e = err(&run(
         &[

@@ -544,7 +544,8 @@ fn draw_dev_curves(out: &Path, dev: &[ReduceDev]) {
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction my-reduction\n  \
-    tessera reduce summarize runs/pca runs/orthogonal-s1 runs/plan-*.json --plot ndcg-vs-bytes\n\n\
+    tessera reduce summarize runs/pca runs/orthogonal-s1 runs/plan-*.json --plot ndcg-vs-bytes\n  \
+    tessera reduce summarize runs/budget16-*.json --frontier speed-frontier\n\n\
     Reductions are made by `tessera train reduce`.")]
 pub struct ReduceArgs {
     #[command(subcommand)]
@@ -575,21 +576,112 @@ pub struct SummarizeArgs {
     /// FILE.png and FILE.svg.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Draw each plan's speed/quality frontier to FILE.png and FILE.svg:
+    /// share of the reference's nDCG@10 against the speed-up over it, the
+    /// best configurations within the budget beside the full-width f16
+    /// index's (plans run with --centroids or --probes).
+    #[arg(long, value_name = "FILE")]
+    pub frontier: Option<PathBuf>,
 }
 
-/// Measure dev nDCG@10 and search p50 of every (dim, codec) pair that fits
-/// a budget in bytes per token, from one encoding of the corpus, and
-/// recommend the best.
+/// The configurations no other one beats on both speed-up and share (the
+/// points are (speed-up, share)), by increasing speed-up.
+pub fn frontier(mut points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
+    // Fastest first; keep a point when it scores above every faster one.
+    points.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for p in points {
+        if out.last().is_none_or(|l| p.1 > l.1) {
+            out.push(p);
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// `--frontier`: per plan JSON, the frontier of its fitting rows and of its
+/// full-width f16 rows, relative to its reference.
+fn draw_frontiers(stem: &Path, files: &[&PathBuf]) -> Result<()> {
+    let mut series = Vec::new();
+    for f in files {
+        let v = read_json(f)?;
+        let Some(reference) = v["reference"].as_object() else {
+            continue;
+        };
+        let (rn, rp) = (
+            reference["ndcg10"].as_f64().unwrap_or(f64::NAN),
+            reference["search_p50_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+        let dataset = Path::new(v["dataset"].as_str().unwrap_or("?"))
+            .file_name()
+            .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+        let k = reference["dim"].as_u64();
+        let budget = v["budget"].as_f64().unwrap_or(f64::NAN);
+        let mut fit = Vec::new();
+        let mut full = Vec::new();
+        for r in v["rows"].as_array().into_iter().flatten() {
+            let p = (
+                rp / r["search_p50_ms"].as_f64().unwrap_or(f64::NAN),
+                100.0 * r["ndcg10"].as_f64().unwrap_or(f64::NAN) / rn,
+            );
+            if !(p.0.is_finite() && p.1.is_finite()) {
+                continue;
+            }
+            if r["fits"] == true {
+                fit.push(p);
+            } else if r["dim"].as_u64() == k && r["codec"] == "f16" {
+                full.push(p);
+            }
+        }
+        series.push(plot::Series {
+            name: format!("{dataset}: within {budget} B/token"),
+            points: frontier(fit),
+        });
+        series.push(plot::Series {
+            name: format!("{dataset}: full-width f16"),
+            points: frontier(full),
+        });
+    }
+    ensure!(
+        !series.is_empty(),
+        "--frontier: none of the plan files has a reference row"
+    );
+    if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    }
+    plot::line_chart(
+        stem,
+        "Best share of the reference's nDCG@10 at each speed-up",
+        "search speed-up over the reference (full-width f16, default build and search)",
+        "% of the reference's nDCG@10",
+        &series,
+    )?;
+    eprintln!("frontier: {}.png, {}.svg", stem.display(), stem.display());
+    Ok(())
+}
+
+/// Measure dev nDCG@10 and search p50 of every configuration — dim, codec,
+/// centroid count, search setting — that fits a budget in bytes per token,
+/// from one encoding of the corpus, and recommend one.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal\n  \
+    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal \\\n    \
+      --centroids auto,4096 --probes 32/512,16/256/256,16/256/256/1024 --min-share 0.95\n  \
     tessera reduce plan --dataset ../shared/datasets/nfcorpus --budget 40 --codecs f16,residual2 --json plan.json\n\n\
     Bytes per token = the codec's bytes at dim r plus the 4-byte centroid id every index stores\n\
     (f16 2r, int8 r + 4, residual-b r·b/8). For each codec the walk goes up the dims (the\n\
-    reduction's nested set, and the model's full width) while the pair fits. Each pair is an\n\
-    index built from the one cached encoding (the corpus is encoded once per model), searched\n\
-    with every dev query; the full-width f16 index is measured too, as the reference. The\n\
-    recommendation is the best nDCG@10 within the budget (ties within 0.002: the faster one).")]
+    reduction's nested set, and the model's full width) while the pair fits; each pair is built\n\
+    once per --centroids value (an index from the one cached encoding: the corpus is encoded once\n\
+    per model) and searched with every dev query at each --probes setting (cells per query token,\n\
+    probe budget, and optionally the approximate pass's survivors and the exact re-rank budget).\n\
+    The full-width f16 index is measured too, at every centroid count and setting: the one built\n\
+    and searched with the defaults is the reference. Search p50 is over --rounds interleaved rounds.\n\
+    The recommendation is the best nDCG@10 within the budget (ties within 0.002: the faster\n\
+    one), or with --min-share S the fastest configuration that keeps S of the reference's\n\
+    nDCG@10. The report also gives the full-width index's own speed at the recommendation's\n\
+    centroids and search setting, so what the reduction buys is told apart from what a coarser\n\
+    quantiser or a narrower search buys; it ends with the build and search options to use.")]
 pub struct PlanArgs {
     /// A BEIR dataset folder.
     #[arg(long, value_name = "DIR")]
@@ -613,6 +705,25 @@ pub struct PlanArgs {
         default_value = "f16,int8,residual1,residual2,residual4"
     )]
     pub codecs: Vec<String>,
+    /// Centroid counts each pair is built with (`index build --centroids`);
+    /// auto: the build default, 2^round(log2(16·√tokens)).
+    #[arg(long, value_delimiter = ',', default_value = "auto", value_parser = parse_centroids, value_name = "K,..")]
+    pub centroids: Vec<CentroidCount>,
+    /// Search settings timed on every index, as N_PROBE/PROBE_BUDGET, with
+    /// optionally /N_APPROX and /RERANK_BUDGET (`search --n-probe N
+    /// --probe-budget B --n-approx A --rerank-budget R`; A and R default to
+    /// the search defaults, 1024 and 1536).
+    #[arg(long, value_delimiter = ',', default_value = "32/512", value_parser = parse_probe, value_name = "N/B[/A[/R]],..")]
+    pub probes: Vec<Probe>,
+    /// Recommend the fastest fitting configuration that keeps at least
+    /// this share of the reference's nDCG@10 (e.g. 0.95), instead of the
+    /// best nDCG@10.
+    #[arg(long, value_name = "SHARE")]
+    pub min_share: Option<f64>,
+    /// Timing rounds over every index and probe setting, interleaved
+    /// (search p50 is over all of them; nDCG@10 is from the first).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Results per query when timing search (nDCG@10 needs 10).
     #[arg(short, long, default_value_t = 10)]
     pub k: usize,
@@ -629,16 +740,120 @@ pub struct PlanArgs {
     pub model: ModelArgs,
 }
 
-/// One measured pair.
+/// `--centroids` value: a count, or `None` for the build default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CentroidCount(pub Option<usize>);
+
+fn parse_centroids(s: &str) -> Result<CentroidCount, String> {
+    let s = s.trim();
+    if s == "auto" {
+        return Ok(CentroidCount(None));
+    }
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(CentroidCount(Some(n))),
+        _ => Err(format!(
+            "{s:?}: a centroid count is a positive integer or auto"
+        )),
+    }
+}
+
+/// One PLAID search setting: cells per query token (at 8,192 cells), the
+/// probe budget in query tokens × cells, the documents the first
+/// approximate pass keeps for the second, and the exact re-rank budget in
+/// query tokens × documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Probe {
+    pub n_probe: usize,
+    pub probe_budget: usize,
+    pub n_approx: usize,
+    pub rerank_budget: usize,
+}
+
+impl Probe {
+    /// The search defaults of the index crate.
+    pub fn default_search() -> Self {
+        let p = SearchParams::default();
+        Self {
+            n_probe: p.n_probe,
+            probe_budget: p.probe_budget,
+            n_approx: p.n_approx,
+            rerank_budget: p.rerank_budget,
+        }
+    }
+
+    /// The `search` (and `serve`, `eval`) options that select it.
+    pub fn options(&self) -> String {
+        format!(
+            "--n-probe {} --probe-budget {} --n-approx {} --rerank-budget {}",
+            self.n_probe, self.probe_budget, self.n_approx, self.rerank_budget
+        )
+    }
+}
+
+impl std::fmt::Display for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let d = SearchParams::default();
+        write!(f, "{}/{}", self.n_probe, self.probe_budget)?;
+        if self.n_approx != d.n_approx || self.rerank_budget != d.rerank_budget {
+            write!(f, "/{}", self.n_approx)?;
+        }
+        if self.rerank_budget != d.rerank_budget {
+            write!(f, "/{}", self.rerank_budget)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_probe(s: &str) -> Result<Probe, String> {
+    let bad = || {
+        format!(
+            "{s:?}: a search setting is N_PROBE/PROBE_BUDGET[/N_APPROX[/RERANK_BUDGET]], e.g. 32/512 or 16/256/512/768"
+        )
+    };
+    let parts: Vec<usize> = s
+        .trim()
+        .split('/')
+        .map(|x| x.trim().parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let d = SearchParams::default();
+    let (n_probe, probe_budget, n_approx, rerank_budget) = match parts[..] {
+        [a, b] => (a, b, d.n_approx, d.rerank_budget),
+        [a, b, c] => (a, b, c, d.rerank_budget),
+        [a, b, c, e] => (a, b, c, e),
+        _ => return Err(bad()),
+    };
+    if n_probe == 0 || n_approx == 0 {
+        return Err(format!("{s:?}: N_PROBE and N_APPROX must be at least 1"));
+    }
+    Ok(Probe {
+        n_probe,
+        probe_budget,
+        n_approx,
+        rerank_budget,
+    })
+}
+
+/// One measured configuration.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PlanRow {
     pub dim: usize,
     pub codec: String,
+    /// Centroids of the built index.
+    pub centroids: usize,
+    /// Built with the default centroid count and searched with the default
+    /// probe setting.
+    pub default_settings: bool,
+    pub n_probe: usize,
+    pub probe_budget: usize,
+    pub n_approx: usize,
+    pub rerank_budget: usize,
     /// Codec bytes + the 4-byte centroid id.
     pub bytes_per_token: f64,
     /// What the built index spends per token (codes, vectors, offsets).
     pub measured_bytes_per_token: f64,
     pub fits: bool,
+    /// A full-width f16 row (measured for comparison, not recommended
+    /// unless it fits).
     pub reference: bool,
     pub ndcg10: f64,
     /// Of the top k (k = 10 by default: Recall@10).
@@ -646,6 +861,18 @@ pub struct PlanRow {
     pub search_p50_ms: f64,
     pub index_bytes: u64,
     pub build_s: f64,
+}
+
+impl PlanRow {
+    /// The search setting the row was timed with.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            n_probe: self.n_probe,
+            probe_budget: self.probe_budget,
+            n_approx: self.n_approx,
+            rerank_budget: self.rerank_budget,
+        }
+    }
 }
 
 pub fn run(args: ReduceArgs) -> Result<()> {
@@ -660,6 +887,15 @@ pub fn bytes_per_token(codec: CodecKind, dim: usize) -> f64 {
     (codec.bytes_per_token(dim) + 4) as f64
 }
 
+/// One index the planner builds, and the probe settings it is timed with.
+struct PlanBuild {
+    dim: usize,
+    codec: CodecKind,
+    centroids: CentroidCount,
+    reference: bool,
+    probes: Vec<Probe>,
+}
+
 fn plan(args: PlanArgs) -> Result<()> {
     let t_all = Instant::now();
     ensure!(
@@ -667,6 +903,16 @@ fn plan(args: PlanArgs) -> Result<()> {
         "--budget must be a positive number of bytes per token, not {}",
         args.budget
     );
+    if let Some(s) = args.min_share {
+        ensure!(
+            s.is_finite() && s > 0.0 && s <= 1.0,
+            "--min-share must be in (0, 1], not {s}"
+        );
+        ensure!(
+            !args.no_reference,
+            "--min-share is a share of the reference's nDCG@10: it needs the reference (drop --no-reference)"
+        );
+    }
     let codecs: Vec<CodecKind> = args
         .codecs
         .iter()
@@ -675,6 +921,10 @@ fn plan(args: PlanArgs) -> Result<()> {
                 .with_context(|| format!("--codecs {c}"))
         })
         .collect::<Result<_>>()?;
+    let mut centroid_counts = args.centroids.clone();
+    centroid_counts.dedup();
+    let mut probes = args.probes.clone();
+    probes.dedup();
     let model_dir = args.model.model_dir()?;
     let encoder = args.model.load_dir(&model_dir)?;
     let k = encoder.dim();
@@ -714,7 +964,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         }
     }
     // The walk: per codec, up the dims while the pair fits.
-    let mut pairs: Vec<(usize, CodecKind, bool)> = Vec::new();
+    let mut pairs: Vec<(usize, CodecKind)> = Vec::new();
     for &c in &codecs {
         for &r in &dims {
             if c.validate(r).is_err() {
@@ -723,13 +973,10 @@ fn plan(args: PlanArgs) -> Result<()> {
             if bytes_per_token(c, r) > args.budget {
                 break;
             }
-            pairs.push((r, c, false));
+            pairs.push((r, c));
         }
     }
-    if !args.no_reference && !pairs.iter().any(|p| p.0 == k && p.1 == CodecKind::F16) {
-        pairs.push((k, CodecKind::F16, true));
-    }
-    if !pairs.iter().any(|p| !p.2) {
+    if pairs.is_empty() {
         let smallest = codecs
             .iter()
             .flat_map(|&c| dims.iter().map(move |&r| (bytes_per_token(c, r), c, r)))
@@ -742,10 +989,51 @@ fn plan(args: PlanArgs) -> Result<()> {
             None => bail!("no (dim, codec) pair to measure"),
         }
     }
+    let mut builds: Vec<PlanBuild> = Vec::new();
+    for &(dim, codec) in &pairs {
+        for &centroids in &centroid_counts {
+            builds.push(PlanBuild {
+                dim,
+                codec,
+                centroids,
+                reference: false,
+                probes: probes.clone(),
+            });
+        }
+    }
+    if !args.no_reference {
+        // The full-width f16 index at every centroid count and probe
+        // setting, and always with the defaults (the reference).
+        let mut counts = centroid_counts.clone();
+        if !counts.contains(&CentroidCount(None)) {
+            counts.insert(0, CentroidCount(None));
+        }
+        for centroids in counts {
+            if builds
+                .iter()
+                .any(|b| b.dim == k && b.codec == CodecKind::F16 && b.centroids == centroids)
+            {
+                continue;
+            }
+            let mut p = probes.clone();
+            if centroids.0.is_none() && !p.contains(&Probe::default_search()) {
+                p.insert(0, Probe::default_search());
+            }
+            builds.push(PlanBuild {
+                dim: k,
+                codec: CodecKind::F16,
+                centroids,
+                reference: true,
+                probes: p,
+            });
+        }
+    }
     eprintln!(
-        "planning {} pairs within {} bytes/token{}",
-        pairs.iter().filter(|p| !p.2).count(),
+        "planning {} pairs within {} bytes/token × {} centroid count(s) × {} probe setting(s){}",
+        pairs.len(),
         args.budget,
+        centroid_counts.len(),
+        probes.len(),
         if args.no_reference {
             ""
         } else {
@@ -790,96 +1078,198 @@ fn plan(args: PlanArgs) -> Result<()> {
             tmp.path().to_owned()
         }
     };
+    let search_params = |p: Probe| SearchParams {
+        k: args.k.max(10),
+        n_probe: p.n_probe,
+        probe_budget: p.probe_budget,
+        n_approx: p.n_approx,
+        rerank_budget: p.rerank_budget,
+        ..SearchParams::default()
+    };
+    // Build every index; search each with every probe setting once (the
+    // first timing round, and the nDCG@10).
     let mut rows: Vec<PlanRow> = Vec::new();
-    for (r, codec, reference) in pairs {
-        let dir = work.join(format!("r{r}-{codec}"));
+    let mut indexes: Vec<Index> = Vec::new();
+    // Per row: its index, its probe, and its latencies over the rounds.
+    let mut timed: Vec<(usize, Probe, Vec<f64>)> = Vec::new();
+    for b in &builds {
+        let dir = work.join(format!(
+            "r{}-{}-c{}",
+            b.dim,
+            b.codec,
+            b.centroids.0.map_or("auto".into(), |n| n.to_string())
+        ));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| dir.display().to_string())?;
         }
         let mut opts = BuildOptions {
-            codec,
+            codec: b.codec,
+            num_centroids: b.centroids.0,
             ..BuildOptions::default()
         };
-        if r < k {
+        if b.dim < k {
             let red = red
                 .as_ref()
                 .expect("checked: dims below k need a reduction");
-            apply_to_options(&mut opts, red, r)?;
+            apply_to_options(&mut opts, red, b.dim)?;
         }
         let t = Instant::now();
         let (stats, _) = crate::commands::index::build_from_vectors(&enc, &dir, opts)?;
         let build_s = t.elapsed().as_secs_f64();
         let index = Index::open(&dir)?;
-        let params = SearchParams {
-            k: args.k.max(10),
-            ..SearchParams::default()
-        };
-        let mut run = Run::default();
-        let mut lat = Vec::with_capacity(queries.len());
-        for (q, v) in queries.iter().zip(&qvecs) {
-            let t = Instant::now();
-            let hits = index.search(v, &params)?;
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-            run.results.insert(
-                q.id.clone(),
-                hits.into_iter()
-                    .map(|h| (h.id, f64::from(h.score)))
-                    .collect(),
+        for &probe in &b.probes {
+            let params = search_params(probe);
+            let mut run = Run::default();
+            let mut lat = Vec::with_capacity(queries.len() * args.rounds as usize);
+            for (q, v) in queries.iter().zip(&qvecs) {
+                let t = Instant::now();
+                let hits = index.search(v, &params)?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+                run.results.insert(
+                    q.id.clone(),
+                    hits.into_iter()
+                        .map(|h| (h.id, f64::from(h.score)))
+                        .collect(),
+                );
+            }
+            let e = evaluate(
+                &qrels,
+                &run,
+                &[Measure::Ndcg(10), Measure::Recall(args.k.max(10))],
+                true,
             );
+            let row = PlanRow {
+                dim: b.dim,
+                codec: b.codec.to_string(),
+                centroids: stats.num_centroids,
+                default_settings: b.centroids.0.is_none() && probe == Probe::default_search(),
+                n_probe: probe.n_probe,
+                probe_budget: probe.probe_budget,
+                n_approx: probe.n_approx,
+                rerank_budget: probe.rerank_budget,
+                bytes_per_token: bytes_per_token(b.codec, b.dim),
+                measured_bytes_per_token: stats.bytes_per_token,
+                fits: bytes_per_token(b.codec, b.dim) <= args.budget,
+                reference: b.reference,
+                ndcg10: e.mean[0],
+                recall: e.mean[1],
+                search_p50_ms: median(&lat),
+                index_bytes: stats.index_bytes,
+                build_s,
+            };
+            eprintln!(
+                "r {:>4} {:<10} {:>6} centroids  probe {:<8} {:>6.1} B/token  nDCG@10 {:.4}  p50 {:.2} ms  {:.1} MiB  built in {:.1} s",
+                row.dim,
+                row.codec,
+                row.centroids,
+                probe.to_string(),
+                row.bytes_per_token,
+                row.ndcg10,
+                row.search_p50_ms,
+                row.index_bytes as f64 / (1 << 20) as f64,
+                row.build_s
+            );
+            rows.push(row);
+            timed.push((indexes.len(), probe, lat));
         }
-        lat.sort_by(f64::total_cmp);
-        let e = evaluate(
-            &qrels,
-            &run,
-            &[Measure::Ndcg(10), Measure::Recall(args.k.max(10))],
-            true,
-        );
-        let row = PlanRow {
-            dim: r,
-            codec: codec.to_string(),
-            bytes_per_token: bytes_per_token(codec, r),
-            measured_bytes_per_token: stats.bytes_per_token,
-            fits: bytes_per_token(codec, r) <= args.budget,
-            reference,
-            ndcg10: e.mean[0],
-            recall: e.mean[1],
-            search_p50_ms: lat[lat.len() / 2],
-            index_bytes: stats.index_bytes,
-            build_s,
-        };
-        eprintln!(
-            "r {:>4} {:<10} {:>6.1} B/token  nDCG@10 {:.4}  p50 {:.2} ms  {:.1} MiB  built in {:.1} s",
-            row.dim,
-            row.codec,
-            row.bytes_per_token,
-            row.ndcg10,
-            row.search_p50_ms,
-            row.index_bytes as f64 / (1 << 20) as f64,
-            row.build_s
-        );
-        rows.push(row);
-        if args.keep_indexes.is_none() {
-            drop(index);
-            let _ = std::fs::remove_dir_all(&dir);
+        indexes.push(index);
+    }
+    // The other timing rounds, interleaved over every index and setting so
+    // that drift of the machine falls on all of them alike.
+    for round in 1..args.rounds {
+        eprintln!("timing round {} of {}", round + 1, args.rounds);
+        for (i, probe, lat) in timed.iter_mut() {
+            let params = search_params(*probe);
+            for v in &qvecs {
+                let t = Instant::now();
+                indexes[*i].search(v, &params)?;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
-    let pick = recommend(&rows);
+    for (row, (_, _, lat)) in rows.iter_mut().zip(&timed) {
+        row.search_p50_ms = median(lat);
+    }
+    drop(indexes);
+
     let reference = rows
         .iter()
-        .find(|r| r.reference || (r.dim == k && r.codec == "f16"));
-    print_plan(&rows, pick, reference, args.budget);
+        .position(|r| r.dim == k && r.codec == "f16" && r.default_settings);
+    let ref_ndcg = reference.map(|i| rows[i].ndcg10);
+    let mut note = None;
+    let pick = match (args.min_share, ref_ndcg) {
+        (Some(s), Some(f)) => match recommend_fastest(&rows, s * f) {
+            Some(i) => Some(i),
+            None => {
+                note = Some(format!(
+                    "no configuration within the budget keeps {:.1} % of the reference's nDCG@10 ({:.4}); the best one instead",
+                    100.0 * s,
+                    s * f
+                ));
+                recommend(&rows)
+            }
+        },
+        _ => recommend(&rows),
+    };
+    // The full-width f16 index at the pick's centroids and probe.
+    let matched = pick.and_then(|p| {
+        rows.iter().position(|r| {
+            r.dim == k
+                && r.codec == "f16"
+                && r.centroids == rows[p].centroids
+                && r.n_probe == rows[p].n_probe
+                && r.probe_budget == rows[p].probe_budget
+                && r.n_approx == rows[p].n_approx
+                && r.rerank_budget == rows[p].rerank_budget
+        })
+    });
+    print_plan(
+        &rows,
+        pick,
+        reference.map(|i| &rows[i]),
+        matched.map(|i| &rows[i]),
+        args.budget,
+    );
+    if let Some(n) = &note {
+        println!("({n})");
+    }
+    if let Some(p) = pick {
+        let r = &rows[p];
+        let red_opt = match (&args.reduction, r.dim < k) {
+            (Some(d), true) => format!(" --reduction {} --dim {}", d.display(), r.dim),
+            _ => String::new(),
+        };
+        println!(
+            "build it:  tessera index build --input CORPUS --out INDEX --codec {} --centroids {}{red_opt}",
+            r.codec, r.centroids
+        );
+        println!(
+            "search it: tessera search --index INDEX{red_opt} {} (the same options for serve and eval)",
+            r.probe().options()
+        );
+    }
     let secs = t_all.elapsed().as_secs_f64();
     eprintln!("planned in {secs:.1} s");
     if let Some(p) = &args.json {
         let v = serde_json::json!({
             "dataset": args.dataset, "split": args.split, "budget": args.budget,
             "model": model_dir, "reduction": args.reduction, "rows": rows,
-            "recommended": pick.map(|i| &rows[i]), "seconds": secs,
+            "min_share": args.min_share, "rounds": args.rounds,
+            "recommended": pick.map(|i| &rows[i]),
+            "reference": reference.map(|i| &rows[i]),
+            "reference_at_recommended_settings": matched.map(|i| &rows[i]),
+            "note": note, "seconds": secs,
         });
         std::fs::write(p, serde_json::to_vec_pretty(&v)?)
             .with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Index of the best fitting row: highest nDCG@10; within 0.002 of it, the
@@ -897,30 +1287,55 @@ pub fn recommend(rows: &[PlanRow]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-fn print_plan(rows: &[PlanRow], pick: Option<usize>, reference: Option<&PlanRow>, budget: f64) {
+/// Index of the fastest fitting row whose nDCG@10 is at least `floor`.
+pub fn recommend_fastest(rows: &[PlanRow], floor: f64) -> Option<usize> {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| r.fits && r.ndcg10 >= floor)
+        .min_by(|a, b| a.1.search_p50_ms.total_cmp(&b.1.search_p50_ms))
+        .map(|(i, _)| i)
+}
+
+fn print_plan(
+    rows: &[PlanRow],
+    pick: Option<usize>,
+    reference: Option<&PlanRow>,
+    matched: Option<&PlanRow>,
+    budget: f64,
+) {
     use std::io::Write;
     let mut o = std::io::stdout().lock();
     let _ = writeln!(
         o,
-        "| dim | codec | bytes/token | nDCG@10 | % of full f16 | Recall@k | search p50 ms | index MiB | build s |"
+        "| dim | codec | centroids | search | bytes/token | nDCG@10 | % of reference | Recall@k | search p50 ms | speed-up | index MiB | build s |"
     );
-    let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        o,
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for (i, r) in rows.iter().enumerate() {
         let pct = reference.map_or("-".into(), |f| {
             format!("{:.1} %", 100.0 * r.ndcg10 / f.ndcg10.max(1e-12))
         });
+        let speed = reference.map_or("-".into(), |f| {
+            format!("{:.2}×", f.search_p50_ms / r.search_p50_ms.max(1e-9))
+        });
         let mark = if Some(i) == pick {
             " **recommended**"
+        } else if r.reference && r.default_settings {
+            " (reference)"
         } else if !r.fits {
-            " (reference, over budget)"
+            " (over budget)"
         } else {
             ""
         };
         let _ = writeln!(
             o,
-            "| {} | {}{mark} | {:.1} | {:.4} | {pct} | {:.4} | {:.2} | {:.1} | {:.1} |",
+            "| {} | {}{mark} | {} | {} | {:.1} | {:.4} | {pct} | {:.4} | {:.2} | {speed} | {:.1} | {:.1} |",
             r.dim,
             r.codec,
+            r.centroids,
+            r.probe(),
             r.bytes_per_token,
             r.ndcg10,
             r.recall,
@@ -934,16 +1349,28 @@ fn print_plan(rows: &[PlanRow], pick: Option<usize>, reference: Option<&PlanRow>
             let r = &rows[i];
             let vs = reference.map_or(String::new(), |f| {
                 format!(
-                    ": {:.1} % of the full-width f16 nDCG@10, {:.1}× its search speed",
+                    ": {:.1} % of the reference's nDCG@10 (full-width f16, default build and search), {:.2}× its search speed",
                     100.0 * r.ndcg10 / f.ndcg10.max(1e-12),
                     f.search_p50_ms / r.search_p50_ms.max(1e-9)
                 )
             });
             let _ = writeln!(
                 o,
-                "\nrecommended within {budget} bytes/token: dim {} with {} ({:.1} bytes/token){vs}",
-                r.dim, r.codec, r.bytes_per_token
+                "\nrecommended within {budget} bytes/token: dim {} with {} ({:.1} bytes/token), {} centroids, search {}{vs}",
+                r.dim, r.codec, r.bytes_per_token, r.centroids, r.probe()
             );
+            if let (Some(f), Some(m)) = (reference, matched) {
+                let pick_is_full = m.dim == r.dim && m.codec == r.codec;
+                if !r.default_settings && !pick_is_full {
+                    let _ = writeln!(
+                        o,
+                        "the full-width f16 index with the same centroids and search settings: {:.1} % of the reference's nDCG@10, {:.2}× its speed — the reduction itself is {:.2}× faster than it",
+                        100.0 * m.ndcg10 / f.ndcg10.max(1e-12),
+                        f.search_p50_ms / m.search_p50_ms.max(1e-9),
+                        m.search_p50_ms / r.search_p50_ms.max(1e-9)
+                    );
+                }
+            }
         }
         None => {
             let _ = writeln!(o, "\nno pair fits {budget} bytes/token");
@@ -1052,7 +1479,15 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
                 .map(|x| x["dim"].as_u64().unwrap_or(0))
                 .max()
                 .unwrap_or(0);
-            for row in v["rows"].as_array().into_iter().flatten() {
+            // Rows built or searched with other centroid counts or probe
+            // settings than the defaults are the planner's, not the
+            // reduction comparison's.
+            for row in v["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["default_settings"].as_bool().unwrap_or(true))
+            {
                 let dim = row["dim"].as_u64().unwrap_or(0);
                 let m = if method == "model" {
                     format!(
@@ -1200,6 +1635,10 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
             eprintln!("plot: {}.png, {}.svg", stem.display(), stem.display());
         }
     }
+    if let Some(stem) = &args.frontier {
+        let files: Vec<&PathBuf> = args.runs.iter().filter(|r| r.is_file()).collect();
+        draw_frontiers(stem, &files)?;
+    }
     Ok(())
 }
 
@@ -1211,6 +1650,12 @@ mod tests {
         PlanRow {
             dim,
             codec: codec.into(),
+            centroids: 4096,
+            default_settings: true,
+            n_probe: 32,
+            probe_budget: 512,
+            n_approx: 1024,
+            rerank_budget: 1536,
             bytes_per_token: 0.0,
             measured_bytes_per_token: 0.0,
             fits,
@@ -1246,5 +1691,85 @@ mod tests {
         // does not fit.
         assert_eq!(recommend(&rows), Some(0));
         assert_eq!(recommend(&rows[3..]), None);
+    }
+
+    #[test]
+    fn with_a_floor_the_recommendation_is_the_fastest_fitting_row_above_it() {
+        let rows = vec![
+            row(48, "residual2", 0.790, 3.0, true),
+            row(64, "residual1", 0.780, 2.0, true),
+            row(32, "residual2", 0.700, 1.5, true),
+            row(128, "f16", 0.810, 1.0, false),
+        ];
+        // 95 % of 0.81 = 0.7695: rows 0 and 1 qualify, row 1 is faster; the
+        // reference is faster still but over budget.
+        assert_eq!(recommend_fastest(&rows, 0.95 * 0.81), Some(1));
+        assert_eq!(recommend_fastest(&rows, 0.785), Some(0));
+        assert_eq!(recommend_fastest(&rows, 0.80), None);
+    }
+
+    #[test]
+    fn the_frontier_keeps_what_nothing_beats_on_both_axes() {
+        let pts = vec![
+            (1.0, 100.0),
+            (1.5, 99.0),
+            (1.4, 98.0),
+            (2.0, 96.0),
+            (2.0, 95.0),
+            (2.5, 90.0),
+        ];
+        // (1.4, 98) is beaten by (1.5, 99); (2.0, 95) by (2.0, 96).
+        assert_eq!(
+            frontier(pts),
+            vec![(1.0, 100.0), (1.5, 99.0), (2.0, 96.0), (2.5, 90.0)]
+        );
+        assert!(frontier(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn probe_and_centroid_options_parse_and_name_bad_values() {
+        assert_eq!(
+            parse_probe("16/256"),
+            Ok(Probe {
+                n_probe: 16,
+                probe_budget: 256,
+                n_approx: 1024,
+                rerank_budget: 1536
+            })
+        );
+        assert_eq!(
+            parse_probe("16/256/512"),
+            Ok(Probe {
+                n_probe: 16,
+                probe_budget: 256,
+                n_approx: 512,
+                rerank_budget: 1536
+            })
+        );
+        let p = parse_probe("16/256/1024/768").unwrap();
+        assert_eq!((p.n_approx, p.rerank_budget), (1024, 768));
+        assert_eq!(p.to_string(), "16/256/1024/768");
+        assert_eq!(parse_probe("16/256/512").unwrap().to_string(), "16/256/512");
+        // The option's default string is the search defaults.
+        assert_eq!(parse_probe("32/512"), Ok(Probe::default_search()));
+        assert_eq!(Probe::default_search().to_string(), "32/512");
+        for bad in [
+            "16",
+            "16/",
+            "a/256",
+            "0/256",
+            "16/-1",
+            "16/256/0",
+            "1/2/3/4/5",
+            "1/2/3/x",
+        ] {
+            let e = parse_probe(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert_eq!(parse_centroids("auto"), Ok(CentroidCount(None)));
+        assert_eq!(parse_centroids("4096"), Ok(CentroidCount(Some(4096))));
+        for bad in ["0", "-4", "many"] {
+            assert!(parse_centroids(bad).unwrap_err().contains(bad));
+        }
     }
 }
