@@ -258,6 +258,35 @@ async fn an_index_built_at_r_32_is_served() {
             .into_inner();
         assert_eq!(ids(&r.results[0]), want, "{q}");
     }
+    // Search settings given to serve (as `reduce plan` recommends them)
+    // apply to every query: the same hits as `tessera search` with them.
+    let narrow = [
+        "--n-probe",
+        "1",
+        "--probe-budget",
+        "0",
+        "--n-approx",
+        "4",
+        "--rerank-budget",
+        "1",
+    ];
+    {
+        let server = Server::start(&index, &narrow, "");
+        server.wait_serving().await;
+        let mut c = server.client().await;
+        for t in common::TOPICS {
+            let q = format!("what about {t}");
+            let mut flags = vec!["-k", "3"];
+            flags.extend_from_slice(&narrow);
+            let want = cli_ids(&index, &q, &flags);
+            let r = c
+                .search(search_req(vec![text_query(&q, 3)]))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(ids(&r.results[0]), want, "{q} with {narrow:?}");
+        }
+    }
     // Query vectors come at the model's width (64) and are reduced by the
     // server like documents were; 32-dim ones are refused.
     let (flat, n) = query_vectors(model.to_str().unwrap(), "what about moon tides ocean");

@@ -565,7 +565,8 @@ pub enum ReduceCommand {
 #[derive(Args, Debug)]
 #[command(after_help = "Example:\n  \
     tessera reduce summarize runs/truncate runs/pca runs/orthogonal-s* runs/head-*-s1 \\\n    \
-      runs/plan-*.json --plot docs/experiments/reductions/ndcg-vs-bytes\n\n\
+      runs/plan-*.json --plot docs/experiments/reductions/ndcg-vs-bytes\n  \
+    tessera reduce summarize runs/speed16-*.json --frontier docs/experiments/reductions/speed-frontier\n\n\
     Runs of one method and dim form a row (mean ± std over seeds); plans form one row per\n\
     method, dim and codec, with each dataset's nDCG@10 and their mean.")]
 pub struct SummarizeArgs {
@@ -1244,7 +1245,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             r.codec, r.centroids
         );
         println!(
-            "search it: tessera search --index INDEX{red_opt} {} (the same options for serve and eval)",
+            "search it: tessera search --index INDEX{red_opt} {} (the same options for eval and serve)",
             r.probe().options()
         );
     }

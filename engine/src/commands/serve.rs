@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tessera_index::Index;
+use tessera_index::{Index, SearchParams};
 use tessera_proto::v1::tessera_server::TesseraServer;
 use tonic_health::ServingStatus;
 
@@ -26,6 +26,7 @@ use crate::server::service::{Faults, Limits, Ready, SearchLanes, Service, State}
 #[command(after_help = "Examples:\n  \
     tessera serve --index scifact.idx\n  \
     tessera serve --index scifact.idx --addr 0.0.0.0:50051 --metrics-addr 127.0.0.1:9100\n  \
+    tessera serve --index small.idx --n-probe 16 --probe-budget 256 --n-approx 256 --rerank-budget 768\n  \
     tessera query --addr 127.0.0.1:50051 \"coffee and diabetes\"\n  \
     grpcurl -plaintext 127.0.0.1:50051 list\n\n\
     The first stdout line is `listening on ADDR` (with the real port when --addr \
@@ -81,6 +82,22 @@ pub struct ServeArgs {
     /// candidate parameters).
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_candidates: u32,
+    /// PLAID: cells probed per query token, at least, for 8,192 centroids
+    /// — the default of queries that set no `candidates.n_probe` (e.g. the
+    /// setting `tessera reduce plan` recommends).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub n_probe: Option<u32>,
+    /// PLAID: probe budget in query tokens × cells, for every query.
+    #[arg(long, value_name = "N")]
+    pub probe_budget: Option<u32>,
+    /// PLAID/HNSW: documents the first approximate pass keeps, for every
+    /// query.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub n_approx: Option<u32>,
+    /// PLAID/HNSW: exact re-rank budget in query tokens × documents, for
+    /// every query.
+    #[arg(long, value_name = "N")]
+    pub rerank_budget: Option<u32>,
     /// Threads of the search pool. Default: the number of CPUs. (The
     /// model's threads are --threads, default half the CPUs.)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -141,6 +158,22 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
         max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
         max_candidates: args.max_candidates.max(1) as usize,
         max_probe: 256,
+        search: {
+            let mut p = SearchParams::default();
+            if let Some(n) = args.n_probe {
+                p.n_probe = n as usize;
+            }
+            if let Some(n) = args.probe_budget {
+                p.probe_budget = n as usize;
+            }
+            if let Some(n) = args.n_approx {
+                p.n_approx = n as usize;
+            }
+            if let Some(n) = args.rerank_budget {
+                p.rerank_budget = n as usize;
+            }
+            p
+        },
     };
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(State::new(

@@ -43,6 +43,10 @@ pub struct Limits {
     pub max_candidates: usize,
     /// PLAID cells probed per query token, at most.
     pub max_probe: usize,
+    /// Search settings of a query that does not set its own (`serve
+    /// --n-probe`, `--probe-budget`, `--n-approx`, `--rerank-budget`; the
+    /// index crate's defaults otherwise).
+    pub search: SearchParams,
 }
 
 /// Faults the tests inject into a debug build through `TESSERA_FAULTS`
@@ -672,7 +676,7 @@ fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, 
     }
     let mut params = SearchParams {
         k: q.k as usize,
-        ..SearchParams::default()
+        ..limits.search.clone()
     };
     if let Some(c) = &q.candidates {
         params.candidates = match pb::CandidateGenerator::try_from(c.generator) {
