@@ -125,34 +125,22 @@ fn a_trained_reduction_builds_searches_and_plans() {
 
     // The planner: every pair within 40 bytes/token at dims 16, 32, 64,
     // plus the full f16 reference; a recommendation.
-    let plan_json = dir.path().join("plan.json");
-    let out = ok(&run(
-        &[
-            "reduce",
-            "plan",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--budget",
-            "40",
-            "--reduction",
-            rs,
-            "--model",
-            model.to_str().unwrap(),
-            "--codecs",
-            "f16,residual2",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--json",
-            plan_json.to_str().unwrap(),
-        ],
-        &envs,
-        None,
-    ));
+    // `reduce plan` on the fixture with `extra` options: its stdout and JSON.
+    let plan_run = |name: &str, extra: &[&str]| {
+        let json = dir.path().join(name);
+        let mut a = plan_args(&ds, rs, &model);
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["--threads", "1", "--json", json.to_str().unwrap()]);
+        let out = ok(&run(&a, &envs, None));
+        let plan: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (out, plan)
+    };
+    let (out, plan) = plan_run(
+        "plan.json",
+        &["--budget", "40", "--codecs", "f16,residual2"],
+    );
     assert!(out.contains("recommended within 40 bytes/token"), "{out}");
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&plan_json).unwrap()).unwrap();
     let rows = plan["rows"].as_array().unwrap();
     let pairs: Vec<(u64, &str)> = rows
         .iter()
@@ -178,21 +166,13 @@ fn a_trained_reduction_builds_searches_and_plans() {
     // floor: 2 pairs × 2 centroid counts × 2 settings, and the full f16
     // index at both counts and settings (the default one is the
     // reference).
-    let plan_json = dir.path().join("plan-axes.json");
-    let out = ok(&run(
+    let (out, plan) = plan_run(
+        "plan-axes.json",
         &[
-            "reduce",
-            "plan",
-            "--dataset",
-            ds.to_str().unwrap(),
             "--budget",
             "12",
-            "--reduction",
-            rs,
             "--dims",
             "16,32",
-            "--model",
-            model.to_str().unwrap(),
             "--codecs",
             "residual2",
             "--centroids",
@@ -203,19 +183,9 @@ fn a_trained_reduction_builds_searches_and_plans() {
             "0.5",
             "--rounds",
             "2",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--json",
-            plan_json.to_str().unwrap(),
         ],
-        &envs,
-        None,
-    ));
+    );
     assert!(out.contains("search it: tessera search"), "{out}");
-    let plan: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&plan_json).unwrap()).unwrap();
     let rows = plan["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 12, "{rows:?}");
     let reduced: Vec<&serde_json::Value> = rows.iter().filter(|r| r["fits"] == true).collect();
@@ -247,6 +217,23 @@ fn a_trained_reduction_builds_searches_and_plans() {
     assert_eq!(matched["dim"], 64);
     assert_eq!(matched["centroids"], pick["centroids"]);
     assert_eq!(matched["n_probe"], pick["n_probe"]);
+}
+
+/// `tessera reduce plan` on `ds` with reduction `rs` and `model`, on the
+/// CPU; the caller adds the budget and the rest.
+fn plan_args<'a>(ds: &'a Path, rs: &'a str, model: &'a Path) -> Vec<&'a str> {
+    vec![
+        "reduce",
+        "plan",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--reduction",
+        rs,
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]
 }
 
 #[test]
@@ -401,45 +388,18 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     let e = search_err(&["--reduction", rs, "--dim", "16"], &plain);
     assert!(e.contains("without a reduction"), "{e}");
     // The planner refuses a budget nothing fits.
-    let e = err(&run(
-        &[
-            "reduce",
-            "plan",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--budget",
-            "5",
-            "--reduction",
-            rs,
-            "--model",
-            model.to_str().unwrap(),
-            "--codecs",
-            "f16",
-            "--device",
-            "cpu",
-        ],
-        &envs,
-        None,
-    ));
+    let plan_err = |extra: &[&str]| {
+        let mut a = plan_args(&ds, rs, &model);
+        a.extend_from_slice(extra);
+        err(&run(&a, &envs, None))
+    };
+    let e = plan_err(&["--budget", "5", "--codecs", "f16"]);
     assert!(e.contains("no (dim, codec) pair fits 5"), "{e}");
     // Bad planner axes name the option and the value.
     let plan_err = |extra: &[&str]| {
-        let mut a = vec![
-            "reduce",
-            "plan",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--budget",
-            "40",
-            "--reduction",
-            rs,
-            "--model",
-            model.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ];
+        let mut a = vec!["--budget", "40"];
         a.extend_from_slice(extra);
-        err(&run(&a, &envs, None))
+        plan_err(&a)
     };
     let e = plan_err(&["--probes", "16"]);
     assert!(

@@ -188,14 +188,25 @@ pub unsafe fn decode_residual(
     centroid: &[f32],
     out: &mut [f32],
 ) -> f32 {
-    // SAFETY: forwarded; each instance reads 2·NB bytes per 16 dimensions.
+    // One token is a tile of one whose code 0 names `centroid`.
+    let mut norm = [0.0f32];
+    let dim = out.len();
+    // SAFETY: forwarded; `centroid` is one row of `dim` floats and code 0
+    // is in range.
     unsafe {
-        match nbits {
-            1 => decode_residual_n::<1, 2>(weights, bytes, centroid, out),
-            2 => decode_residual_n::<2, 4>(weights, bytes, centroid, out),
-            _ => decode_residual_n::<4, 8>(weights, bytes, centroid, out),
-        }
+        decode_residual_tokens(
+            nbits,
+            weights,
+            bytes,
+            bytes.len(),
+            &[0],
+            centroid,
+            dim,
+            out,
+            &mut norm,
+        );
     }
+    norm[0]
 }
 
 /// [`super::quantize_scores`] with AVX-512 masked loads: a row of any
@@ -299,6 +310,8 @@ unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
     let w = unsafe { _mm512_loadu_ps(weights.as_ptr()) };
     let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     let mask = _mm512_set1_epi32((1 << NB) - 1);
+    // Per lane: the shift of its code within the 32-bit half of the chunk
+    // that holds it (only 4-bit codes reach the upper half).
     let bit = _mm512_mullo_epi32(lane, _mm512_set1_epi32(NB));
     let shift = _mm512_and_si512(bit, _mm512_set1_epi32(31));
     let upper = _mm512_cmpge_epi32_mask(bit, _mm512_set1_epi32(32));
@@ -313,6 +326,8 @@ unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
         let cent = &centroids[code as usize * dim..(code as usize + 1) * dim];
         let tb = &bytes[t * bpt..t * bpt + chunks * STEP];
         let o = &mut out[t * dim..(t + 1) * dim];
+        // Two accumulators for the norm: one chain of 24 dependent FMAs per
+        // token would cost more than the decoding itself.
         let mut norm = [_mm512_setzero_ps(); 2];
         for c in 0..chunks {
             // SAFETY: `tb` holds `chunks·STEP` bytes; the read takes STEP
@@ -343,58 +358,6 @@ unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
         }
         norms[t] = _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
     }
-}
-
-/// [`decode_residual`] for `NB`-bit codes, `STEP = 2·NB` bytes per 16
-/// dimensions (a constant, so each chunk is one small fixed-size load).
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn decode_residual_n<const NB: i32, const STEP: usize>(
-    weights: &[f32; 16],
-    bytes: &[u8],
-    centroid: &[f32],
-    out: &mut [f32],
-) -> f32 {
-    let dim = out.len();
-    // SAFETY: `weights` is exactly 16 floats.
-    let w = unsafe { _mm512_loadu_ps(weights.as_ptr()) };
-    let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    let mask = _mm512_set1_epi32((1 << NB) - 1);
-    // Per lane: the shift of its code within the 32-bit half of the chunk
-    // that holds it (only 4-bit codes reach the upper half).
-    let bit = _mm512_mullo_epi32(lane, _mm512_set1_epi32(NB));
-    let shift = _mm512_and_si512(bit, _mm512_set1_epi32(31));
-    let upper = _mm512_cmpge_epi32_mask(bit, _mm512_set1_epi32(32));
-    // Two accumulators for the norm: one chain of 24 dependent FMAs per
-    // token would cost more than the decoding itself.
-    let mut norm = [_mm512_setzero_ps(); 2];
-    for (c, chunk) in bytes[..dim / 16 * STEP].chunks_exact(STEP).enumerate() {
-        // SAFETY: `chunk` is STEP bytes; the read takes exactly those.
-        let x: u64 = unsafe {
-            match STEP {
-                2 => u64::from(chunk.as_ptr().cast::<u16>().read_unaligned()),
-                4 => u64::from(chunk.as_ptr().cast::<u32>().read_unaligned()),
-                _ => chunk.as_ptr().cast::<u64>().read_unaligned(),
-            }
-        }
-        .to_le();
-        let lo = _mm512_set1_epi32(x as u32 as i32);
-        let words = if STEP == 8 {
-            _mm512_mask_set1_epi32(lo, upper, (x >> 32) as u32 as i32)
-        } else {
-            lo
-        };
-        let idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), mask);
-        let r = _mm512_permutexvar_ps(idx, w);
-        // SAFETY: c·16 + 16 <= dim = centroid.len() = out.len().
-        unsafe {
-            let v = _mm512_add_ps(_mm512_loadu_ps(centroid.as_ptr().add(c * 16)), r);
-            norm[c & 1] = _mm512_fmadd_ps(v, v, norm[c & 1]);
-            _mm512_storeu_ps(out.as_mut_ptr().add(c * 16), v);
-        }
-    }
-    let norm = _mm512_add_ps(norm[0], norm[1]);
-    _mm512_reduce_add_ps(norm)
 }
 
 /// Integer dot products for `a` (`na × dim` bytes read as unsigned, i.e.
