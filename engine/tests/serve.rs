@@ -190,6 +190,23 @@ fn cli_ids(index: &Path, query: &str, extra: &[&str]) -> Vec<String> {
     result_ids(&search_json(index, query, extra))
 }
 
+/// For every fixture topic, the server's top 3 equal `tessera search -k 3`
+/// with `flags` on `index`.
+async fn serves_topics_like_the_cli(c: &mut TesseraClient<Channel>, index: &Path, flags: &[&str]) {
+    for t in common::TOPICS {
+        let q = format!("what about {t}");
+        let mut cli = vec!["-k", "3"];
+        cli.extend_from_slice(flags);
+        let want = cli_ids(index, &q, &cli);
+        let r = c
+            .search(search_req(vec![text_query(&q, 3)]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ids(&r.results[0]), want, "{q} with {flags:?}");
+    }
+}
+
 /// The tiny model's vectors of `text` as a query, packed for the wire.
 fn encoded_query(text: &str) -> pb::TokenVectors {
     let (flat, n) = query_vectors(&tiny(), text);
@@ -248,16 +265,7 @@ async fn an_index_built_at_r_32_is_served() {
     let server = Server::start(&index, &["--reduction", rs, "--dim", "32"], "");
     server.wait_serving().await;
     let mut c = server.client().await;
-    for t in common::TOPICS {
-        let q = format!("what about {t}");
-        let want = cli_ids(&index, &q, &["-k", "3"]);
-        let r = c
-            .search(search_req(vec![text_query(&q, 3)]))
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(ids(&r.results[0]), want, "{q}");
-    }
+    serves_topics_like_the_cli(&mut c, &index, &[]).await;
     // Search settings given to serve (as `reduce plan` recommends them)
     // apply to every query: the same hits as `tessera search` with them.
     let narrow = [
@@ -273,19 +281,7 @@ async fn an_index_built_at_r_32_is_served() {
     {
         let server = Server::start(&index, &narrow, "");
         server.wait_serving().await;
-        let mut c = server.client().await;
-        for t in common::TOPICS {
-            let q = format!("what about {t}");
-            let mut flags = vec!["-k", "3"];
-            flags.extend_from_slice(&narrow);
-            let want = cli_ids(&index, &q, &flags);
-            let r = c
-                .search(search_req(vec![text_query(&q, 3)]))
-                .await
-                .unwrap()
-                .into_inner();
-            assert_eq!(ids(&r.results[0]), want, "{q} with {narrow:?}");
-        }
+        serves_topics_like_the_cli(&mut server.client().await, &index, &narrow).await;
     }
     // Query vectors come at the model's width (64) and are reduced by the
     // server like documents were; 32-dim ones are refused.

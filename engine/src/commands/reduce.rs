@@ -922,10 +922,8 @@ fn plan(args: PlanArgs) -> Result<()> {
                 .with_context(|| format!("--codecs {c}"))
         })
         .collect::<Result<_>>()?;
-    let mut centroid_counts = args.centroids.clone();
-    centroid_counts.dedup();
-    let mut probes = args.probes.clone();
-    probes.dedup();
+    let centroid_counts = first_of_each(&args.centroids);
+    let probes = first_of_each(&args.probes);
     let model_dir = args.model.model_dir()?;
     let encoder = args.model.load_dir(&model_dir)?;
     let k = encoder.dim();
@@ -1218,10 +1216,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             r.dim == k
                 && r.codec == "f16"
                 && r.centroids == rows[p].centroids
-                && r.n_probe == rows[p].n_probe
-                && r.probe_budget == rows[p].probe_budget
-                && r.n_approx == rows[p].n_approx
-                && r.rerank_budget == rows[p].rerank_budget
+                && r.probe() == rows[p].probe()
         })
     });
     print_plan(
@@ -1265,6 +1260,18 @@ fn plan(args: PlanArgs) -> Result<()> {
             .with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// Each value of `xs` once, in the order given (a value repeated anywhere
+/// in an option's list is built or timed once).
+fn first_of_each<T: PartialEq + Copy>(xs: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(xs.len());
+    for &x in xs {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -1707,6 +1714,20 @@ mod tests {
         assert_eq!(recommend_fastest(&rows, 0.95 * 0.81), Some(1));
         assert_eq!(recommend_fastest(&rows, 0.785), Some(0));
         assert_eq!(recommend_fastest(&rows, 0.80), None);
+    }
+
+    #[test]
+    fn repeated_option_values_are_measured_once_in_the_order_given() {
+        let c = [
+            CentroidCount(None),
+            CentroidCount(Some(4096)),
+            CentroidCount(None),
+        ];
+        assert_eq!(
+            first_of_each(&c),
+            vec![CentroidCount(None), CentroidCount(Some(4096))]
+        );
+        assert_eq!(first_of_each(&[3, 1, 3, 2, 1]), vec![3, 1, 2]);
     }
 
     #[test]
