@@ -100,7 +100,9 @@ pub struct RankArgs {
     #[arg(long, value_name = "N")]
     pub probe_budget: Option<usize>,
     /// PLAID/HNSW: documents kept by the first approximate score (IVF
-    /// lists only) for the second (every token's centroid).
+    /// lists only) for the second (every token's centroid); at most the
+    /// exact candidates (e.g. 1): no second pass, the first pass's best
+    /// are re-ranked exactly.
     #[arg(long, value_name = "N")]
     pub n_approx: Option<usize>,
     /// PLAID/HNSW: documents re-ranked exactly, at least (4·k at least).

@@ -309,6 +309,74 @@ impl Codec {
         }
     }
 
+    /// Exact MaxSim of `query` (`nq × dim`) against one document's
+    /// tokens (`codes`, their code bytes `bytes`) folded into `best`
+    /// (`best[i] = max(best[i], max_j q_i · token_j)`, tokens renormalised
+    /// as [`Codec::decode_unscaled`] says) in one pass that never writes
+    /// the decoded vectors out: residual and f16 codes with AVX-512, `dim`
+    /// a multiple of 16 (at most 256). Returns `false` (and leaves `best`
+    /// alone) where that path does not apply; the caller then decodes
+    /// tiles itself.
+    pub fn maxsim_fused(
+        &self,
+        query: &[f32],
+        bytes: &[u8],
+        codes: &[u32],
+        centroids: &[f32],
+        best: &mut [f32],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::linalg::avx512;
+            let dim = self.dim;
+            let bpt = self.bytes_per_token();
+            let rows = centroids.len() / dim.max(1);
+            let shapes_fit = crate::linalg::avx512_enabled()
+                && dim.is_multiple_of(16)
+                && dim <= avx512::TILE_MAX_DIM
+                && bytes.len() >= codes.len() * bpt
+                && query.len().is_multiple_of(dim)
+                && best.len() >= query.len() / dim;
+            match self.kind {
+                CodecKind::Residual { nbits }
+                    if shapes_fit
+                        && bpt * 8 >= dim * nbits as usize
+                        && codes.iter().all(|&c| (c as usize) < rows) =>
+                {
+                    // SAFETY: AVX-512F was detected at run time; the width,
+                    // lengths and codes were checked above, and `weights16`
+                    // holds the 2^nbits ≤ 16 weights.
+                    unsafe {
+                        avx512::maxsim_residual(
+                            u32::from(nbits),
+                            &self.weights16,
+                            self.renormalise,
+                            bytes,
+                            bpt,
+                            codes,
+                            centroids,
+                            dim,
+                            query,
+                            best,
+                        );
+                    }
+                    return true;
+                }
+                CodecKind::F16 if shapes_fit => {
+                    // SAFETY: as above; `bpt` is 2·dim, so the document is
+                    // whole rows of halves.
+                    unsafe {
+                        avx512::maxsim_f16(&bytes[..codes.len() * bpt], dim, query, best);
+                    }
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        let _ = (query, bytes, codes, centroids, best);
+        false
+    }
+
     /// Decodes the consecutive tokens of a tile: token `t` has code bytes
     /// `bytes[t·bpt..]`, centroid `codes[t]` (a row of `centroids`), and
     /// goes to `out[t·dim..(t + 1)·dim]`, its renormalisation factor (as
@@ -513,6 +581,69 @@ mod tests {
                 codec.decode_residual_table(nbits, &bytes, &centroid, &mut table);
                 assert_eq!(fast, table, "{kind} dim {dim}");
                 assert!((s - 1.0 / dot(&table, &table).sqrt()).abs() < 1e-5 * s);
+            }
+        }
+    }
+
+    #[test]
+    fn fused_maxsim_matches_decoding_then_scoring() {
+        // `maxsim_fused` (residual and f16 codes decoded straight into
+        // transposed tiles, where AVX-512 is present; int8 never) against
+        // decoding every token and scoring with `maxsim_rows`: documents of
+        // 1, 15, 16, 17 and 40 tokens (short last tiles), queries of 1, 7
+        // and 9 tokens, every bit width, with and without renormalisation.
+        let dim = 48;
+        let n_cent = 11;
+        let centroids: Vec<f32> = (0..n_cent * dim)
+            .map(|i| (i as f32 * 0.37).sin() * 0.2)
+            .collect();
+        let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.618).sin() * 0.1).collect();
+        let kinds = [
+            CodecKind::F16,
+            CodecKind::Residual { nbits: 1 },
+            CodecKind::Residual { nbits: 2 },
+            CodecKind::Residual { nbits: 4 },
+            CodecKind::Int8,
+        ];
+        for kind in kinds {
+            for renormalise in [true, false] {
+                let buckets = match kind {
+                    CodecKind::Residual { nbits } => Some(Buckets::train(nbits, values.clone())),
+                    _ => None,
+                };
+                let codec = Codec::new(kind, dim, buckets, renormalise).unwrap();
+                for nd in [1usize, 15, 16, 17, 40] {
+                    let codes: Vec<u32> = (0..nd).map(|t| (t * 7 % n_cent) as u32).collect();
+                    let mut bytes = Vec::new();
+                    for (t, &c) in codes.iter().enumerate() {
+                        let v: Vec<f32> = (0..dim).map(|d| ((t * dim + d) as f32).cos()).collect();
+                        let c = c as usize;
+                        codec.encode(&v, &centroids[c * dim..(c + 1) * dim], &mut bytes);
+                    }
+                    let mut doc = vec![0.0; nd * dim];
+                    let mut scales = vec![0.0; nd];
+                    codec.decode_tokens_unscaled(&bytes, &codes, &centroids, &mut doc, &mut scales);
+                    for nq in [1usize, 7, 9] {
+                        let q: Vec<f32> = (0..nq * dim).map(|i| (i as f32 * 0.23).sin()).collect();
+                        let mut want = vec![f32::NEG_INFINITY; nq];
+                        crate::linalg::maxsim_rows(&q, &doc, dim, &scales, &mut want);
+                        let mut got = vec![f32::NEG_INFINITY; nq];
+                        if codec.maxsim_fused(&q, &bytes, &codes, &centroids, &mut got) {
+                            for (g, w) in got.iter().zip(&want) {
+                                assert!(
+                                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                    "{kind}, renormalise {renormalise}, {nd}×{nq}: {g} vs {w}"
+                                );
+                            }
+                        } else {
+                            assert!(got.iter().all(|x| *x == f32::NEG_INFINITY));
+                            assert!(
+                                !crate::linalg::avx512_enabled() || kind == CodecKind::Int8,
+                                "{kind}: no fused path"
+                            );
+                        }
+                    }
+                }
             }
         }
     }

@@ -637,8 +637,17 @@ mod tests {
         // Whichever kernel this CPU runs (AVX-512 or AVX2/portable), every
         // shape — short blocks, widths that are not a multiple of 16 —
         // agrees with one `dot` at a time.
-        for dim in [1, 5, 16, 33, 128, 384] {
-            for (na, nb) in [(1, 1), (3, 5), (4, 4), (7, 9), (17, 21), (5, 37)] {
+        for dim in [1, 5, 16, 33, 48, 128, 384] {
+            for (na, nb) in [
+                (1, 1),
+                (3, 5),
+                (4, 4),
+                (7, 9),
+                (17, 21),
+                (5, 37),
+                (16, 7),
+                (33, 6),
+            ] {
                 let a: Vec<f32> = (0..na * dim).map(|i| (i as f32 * 0.37).sin()).collect();
                 let b: Vec<f32> = (0..nb * dim).map(|i| (i as f32 * 0.11).cos()).collect();
                 let scale: Vec<f32> = (0..na).map(|i| 0.5 + i as f32 * 0.1).collect();

@@ -8,7 +8,8 @@
 //!   (per query token, the best of its probed cells the document has a
 //!   token in); for the `n_approx` best, a second one from every token's
 //!   centroid (centroids whose best query score is under
-//!   `centroid_threshold` contribute nothing); then exact MaxSim on the
+//!   `centroid_threshold` contribute nothing) — skipped when `n_approx` is
+//!   no more than the exact candidates; then exact MaxSim on the
 //!   `n_candidates` best after decoding.
 //! * [`Candidates::Hnsw`]: like PLAID, but the cells come from an HNSW graph
 //!   over the centroids (`hnsw_rs`), built on first use.
@@ -78,6 +79,8 @@ pub struct SearchParams {
     pub centroid_threshold: f32,
     /// Documents kept by the first approximate pass (probed cells only)
     /// for the second (every token's centroid); at least `n_candidates`.
+    /// No more than a query's exact candidates (e.g. 1): no second pass —
+    /// the first pass's best go straight to the exact re-rank.
     pub n_approx: usize,
     /// Documents re-ranked exactly, at least (and at least `4·k`).
     pub n_candidates: usize,
@@ -164,6 +167,9 @@ pub struct SearchStats {
     pub cells: usize,
     /// Documents scored approximately.
     pub candidates: usize,
+    /// Of those, documents given the second approximate pass (every
+    /// token's centroid); 0 where it is skipped.
+    pub approx_docs: usize,
     /// Documents scored exactly.
     pub exact_docs: usize,
     /// BM25 search (hybrid only), milliseconds.
@@ -313,6 +319,10 @@ impl Index {
         let nq = q.len() / dim;
         scratch.best.clear();
         scratch.best.resize(nq, f32::NEG_INFINITY);
+        // Residual and f16 codes (AVX-512): decoded and scored in one pass.
+        if codec.maxsim_fused(q, bytes, codes, cents, &mut scratch.best) {
+            return scratch.best.iter().sum();
+        }
         scratch.doc.resize(TILE * dim, 0.0);
         scratch.scale.resize(TILE, 1.0);
         for (i, tile) in codes.chunks(TILE).enumerate() {
@@ -384,7 +394,12 @@ impl Index {
         let t = Instant::now();
         let n = p.cells_per_token(nq, k).min(k);
         let plaid = p.candidates == Candidates::Plaid;
-        let mut pass = self.centroid_pass(q, plaid.then_some(n), p.centroid_threshold);
+        // The second approximate pass only narrows the first pass's
+        // survivors to the exact candidates: with `n_approx` no larger
+        // there is nothing to narrow, so neither that pass nor the i8
+        // table it reads is computed.
+        let second_pass = p.n_approx > n_candidates;
+        let mut pass = self.centroid_pass(q, plaid.then_some(n), p.centroid_threshold, second_pass);
         stats.centroid_ms = ms(t);
         let t = Instant::now();
         let tops: Vec<Vec<(f32, u32)>> = if plaid {
@@ -450,6 +465,11 @@ impl Index {
         }
         top_k(&mut cands, p.n_approx.max(n_candidates));
         stats.probe_ms = ms(t);
+        if !second_pass {
+            TABLE.with(|t| *t.borrow_mut() = std::mem::take(&mut pass.table));
+            let best = cands.into_iter().map(|(_, s, d)| (s, d)).collect();
+            return self.rank_exact(q, best, p.k, stats);
+        }
 
         // Second approximate pass over the survivors: every token's
         // centroid counts (PLAID's full centroid interaction), read from
@@ -461,6 +481,7 @@ impl Index {
         let blocks = nq.div_ceil(I8_LANES);
         let scale = pass.scale;
         let table = &pass.table;
+        stats.approx_docs = cands.len();
         let mut approx: Vec<(f32, usize, u32)> = cands
             .into_par_iter()
             .map(|(_, s, d)| (s, d))
@@ -630,11 +651,26 @@ impl Index {
     /// the bytes; 64 products per VNNI instruction, 32 per AVX2
     /// `vpmaddubsw` + `vpmaddwd` pair, the query side at ±64 there): these
     /// scores only choose cells and approximate ranks; the exact re-rank
-    /// does not use them.
-    fn centroid_pass(&self, q: &[f32], n_probe: Option<usize>, threshold: f32) -> CentroidPass {
+    /// does not use them. Without `with_table` (no second approximate pass
+    /// to read it) the table is left empty.
+    fn centroid_pass(
+        &self,
+        q: &[f32],
+        n_probe: Option<usize>,
+        threshold: f32,
+        with_table: bool,
+    ) -> CentroidPass {
         let dim = self.dim();
         let centroids = self.centroids();
         let (k, nq) = (centroids.len() / dim, q.len() / dim);
+        if n_probe.is_none() && !with_table {
+            // Nothing to compute (HNSW cells, no second pass).
+            return CentroidPass {
+                table: Vec::new(),
+                scale: 1.0,
+                tops: Vec::new(),
+            };
+        }
         // Rows per parallel block: one block per thread (at least 2,048
         // rows). Each block starts its best-cell lists from nothing, and
         // filling them — every row beats the bar at first — costs more
@@ -662,13 +698,20 @@ impl Index {
         // rewritten below): a fresh half-megabyte buffer per query costs
         // page faults.
         let mut table = TABLE.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        table.resize(k * blocks, [0; I8_LANES]);
-        let tops = table
-            .par_chunks_mut(block * blocks)
+        let n_blocks = k.div_ceil(block);
+        let tabs: Vec<Option<&mut [[i8; I8_LANES]]>> = if with_table {
+            table.resize(k * blocks, [0; I8_LANES]);
+            table.chunks_mut(block * blocks).map(Some).collect()
+        } else {
+            table.clear();
+            (0..n_blocks).map(|_| None).collect()
+        };
+        let tops = tabs
+            .into_par_iter()
             .enumerate()
             .map_init(Vec::new, |out, (b, tab)| {
                 let first = b * block;
-                let n_rows = tab.len() / blocks;
+                let n_rows = block.min(k - first);
                 let rows = first..first + n_rows;
                 out.resize(n_rows * nq, 0.0);
                 match &quant {
@@ -678,11 +721,22 @@ impl Index {
                 // One walk down the rows: each row becomes its i8 table
                 // row and (PLAID) is offered to the tokens' best-cell lists.
                 let mut lists = n_probe.map(|n| CellLists::new(nq, n));
-                let rows = out.chunks_exact(nq).zip(tab.chunks_exact_mut(blocks));
-                for (c, (row, t)) in rows.enumerate() {
-                    quantize_scores(row, scale, threshold, t.as_flattened_mut());
-                    if let Some(l) = &mut lists {
-                        l.offer(row, (first + c) as u32);
+                match tab {
+                    Some(tab) => {
+                        let rows = out.chunks_exact(nq).zip(tab.chunks_exact_mut(blocks));
+                        for (c, (row, t)) in rows.enumerate() {
+                            quantize_scores(row, scale, threshold, t.as_flattened_mut());
+                            if let Some(l) = &mut lists {
+                                l.offer(row, (first + c) as u32);
+                            }
+                        }
+                    }
+                    None => {
+                        if let Some(l) = &mut lists {
+                            for (c, row) in out.chunks_exact(nq).enumerate() {
+                                l.offer(row, (first + c) as u32);
+                            }
+                        }
                     }
                 }
                 lists.map_or_else(Vec::new, CellLists::finish)

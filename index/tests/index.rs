@@ -123,10 +123,18 @@ fn plaid_and_hnsw_find_what_exhaustive_finds() {
     let path = dir.path().join("idx");
     build(&path, small().documents(0, 600), opts("residual2"));
     let index = Index::open(&path).unwrap();
-    for cand in [Candidates::Plaid, Candidates::Hnsw] {
+    // With the second approximate pass (the default) and without it
+    // (n_approx 1: the first pass's best are re-ranked exactly).
+    for (cand, n_approx, floor) in [
+        (Candidates::Plaid, 1024, 0.95),
+        (Candidates::Hnsw, 1024, 0.95),
+        (Candidates::Plaid, 1, 0.9),
+        (Candidates::Hnsw, 1, 0.9),
+    ] {
         let p = SearchParams {
             k: 10,
             candidates: cand,
+            n_approx,
             ..SearchParams::default()
         };
         let mut r = 0.0;
@@ -138,7 +146,7 @@ fn plaid_and_hnsw_find_what_exhaustive_finds() {
             );
         }
         r /= qs.len() as f64;
-        assert!(r >= 0.95, "{cand:?}: recall@10 {r}");
+        assert!(r >= floor, "{cand:?}, n_approx {n_approx}: recall@10 {r}");
     }
     let batch = index
         .search_batch(&small().queries(600, 4), &SearchParams::default())
@@ -187,12 +195,45 @@ fn plaid_stages_narrow_the_candidates_and_keep_recall() {
         assert_eq!(hits.len(), 10);
         assert!(st.cells > 0 && st.candidates > 60, "{st:?}");
         assert_eq!(st.exact_docs, 40, "{st:?}");
+        assert_eq!(st.approx_docs, 60, "{st:?}");
         let (truth, ex) = index.search_with_stats(q, &exact(10)).unwrap();
         assert_eq!(ex.exact_docs, 600);
         r += recall(&truth, &hits);
     }
     r /= qs.len() as f64;
     assert!(r >= 0.9, "recall@10 {r}");
+
+    // An n_approx no larger than the exact candidates: no second pass;
+    // the first pass's 40 best are scored exactly, each hit's score is
+    // its exact MaxSim, and recall stays close.
+    let (mut r1, mut scores) = (0.0, Vec::new());
+    for n_approx in [1, 40] {
+        let p = SearchParams {
+            n_approx,
+            ..p.clone()
+        };
+        let mut r = 0.0;
+        let mut s = Vec::new();
+        for q in &qs {
+            let (hits, st) = index.search_with_stats(q, &p).unwrap();
+            assert_eq!(
+                (st.approx_docs, st.exact_docs, hits.len()),
+                (0, 40, 10),
+                "{st:?}"
+            );
+            let (truth, _) = index.search_with_stats(q, &exact(600)).unwrap();
+            for h in &hits {
+                let t = truth.iter().find(|t| t.id == h.id).unwrap();
+                assert!((t.score - h.score).abs() <= 1e-5 * t.score.abs().max(1.0));
+            }
+            r += recall(&truth[..10], &hits);
+            s.extend(hits.iter().map(|h| (h.id.clone(), h.score)));
+        }
+        r1 = r / qs.len() as f64;
+        scores.push(s);
+    }
+    assert_eq!(scores[0], scores[1], "n_approx 1 and 40 both skip the pass");
+    assert!(r1 >= 0.85, "recall@10 without the second pass {r1}");
 }
 
 #[test]

@@ -668,7 +668,7 @@ fn draw_frontiers(stem: &Path, files: &[&PathBuf]) -> Result<()> {
 #[command(after_help = "Examples:\n  \
     tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal\n  \
     tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal \\\n    \
-      --centroids auto,4096 --probes 32/512,16/256/256,16/256/256/1024 --min-share 0.95\n  \
+      --centroids auto,4096 --probes 32/512,16/256/256,16/256/1/1280 --min-share 0.95\n  \
     tessera reduce plan --dataset ../shared/datasets/nfcorpus --budget 40 --codecs f16,residual2 --json plan.json\n\n\
     Bytes per token = the codec's bytes at dim r plus the 4-byte centroid id every index stores\n\
     (f16 2r, int8 r + 4, residual-b r·b/8). For each codec the walk goes up the dims (the\n\
@@ -713,7 +713,8 @@ pub struct PlanArgs {
     /// Search settings timed on every index, as N_PROBE/PROBE_BUDGET, with
     /// optionally /N_APPROX and /RERANK_BUDGET (`search --n-probe N
     /// --probe-budget B --n-approx A --rerank-budget R`; A and R default to
-    /// the search defaults, 1024 and 1536).
+    /// the search defaults, 1024 and 1536; A = 1 skips the second
+    /// approximate pass).
     #[arg(long, value_delimiter = ',', default_value = "32/512", value_parser = parse_probe, value_name = "N/B[/A[/R]],..")]
     pub probes: Vec<Probe>,
     /// Recommend the fastest fitting configuration that keeps at least

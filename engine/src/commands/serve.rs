@@ -91,7 +91,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub probe_budget: Option<u32>,
     /// PLAID/HNSW: documents the first approximate pass keeps, for every
-    /// query.
+    /// query (at most the exact candidates, e.g. 1: no second pass).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub n_approx: Option<u32>,
     /// PLAID/HNSW: exact re-rank budget in query tokens × documents, for

@@ -7,7 +7,14 @@
 //!   per step, any width (the tail is a masked load), horizontal sums
 //!   folded four at a time.
 //! * [`maxsim_rows`]: the same product, scaled per document row and folded
-//!   into running per-query maxima.
+//!   into running per-query maxima — for widths that are a multiple of 16,
+//!   dimension-major instead: 16 document rows transposed in registers, a
+//!   query token's 16 scores one chain of broadcast FMAs, nothing to sum
+//!   across lanes.
+//! * [`maxsim_residual`], [`maxsim_f16`]: the exact re-rank's path for
+//!   residual and f16 codes, decoding each 16-dimension chunk of 16 tokens
+//!   straight into that transposed tile (no row-major copy; residual norms
+//!   summed lane-wise).
 //! * [`decode_residual`]: PLAID residual codes to `centroid + weight`, 16
 //!   dimensions per step with a lane permute instead of a table per byte,
 //!   returning the squared norm; [`decode_residual_tokens`] does a tile of
@@ -147,6 +154,11 @@ pub unsafe fn maxsim_rows(query: &[f32], doc: &[f32], dim: usize, scale: &[f32],
     if nd == 0 {
         return;
     }
+    if dim.is_multiple_of(16) && dim <= TILE_MAX_DIM {
+        // SAFETY: forwarded; the width condition was checked.
+        unsafe { maxsim_rows_transposed(query, doc, dim, scale, best) };
+        return;
+    }
     for j0 in (0..nd).step_by(4) {
         let nj = (nd - j0).min(4);
         let dp = rows4(doc, dim, j0, nj);
@@ -170,6 +182,226 @@ pub unsafe fn maxsim_rows(query: &[f32], doc: &[f32], dim: usize, scale: &[f32],
             }
         }
     }
+}
+
+/// The widest rows [`maxsim_rows_transposed`] takes (its transposed tile
+/// lives on the stack: 16 KiB at this width).
+pub const TILE_MAX_DIM: usize = 256;
+
+/// [`maxsim_rows`] for `dim` a multiple of 16 (at most [`TILE_MAX_DIM`]),
+/// dimension-major: each tile of 16 document rows is transposed in
+/// registers, so one 16-lane vector holds one dimension of 16 tokens, and
+/// a query token's 16 scores are `Σ_d q[d] · tile[d]` — broadcast FMAs
+/// with nothing to sum across lanes. The row-major kernel spends about as
+/// many instructions folding its 16-lane sums as multiplying at the
+/// widths of reduced vectors (48, 64), and pads a query of 7 tokens to 8.
+///
+/// # Safety
+/// As [`maxsim_rows`]; also `dim % 16 == 0` and `dim <= TILE_MAX_DIM`.
+#[target_feature(enable = "avx512f")]
+unsafe fn maxsim_rows_transposed(
+    query: &[f32],
+    doc: &[f32],
+    dim: usize,
+    scale: &[f32],
+    best: &mut [f32],
+) {
+    let nd = doc.len() / dim;
+    // SAFETY: row t < nd of `doc` is whole: 16 floats at c·16 < dim.
+    let row = |t: usize, c: usize| unsafe { _mm512_loadu_ps(doc.as_ptr().add(t * dim + c * 16)) };
+    // SAFETY: forwarded; `scale` has a factor per row.
+    unsafe { maxsim_tiles(nd, dim, TileScale::Rows(scale), query, best, |_| {}, row) };
+}
+
+/// How [`maxsim_tiles`] scales a token's dot products.
+#[derive(Clone, Copy)]
+enum TileScale<'a> {
+    /// Not at all.
+    One,
+    /// By the token's inverse norm (1 for a zero vector), as residual
+    /// codes of unit vectors are renormalised.
+    InverseNorm,
+    /// By the given factor per token.
+    Rows(&'a [f32]),
+}
+
+/// The tile loop of every dimension-major MaxSim: for each tile of 16 of
+/// the `nd` document tokens, each 16-dimension chunk of their vectors —
+/// `row(t, c)`, chunk `c` of token `t` — is loaded or decoded into
+/// registers, transposed ([`transpose16`]) and kept dimension-major;
+/// squared norms (for [`TileScale::InverseNorm`]) are summed lane-wise
+/// from the columns, with no horizontal sum per token; and the tile is
+/// folded into `best` ([`score_tile`]). `before(j0)` runs as the tile at
+/// token `j0` starts (e.g. to prefetch the next one's data).
+///
+/// # Safety
+/// AVX-512F must be available; `dim` a multiple of 16 and at most
+/// [`TILE_MAX_DIM`]; `row` may be called with any `t < nd`, `c < dim/16`;
+/// `query` holds whole rows of `dim` floats, `best` one entry per row, a
+/// [`TileScale::Rows`] at least `nd` factors.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn maxsim_tiles(
+    nd: usize,
+    dim: usize,
+    scale: TileScale,
+    query: &[f32],
+    best: &mut [f32],
+    mut before: impl FnMut(usize),
+    row: impl Fn(usize, usize) -> __m512,
+) {
+    let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
+    // Left uninitialised (zeroing 16 KiB per call showed in profiles):
+    // the first `dim` entries are written before each tile is read.
+    let mut tile = [const { std::mem::MaybeUninit::<__m512>::uninit() }; TILE_MAX_DIM];
+    let with_norm = matches!(scale, TileScale::InverseNorm);
+    for j0 in (0..nd).step_by(16) {
+        before(j0);
+        let n = (nd - j0).min(16);
+        let valid: __mmask16 = if n == 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        let mut norm = [zero; 2];
+        for c in 0..dim / 16 {
+            // Rows past `n` are zeros (their lanes are masked below).
+            let rows: [__m512; 16] =
+                std::array::from_fn(|r| if r < n { row(j0 + r, c) } else { zero });
+            let cols = transpose16(rows);
+            for (k, (slot, col)) in tile[c * 16..c * 16 + 16].iter_mut().zip(cols).enumerate() {
+                slot.write(col);
+                if with_norm {
+                    norm[k & 1] = _mm512_fmadd_ps(col, col, norm[k & 1]);
+                }
+            }
+        }
+        let sc = match scale {
+            TileScale::One => one,
+            TileScale::InverseNorm => {
+                let n2 = _mm512_add_ps(norm[0], norm[1]);
+                let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(n2, zero);
+                _mm512_mask_div_ps(one, positive, one, _mm512_sqrt_ps(n2))
+            }
+            // SAFETY: the mask covers the `n` factors of this tile.
+            TileScale::Rows(s) => unsafe { _mm512_maskz_loadu_ps(valid, s.as_ptr().add(j0)) },
+        };
+        // SAFETY: entries 0..dim were written above (MaybeUninit<T> has
+        // T's layout); the query holds whole rows.
+        unsafe {
+            let tile = std::slice::from_raw_parts(tile.as_ptr().cast(), dim);
+            score_tile(query, tile, sc, valid, best);
+        }
+    }
+}
+
+/// Folds one dimension-major tile (`tile[d]` = dimension `d` of up to 16
+/// document tokens, lanes outside `valid` ignored) into the running
+/// maxima: `best[i] = max(best[i], max_j (q_i · token_j) · sc[j])`.
+///
+/// # Safety
+/// AVX-512F must be available; `query` holds whole rows of `tile.len()`
+/// floats, `best` at least one entry per row.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn score_tile(
+    query: &[f32],
+    tile: &[__m512],
+    sc: __m512,
+    valid: __mmask16,
+    best: &mut [f32],
+) {
+    let dim = tile.len();
+    let nq = query.len() / dim;
+    let mut i0 = 0;
+    while i0 < nq {
+        let ni = (nq - i0).min(4);
+        let q = |i: usize| query[(i0 + i.min(ni - 1)) * dim..].as_ptr();
+        // SAFETY: each pointer starts a whole query row of `dim` floats.
+        let s: [__m512; 4] = unsafe {
+            match ni {
+                1 => pad4(tile_dots::<1>([q(0)], tile)),
+                2 => pad4(tile_dots::<2>([q(0), q(1)], tile)),
+                3 => pad4(tile_dots::<3>([q(0), q(1), q(2)], tile)),
+                _ => tile_dots::<4>([q(0), q(1), q(2), q(3)], tile),
+            }
+        };
+        for (b, v) in best[i0..i0 + ni].iter_mut().zip(s) {
+            let m = _mm512_mask_reduce_max_ps(valid, _mm512_mul_ps(v, sc));
+            if m > *b {
+                *b = m;
+            }
+        }
+        i0 += ni;
+    }
+}
+
+/// `[x, zero…]`: a short block's results in the four-wide shape.
+#[inline]
+fn pad4<const N: usize>(x: [__m512; N]) -> [__m512; 4] {
+    // SAFETY: an all-zero __m512 is a valid value.
+    std::array::from_fn(|i| {
+        if i < N {
+            x[i]
+        } else {
+            unsafe { std::mem::zeroed() }
+        }
+    })
+}
+
+/// The 16 scores `q_i · token_j` of each of `N` query rows against a
+/// dimension-major tile (`tile[d]` = dimension `d` of 16 tokens). Two
+/// accumulators per row: 2·N independent FMA chains.
+///
+/// # Safety
+/// AVX-512F must be available; each `q` points at `tile.len()` floats.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile_dots<const N: usize>(q: [*const f32; N], tile: &[__m512]) -> [__m512; N] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; N];
+    for (d, pair) in tile.chunks_exact(2).enumerate() {
+        for i in 0..N {
+            // SAFETY: 2·d + 1 < tile.len(), within row i.
+            let (a, b) = unsafe { (*q[i].add(2 * d), *q[i].add(2 * d + 1)) };
+            acc[i][0] = _mm512_fmadd_ps(_mm512_set1_ps(a), pair[0], acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(_mm512_set1_ps(b), pair[1], acc[i][1]);
+        }
+    }
+    acc.map(|[a, b]| _mm512_add_ps(a, b))
+}
+
+/// Transposes a 16×16 block held as 16 row vectors: output `j` holds
+/// column `j`. Three rounds of in-lane unpacks and 128-bit lane shuffles,
+/// 64 instructions.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    // a[2p], a[2p+1]: rows 2p and 2p+1 interleaved, per 128-bit lane.
+    let mut a = [_mm512_setzero_ps(); 16];
+    for p in 0..8 {
+        a[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        a[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    // b[4k+m], 128-bit lane L: rows 4k..4k+3 at column 4L+m.
+    let mut b = [_mm512_setzero_ps(); 16];
+    let pd = _mm512_castps_pd;
+    let ps = _mm512_castpd_ps;
+    for k in 0..4 {
+        let (x0, x1, x2, x3) = (a[4 * k], a[4 * k + 1], a[4 * k + 2], a[4 * k + 3]);
+        b[4 * k] = ps(_mm512_unpacklo_pd(pd(x0), pd(x2)));
+        b[4 * k + 1] = ps(_mm512_unpackhi_pd(pd(x0), pd(x2)));
+        b[4 * k + 2] = ps(_mm512_unpacklo_pd(pd(x1), pd(x3)));
+        b[4 * k + 3] = ps(_mm512_unpackhi_pd(pd(x1), pd(x3)));
+    }
+    // Column 4L+m: lane L of b[m], b[4+m], b[8+m], b[12+m], in that order.
+    let mut out = [_mm512_setzero_ps(); 16];
+    for m in 0..4 {
+        let c0 = _mm512_shuffle_f32x4::<0x44>(b[m], b[4 + m]);
+        let c1 = _mm512_shuffle_f32x4::<0xEE>(b[m], b[4 + m]);
+        let c2 = _mm512_shuffle_f32x4::<0x44>(b[8 + m], b[12 + m]);
+        let c3 = _mm512_shuffle_f32x4::<0xEE>(b[8 + m], b[12 + m]);
+        out[m] = _mm512_shuffle_f32x4::<0x88>(c0, c2);
+        out[4 + m] = _mm512_shuffle_f32x4::<0xDD>(c0, c2);
+        out[8 + m] = _mm512_shuffle_f32x4::<0x88>(c1, c3);
+        out[12 + m] = _mm512_shuffle_f32x4::<0xDD>(c1, c3);
+    }
+    out
 }
 
 /// Residual decoding, `nbits` ∈ {1, 2, 4} and `dim` a multiple of 16:
@@ -282,12 +514,85 @@ pub unsafe fn decode_residual_tokens(
     out: &mut [f32],
     norms: &mut [f32],
 ) {
+    let a = (weights, bytes, bpt, codes, centroids, dim);
     // SAFETY: forwarded.
     unsafe {
         match nbits {
-            1 => decode_tokens_n::<1, 2>(weights, bytes, bpt, codes, centroids, dim, out, norms),
-            2 => decode_tokens_n::<2, 4>(weights, bytes, bpt, codes, centroids, dim, out, norms),
-            _ => decode_tokens_n::<4, 8>(weights, bytes, bpt, codes, centroids, dim, out, norms),
+            1 => decode_tokens_n::<1, 2>(a, out, norms),
+            2 => decode_tokens_n::<2, 4>(a, out, norms),
+            _ => decode_tokens_n::<4, 8>(a, out, norms),
+        }
+    }
+}
+
+/// The read-only arguments of the residual decoders: weights, code bytes,
+/// bytes per token, centroid codes, centroids, dim.
+type DecodeArgs<'a> = (&'a [f32; 16], &'a [u8], usize, &'a [u32], &'a [f32], usize);
+
+/// The lane constants of `NB`-bit residual decoding (`STEP = 2·NB` code
+/// bytes per 16 dimensions): the bucket weights, and per lane the shift
+/// of its code within the 32-bit half of the chunk that holds it (only
+/// 4-bit codes reach the upper half).
+#[derive(Clone, Copy)]
+struct ResidualLanes<const NB: i32, const STEP: usize> {
+    w: __m512,
+    mask: __m512i,
+    shift: __m512i,
+    upper: __mmask16,
+}
+
+impl<const NB: i32, const STEP: usize> ResidualLanes<NB, STEP> {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn new(weights: &[f32; 16]) -> Self {
+        // SAFETY: `weights` is exactly 16 floats.
+        let w = unsafe { _mm512_loadu_ps(weights.as_ptr()) };
+        let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let bit = _mm512_mullo_epi32(lane, _mm512_set1_epi32(NB));
+        Self {
+            w,
+            mask: _mm512_set1_epi32((1 << NB) - 1),
+            shift: _mm512_and_si512(bit, _mm512_set1_epi32(31)),
+            upper: _mm512_cmpge_epi32_mask(bit, _mm512_set1_epi32(32)),
+        }
+    }
+
+    /// The bucket weights of the 16 codes in the `STEP` bytes at `p`: a
+    /// lane permute of the weight register, no table per byte.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `p` is valid for reading `STEP` bytes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn residual(&self, p: *const u8) -> __m512 {
+        // SAFETY: the caller's `STEP` readable bytes.
+        let x: u64 = unsafe {
+            match STEP {
+                2 => u64::from(p.cast::<u16>().read_unaligned()),
+                4 => u64::from(p.cast::<u32>().read_unaligned()),
+                _ => p.cast::<u64>().read_unaligned(),
+            }
+        }
+        .to_le();
+        let lo = _mm512_set1_epi32(x as u32 as i32);
+        let words = if STEP == 8 {
+            _mm512_mask_set1_epi32(lo, self.upper, (x >> 32) as u32 as i32)
+        } else {
+            lo
+        };
+        let idx = _mm512_and_si512(_mm512_srlv_epi32(words, self.shift), self.mask);
+        _mm512_permutexvar_ps(idx, self.w)
+    }
+}
+
+/// Prefetches centroid row `codes[t]` (if there is a token `t`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn prefetch_row(codes: &[u32], t: usize, centroids: &[f32], dim: usize) {
+    if let Some(&c) = codes.get(t) {
+        let row = &centroids[c as usize * dim..(c as usize + 1) * dim];
+        for line in row.chunks(16) {
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
         }
     }
 }
@@ -295,34 +600,15 @@ pub unsafe fn decode_residual_tokens(
 /// [`decode_residual_tokens`] for `NB`-bit codes (`STEP = 2·NB` bytes per
 /// 16 dimensions).
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
-    weights: &[f32; 16],
-    bytes: &[u8],
-    bpt: usize,
-    codes: &[u32],
-    centroids: &[f32],
-    dim: usize,
+    (weights, bytes, bpt, codes, centroids, dim): DecodeArgs,
     out: &mut [f32],
     norms: &mut [f32],
 ) {
-    // SAFETY: `weights` is exactly 16 floats.
-    let w = unsafe { _mm512_loadu_ps(weights.as_ptr()) };
-    let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    let mask = _mm512_set1_epi32((1 << NB) - 1);
-    // Per lane: the shift of its code within the 32-bit half of the chunk
-    // that holds it (only 4-bit codes reach the upper half).
-    let bit = _mm512_mullo_epi32(lane, _mm512_set1_epi32(NB));
-    let shift = _mm512_and_si512(bit, _mm512_set1_epi32(31));
-    let upper = _mm512_cmpge_epi32_mask(bit, _mm512_set1_epi32(32));
+    let lanes = ResidualLanes::<NB, STEP>::new(weights);
     let chunks = dim / 16;
     for (t, &code) in codes.iter().enumerate() {
-        if let Some(&next) = codes.get(t + 1) {
-            let row = &centroids[next as usize * dim..(next as usize + 1) * dim];
-            for line in row.chunks(16) {
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
-        }
+        prefetch_row(codes, t + 1, centroids, dim);
         let cent = &centroids[code as usize * dim..(code as usize + 1) * dim];
         let tb = &bytes[t * bpt..t * bpt + chunks * STEP];
         let o = &mut out[t * dim..(t + 1) * dim];
@@ -330,27 +616,10 @@ unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
         // token would cost more than the decoding itself.
         let mut norm = [_mm512_setzero_ps(); 2];
         for c in 0..chunks {
-            // SAFETY: `tb` holds `chunks·STEP` bytes; the read takes STEP
-            // of them at c·STEP.
-            let x: u64 = unsafe {
-                let p = tb.as_ptr().add(c * STEP);
-                match STEP {
-                    2 => u64::from(p.cast::<u16>().read_unaligned()),
-                    4 => u64::from(p.cast::<u32>().read_unaligned()),
-                    _ => p.cast::<u64>().read_unaligned(),
-                }
-            }
-            .to_le();
-            let lo = _mm512_set1_epi32(x as u32 as i32);
-            let words = if STEP == 8 {
-                _mm512_mask_set1_epi32(lo, upper, (x >> 32) as u32 as i32)
-            } else {
-                lo
-            };
-            let idx = _mm512_and_si512(_mm512_srlv_epi32(words, shift), mask);
-            let r = _mm512_permutexvar_ps(idx, w);
-            // SAFETY: c·16 + 16 <= dim = cent.len() = o.len().
+            // SAFETY: `tb` holds `chunks·STEP` bytes, the read takes STEP
+            // of them at c·STEP; c·16 + 16 <= dim = cent.len() = o.len().
             unsafe {
+                let r = lanes.residual(tb.as_ptr().add(c * STEP));
                 let v = _mm512_add_ps(_mm512_loadu_ps(cent.as_ptr().add(c * 16)), r);
                 norm[c & 1] = _mm512_fmadd_ps(v, v, norm[c & 1]);
                 _mm512_storeu_ps(o.as_mut_ptr().add(c * 16), v);
@@ -358,6 +627,102 @@ unsafe fn decode_tokens_n<const NB: i32, const STEP: usize>(
         }
         norms[t] = _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
     }
+}
+
+/// Exact MaxSim of `query` (`nq × dim`) against one document stored as
+/// residual codes, without a row-major copy: 16 tokens at a time, each
+/// 16-dimension chunk of their vectors is decoded into registers
+/// (`centroid + weights[code]`), transposed and kept dimension-major, the
+/// tile's squared norms summed lane-wise from the transposed columns (no
+/// horizontal sum per token), and the tile folded into `best` as in
+/// [`maxsim_rows`]: `best[i] = max(best[i], max_j (q_i · v_j) · s_j)` with
+/// `s_j = 1/|v_j|` when `renormalise` (1 for a zero vector), else 1. The
+/// next tile's centroid rows are prefetched while this one is scored.
+///
+/// # Safety
+/// AVX-512F must be available; `dim` a multiple of 16 and at most
+/// [`TILE_MAX_DIM`]; `nbits` 1, 2 or 4 with `bpt ≥ dim·nbits/8`;
+/// `bytes.len() ≥ codes.len()·bpt`; every code `< centroids.len() / dim`;
+/// `query` holds whole rows of `dim` floats and `best` one entry per row.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn maxsim_residual(
+    nbits: u32,
+    weights: &[f32; 16],
+    renormalise: bool,
+    bytes: &[u8],
+    bpt: usize,
+    codes: &[u32],
+    centroids: &[f32],
+    dim: usize,
+    query: &[f32],
+    best: &mut [f32],
+) {
+    let a = (weights, bytes, bpt, codes, centroids, dim);
+    // SAFETY: forwarded.
+    unsafe {
+        match nbits {
+            1 => maxsim_residual_n::<1, 2>(a, renormalise, query, best),
+            2 => maxsim_residual_n::<2, 4>(a, renormalise, query, best),
+            _ => maxsim_residual_n::<4, 8>(a, renormalise, query, best),
+        }
+    }
+}
+
+/// [`maxsim_residual`] for `NB`-bit codes.
+#[target_feature(enable = "avx512f")]
+unsafe fn maxsim_residual_n<const NB: i32, const STEP: usize>(
+    (weights, bytes, bpt, codes, centroids, dim): DecodeArgs,
+    renormalise: bool,
+    query: &[f32],
+    best: &mut [f32],
+) {
+    let lanes = ResidualLanes::<NB, STEP>::new(weights);
+    let nd = codes.len();
+    (0..16.min(nd)).for_each(|t| prefetch_row(codes, t, centroids, dim));
+    // While a tile is scored, the next one's centroid rows are fetched.
+    let before =
+        |j0: usize| (j0 + 16..j0 + 32).for_each(|t| prefetch_row(codes, t, centroids, dim));
+    let row = |t: usize, c: usize| {
+        let cent = &centroids[codes[t] as usize * dim + c * 16..][..16];
+        let code = &bytes[t * bpt + c * STEP..][..STEP];
+        // SAFETY: `code` is STEP bytes, `cent` 16 floats.
+        unsafe {
+            _mm512_add_ps(
+                _mm512_loadu_ps(cent.as_ptr()),
+                lanes.residual(code.as_ptr()),
+            )
+        }
+    };
+    let scale = if renormalise {
+        TileScale::InverseNorm
+    } else {
+        TileScale::One
+    };
+    // SAFETY: forwarded; every code indexes a whole centroid row.
+    unsafe { maxsim_tiles(nd, dim, scale, query, best, before, row) };
+}
+
+/// Exact MaxSim of `query` (`nq × dim`) against one document of `f16`
+/// vectors (`bytes`: `nd × dim` little-endian halves) folded into `best`
+/// as in [`maxsim_rows`] with unit scales, without an `f32` copy: each
+/// 16-half chunk is widened in a register (`vcvtph2ps`) and transposed
+/// into the dimension-major tile.
+///
+/// # Safety
+/// AVX-512F must be available; `dim` a multiple of 16 and at most
+/// [`TILE_MAX_DIM`]; `bytes.len()` a multiple of `2·dim`; `query` holds
+/// whole rows of `dim` floats and `best` one entry per row.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn maxsim_f16(bytes: &[u8], dim: usize, query: &[f32], best: &mut [f32]) {
+    let nd = bytes.len() / (2 * dim);
+    let row = |t: usize, c: usize| {
+        let h = &bytes[(t * dim + c * 16) * 2..][..32];
+        // SAFETY: `h` is 32 bytes: 16 halves, one unaligned 256-bit load.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(h.as_ptr().cast())) }
+    };
+    // SAFETY: forwarded.
+    unsafe { maxsim_tiles(nd, dim, TileScale::One, query, best, |_| {}, row) };
 }
 
 /// Integer dot products for `a` (`na × dim` bytes read as unsigned, i.e.
