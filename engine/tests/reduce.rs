@@ -361,6 +361,65 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         &envs,
         None,
     ));
+    // The linear diagnostic: a free matrix, stored and applied like the
+    // rotation, at the dims of its trained set only.
+    let linear = dir.path().join("linear");
+    ok(&run(
+        &[
+            "train",
+            "reduce",
+            "--dataset",
+            ds.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--method",
+            "linear",
+            "--dims",
+            "16,32",
+            "--steps",
+            "4",
+            "--batch-queries",
+            "4",
+            "--mine-depth",
+            "4",
+            "--pool-depth",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            linear.to_str().unwrap(),
+        ],
+        &envs,
+        None,
+    ));
+    assert_eq!(
+        Reduction::load(&linear).unwrap().meta.method,
+        Method::Linear
+    );
+    let lin_idx = dir.path().join("linear.idx");
+    let ls = linear.to_str().unwrap();
+    build(
+        &corpus,
+        &lin_idx,
+        &model,
+        &["--reduction", ls, "--dim", "16"],
+        &envs,
+    );
+    let info: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["index", "info", lin_idx.to_str().unwrap()],
+        &envs,
+        None,
+    )))
+    .unwrap();
+    assert_eq!(info["info"]["reduction"]["method"], "linear");
+    let e = err(&index_build(
+        &corpus,
+        &dir.path().join("linear24.idx"),
+        &model,
+        &["--reduction", ls, "--dim", "24"],
+        &envs,
+    ));
+    assert!(e.contains("--dim 24") && e.contains("linear"), "{e}");
     let search_err = |extra: &[&str], index: &Path| {
         let mut a = vec![
             "search",

@@ -9,7 +9,7 @@ use std::path::Path;
 use tessera_training::reduce::train::{
     read_checkpoint, train, DimScore, ReduceConfig, ReduceDev, ReduceHooks, VectorSource,
 };
-use tessera_training::reduce::{pca, Covariance, Reduction};
+use tessera_training::reduce::{pca, Covariance, Method, Reduction};
 use tessera_training::tch::{Device, Kind, Tensor};
 use tessera_training::train::loss;
 use tessera_training::train::optim::Decay;
@@ -17,6 +17,10 @@ use tessera_training::train::score::Projected;
 use tessera_training::train::Example;
 
 const K: i64 = 16;
+
+/// libtorch's random generator is global: the tests of this file take
+/// turns, so each run sees the same random stream whatever runs beside it.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// `n` texts of `len` unit vectors each: document `i`'s tokens around a
 /// topic direction, its query a noisy subset of them.
@@ -77,6 +81,7 @@ fn config(steps: usize) -> ReduceConfig {
         eval_every: 10,
         checkpoint_every: 10,
         relative: false,
+        free: false,
     }
 }
 
@@ -173,6 +178,7 @@ fn run(cfg: &ReduceConfig, out: &Path, resume: bool) -> Run {
 
 #[test]
 fn orthogonal_reduction_trains_stays_orthogonal_and_resumes_exactly() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(40);
     let a = run(&cfg, &dir.path().join("a"), false);
@@ -212,4 +218,44 @@ fn orthogonal_reduction_trains_stays_orthogonal_and_resumes_exactly() {
     for name in ["x", "mean"] {
         assert!(ea[name].equal(&ec[name]), "{name} differs after resume");
     }
+}
+
+#[test]
+fn linear_reduction_trains_a_free_matrix_that_loads_as_linear() {
+    // `--method linear`: U itself is trained from the PCA basis, so it
+    // leaves orthogonality, improves the objective, keeps nested prefixes,
+    // and is stored and loaded as `linear` (loading skips the
+    // orthogonality check for that method only).
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ReduceConfig {
+        free: true,
+        ..config(40)
+    };
+    let a = run(&cfg, &dir.path().join("a"), false);
+    let best = a.best.unwrap();
+    assert_eq!(best.meta.method, Method::Linear);
+    assert!(a.orthogonality > 1e-3, "{}", a.orthogonality);
+    let start = a.initial_kl.iter().sum::<f64>() / a.initial_kl.len() as f64;
+    assert!(a.best_kl < start * 0.95, "KL {} vs PCA {start}", a.best_kl);
+    let v = Tensor::randn([5, K], (Kind::Float, Device::Cpu));
+    let mean = Tensor::from_slice(&best.mean);
+    let u = Tensor::from_slice(&best.basis).view([K, K]);
+    let raw4 = (&v - &mean).matmul(&u.narrow(1, 0, 4));
+    let want = loss::normalise(&raw4.narrow(1, 0, 2));
+    assert!(f64::try_from((best.apply(&v, 2) - want).abs().max()).unwrap() < 1e-6);
+    let saved = dir.path().join("saved");
+    best.save(&saved).unwrap();
+    let back = Reduction::load(&saved).unwrap();
+    assert_eq!(
+        (back.meta.method, &back.basis),
+        (Method::Linear, &best.basis)
+    );
+    assert!(back.check_r(4).is_ok() && back.check_r(3).is_err());
+    // --relative is a rotation's parametrisation.
+    let bad = ReduceConfig {
+        relative: true,
+        ..cfg
+    };
+    assert!(bad.validate().unwrap_err().contains("--relative"));
 }

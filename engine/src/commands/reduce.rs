@@ -140,7 +140,8 @@ fn parse_method(s: &str) -> Result<Method, String> {
     tessera index build --input corpus.jsonl --out small.idx --reduction reductions/orthogonal --dim 32\n\n\
     orthogonal (the default) starts from PCA and trains U = cayley(X) with a Matryoshka strategy:\n\
     each step one dim of --dims, distilling the full-dimension MaxSim distribution over each\n\
-    query's candidates. One reduction serves every dim of its set. The folder holds\n\
+    query's candidates. One reduction serves every dim of its set. linear trains U itself the\n\
+    same way (no orthogonality): an upper-bound diagnostic for the rotation. The folder holds\n\
     reduction.json + reduction.safetensors, metrics.jsonl, dev.png/svg (a curve per dim) and a\n\
     checkpoint (--resume continues an interrupted run).")]
 pub struct TrainReduceArgs {
@@ -150,7 +151,9 @@ pub struct TrainReduceArgs {
     pub datasets: Vec<PathBuf>,
     #[command(flatten)]
     pub data: DataArgs,
-    /// orthogonal (PCA-initialised, trained), pca (fitted only) or truncate.
+    /// orthogonal (PCA-initialised, trained), pca (fitted only), truncate,
+    /// or linear (a free matrix trained like orthogonal, not orthogonal: a
+    /// diagnostic of what the rotation's constraint costs).
     #[arg(long, default_value = "orthogonal", value_parser = parse_method)]
     pub method: Method,
     /// The nested output sizes, increasing, comma-separated.
@@ -241,7 +244,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
     let cfg = ReduceConfig {
         in_dim: k,
         dims: args.dims.clone(),
-        steps: if args.method == Method::Orthogonal {
+        steps: if matches!(args.method, Method::Orthogonal | Method::Linear) {
             args.steps
         } else {
             0
@@ -259,6 +262,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
         relative: args.relative,
+        free: args.method == Method::Linear,
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let resume = if args.resume {

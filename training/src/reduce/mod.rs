@@ -11,11 +11,14 @@
 //!   initialised from PCA, trained with a Matryoshka strategy (each step one
 //!   `r` of the nested set, all prefixes sharing `U`) to keep the
 //!   full-dimension MaxSim distribution ([`train`]).
+//! * `linear`: the same training with `U` a free matrix (no orthogonality
+//!   constraint), started at the PCA basis — a diagnostic: how much a
+//!   learned linear map of this form could add over the rotation.
 //!
 //! A reduction is a folder: `reduction.json` (method, input dim, nested
 //! set, how it was made) and `reduction.safetensors` (`mean` `[k]`, `basis`
-//! `[k, k]`). Loading checks shapes, finiteness and orthogonality and names
-//! the file. [`Reduction::to_index`] gives the `r × k` matrix the index
+//! `[k, k]`). Loading checks shapes, finiteness and orthogonality (all but
+//! `linear`) and names the file. [`Reduction::to_index`] gives the `r × k` matrix the index
 //! applies before coding (and to queries).
 
 pub mod train;
@@ -41,6 +44,7 @@ pub enum Method {
     Truncate,
     Pca,
     Orthogonal,
+    Linear,
 }
 
 impl std::str::FromStr for Method {
@@ -50,8 +54,9 @@ impl std::str::FromStr for Method {
             "truncate" => Ok(Self::Truncate),
             "pca" => Ok(Self::Pca),
             "orthogonal" => Ok(Self::Orthogonal),
+            "linear" => Ok(Self::Linear),
             _ => Err(format!(
-                "unknown reduction method {s:?} (truncate, pca or orthogonal; \
+                "unknown reduction method {s:?} (truncate, pca, orthogonal or linear; \
                  a small trained head is `tessera train heads --dim R`)"
             )),
         }
@@ -64,6 +69,7 @@ impl std::fmt::Display for Method {
             Self::Truncate => "truncate",
             Self::Pca => "pca",
             Self::Orthogonal => "orthogonal",
+            Self::Linear => "linear",
         })
     }
 }
@@ -157,6 +163,10 @@ impl Reduction {
         if self.mean.iter().chain(&self.basis).any(|x| !x.is_finite()) {
             return Err("mean or basis holds NaN or infinite values".into());
         }
+        if self.meta.method == Method::Linear {
+            // A free matrix: orthogonal only by accident.
+            return Ok(());
+        }
         let e = self.orthogonality_error();
         if e.is_nan() || e > ORTHOGONALITY_TOLERANCE {
             return Err(format!(
@@ -183,7 +193,7 @@ impl Reduction {
     /// trained for exactly those) or past the input width.
     pub fn check_r(&self, r: usize) -> Result<()> {
         let ok = match self.meta.method {
-            Method::Orthogonal => self.meta.dims.contains(&r),
+            Method::Orthogonal | Method::Linear => self.meta.dims.contains(&r),
             Method::Truncate | Method::Pca => (1..=self.meta.in_dim).contains(&r),
         };
         if ok {

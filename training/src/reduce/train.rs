@@ -56,6 +56,11 @@ pub struct ReduceConfig {
     /// PCA basis's eigenvalues.
     #[serde(default)]
     pub relative: bool,
+    /// Train `U` itself, a free matrix started at the PCA basis, instead
+    /// of a rotation (`--method linear`: not orthogonal; a diagnostic of
+    /// what the constraint costs).
+    #[serde(default)]
+    pub free: bool,
 }
 
 impl ReduceConfig {
@@ -75,6 +80,11 @@ impl ReduceConfig {
         }
         if !(self.contrastive_weight >= 0.0 && self.clip >= 0.0) {
             return Err("--contrastive-weight and --clip must be ≥ 0".into());
+        }
+        if self.free && self.relative {
+            return Err(
+                "--relative is a parametrisation of the rotation: not with --method linear".into(),
+            );
         }
         Ok(())
     }
@@ -184,11 +194,17 @@ struct Params {
     x: Tensor,
     mean: Tensor,
     base: Tensor,
+    /// `U = X` (a free matrix) instead of `B · cayley(X)`.
+    free: bool,
 }
 
 impl Params {
     fn u(&self) -> Tensor {
-        self.base.matmul(&cayley(&self.x))
+        if self.free {
+            self.x.shallow_clone()
+        } else {
+            self.base.matmul(&cayley(&self.x))
+        }
     }
 
     fn reduction(&self, cfg: &ReduceConfig) -> Reduction {
@@ -204,7 +220,15 @@ impl Params {
             .unwrap_or_default()
         };
         Reduction {
-            meta: ReductionMeta::new(Method::Orthogonal, cfg.in_dim, cfg.dims.clone()),
+            meta: ReductionMeta::new(
+                if self.free {
+                    Method::Linear
+                } else {
+                    Method::Orthogonal
+                },
+                cfg.in_dim,
+                cfg.dims.clone(),
+            ),
             mean: to_vec(&self.mean),
             basis: to_vec(&self.u()),
             dir: None,
@@ -282,12 +306,13 @@ pub fn train(
         .view([k, k])
         .to_kind(Kind::Double)
         .to_device(device);
-    let inverse = if cfg.relative {
+    let inverse = if cfg.relative || cfg.free {
         None
     } else {
         inverse_cayley(&pca_u)
     };
     let (x0, base, exact) = match inverse {
+        None if cfg.free => (pca_u.copy(), Tensor::eye(k, (Kind::Double, device)), false),
         Some(x) => (x, Tensor::eye(k, (Kind::Double, device)), true),
         None if cfg.relative => (Tensor::zeros([k, k], (Kind::Double, device)), pca_u, false),
         None => {
@@ -303,6 +328,7 @@ pub fn train(
             .to_device(device)
             .set_requires_grad(true),
         base,
+        free: cfg.free,
     };
     let mut opt = AdamW::new(vec![Group {
         params: vec![
