@@ -336,62 +336,43 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         &["--reduction", rs, "--dim", "16"],
         &envs,
     );
+    // Another reduction of the same model, fitted or trained (4 steps).
+    let train_other = |method: &str, out: &Path| {
+        ok(&run(
+            &[
+                "train",
+                "reduce",
+                "--dataset",
+                ds.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--method",
+                method,
+                "--dims",
+                "16,32",
+                "--steps",
+                "4",
+                "--batch-queries",
+                "4",
+                "--mine-depth",
+                "4",
+                "--pool-depth",
+                "8",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &envs,
+            None,
+        ))
+    };
     let other = dir.path().join("pca");
-    ok(&run(
-        &[
-            "train",
-            "reduce",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--method",
-            "pca",
-            "--dims",
-            "16,32",
-            "--mine-depth",
-            "4",
-            "--pool-depth",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            other.to_str().unwrap(),
-        ],
-        &envs,
-        None,
-    ));
+    train_other("pca", &other);
     // The linear diagnostic: a free matrix, stored and applied like the
     // rotation, at the dims of its trained set only.
     let linear = dir.path().join("linear");
-    ok(&run(
-        &[
-            "train",
-            "reduce",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--method",
-            "linear",
-            "--dims",
-            "16,32",
-            "--steps",
-            "4",
-            "--batch-queries",
-            "4",
-            "--mine-depth",
-            "4",
-            "--pool-depth",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            linear.to_str().unwrap(),
-        ],
-        &envs,
-        None,
-    ));
+    train_other("linear", &linear);
     assert_eq!(
         Reduction::load(&linear).unwrap().meta.method,
         Method::Linear

@@ -585,6 +585,19 @@ mod tests {
         }
     }
 
+    /// A document of `codes.len()` tokens (token `t`'s vector: cosines
+    /// of `t·dim + d`), each coded against centroid row `codes[t]`.
+    fn encode_doc(codec: &Codec, codes: &[u32], centroids: &[f32]) -> Vec<u8> {
+        let dim = codec.dim;
+        let mut bytes = Vec::new();
+        for (t, &c) in codes.iter().enumerate() {
+            let v: Vec<f32> = (0..dim).map(|d| ((t * dim + d) as f32).cos()).collect();
+            let c = c as usize;
+            codec.encode(&v, &centroids[c * dim..(c + 1) * dim], &mut bytes);
+        }
+        bytes
+    }
+
     #[test]
     fn fused_maxsim_matches_decoding_then_scoring() {
         // `maxsim_fused` (residual and f16 codes decoded straight into
@@ -614,12 +627,7 @@ mod tests {
                 let codec = Codec::new(kind, dim, buckets, renormalise).unwrap();
                 for nd in [1usize, 15, 16, 17, 40] {
                     let codes: Vec<u32> = (0..nd).map(|t| (t * 7 % n_cent) as u32).collect();
-                    let mut bytes = Vec::new();
-                    for (t, &c) in codes.iter().enumerate() {
-                        let v: Vec<f32> = (0..dim).map(|d| ((t * dim + d) as f32).cos()).collect();
-                        let c = c as usize;
-                        codec.encode(&v, &centroids[c * dim..(c + 1) * dim], &mut bytes);
-                    }
+                    let bytes = encode_doc(&codec, &codes, &centroids);
                     let mut doc = vec![0.0; nd * dim];
                     let mut scales = vec![0.0; nd];
                     codec.decode_tokens_unscaled(&bytes, &codes, &centroids, &mut doc, &mut scales);
@@ -674,12 +682,7 @@ mod tests {
                     _ => None,
                 };
                 let codec = Codec::new(kind, dim, buckets, renormalise).unwrap();
-                let mut bytes = Vec::new();
-                for (t, &c) in codes.iter().enumerate() {
-                    let v: Vec<f32> = (0..dim).map(|d| ((t * dim + d) as f32).cos()).collect();
-                    let c = c as usize;
-                    codec.encode(&v, &centroids[c * dim..(c + 1) * dim], &mut bytes);
-                }
+                let bytes = encode_doc(&codec, &codes, &centroids);
                 let bpt = codec.bytes_per_token();
                 let mut tile = vec![0.0; codes.len() * dim];
                 let mut scales = vec![0.0; codes.len()];

@@ -176,6 +176,17 @@ fn run(cfg: &ReduceConfig, out: &Path, resume: bool) -> Run {
     }
 }
 
+/// Prefixes nested: the 2-dim output is the renormalised first half of
+/// the 4-dim one before normalisation.
+fn assert_nested(red: &Reduction) {
+    let v = Tensor::randn([5, K], (Kind::Float, Device::Cpu));
+    let mean = Tensor::from_slice(&red.mean);
+    let u = Tensor::from_slice(&red.basis).view([K, K]);
+    let raw4 = (&v - &mean).matmul(&u.narrow(1, 0, 4));
+    let want = loss::normalise(&raw4.narrow(1, 0, 2));
+    assert!(f64::try_from((red.apply(&v, 2) - want).abs().max()).unwrap() < 1e-6);
+}
+
 #[test]
 fn orthogonal_reduction_trains_stays_orthogonal_and_resumes_exactly() {
     let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
@@ -191,14 +202,7 @@ fn orthogonal_reduction_trains_stays_orthogonal_and_resumes_exactly() {
     // The distillation objective improves on the PCA start.
     let start = a.initial_kl.iter().sum::<f64>() / a.initial_kl.len() as f64;
     assert!(a.best_kl < start * 0.95, "KL {} vs PCA {start}", a.best_kl);
-    // Prefixes nested: the 2-dim output is the renormalised first half of
-    // the 4-dim one before normalisation.
-    let v = Tensor::randn([5, K], (Kind::Float, Device::Cpu));
-    let mean = Tensor::from_slice(&best.mean);
-    let u = Tensor::from_slice(&best.basis).view([K, K]);
-    let raw4 = (&v - &mean).matmul(&u.narrow(1, 0, 4));
-    let want = loss::normalise(&raw4.narrow(1, 0, 2));
-    assert!(f64::try_from((best.apply(&v, 2) - want).abs().max()).unwrap() < 1e-6);
+    assert_nested(&best);
 
     // Same seed, same data: same basis.
     let b = run(&cfg, &dir.path().join("b"), false);
@@ -238,12 +242,7 @@ fn linear_reduction_trains_a_free_matrix_that_loads_as_linear() {
     assert!(a.orthogonality > 1e-3, "{}", a.orthogonality);
     let start = a.initial_kl.iter().sum::<f64>() / a.initial_kl.len() as f64;
     assert!(a.best_kl < start * 0.95, "KL {} vs PCA {start}", a.best_kl);
-    let v = Tensor::randn([5, K], (Kind::Float, Device::Cpu));
-    let mean = Tensor::from_slice(&best.mean);
-    let u = Tensor::from_slice(&best.basis).view([K, K]);
-    let raw4 = (&v - &mean).matmul(&u.narrow(1, 0, 4));
-    let want = loss::normalise(&raw4.narrow(1, 0, 2));
-    assert!(f64::try_from((best.apply(&v, 2) - want).abs().max()).unwrap() < 1e-6);
+    assert_nested(&best);
     let saved = dir.path().join("saved");
     best.save(&saved).unwrap();
     let back = Reduction::load(&saved).unwrap();
