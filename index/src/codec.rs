@@ -330,7 +330,6 @@ impl Codec {
             use crate::linalg::avx512;
             let dim = self.dim;
             let bpt = self.bytes_per_token();
-            let rows = centroids.len() / dim.max(1);
             let shapes_fit = crate::linalg::avx512_enabled()
                 && dim.is_multiple_of(16)
                 && dim <= avx512::TILE_MAX_DIM
@@ -338,17 +337,16 @@ impl Codec {
                 && query.len().is_multiple_of(dim)
                 && best.len() >= query.len() / dim;
             match self.kind {
-                CodecKind::Residual { nbits }
-                    if shapes_fit
-                        && bpt * 8 >= dim * nbits as usize
-                        && codes.iter().all(|&c| (c as usize) < rows) =>
-                {
+                CodecKind::Residual { .. } if shapes_fit => {
+                    let Some(nbits) = self.avx512_residual(codes, centroids) else {
+                        return false;
+                    };
                     // SAFETY: AVX-512F was detected at run time; the width,
                     // lengths and codes were checked above, and `weights16`
                     // holds the 2^nbits ≤ 16 weights.
                     unsafe {
                         avx512::maxsim_residual(
-                            u32::from(nbits),
+                            nbits,
                             &self.weights16,
                             self.renormalise,
                             bytes,
@@ -377,6 +375,24 @@ impl Codec {
         false
     }
 
+    /// The bit width of a residual codec whose tokens `codes` the AVX-512
+    /// residual kernels can read: AVX-512F present, `dim` a multiple of 16,
+    /// a token's bytes holding all its codes, and every code a row of
+    /// `centroids`. `None` otherwise (other codecs, or the portable path).
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_residual(&self, codes: &[u32], centroids: &[f32]) -> Option<u32> {
+        let CodecKind::Residual { nbits } = self.kind else {
+            return None;
+        };
+        let dim = self.dim;
+        let rows = centroids.len() / dim.max(1);
+        (crate::linalg::avx512_enabled()
+            && dim.is_multiple_of(16)
+            && self.bytes_per_token() * 8 >= dim * nbits as usize
+            && codes.iter().all(|&c| (c as usize) < rows))
+        .then_some(u32::from(nbits))
+    }
+
     /// Decodes the consecutive tokens of a tile: token `t` has code bytes
     /// `bytes[t·bpt..]`, centroid `codes[t]` (a row of `centroids`), and
     /// goes to `out[t·dim..(t + 1)·dim]`, its renormalisation factor (as
@@ -396,34 +412,27 @@ impl Codec {
         let n = codes.len();
         assert!(bytes.len() >= n * bpt && out.len() >= n * dim && scales.len() >= n);
         #[cfg(target_arch = "x86_64")]
-        if let CodecKind::Residual { nbits } = self.kind {
-            let rows = centroids.len() / dim.max(1);
-            if crate::linalg::avx512_enabled()
-                && dim.is_multiple_of(16)
-                && bpt * 8 >= dim * nbits as usize
-                && codes.iter().all(|&c| (c as usize) < rows)
-            {
-                // SAFETY: AVX-512F was detected at run time; dim is a
-                // multiple of 16, every length and code was checked above,
-                // and `weights16` holds the 2^nbits ≤ 16 weights.
-                unsafe {
-                    crate::linalg::avx512::decode_residual_tokens(
-                        u32::from(nbits),
-                        &self.weights16,
-                        bytes,
-                        bpt,
-                        codes,
-                        centroids,
-                        dim,
-                        out,
-                        scales,
-                    );
-                }
-                for s in &mut scales[..n] {
-                    *s = if self.renormalise { inv_norm(*s) } else { 1.0 };
-                }
-                return;
+        if let Some(nbits) = self.avx512_residual(codes, centroids) {
+            // SAFETY: `avx512_residual` checked the CPU, the width and every
+            // code; the lengths were asserted above, and `weights16` holds
+            // the 2^nbits ≤ 16 weights.
+            unsafe {
+                crate::linalg::avx512::decode_residual_tokens(
+                    nbits,
+                    &self.weights16,
+                    bytes,
+                    bpt,
+                    codes,
+                    centroids,
+                    dim,
+                    out,
+                    scales,
+                );
             }
+            for s in &mut scales[..n] {
+                *s = if self.renormalise { inv_norm(*s) } else { 1.0 };
+            }
+            return;
         }
         let reads_centroid = matches!(self.kind, CodecKind::Residual { .. });
         for (t, &c) in codes.iter().enumerate() {
@@ -585,6 +594,23 @@ mod tests {
         }
     }
 
+    /// `n` centroid rows of `dim` and a codec of `kind` whose residual
+    /// buckets (if any) are trained on small sines.
+    fn test_codec(kind: CodecKind, dim: usize, renormalise: bool, n: usize) -> (Codec, Vec<f32>) {
+        let centroids: Vec<f32> = (0..n * dim)
+            .map(|i| (i as f32 * 0.37).sin() * 0.2)
+            .collect();
+        let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.618).sin() * 0.1).collect();
+        let buckets = match kind {
+            CodecKind::Residual { nbits } => Some(Buckets::train(nbits, values)),
+            _ => None,
+        };
+        (
+            Codec::new(kind, dim, buckets, renormalise).unwrap(),
+            centroids,
+        )
+    }
+
     /// A document of `codes.len()` tokens (token `t`'s vector: cosines
     /// of `t·dim + d`), each coded against centroid row `codes[t]`.
     fn encode_doc(codec: &Codec, codes: &[u32], centroids: &[f32]) -> Vec<u8> {
@@ -607,10 +633,6 @@ mod tests {
         // and 9 tokens, every bit width, with and without renormalisation.
         let dim = 48;
         let n_cent = 11;
-        let centroids: Vec<f32> = (0..n_cent * dim)
-            .map(|i| (i as f32 * 0.37).sin() * 0.2)
-            .collect();
-        let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.618).sin() * 0.1).collect();
         let kinds = [
             CodecKind::F16,
             CodecKind::Residual { nbits: 1 },
@@ -620,11 +642,7 @@ mod tests {
         ];
         for kind in kinds {
             for renormalise in [true, false] {
-                let buckets = match kind {
-                    CodecKind::Residual { nbits } => Some(Buckets::train(nbits, values.clone())),
-                    _ => None,
-                };
-                let codec = Codec::new(kind, dim, buckets, renormalise).unwrap();
+                let (codec, centroids) = test_codec(kind, dim, renormalise, n_cent);
                 for nd in [1usize, 15, 16, 17, 40] {
                     let codes: Vec<u32> = (0..nd).map(|t| (t * 7 % n_cent) as u32).collect();
                     let bytes = encode_doc(&codec, &codes, &centroids);
@@ -663,11 +681,7 @@ mod tests {
         // for every codec, tokens pointing at scattered centroids.
         let dim = 48;
         let n_cent = 7;
-        let centroids: Vec<f32> = (0..n_cent * dim)
-            .map(|i| (i as f32 * 0.37).sin() * 0.2)
-            .collect();
         let codes: Vec<u32> = (0..13).map(|t| (t * 5 % n_cent) as u32).collect();
-        let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.618).sin() * 0.1).collect();
         for kind in [
             CodecKind::F32,
             CodecKind::F16,
@@ -677,11 +691,7 @@ mod tests {
             CodecKind::Residual { nbits: 4 },
         ] {
             for renormalise in [true, false] {
-                let buckets = match kind {
-                    CodecKind::Residual { nbits } => Some(Buckets::train(nbits, values.clone())),
-                    _ => None,
-                };
-                let codec = Codec::new(kind, dim, buckets, renormalise).unwrap();
+                let (codec, centroids) = test_codec(kind, dim, renormalise, n_cent);
                 let bytes = encode_doc(&codec, &codes, &centroids);
                 let bpt = codec.bytes_per_token();
                 let mut tile = vec![0.0; codes.len() * dim];

@@ -721,22 +721,13 @@ impl Index {
                 // One walk down the rows: each row becomes its i8 table
                 // row and (PLAID) is offered to the tokens' best-cell lists.
                 let mut lists = n_probe.map(|n| CellLists::new(nq, n));
-                match tab {
-                    Some(tab) => {
-                        let rows = out.chunks_exact(nq).zip(tab.chunks_exact_mut(blocks));
-                        for (c, (row, t)) in rows.enumerate() {
-                            quantize_scores(row, scale, threshold, t.as_flattened_mut());
-                            if let Some(l) = &mut lists {
-                                l.offer(row, (first + c) as u32);
-                            }
-                        }
+                let mut tab_rows = tab.map(|t| t.chunks_exact_mut(blocks));
+                for (c, row) in out.chunks_exact(nq).enumerate() {
+                    if let Some(t) = tab_rows.as_mut().and_then(Iterator::next) {
+                        quantize_scores(row, scale, threshold, t.as_flattened_mut());
                     }
-                    None => {
-                        if let Some(l) = &mut lists {
-                            for (c, row) in out.chunks_exact(nq).enumerate() {
-                                l.offer(row, (first + c) as u32);
-                            }
-                        }
+                    if let Some(l) = &mut lists {
+                        l.offer(row, (first + c) as u32);
                     }
                 }
                 lists.map_or_else(Vec::new, CellLists::finish)

@@ -18,7 +18,8 @@
 //! * [`decode_residual`]: PLAID residual codes to `centroid + weight`, 16
 //!   dimensions per step with a lane permute instead of a table per byte,
 //!   returning the squared norm; [`decode_residual_tokens`] does a tile of
-//!   tokens per call (the exact re-rank's path).
+//!   tokens per call (the exact re-rank's path at widths the transposed
+//!   tiles do not take, over 256).
 //! * [`quantize_scores`]: a row of query-token scores to the i8 table of
 //!   the approximate pass, read in place with masked loads.
 
@@ -333,16 +334,10 @@ unsafe fn score_tile(
 }
 
 /// `[x, zero…]`: a short block's results in the four-wide shape.
+#[target_feature(enable = "avx512f")]
 #[inline]
 fn pad4<const N: usize>(x: [__m512; N]) -> [__m512; 4] {
-    // SAFETY: an all-zero __m512 is a valid value.
-    std::array::from_fn(|i| {
-        if i < N {
-            x[i]
-        } else {
-            unsafe { std::mem::zeroed() }
-        }
-    })
+    std::array::from_fn(|i| if i < N { x[i] } else { _mm512_setzero_ps() })
 }
 
 /// The 16 scores `q_i · token_j` of each of `N` query rows against a
