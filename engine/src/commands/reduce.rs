@@ -651,9 +651,6 @@ fn draw_frontiers(stem: &Path, files: &[&PathBuf]) -> Result<()> {
         !series.is_empty(),
         "--frontier: none of the plan files has a reference row"
     );
-    if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    }
     plot::line_chart(
         stem,
         "Best share of the reference's nDCG@10 at each speed-up",
@@ -849,10 +846,10 @@ pub struct PlanRow {
     /// Built with the default centroid count and searched with the default
     /// probe setting.
     pub default_settings: bool,
-    pub n_probe: usize,
-    pub probe_budget: usize,
-    pub n_approx: usize,
-    pub rerank_budget: usize,
+    /// The search setting the row was timed with (its four fields at the
+    /// row's top level in JSON).
+    #[serde(flatten)]
+    pub probe: Probe,
     /// Codec bytes + the 4-byte centroid id.
     pub bytes_per_token: f64,
     /// What the built index spends per token (codes, vectors, offsets).
@@ -867,18 +864,6 @@ pub struct PlanRow {
     pub search_p50_ms: f64,
     pub index_bytes: u64,
     pub build_s: f64,
-}
-
-impl PlanRow {
-    /// The search setting the row was timed with.
-    pub fn probe(&self) -> Probe {
-        Probe {
-            n_probe: self.n_probe,
-            probe_budget: self.probe_budget,
-            n_approx: self.n_approx,
-            rerank_budget: self.rerank_budget,
-        }
-    }
 }
 
 pub fn run(args: ReduceArgs) -> Result<()> {
@@ -1147,10 +1132,7 @@ fn plan(args: PlanArgs) -> Result<()> {
                 codec: b.codec.to_string(),
                 centroids: stats.num_centroids,
                 default_settings: b.centroids.0.is_none() && probe == Probe::default_search(),
-                n_probe: probe.n_probe,
-                probe_budget: probe.probe_budget,
-                n_approx: probe.n_approx,
-                rerank_budget: probe.rerank_budget,
+                probe,
                 bytes_per_token: bytes_per_token(b.codec, b.dim),
                 measured_bytes_per_token: stats.bytes_per_token,
                 fits: bytes_per_token(b.codec, b.dim) <= args.budget,
@@ -1221,7 +1203,7 @@ fn plan(args: PlanArgs) -> Result<()> {
             r.dim == k
                 && r.codec == "f16"
                 && r.centroids == rows[p].centroids
-                && r.probe() == rows[p].probe()
+                && r.probe == rows[p].probe
         })
     });
     print_plan(
@@ -1246,7 +1228,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         );
         println!(
             "search it: tessera search --index INDEX{red_opt} {} (the same options for eval and serve)",
-            r.probe().options()
+            r.probe.options()
         );
     }
     let secs = t_all.elapsed().as_secs_f64();
@@ -1348,7 +1330,7 @@ fn print_plan(
             r.dim,
             r.codec,
             r.centroids,
-            r.probe(),
+            r.probe,
             r.bytes_per_token,
             r.ndcg10,
             r.recall,
@@ -1370,7 +1352,7 @@ fn print_plan(
             let _ = writeln!(
                 o,
                 "\nrecommended within {budget} bytes/token: dim {} with {} ({:.1} bytes/token), {} centroids, search {}{vs}",
-                r.dim, r.codec, r.bytes_per_token, r.centroids, r.probe()
+                r.dim, r.codec, r.bytes_per_token, r.centroids, r.probe
             );
             if let (Some(f), Some(m)) = (reference, matched) {
                 let pick_is_full = m.dim == r.dim && m.codec == r.codec;
@@ -1635,9 +1617,6 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
                     plot::Series { name, points }
                 })
                 .collect();
-            if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-            }
             plot::line_chart(
                 stem,
                 "nDCG@10 (dev mean) against index bytes per token",
@@ -1665,10 +1644,7 @@ mod tests {
             codec: codec.into(),
             centroids: 4096,
             default_settings: true,
-            n_probe: 32,
-            probe_budget: 512,
-            n_approx: 1024,
-            rerank_budget: 1536,
+            probe: Probe::default_search(),
             bytes_per_token: 0.0,
             measured_bytes_per_token: 0.0,
             fits,

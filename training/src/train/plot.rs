@@ -58,6 +58,9 @@ pub fn line_chart(
     series: &[Series],
 ) -> Result<()> {
     register_font()?;
+    if let Some(dir) = stem.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| TrainingError::io(dir, e))?;
+    }
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
     {
