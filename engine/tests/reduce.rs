@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{err, ids, ok, reduced_fixture, run, search_json, tiny, TOPICS};
+use common::{err, ids, ok, reduced_fixture, run, search_json, tiny, toy_dataset, TOPICS};
 use tessera_training::reduce::{Method, Reduction};
 
 /// `tessera index build` of `corpus` into `out` with `model` (f16, CPU).
@@ -377,6 +377,53 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         Reduction::load(&linear).unwrap().meta.method,
         Method::Linear
     );
+    // A dataset without a train split trains on pseudo-queries from its
+    // own documents, and is refused (naming the split) without them.
+    let unlabelled = toy_dataset(&dir.path().join("unlabelled"), None);
+    std::fs::remove_file(unlabelled.join("qrels/train.tsv")).unwrap();
+    let pseudo = |n: &str, out: &Path| {
+        run(
+            &[
+                "train",
+                "reduce",
+                "--dataset",
+                unlabelled.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--dims",
+                "16,32",
+                "--steps",
+                "4",
+                "--batch-queries",
+                "4",
+                "--mine-depth",
+                "4",
+                "--pool-depth",
+                "8",
+                "--pseudo-queries",
+                n,
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &envs,
+            None,
+        )
+    };
+    let e = err(&pseudo("0", &dir.path().join("never-pseudo")));
+    assert!(
+        e.contains("no train split") && e.contains("unlabelled"),
+        "{e}"
+    );
+    let ps = dir.path().join("pseudo");
+    let o = pseudo("12", &ps);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("12 pseudo-queries"), "{stderr}");
+    let red = Reduction::load(&ps).unwrap();
+    assert_eq!(red.meta.method, Method::Orthogonal);
+    assert_eq!(red.meta.dims, vec![16, 32]);
     let lin_idx = dir.path().join("linear.idx");
     let ls = linear.to_str().unwrap();
     build(

@@ -28,7 +28,10 @@ use tessera_training::train::optim::Decay;
 use tessera_training::train::score::{project_by, Projected};
 use tessera_training::train::{loss, plot, Texts};
 
-use crate::commands::train::{peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep};
+use crate::commands::train::{
+    add_pseudo_queries, peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep,
+    PSEUDO_WORDS,
+};
 use crate::model::ModelArgs;
 use crate::progress;
 
@@ -137,13 +140,15 @@ fn parse_method(s: &str) -> Result<Method, String> {
     tessera train reduce --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
       --dims 16,32,48,64,96 --out reductions/orthogonal\n  \
     tessera train reduce --dataset ../shared/datasets/scifact --method pca --dims 16,32,64 --out reductions/pca\n  \
+    tessera train reduce --dataset my-beir-corpus --pseudo-queries 5000 --contrastive-weight 1 --out reductions/mine\n  \
     tessera index build --input corpus.jsonl --out small.idx --reduction reductions/orthogonal --dim 32\n\n\
     orthogonal (the default) starts from PCA and trains U = cayley(X) with a Matryoshka strategy:\n\
     each step one dim of --dims, distilling the full-dimension MaxSim distribution over each\n\
     query's candidates. One reduction serves every dim of its set. linear trains U itself the\n\
-    same way (no orthogonality): an upper-bound diagnostic for the rotation. The folder holds\n\
-    reduction.json + reduction.safetensors, metrics.jsonl, dev.png/svg (a curve per dim) and a\n\
-    checkpoint (--resume continues an interrupted run).")]
+    same way (no orthogonality): an upper-bound diagnostic for the rotation. --pseudo-queries adds\n\
+    unlabelled queries cut from each dataset's documents (the only ones where it has no train split).\n\
+    The folder holds reduction.json + reduction.safetensors, metrics.jsonl, dev.png/svg (a curve\n\
+    per dim) and a checkpoint (--resume continues an interrupted run).")]
 pub struct TrainReduceArgs {
     /// A BEIR dataset folder (repeat for several): its train split trains,
     /// its dev split validates.
@@ -207,12 +212,22 @@ pub struct TrainReduceArgs {
     /// the start) instead of X = cayley⁻¹(U_pca).
     #[arg(long)]
     pub relative: bool,
+    /// Unlabelled training queries added per dataset, drawn from its own
+    /// documents (a span of 4–16 words each; the same N for every --seed):
+    /// mined and distilled on like the labelled ones, their document
+    /// counting as their positive for the contrastive term. 0: none.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub pseudo_queries: usize,
     /// The reduction folder to write.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
 }
+
+/// Pseudo-queries are drawn with one seed whatever `--seed` is: runs that
+/// differ only in their seed share the queries (and their mined negatives).
+const PSEUDO_SEED: u64 = 1;
 
 /// The model's vectors of every text of a cached side.
 fn project_all(
@@ -280,11 +295,23 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
     };
     let mut data = Vec::new();
     for d in &args.datasets {
-        data.push(read_dataset(
+        let mut dd = read_dataset(
             d,
             &args.data.train_split,
             &args.data.dev_split,
-        )?);
+            args.pseudo_queries == 0,
+        )?;
+        if args.pseudo_queries > 0 {
+            let n = add_pseudo_queries(&mut dd, args.pseudo_queries, PSEUDO_SEED);
+            ensure!(
+                n > 0,
+                "--pseudo-queries: no document of {} has the {} words a pseudo-query needs",
+                d.display(),
+                PSEUDO_WORDS.0
+            );
+            eprintln!("{}: {n} pseudo-queries from its documents", dd.name);
+        }
+        data.push(dd);
     }
     let (sources, devs) = prepare(
         &encoder,

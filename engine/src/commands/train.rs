@@ -301,16 +301,35 @@ pub(crate) struct DatasetData {
     pub(crate) dev: Option<Qrels>,
 }
 
-pub(crate) fn read_dataset(dir: &Path, train_split: &str, dev_split: &str) -> Result<DatasetData> {
+/// Reads a dataset to train on. Without `require_train` a dataset may lack
+/// the train split (its training queries then come from elsewhere: the
+/// pseudo-queries of `train reduce`).
+pub(crate) fn read_dataset(
+    dir: &Path,
+    train_split: &str,
+    dev_split: &str,
+    require_train: bool,
+) -> Result<DatasetData> {
     let ds = Dataset::open(dir)?;
-    let train = ds
-        .qrels(train_split)
-        .with_context(|| format!("{}: no {train_split} split to train on", dir.display()))?;
-    ensure!(
-        !train.is_empty(),
-        "{}: qrels/{train_split}.tsv judges no queries",
-        dir.display()
-    );
+    let train = if require_train || ds.qrels_path(train_split).is_file() {
+        let train = ds
+            .qrels(train_split)
+            .with_context(|| format!("{}: no {train_split} split to train on", dir.display()))?;
+        ensure!(
+            !train.is_empty() || !require_train,
+            "{}: qrels/{train_split}.tsv judges no queries",
+            dir.display()
+        );
+        train
+    } else {
+        eprintln!(
+            "note: {}: no {train_split} split; it trains on pseudo-queries only",
+            dir.display()
+        );
+        Qrels {
+            judgements: BTreeMap::new(),
+        }
+    };
     let dev = match ds.qrels(dev_split) {
         Ok(q) if !q.is_empty() => Some(q),
         _ => {
@@ -547,6 +566,47 @@ fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
         out.push((a, b));
     }
     out
+}
+
+/// Shortest and longest pseudo-query, in words.
+pub(crate) const PSEUDO_WORDS: (usize, usize) = (4, 16);
+
+/// Adds `n` unlabelled queries to a dataset's training split, drawn from
+/// its own documents: each a span of 4–16 consecutive words of a document
+/// (documents in a seeded random order, cycled when `n` exceeds them),
+/// judged relevant to that document only. Their ids (`pseudo-N`) are kept
+/// apart from the dataset's own. Returns how many were added (fewer than
+/// `n` only when no document has 4 words).
+pub(crate) fn add_pseudo_queries(d: &mut DatasetData, n: usize, seed: u64) -> usize {
+    let (lo, hi) = PSEUDO_WORDS;
+    let mut order: Vec<usize> = (0..d.doc_texts.len())
+        .filter(|&i| d.doc_texts[i].split_whitespace().nth(lo - 1).is_some())
+        .collect();
+    if order.is_empty() {
+        return 0;
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5E0D_0051);
+    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+    let taken: HashSet<String> = d.queries.iter().map(|q| q.id.clone()).collect();
+    let mut prefix = String::from("pseudo-");
+    while taken.iter().any(|id| id.starts_with(&prefix)) {
+        prefix.insert(0, '_');
+    }
+    for j in 0..n {
+        let doc = order[j % order.len()];
+        let words: Vec<&str> = d.doc_texts[doc].split_whitespace().collect();
+        let len = rng.gen_range(lo..=hi).min(words.len());
+        let start = rng.gen_range(0..=words.len() - len);
+        let id = format!("{prefix}{j}");
+        d.train
+            .judgements
+            .insert(id.clone(), HashMap::from([(d.doc_ids[doc].clone(), 1)]));
+        d.queries.push(Query {
+            id,
+            text: words[start..start + len].join(" "),
+        });
+    }
+    n
 }
 
 /// Dev sets with the qrels of the queries kept.
@@ -841,6 +901,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
             d,
             &args.data.train_split,
             &args.data.dev_split,
+            true,
         )?);
     }
     let teachers: Vec<Run> = args
@@ -1336,4 +1397,87 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         eprintln!("curves: {}.png, {}.svg", stem.display(), stem.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset() -> DatasetData {
+        let doc_texts: Vec<String> = vec![
+            "tides follow the moon and the sun over the course of a lunar day".into(),
+            "too short".into(),
+            "coral reefs bleach when the water warms for weeks on end".into(),
+        ];
+        DatasetData {
+            name: "toy".into(),
+            dir: PathBuf::from("toy"),
+            doc_ids: vec!["d0".into(), "d1".into(), "d2".into()],
+            doc_texts,
+            queries: vec![Query {
+                id: "pseudo-0".into(),
+                text: "a real query whose id looks like a pseudo one".into(),
+            }],
+            train: Qrels {
+                judgements: BTreeMap::from([(
+                    "pseudo-0".to_string(),
+                    HashMap::from([("d0".to_string(), 1)]),
+                )]),
+            },
+            dev: None,
+        }
+    }
+
+    #[test]
+    fn pseudo_queries_are_spans_of_the_document_they_judge() {
+        let mut d = dataset();
+        assert_eq!(add_pseudo_queries(&mut d, 7, 3), 7);
+        assert_eq!(d.queries.len(), 8);
+        // The dataset's own query and judgement are untouched.
+        assert_eq!(
+            d.queries[0].text,
+            "a real query whose id looks like a pseudo one"
+        );
+        assert_eq!(
+            d.train.judgements["pseudo-0"],
+            HashMap::from([("d0".into(), 1)])
+        );
+        let ids: HashSet<&str> = d.queries.iter().map(|q| q.id.as_str()).collect();
+        assert_eq!(ids.len(), 8, "ids are unique");
+        let mut docs_used = HashSet::new();
+        for q in &d.queries[1..] {
+            let judged = &d.train.judgements[&q.id];
+            assert_eq!(judged.len(), 1);
+            let (doc, &rel) = judged.iter().next().unwrap();
+            assert_eq!(rel, 1);
+            assert_ne!(doc, "d1", "a document under 4 words gives no query");
+            let text = &d.doc_texts[d.doc_ids.iter().position(|x| x == doc).unwrap()];
+            let words = q.text.split_whitespace().count();
+            assert!(
+                (PSEUDO_WORDS.0..=PSEUDO_WORDS.1).contains(&words),
+                "{}",
+                q.text
+            );
+            assert!(
+                text.contains(&q.text),
+                "{:?} is not a span of {doc}",
+                q.text
+            );
+            docs_used.insert(doc.clone());
+        }
+        assert_eq!(docs_used.len(), 2, "documents are cycled through");
+        // The same seed draws the same queries.
+        let mut again = dataset();
+        add_pseudo_queries(&mut again, 7, 3);
+        let texts = |d: &DatasetData| d.queries.iter().map(|q| q.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&d), texts(&again));
+    }
+
+    #[test]
+    fn no_pseudo_query_comes_from_documents_without_four_words() {
+        let mut d = dataset();
+        d.doc_texts = vec!["one two three".into(), "a b".into(), String::new()];
+        assert_eq!(add_pseudo_queries(&mut d, 5, 1), 0);
+        assert_eq!(d.queries.len(), 1);
+    }
 }
