@@ -337,36 +337,33 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         &envs,
     );
     // Another reduction of the same model, fitted or trained (4 steps).
-    let train_other = |method: &str, out: &Path| {
-        ok(&run(
-            &[
-                "train",
-                "reduce",
-                "--dataset",
-                ds.to_str().unwrap(),
-                "--model",
-                model.to_str().unwrap(),
-                "--method",
-                method,
-                "--dims",
-                "16,32",
-                "--steps",
-                "4",
-                "--batch-queries",
-                "4",
-                "--mine-depth",
-                "4",
-                "--pool-depth",
-                "8",
-                "--device",
-                "cpu",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &envs,
-            None,
-        ))
+    let train_reduce = |dataset: &Path, extra: &[&str], out: &Path| {
+        let mut a = vec![
+            "train",
+            "reduce",
+            "--dataset",
+            dataset.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--dims",
+            "16,32",
+            "--steps",
+            "4",
+            "--batch-queries",
+            "4",
+            "--mine-depth",
+            "4",
+            "--pool-depth",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        run(&a, &envs, None)
     };
+    let train_other = |method: &str, out: &Path| ok(&train_reduce(&ds, &["--method", method], out));
     let other = dir.path().join("pca");
     train_other("pca", &other);
     // The linear diagnostic: a free matrix, stored and applied like the
@@ -381,36 +378,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     // own documents, and is refused (naming the split) without them.
     let unlabelled = toy_dataset(&dir.path().join("unlabelled"), None);
     std::fs::remove_file(unlabelled.join("qrels/train.tsv")).unwrap();
-    let pseudo = |n: &str, out: &Path| {
-        run(
-            &[
-                "train",
-                "reduce",
-                "--dataset",
-                unlabelled.to_str().unwrap(),
-                "--model",
-                model.to_str().unwrap(),
-                "--dims",
-                "16,32",
-                "--steps",
-                "4",
-                "--batch-queries",
-                "4",
-                "--mine-depth",
-                "4",
-                "--pool-depth",
-                "8",
-                "--pseudo-queries",
-                n,
-                "--device",
-                "cpu",
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &envs,
-            None,
-        )
-    };
+    let pseudo = |n: &str, out: &Path| train_reduce(&unlabelled, &["--pseudo-queries", n], out);
     let e = err(&pseudo("0", &dir.path().join("never-pseudo")));
     assert!(
         e.contains("no train split") && e.contains("unlabelled"),
