@@ -30,7 +30,7 @@ use tessera_training::train::{loss, plot, Texts};
 
 use crate::commands::train::{
     add_pseudo_queries, peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep,
-    PSEUDO_WORDS,
+    PseudoFrom, PSEUDO_WORDS,
 };
 use crate::model::ModelArgs;
 use crate::progress;
@@ -218,6 +218,11 @@ pub struct TrainReduceArgs {
     /// counting as their positive for the contrastive term. 0: none.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub pseudo_queries: usize,
+    /// What pseudo-queries are cut from: spans (4–16 words of a document)
+    /// or titles (each document title of 2 words or more, once; at most
+    /// --pseudo-queries of them).
+    #[arg(long, value_enum, default_value = "spans")]
+    pub pseudo_from: PseudoFrom,
     /// The reduction folder to write.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -302,12 +307,17 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
             args.pseudo_queries == 0,
         )?;
         if args.pseudo_queries > 0 {
-            let n = add_pseudo_queries(&mut dd, args.pseudo_queries, PSEUDO_SEED);
+            let n = add_pseudo_queries(&mut dd, args.pseudo_queries, args.pseudo_from, PSEUDO_SEED);
             ensure!(
                 n > 0,
-                "--pseudo-queries: no document of {} has the {} words a pseudo-query needs",
+                "--pseudo-queries: no document of {} has {}",
                 d.display(),
-                PSEUDO_WORDS.0
+                match args.pseudo_from {
+                    PseudoFrom::Spans =>
+                        format!("the {} words a pseudo-query needs", PSEUDO_WORDS.0),
+                    PseudoFrom::Titles =>
+                        "a title of 2 words or more (--pseudo-from titles)".into(),
+                }
             );
             eprintln!("{}: {n} pseudo-queries from its documents", dd.name);
         }

@@ -296,6 +296,7 @@ pub(crate) struct DatasetData {
     pub(crate) dir: PathBuf,
     pub(crate) doc_ids: Vec<String>,
     pub(crate) doc_texts: Vec<String>,
+    pub(crate) doc_titles: Vec<String>,
     pub(crate) queries: Vec<Query>,
     pub(crate) train: Qrels,
     pub(crate) dev: Option<Qrels>,
@@ -341,7 +342,7 @@ pub(crate) fn read_dataset(
         }
     };
     let queries = tessera_eval::beir::read_queries(&dir.join("queries.jsonl"))?;
-    let (doc_ids, doc_texts) =
+    let (doc_ids, doc_texts, doc_titles) =
         read_texts(&ds.corpus_path(), &CorpusOptions::default(), usize::MAX)?;
     let known_docs: HashSet<&str> = doc_ids.iter().map(String::as_str).collect();
     let known_q: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
@@ -377,25 +378,25 @@ pub(crate) fn read_dataset(
         dir: canonical,
         doc_ids,
         doc_texts,
+        doc_titles,
         queries,
         train,
         dev,
     })
 }
 
-/// Ids and encoded texts of up to `limit` records of a dump.
-fn read_texts(
-    path: &Path,
-    opts: &CorpusOptions,
-    limit: usize,
-) -> Result<(Vec<String>, Vec<String>)> {
+/// Ids, encoded texts and titles of up to `limit` records of a dump.
+type Texts3 = (Vec<String>, Vec<String>, Vec<String>);
+
+fn read_texts(path: &Path, opts: &CorpusOptions, limit: usize) -> Result<Texts3> {
     let mut reader = CorpusReader::open(path, opts.clone())?;
-    let (mut ids, mut texts) = (Vec::new(), Vec::new());
+    let (mut ids, mut texts, mut titles) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(r) = reader.next_record() {
         match r? {
             Ok(rec) => {
                 ids.push(rec.id.clone());
                 texts.push(rec.encoded_text());
+                titles.push(rec.title);
             }
             Err(bad) => bail!("{bad}"),
         }
@@ -403,7 +404,7 @@ fn read_texts(
             break;
         }
     }
-    Ok((ids, texts))
+    Ok((ids, texts, titles))
 }
 
 /// The state cache of `texts` (built if missing), keyed by the model, the
@@ -571,20 +572,41 @@ fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
 /// Shortest and longest pseudo-query, in words.
 pub(crate) const PSEUDO_WORDS: (usize, usize) = (4, 16);
 
-/// Adds `n` unlabelled queries to a dataset's training split, drawn from
-/// its own documents: each a span of 4–16 consecutive words of a document
-/// (documents in a seeded random order, cycled when `n` exceeds them),
-/// judged relevant to that document only. Their ids (`pseudo-N`) are kept
-/// apart from the dataset's own. Returns how many were added (fewer than
-/// `n` only when no document has 4 words).
-pub(crate) fn add_pseudo_queries(d: &mut DatasetData, n: usize, seed: u64) -> usize {
+/// What pseudo-queries are cut from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PseudoFrom {
+    /// A span of 4–16 consecutive words of a document.
+    Spans,
+    /// A document's title (of at least 2 words), each title once.
+    Titles,
+}
+
+/// Adds up to `n` unlabelled queries to a dataset's training split, drawn
+/// from its own documents (in a seeded random order) and judged relevant
+/// to that document only: spans of 4–16 consecutive words (documents
+/// cycled when `n` exceeds them), or titles (each once). Their ids
+/// (`pseudo-N`) are kept apart from the dataset's own. Returns how many
+/// were added.
+pub(crate) fn add_pseudo_queries(
+    d: &mut DatasetData,
+    n: usize,
+    from: PseudoFrom,
+    seed: u64,
+) -> usize {
     let (lo, hi) = PSEUDO_WORDS;
     let mut order: Vec<usize> = (0..d.doc_texts.len())
-        .filter(|&i| d.doc_texts[i].split_whitespace().nth(lo - 1).is_some())
+        .filter(|&i| match from {
+            PseudoFrom::Spans => d.doc_texts[i].split_whitespace().nth(lo - 1).is_some(),
+            PseudoFrom::Titles => d.doc_titles[i].split_whitespace().nth(1).is_some(),
+        })
         .collect();
     if order.is_empty() {
         return 0;
     }
+    let n = match from {
+        PseudoFrom::Spans => n,
+        PseudoFrom::Titles => n.min(order.len()),
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5E0D_0051);
     rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
     let taken: HashSet<String> = d.queries.iter().map(|q| q.id.clone()).collect();
@@ -594,17 +616,23 @@ pub(crate) fn add_pseudo_queries(d: &mut DatasetData, n: usize, seed: u64) -> us
     }
     for j in 0..n {
         let doc = order[j % order.len()];
-        let words: Vec<&str> = d.doc_texts[doc].split_whitespace().collect();
-        let len = rng.gen_range(lo..=hi).min(words.len());
-        let start = rng.gen_range(0..=words.len() - len);
+        let text = match from {
+            PseudoFrom::Spans => {
+                let words: Vec<&str> = d.doc_texts[doc].split_whitespace().collect();
+                let len = rng.gen_range(lo..=hi).min(words.len());
+                let start = rng.gen_range(0..=words.len() - len);
+                words[start..start + len].join(" ")
+            }
+            PseudoFrom::Titles => d.doc_titles[doc]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
         let id = format!("{prefix}{j}");
         d.train
             .judgements
             .insert(id.clone(), HashMap::from([(d.doc_ids[doc].clone(), 1)]));
-        d.queries.push(Query {
-            id,
-            text: words[start..start + len].join(" "),
-        });
+        d.queries.push(Query { id, text });
     }
     n
 }
@@ -924,7 +952,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
         },
     )?;
     if let Some(dump) = &args.unsupervised_corpus {
-        let (_, texts) = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
+        let (_, texts, _) = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
             .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?;
         let pairs = crops(&texts, args.seed);
         ensure!(
@@ -1405,15 +1433,17 @@ mod tests {
 
     fn dataset() -> DatasetData {
         let doc_texts: Vec<String> = vec![
-            "tides follow the moon and the sun over the course of a lunar day".into(),
+            "Tides follow the moon and the sun over the course of a lunar day".into(),
             "too short".into(),
             "coral reefs bleach when the water warms for weeks on end".into(),
         ];
+        let doc_titles = vec!["Tides".into(), String::new(), "coral reefs".into()];
         DatasetData {
             name: "toy".into(),
             dir: PathBuf::from("toy"),
             doc_ids: vec!["d0".into(), "d1".into(), "d2".into()],
             doc_texts,
+            doc_titles,
             queries: vec![Query {
                 id: "pseudo-0".into(),
                 text: "a real query whose id looks like a pseudo one".into(),
@@ -1431,7 +1461,7 @@ mod tests {
     #[test]
     fn pseudo_queries_are_spans_of_the_document_they_judge() {
         let mut d = dataset();
-        assert_eq!(add_pseudo_queries(&mut d, 7, 3), 7);
+        assert_eq!(add_pseudo_queries(&mut d, 7, PseudoFrom::Spans, 3), 7);
         assert_eq!(d.queries.len(), 8);
         // The dataset's own query and judgement are untouched.
         assert_eq!(
@@ -1468,16 +1498,26 @@ mod tests {
         assert_eq!(docs_used.len(), 2, "documents are cycled through");
         // The same seed draws the same queries.
         let mut again = dataset();
-        add_pseudo_queries(&mut again, 7, 3);
+        add_pseudo_queries(&mut again, 7, PseudoFrom::Spans, 3);
         let texts = |d: &DatasetData| d.queries.iter().map(|q| q.text.clone()).collect::<Vec<_>>();
         assert_eq!(texts(&d), texts(&again));
+    }
+
+    #[test]
+    fn title_pseudo_queries_take_each_title_of_two_words_once() {
+        let mut d = dataset();
+        // One title has two words, one one word, one none: one query.
+        assert_eq!(add_pseudo_queries(&mut d, 5, PseudoFrom::Titles, 1), 1);
+        let q = d.queries.last().unwrap();
+        assert_eq!(q.text, "coral reefs");
+        assert_eq!(d.train.judgements[&q.id], HashMap::from([("d2".into(), 1)]));
     }
 
     #[test]
     fn no_pseudo_query_comes_from_documents_without_four_words() {
         let mut d = dataset();
         d.doc_texts = vec!["one two three".into(), "a b".into(), String::new()];
-        assert_eq!(add_pseudo_queries(&mut d, 5, 1), 0);
+        assert_eq!(add_pseudo_queries(&mut d, 5, PseudoFrom::Spans, 1), 0);
         assert_eq!(d.queries.len(), 1);
     }
 }
