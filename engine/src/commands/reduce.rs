@@ -30,7 +30,7 @@ use tessera_training::train::{loss, plot, Texts};
 
 use crate::commands::train::{
     add_pseudo_queries, peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep,
-    PseudoFrom, PSEUDO_WORDS,
+    PseudoFrom,
 };
 use crate::model::ModelArgs;
 use crate::progress;
@@ -312,12 +312,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
                 n > 0,
                 "--pseudo-queries: no document of {} has {}",
                 d.display(),
-                match args.pseudo_from {
-                    PseudoFrom::Spans =>
-                        format!("the {} words a pseudo-query needs", PSEUDO_WORDS.0),
-                    PseudoFrom::Titles =>
-                        "a title of 2 words or more (--pseudo-from titles)".into(),
-                }
+                args.pseudo_from.requirement()
             );
             eprintln!("{}: {n} pseudo-queries from its documents", dd.name);
         }

@@ -342,8 +342,11 @@ pub(crate) fn read_dataset(
         }
     };
     let queries = tessera_eval::beir::read_queries(&dir.join("queries.jsonl"))?;
-    let (doc_ids, doc_texts, doc_titles) =
-        read_texts(&ds.corpus_path(), &CorpusOptions::default(), usize::MAX)?;
+    let DumpTexts {
+        ids: doc_ids,
+        texts: doc_texts,
+        titles: doc_titles,
+    } = read_texts(&ds.corpus_path(), &CorpusOptions::default(), usize::MAX)?;
     let known_docs: HashSet<&str> = doc_ids.iter().map(String::as_str).collect();
     let known_q: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
     for (split, qrels) in [(train_split, Some(&train)), (dev_split, dev.as_ref())] {
@@ -385,10 +388,16 @@ pub(crate) fn read_dataset(
     })
 }
 
-/// Ids, encoded texts and titles of up to `limit` records of a dump.
-type Texts3 = (Vec<String>, Vec<String>, Vec<String>);
+/// The records of a dump, field by field.
+struct DumpTexts {
+    ids: Vec<String>,
+    /// What the encoder sees (title and text).
+    texts: Vec<String>,
+    titles: Vec<String>,
+}
 
-fn read_texts(path: &Path, opts: &CorpusOptions, limit: usize) -> Result<Texts3> {
+/// Up to `limit` records of a dump.
+fn read_texts(path: &Path, opts: &CorpusOptions, limit: usize) -> Result<DumpTexts> {
     let mut reader = CorpusReader::open(path, opts.clone())?;
     let (mut ids, mut texts, mut titles) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(r) = reader.next_record() {
@@ -404,7 +413,7 @@ fn read_texts(path: &Path, opts: &CorpusOptions, limit: usize) -> Result<Texts3>
             break;
         }
     }
-    Ok((ids, texts, titles))
+    Ok(DumpTexts { ids, texts, titles })
 }
 
 /// The state cache of `texts` (built if missing), keyed by the model, the
@@ -545,6 +554,14 @@ fn mine(
     Ok(out)
 }
 
+/// `len` consecutive words (all of them if fewer) at a random start,
+/// blank-joined.
+fn random_span(words: &[&str], len: usize, rng: &mut rand::rngs::StdRng) -> String {
+    let len = len.min(words.len());
+    let start = rng.gen_range(0..=words.len() - len);
+    words[start..start + len].join(" ")
+}
+
 /// Contriever-style crops: two random spans (10–50 % of the words, at least
 /// 4) of each document with at least 8 words.
 fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
@@ -558,9 +575,8 @@ fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
         let span = |rng: &mut rand::rngs::StdRng| {
             let lo = (words.len() / 10).max(4);
             let hi = (words.len() / 2).max(lo + 1);
-            let len = rng.gen_range(lo..hi).min(words.len());
-            let start = rng.gen_range(0..=words.len() - len);
-            words[start..start + len].join(" ")
+            let len = rng.gen_range(lo..hi);
+            random_span(&words, len, rng)
         };
         let a = span(&mut rng);
         let b = span(&mut rng);
@@ -581,6 +597,27 @@ pub(crate) enum PseudoFrom {
     Titles,
 }
 
+impl PseudoFrom {
+    /// Whether document `i` can give a pseudo-query.
+    fn usable(self, d: &DatasetData, i: usize) -> bool {
+        match self {
+            Self::Spans => d.doc_texts[i]
+                .split_whitespace()
+                .nth(PSEUDO_WORDS.0 - 1)
+                .is_some(),
+            Self::Titles => d.doc_titles[i].split_whitespace().nth(1).is_some(),
+        }
+    }
+
+    /// What [`Self::usable`] asks of a document, for an error message.
+    pub(crate) fn requirement(self) -> String {
+        match self {
+            Self::Spans => format!("the {} words a pseudo-query needs", PSEUDO_WORDS.0),
+            Self::Titles => "a title of 2 words or more (--pseudo-from titles)".into(),
+        }
+    }
+}
+
 /// Adds up to `n` unlabelled queries to a dataset's training split, drawn
 /// from its own documents (in a seeded random order) and judged relevant
 /// to that document only: spans of 4–16 consecutive words (documents
@@ -595,10 +632,7 @@ pub(crate) fn add_pseudo_queries(
 ) -> usize {
     let (lo, hi) = PSEUDO_WORDS;
     let mut order: Vec<usize> = (0..d.doc_texts.len())
-        .filter(|&i| match from {
-            PseudoFrom::Spans => d.doc_texts[i].split_whitespace().nth(lo - 1).is_some(),
-            PseudoFrom::Titles => d.doc_titles[i].split_whitespace().nth(1).is_some(),
-        })
+        .filter(|&i| from.usable(d, i))
         .collect();
     if order.is_empty() {
         return 0;
@@ -619,9 +653,8 @@ pub(crate) fn add_pseudo_queries(
         let text = match from {
             PseudoFrom::Spans => {
                 let words: Vec<&str> = d.doc_texts[doc].split_whitespace().collect();
-                let len = rng.gen_range(lo..=hi).min(words.len());
-                let start = rng.gen_range(0..=words.len() - len);
-                words[start..start + len].join(" ")
+                let len = rng.gen_range(lo..=hi);
+                random_span(&words, len, &mut rng)
             }
             PseudoFrom::Titles => d.doc_titles[doc]
                 .split_whitespace()
@@ -952,8 +985,9 @@ fn heads(args: HeadsArgs) -> Result<()> {
         },
     )?;
     if let Some(dump) = &args.unsupervised_corpus {
-        let (_, texts, _) = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
-            .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?;
+        let texts = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
+            .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?
+            .texts;
         let pairs = crops(&texts, args.seed);
         ensure!(
             !pairs.is_empty(),
