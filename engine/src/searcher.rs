@@ -81,6 +81,47 @@ fn parse_weight(s: &str) -> Result<f32, String> {
     }
 }
 
+/// The approximate-search settings `search`, `eval` and `serve` share: one
+/// set of names, meanings and bounds (unset: the index crate's defaults;
+/// `serve` makes them the default of calls that set none).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PlaidArgs {
+    /// PLAID: centroids probed per query token, at least, for 8,192
+    /// centroids (scaled with the index's centroid count), 1 to 256.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub n_probe: Option<u32>,
+    /// PLAID: probe budget in query tokens × cells (a query of n tokens
+    /// probes N/n cells per token, within --n-probe and 256; 0: off).
+    #[arg(long, value_name = "N")]
+    pub probe_budget: Option<u32>,
+    /// PLAID/HNSW: documents kept by the first approximate score (IVF
+    /// lists only) for the second (every token's centroid); at most the
+    /// exact candidates (e.g. 1): no second pass, the first pass's best
+    /// are re-ranked exactly.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub n_approx: Option<u32>,
+    /// PLAID/HNSW: exact re-rank budget in query tokens × documents (a
+    /// query of n tokens re-ranks N/n documents; 0: the candidate count
+    /// alone).
+    #[arg(long, value_name = "N")]
+    pub rerank_budget: Option<u32>,
+}
+
+impl PlaidArgs {
+    /// `p` with the settings given here.
+    pub fn apply(&self, p: &mut SearchParams) {
+        let set = |v: Option<u32>, field: &mut usize| {
+            if let Some(n) = v {
+                *field = n as usize;
+            }
+        };
+        set(self.n_probe, &mut p.n_probe);
+        set(self.probe_budget, &mut p.probe_budget);
+        set(self.n_approx, &mut p.n_approx);
+        set(self.rerank_budget, &mut p.rerank_budget);
+    }
+}
+
 /// Ranking options shared by `search` and `eval`.
 #[derive(Args, Debug, Clone)]
 pub struct RankArgs {
@@ -90,28 +131,11 @@ pub struct RankArgs {
     /// MaxSim candidate generation.
     #[arg(long, value_enum, default_value_t = CandidatesArg::Plaid)]
     pub candidates: CandidatesArg,
-    /// PLAID: centroids probed per query token, at least, for 8,192
-    /// centroids (scaled with the index's centroid count; default from the
-    /// index crate).
-    #[arg(long, value_name = "N")]
-    pub n_probe: Option<usize>,
-    /// PLAID: probe budget in query tokens × cells (a query of n tokens
-    /// probes N/n cells per token, within --n-probe and 256; 0: off).
-    #[arg(long, value_name = "N")]
-    pub probe_budget: Option<usize>,
-    /// PLAID/HNSW: documents kept by the first approximate score (IVF
-    /// lists only) for the second (every token's centroid); at most the
-    /// exact candidates (e.g. 1): no second pass, the first pass's best
-    /// are re-ranked exactly.
-    #[arg(long, value_name = "N")]
-    pub n_approx: Option<usize>,
+    #[command(flatten)]
+    pub plaid: PlaidArgs,
     /// PLAID/HNSW: documents re-ranked exactly, at least (4·k at least).
     #[arg(long, value_name = "N")]
     pub n_candidates: Option<usize>,
-    /// PLAID/HNSW: exact re-rank budget in query tokens × documents (a
-    /// query of n tokens re-ranks N/n documents; 0: --n-candidates only).
-    #[arg(long, value_name = "N")]
-    pub rerank_budget: Option<usize>,
     /// PLAID/HNSW: at most N documents re-ranked exactly.
     #[arg(long, value_name = "N")]
     pub max_candidates: Option<usize>,
@@ -136,20 +160,9 @@ impl RankArgs {
             candidates: self.candidates.into(),
             ..SearchParams::default()
         };
-        if let Some(n) = self.n_probe {
-            p.n_probe = n;
-        }
-        if let Some(n) = self.probe_budget {
-            p.probe_budget = n;
-        }
-        if let Some(n) = self.n_approx {
-            p.n_approx = n;
-        }
+        self.plaid.apply(&mut p);
         if let Some(n) = self.n_candidates {
             p.n_candidates = n;
-        }
-        if let Some(n) = self.rerank_budget {
-            p.rerank_budget = n;
         }
         if let Some(n) = self.max_candidates {
             p.max_candidates = n;

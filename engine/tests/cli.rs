@@ -258,3 +258,41 @@ fn the_default_model_is_the_committed_head_and_raw_selects_the_backbone() {
     let record = tessera_training::builtin::training_record();
     assert_eq!(record["config"]["spec"]["kind"], "glu");
 }
+
+#[test]
+fn search_settings_have_one_set_of_bounds_in_search_eval_and_serve() {
+    // The same options, refused the same way before anything is opened.
+    let commands: [&[&str]; 3] = [
+        &["search", "--index", "no.idx", "q"],
+        &["eval", "--index", "no.idx", "--dataset", "no-dataset"],
+        &["serve", "--index", "no.idx"],
+    ];
+    for cmd in commands {
+        for (opt, bad) in [
+            ("--n-probe", "0"),
+            ("--n-probe", "257"),
+            ("--n-approx", "0"),
+        ] {
+            let mut args: Vec<&str> = cmd.to_vec();
+            args.extend([opt, bad]);
+            let o = tessera(&args);
+            let e = stderr(&o);
+            assert!(
+                !o.status.success() && e.contains(opt) && e.contains(bad),
+                "{args:?}: {e}"
+            );
+        }
+        // Every command documents them alike.
+        let o = tessera(&[cmd[0], "--help"]);
+        let help = stdout(&o);
+        for opt in [
+            "--n-probe",
+            "--probe-budget",
+            "--n-approx",
+            "--rerank-budget",
+        ] {
+            assert!(help.contains(opt), "{} --help lacks {opt}", cmd[0]);
+        }
+        assert!(help.contains("1 to 256"), "{}: {help}", cmd[0]);
+    }
+}

@@ -392,6 +392,16 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     let red = Reduction::load(&ps).unwrap();
     assert_eq!(red.meta.method, Method::Orthogonal);
     assert_eq!(red.meta.dims, vec![16, 32]);
+    // Resuming it on other training data is refused, naming what differs.
+    let e = err(&train_reduce(
+        &unlabelled,
+        &["--pseudo-queries", "20", "--resume"],
+        &ps,
+    ));
+    assert!(
+        e.contains("state.json") && e.contains("data.pseudo_queries: 12 → 20"),
+        "{e}"
+    );
     let lin_idx = dir.path().join("linear.idx");
     let ls = linear.to_str().unwrap();
     build(

@@ -130,6 +130,7 @@ fn config(spec: HeadSpec, steps: usize) -> TrainConfig {
         seed: 7,
         eval_every: 0,
         checkpoint_every: 5,
+        data: serde_json::json!({"datasets": ["fixture"], "mine_depth": 30}),
     }
 }
 
@@ -292,6 +293,30 @@ fn same_seed_same_weights_and_resume_equals_an_uninterrupted_run() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("state.json") && err.contains("glu"), "{err}");
+    // So is one of other settings or data, naming each that differs; a
+    // longer run (and its derived warm-up) or other validation cadence is not.
+    let other = TrainConfig {
+        lr: 1e-2,
+        data: serde_json::json!({"datasets": ["fixture"], "mine_depth": 10}),
+        ..cfg.clone()
+    };
+    let err = train::check_resumable(&out, &st, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.json")
+            && err.contains("lr: 0.005 → 0.01")
+            && err.contains("data.mine_depth: 30 → 10"),
+        "{err}"
+    );
+    let longer = TrainConfig {
+        steps: 20,
+        warmup: 4,
+        eval_every: 5,
+        checkpoint_every: 10,
+        ..cfg.clone()
+    };
+    train::check_resumable(&out, &st, &longer).unwrap();
 }
 
 /// Runs `cfg` but fails (as if killed) at step 6, after the checkpoint of

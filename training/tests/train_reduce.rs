@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use tessera_training::reduce::train::{
-    read_checkpoint, train, DimScore, ReduceConfig, ReduceDev, ReduceHooks, VectorSource,
+    check_resumable, read_checkpoint, train, DimScore, ReduceCheckpoint, ReduceConfig, ReduceDev,
+    ReduceHooks, VectorSource,
 };
 use tessera_training::reduce::{pca, Covariance, Method, Reduction};
 use tessera_training::tch::{Device, Kind, Tensor};
@@ -82,6 +83,7 @@ fn config(steps: usize) -> ReduceConfig {
         checkpoint_every: 10,
         relative: false,
         free: false,
+        data: serde_json::json!({"datasets": ["fixture"], "pseudo_queries": 0}),
     }
 }
 
@@ -222,6 +224,41 @@ fn orthogonal_reduction_trains_stays_orthogonal_and_resumes_exactly() {
     for name in ["x", "mean"] {
         assert!(ea[name].equal(&ec[name]), "{name} differs after resume");
     }
+    // A checkpoint is not resumed with other training data or settings:
+    // the error names the file and each difference.
+    let st = read_checkpoint(&c_dir).unwrap().unwrap();
+    let other = ReduceConfig {
+        distill_temperature: 2.0,
+        data: serde_json::json!({"datasets": ["fixture"], "pseudo_queries": 5000}),
+        ..cfg.clone()
+    };
+    let err = check_resumable(&c_dir, &st, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("state.json")
+            && err.contains("distill_temperature: 0.5 → 2.0")
+            && err.contains("data.pseudo_queries: 0 → 5000"),
+        "{err}"
+    );
+    // One written before the data was recorded resumes whatever it is.
+    let older = ReduceCheckpoint {
+        config: ReduceConfig {
+            data: serde_json::Value::Null,
+            ..st.config.clone()
+        },
+        ..st
+    };
+    check_resumable(&c_dir, &older, &other.clone()).unwrap_err();
+    check_resumable(
+        &c_dir,
+        &older,
+        &ReduceConfig {
+            data: other.data.clone(),
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
 }
 
 #[test]

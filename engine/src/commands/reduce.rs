@@ -283,6 +283,15 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         relative: args.relative,
         free: args.method == Method::Linear,
+        data: super::train::with_fields(
+            args.data.describe(&args.datasets),
+            serde_json::json!({
+                "model": super::train::absolute(&model_dir),
+                "pca_tokens": args.pca_tokens,
+                "pseudo_queries": args.pseudo_queries,
+                "pseudo_from": args.pseudo_from,
+            }),
+        ),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let resume = if args.resume {

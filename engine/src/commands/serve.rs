@@ -16,6 +16,7 @@ use tessera_proto::v1::tessera_server::TesseraServer;
 use tonic_health::ServingStatus;
 
 use crate::model::ModelArgs;
+use crate::searcher::PlaidArgs;
 use crate::server::admission::Admission;
 use crate::server::batcher::{BatchConfig, Batcher};
 use crate::server::metrics::{self, Metrics};
@@ -32,7 +33,8 @@ use crate::server::service::{Faults, Limits, Ready, SearchLanes, Service, State}
     The first stdout line is `listening on ADDR` (with the real port when --addr \
     ends in :0); health reports NOT_SERVING until the index and model are loaded. \
     SIGINT/SIGTERM drain: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in \
-    flight get --grace-s seconds to finish.")]
+    flight get --grace-s seconds to finish. --n-probe, --probe-budget, --n-approx and \
+    --rerank-budget are the search settings of every call that sets none of its own.")]
 pub struct ServeArgs {
     /// The index folder.
     #[arg(long, value_name = "DIR")]
@@ -82,22 +84,10 @@ pub struct ServeArgs {
     /// candidate parameters).
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub max_candidates: u32,
-    /// PLAID: cells probed per query token, at least, for 8,192 centroids
-    /// — the default of queries that set no `candidates.n_probe` (e.g. the
-    /// setting `tessera reduce plan` recommends).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub n_probe: Option<u32>,
-    /// PLAID: probe budget in query tokens × cells, for every query.
-    #[arg(long, value_name = "N")]
-    pub probe_budget: Option<u32>,
-    /// PLAID/HNSW: documents the first approximate pass keeps, for every
-    /// query (at most the exact candidates, e.g. 1: no second pass).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub n_approx: Option<u32>,
-    /// PLAID/HNSW: exact re-rank budget in query tokens × documents, for
-    /// every query.
-    #[arg(long, value_name = "N")]
-    pub rerank_budget: Option<u32>,
+    // The search settings of every call that sets none of its own (e.g.
+    // the setting `tessera reduce plan` recommends).
+    #[command(flatten)]
+    pub plaid: PlaidArgs,
     /// Threads of the search pool. Default: the number of CPUs. (The
     /// model's threads are --threads, default half the CPUs.)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -160,18 +150,7 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
         max_probe: 256,
         search: {
             let mut p = SearchParams::default();
-            if let Some(n) = args.n_probe {
-                p.n_probe = n as usize;
-            }
-            if let Some(n) = args.probe_budget {
-                p.probe_budget = n as usize;
-            }
-            if let Some(n) = args.n_approx {
-                p.n_approx = n as usize;
-            }
-            if let Some(n) = args.rerank_budget {
-                p.rerank_budget = n as usize;
-            }
+            args.plaid.apply(&mut p);
             p
         },
     };

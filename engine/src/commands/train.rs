@@ -250,6 +250,33 @@ impl DataArgs {
         }
         Ok(())
     }
+
+    /// What of these options decides the training examples of `datasets`
+    /// (recorded in a checkpoint, so a resume with other data is refused);
+    /// the dev options only validate and are left out.
+    pub fn describe(&self, datasets: &[PathBuf]) -> serde_json::Value {
+        let datasets: Vec<PathBuf> = datasets.iter().map(|d| absolute(d)).collect();
+        serde_json::json!({
+            "datasets": datasets,
+            "weights": self.weights,
+            "train_split": self.train_split,
+            "mine_depth": self.mine_depth,
+        })
+    }
+}
+
+/// `p` made absolute where it exists, so that what a checkpoint records
+/// compares equal when a run is resumed from another directory.
+pub fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
+}
+
+/// `base` (an object) with the fields of `more` (an object) added.
+pub fn with_fields(mut base: serde_json::Value, more: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), serde_json::Value::Object(m)) = (base.as_object_mut(), more) {
+        b.extend(m);
+    }
+    base
 }
 
 fn parse_head(s: &str) -> Result<HeadKind, String> {
@@ -589,7 +616,8 @@ fn crops(texts: &[String], seed: u64) -> Vec<(String, String)> {
 pub(crate) const PSEUDO_WORDS: (usize, usize) = (4, 16);
 
 /// What pseudo-queries are cut from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum PseudoFrom {
     /// A span of 4–16 consecutive words of a document.
     Spans,
@@ -928,6 +956,18 @@ fn heads(args: HeadsArgs) -> Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
+        data: with_fields(
+            args.data.describe(&args.datasets),
+            serde_json::json!({
+                "model": absolute(&args.model.model_dir()?),
+                "unsupervised_corpus": args.unsupervised_corpus.as_deref().map(absolute),
+                "unsupervised_docs": args.unsupervised_docs,
+                "teachers": args.teachers.iter().map(|t| absolute(t)).collect::<Vec<_>>(),
+                "markers": args.markers,
+                "query_augmentation": args.query_augmentation,
+                "init_head": args.init_head.as_deref().map(absolute),
+            }),
+        ),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     let resume = if args.resume {

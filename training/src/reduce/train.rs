@@ -61,6 +61,11 @@ pub struct ReduceConfig {
     /// what the constraint costs).
     #[serde(default)]
     pub free: bool,
+    /// What the run trains on, as the caller describes it (datasets,
+    /// splits, mining, pseudo-queries, model): a resumed run must match it.
+    /// Null where the caller records nothing.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
 }
 
 impl ReduceConfig {
@@ -245,8 +250,8 @@ pub fn read_checkpoint(out: &Path) -> Result<Option<ReduceCheckpoint>> {
     crate::train::read_checkpoint_state(out)
 }
 
-/// Refuses to resume a checkpoint of another nested set, width or past
-/// `--steps`.
+/// Refuses to resume a checkpoint of another nested set, width, past
+/// `--steps`, or trained with other settings or data.
 pub fn check_resumable(out: &Path, st: &ReduceCheckpoint, cfg: &ReduceConfig) -> Result<()> {
     let path = out.join("checkpoint").join(CK_STATE);
     if st.config.dims != cfg.dims || st.config.in_dim != cfg.in_dim {
@@ -267,6 +272,10 @@ pub fn check_resumable(out: &Path, st: &ReduceCheckpoint, cfg: &ReduceConfig) ->
                 st.step, cfg.steps
             ),
         ));
+    }
+    let changed = crate::train::changed_settings(&st.config, cfg, crate::train::RESUMABLE_CHANGES);
+    if !changed.is_empty() {
+        return Err(crate::train::settings_mismatch(&path, &changed));
     }
     Ok(())
 }

@@ -93,6 +93,80 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Write a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// What the run trains on, as the caller describes it (datasets,
+    /// splits, mining, teachers, model): a resumed run must match it.
+    /// Null where the caller records nothing.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub data: serde_json::Value,
+}
+
+/// Settings a resumed run may change: how long it runs (and so its
+/// default warm-up) and how often it validates and checkpoints.
+pub const RESUMABLE_CHANGES: &[&str] = &["steps", "warmup", "eval_every", "checkpoint_every"];
+
+/// The settings of `new` that differ from a checkpoint's `old`, as
+/// `name: old → new` with the names `state.json` uses (nested ones
+/// dotted: `data.mine_depth`), leaving out the top-level names in
+/// `may_change`. A setting the checkpoint does not record (absent or null:
+/// written before it existed) is not compared.
+pub fn changed_settings<T: Serialize>(old: &T, new: &T, may_change: &[&str]) -> Vec<String> {
+    fn walk(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match (old, new) {
+            (Value::Null, _) => {}
+            (Value::Object(o), Value::Object(n)) => {
+                let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let name = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    let absent = Value::Null;
+                    walk(
+                        &name,
+                        o.get(k).unwrap_or(&absent),
+                        n.get(k).unwrap_or(&absent),
+                        out,
+                    );
+                }
+            }
+            (o, n) if o != n => out.push(format!("{prefix}: {o} → {n}")),
+            _ => {}
+        }
+    }
+    let (Ok(serde_json::Value::Object(mut o)), Ok(serde_json::Value::Object(mut n))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return Vec::new();
+    };
+    for k in may_change {
+        o.remove(*k);
+        n.remove(*k);
+    }
+    let mut out = Vec::new();
+    walk(
+        "",
+        &serde_json::Value::Object(o),
+        &serde_json::Value::Object(n),
+        &mut out,
+    );
+    out
+}
+
+/// The error for a checkpoint whose settings differ from the requested
+/// ones (`changed` from [`changed_settings`]), naming its `state.json`.
+pub(crate) fn settings_mismatch(path: &Path, changed: &[String]) -> TrainingError {
+    TrainingError::config(
+        path,
+        format!(
+            "the checkpoint was trained with other settings ({}); resume with the same \
+             options, or use another --out",
+            changed.join("; ")
+        ),
+    )
 }
 
 fn one() -> usize {
@@ -564,7 +638,8 @@ pub(crate) fn read_checkpoint_state<T: serde::de::DeserializeOwned>(
         .map_err(|e| TrainingError::config(&path, crate::config::json_message(&e)))
 }
 
-/// Checks that a checkpoint can resume `cfg`: same head spec and mode.
+/// Checks that a checkpoint can resume `cfg`: same head spec, mode and
+/// settings (but for [`RESUMABLE_CHANGES`]), at most `cfg.steps` in.
 pub fn check_resumable(dir: &Path, state: &CheckpointState, cfg: &TrainConfig) -> Result<()> {
     let path = dir.join("checkpoint").join(CK_STATE);
     if state.config.spec != cfg.spec {
@@ -599,6 +674,10 @@ pub fn check_resumable(dir: &Path, state: &CheckpointState, cfg: &TrainConfig) -
                 state.step, cfg.steps
             ),
         ));
+    }
+    let changed = changed_settings(&state.config, cfg, RESUMABLE_CHANGES);
+    if !changed.is_empty() {
+        return Err(settings_mismatch(&path, &changed));
     }
     Ok(())
 }
