@@ -27,7 +27,7 @@ use super::{
 use crate::error::{Result, TrainingError};
 use crate::train::optim::{self, AdamW, Decay, Group};
 use crate::train::score::{score_items, Projected};
-use crate::train::{draw, loss, step_rng, DrawPlan, Example};
+use crate::train::{draw, due, loss, step_rng, validate_step, DevRecord, DrawPlan, Example};
 
 /// Everything that decides what a run learns (saved with checkpoints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +151,15 @@ pub struct ReduceDev {
     pub ndcg10: f64,
     pub per_dim: Vec<DimScore>,
     pub seconds: f64,
+}
+
+impl DevRecord for ReduceDev {
+    fn stamp(&mut self, step: usize) {
+        self.step = step;
+    }
+    fn score(&self) -> f64 {
+        self.ndcg10
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -471,29 +480,23 @@ pub fn train(
         };
         crate::train::append_metric(&metrics, &serde_json::json!({"type": "step", "step": log}))?;
         steps.push(log.clone());
-        let last = step + 1 == cfg.steps;
-        let mut dev = None;
-        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+        let dev = if due(step + 1, cfg.steps, cfg.eval_every) {
             let _g = tch::no_grad_guard();
-            let red = params.reduction(cfg);
-            if let Some(mut d) = (hooks.validate)(&red)? {
-                d.step = step + 1;
-                crate::train::append_metric(
-                    &metrics,
-                    &serde_json::json!({"type": "dev", "dev": d}),
-                )?;
-                devs.push(d.clone());
-                if best.as_ref().is_none_or(|b| d.ndcg10 > b.ndcg10) {
-                    (hooks.on_best)(&red, Some(&d))?;
-                    best = Some(d.clone());
-                }
-                dev = Some(d);
-            } else if last {
-                (hooks.on_best)(&red, None)?;
-            }
-        }
+            validate_step(
+                &params.reduction(cfg),
+                step + 1,
+                step + 1 == cfg.steps,
+                &metrics,
+                |r| (hooks.validate)(r),
+                |r, d| (hooks.on_best)(r, d),
+                &mut devs,
+                &mut best,
+            )?
+        } else {
+            None
+        };
         (hooks.on_step)(&log, dev.as_ref());
-        if last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) {
+        if due(step + 1, cfg.steps, cfg.checkpoint_every) {
             let st = ReduceCheckpoint {
                 config: cfg.clone(),
                 step: step + 1,

@@ -849,25 +849,23 @@ pub fn train(
         )?;
         steps_log.push(log.clone());
 
-        let last = step + 1 == cfg.steps;
-        let mut dev = None;
-        if last || (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) {
+        let dev = if due(step + 1, cfg.steps, cfg.eval_every) {
             let _ng = tch::no_grad_guard();
-            if let Some(mut d) = (hooks.validate)(&trainee)? {
-                d.step = step + 1;
-                append_metric(&metrics_path, &serde_json::json!({"type": "dev", "dev": d}))?;
-                dev_log.push(d.clone());
-                if best.as_ref().is_none_or(|b| d.ndcg10 > b.ndcg10) {
-                    (hooks.on_best)(&trainee, Some(&d))?;
-                    best = Some(d.clone());
-                }
-                dev = Some(d);
-            } else if last {
-                (hooks.on_best)(&trainee, None)?;
-            }
-        }
+            validate_step(
+                &trainee,
+                step + 1,
+                step + 1 == cfg.steps,
+                &metrics_path,
+                |t| (hooks.validate)(t),
+                |t, d| (hooks.on_best)(t, d),
+                &mut dev_log,
+                &mut best,
+            )?
+        } else {
+            None
+        };
         (hooks.on_step)(&log, dev.as_ref());
-        if last || (cfg.checkpoint_every > 0 && (step + 1) % cfg.checkpoint_every == 0) {
+        if due(step + 1, cfg.steps, cfg.checkpoint_every) {
             let state = CheckpointState {
                 config: cfg.clone(),
                 step: step + 1,
@@ -957,6 +955,59 @@ pub(crate) fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
         std::fs::remove_dir_all(&old).map_err(|e| TrainingError::io(&old, e))?;
     }
     Ok(())
+}
+
+/// A validation record of either trainer: stamped with the step it
+/// followed, ranked by the score the best checkpoint is chosen by.
+pub(crate) trait DevRecord: Clone + Serialize {
+    fn stamp(&mut self, step: usize);
+    fn score(&self) -> f64;
+}
+
+impl DevRecord for DevLog {
+    fn stamp(&mut self, step: usize) {
+        self.step = step;
+    }
+    fn score(&self) -> f64 {
+        self.ndcg10
+    }
+}
+
+/// Whether step `done` (counted from 1) of `steps` is the last or a
+/// multiple of `every` (0: only the last).
+pub(crate) fn due(done: usize, steps: usize, every: usize) -> bool {
+    done == steps || (every > 0 && done.is_multiple_of(every))
+}
+
+/// The validation after step `done`, as both trainers do it: scores
+/// `model`, appends the record to `metrics` and to `devs`, and hands a new
+/// best to `on_best` — or, with nothing to validate on, the `last` step's
+/// model. Returns the record.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate_step<M: ?Sized, D: DevRecord>(
+    model: &M,
+    done: usize,
+    last: bool,
+    metrics: &Path,
+    validate: impl FnOnce(&M) -> Result<Option<D>>,
+    on_best: impl FnOnce(&M, Option<&D>) -> Result<()>,
+    devs: &mut Vec<D>,
+    best: &mut Option<D>,
+) -> Result<Option<D>> {
+    let Some(mut d) = validate(model)? else {
+        if last {
+            on_best(model, None)?;
+        }
+        return Ok(None);
+    };
+    d.stamp(done);
+    append_metric(metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
+    devs.push(d.clone());
+    if best.as_ref().is_none_or(|b| d.score() > b.score()) {
+        on_best(model, Some(&d))?;
+        *best = Some(d.clone());
+    }
+    Ok(Some(d))
 }
 
 /// Appends one JSON line to a metrics log.
