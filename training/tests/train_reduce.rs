@@ -77,7 +77,6 @@ fn config(steps: usize) -> ReduceConfig {
         clip: 1.0,
         distill_temperature: 0.5,
         contrastive_weight: 0.0,
-        token_weight: 0.0,
         temperature: 1.0,
         seed: 7,
         eval_every: 10,

@@ -197,11 +197,6 @@ pub struct TrainReduceArgs {
     /// Weight of the contrastive loss on the labels (0: distillation only).
     #[arg(long, default_value_t = 0.0)]
     pub contrastive_weight: f64,
-    /// Weight of the token-level term: the mean squared difference between
-    /// each query token's best similarity in each candidate at r dims and
-    /// at full width (0: off).
-    #[arg(long, default_value_t = 0.0)]
-    pub token_weight: f64,
     /// Temperature of the contrastive loss.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
@@ -282,7 +277,6 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         clip: args.clip,
         distill_temperature: args.distill_temperature,
         contrastive_weight: args.contrastive_weight,
-        token_weight: args.token_weight,
         temperature: args.temperature,
         seed: args.seed,
         eval_every: args.eval_every,

@@ -46,11 +46,6 @@ pub struct ReduceConfig {
     pub distill_temperature: f64,
     /// Weight of the contrastive term on labelled pairs (0: distillation only).
     pub contrastive_weight: f64,
-    /// Weight of the token-level term: the mean squared difference between
-    /// each query token's best similarity in each candidate at r dims and
-    /// at full width (MaxSim's terms, not only their sums; 0: off).
-    #[serde(default)]
-    pub token_weight: f64,
     pub temperature: f64,
     pub seed: u64,
     pub eval_every: usize,
@@ -88,8 +83,8 @@ impl ReduceConfig {
                 return Err(format!("{name} must be a positive number, not {v}"));
             }
         }
-        if !(self.contrastive_weight >= 0.0 && self.token_weight >= 0.0 && self.clip >= 0.0) {
-            return Err("--contrastive-weight, --token-weight and --clip must be ≥ 0".into());
+        if !(self.contrastive_weight >= 0.0 && self.clip >= 0.0) {
+            return Err("--contrastive-weight and --clip must be ≥ 0".into());
         }
         if self.free && self.relative {
             return Err(
@@ -140,9 +135,6 @@ pub struct ReduceStep {
     pub loss: f64,
     pub distill: f64,
     pub contrastive: f64,
-    /// The token-level term (before its weight; 0 when off).
-    #[serde(default)]
-    pub token: f64,
     pub lr: f64,
     pub grad_norm: f64,
     /// max |UᵀU − I| after the step.
@@ -440,18 +432,15 @@ pub fn train(
         let src = &sources[batch.source];
         let (q, qm) = src.queries.batch(&batch.queries);
         let (d, dm) = src.docs.batch(&batch.docs);
-        let sum = |t: &Tensor| t.sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
-        let teacher_tokens = {
+        let teacher = {
             let _g = tch::no_grad_guard();
-            loss::maxsim_tokens(&q, &qm, &d, &dm)
+            loss::maxsim(&q, &qm, &d, &dm)
         };
-        let teacher = sum(&teacher_tokens);
         opt.zero_grad();
         let u = params.u().narrow(1, 0, r as i64).to_kind(Kind::Float);
         let qr = reduce(&q, &params.mean, &u);
         let dr = reduce(&d, &params.mean, &u);
-        let student_tokens = loss::maxsim_tokens(&qr, &qm, &dr, &dm);
-        let student = sum(&student_tokens);
+        let student = loss::maxsim(&qr, &qm, &dr, &dm);
         let valid = Tensor::ones(student.size().as_slice(), (Kind::Bool, device));
         let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
         let distill = f64::try_from(&kl).unwrap_or(f64::NAN);
@@ -461,13 +450,6 @@ pub fn train(
             (kl + c * cfg.contrastive_weight, cv)
         } else {
             (kl, 0.0)
-        };
-        let (total, token) = if cfg.token_weight > 0.0 {
-            let t = loss::token_mse(&student_tokens, &teacher_tokens, &qm);
-            let tv = f64::try_from(&t).unwrap_or(f64::NAN);
-            (total + t * cfg.token_weight, tv)
-        } else {
-            (total, 0.0)
         };
         let lv = f64::try_from(&total).unwrap_or(f64::NAN);
         if !lv.is_finite() {
@@ -491,7 +473,6 @@ pub fn train(
             loss: lv,
             distill,
             contrastive,
-            token,
             lr: cfg.lr * factor,
             grad_norm,
             orthogonality,

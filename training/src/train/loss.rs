@@ -27,33 +27,17 @@ pub fn normalise(x: &Tensor) -> Tensor {
 /// `q`: `[B, Lq, k]` with mask `[B, Lq]`; `d`: `[N, Ld, k]` with mask
 /// `[N, Ld]` (1 on real tokens). Returns `[B, N]`.
 pub fn maxsim(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor) -> Tensor {
-    maxsim_tokens(q, q_mask, d, d_mask).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
-}
-
-/// MaxSim's terms: each query token's best similarity over each
-/// document's tokens, `[B, N, Lq]` (0 at padded query tokens and for
-/// documents without tokens); [`maxsim`] is their sum.
-pub fn maxsim_tokens(q: &Tensor, q_mask: &Tensor, d: &Tensor, d_mask: &Tensor) -> Tensor {
     // [B, N, Lq, Ld]
     let sim = Tensor::einsum("bik,njk->bnij", &[q, d], None::<&[i64]>);
     let pad = d_mask.eq(0.0).unsqueeze(0).unsqueeze(2); // [1, N, 1, Ld]
     let best = sim.masked_fill(&pad, NEG).amax([-1i64].as_slice(), false); // [B, N, Lq]
-    let best = best * q_mask.unsqueeze(1);
+    let s = (best * q_mask.unsqueeze(1)).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float);
     // A document with no tokens scores 0, not NEG per query token.
     let empty = d_mask
         .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
         .eq(0.0)
-        .unsqueeze(0)
-        .unsqueeze(2); // [1, N, 1]
-    best.masked_fill(&empty, 0.0)
-}
-
-/// Mean squared difference of two [`maxsim_tokens`] outputs over the real
-/// query tokens (`q_mask`, `[B, Lq]`) of every query × document.
-pub fn token_mse(student: &Tensor, teacher: &Tensor, q_mask: &Tensor) -> Tensor {
-    let n = student.size()[1] as f64;
-    let sq = (student - teacher).square() * q_mask.unsqueeze(1);
-    sq.sum(Kind::Float) / (q_mask.sum(Kind::Float) * n).clamp_min(1.0)
+        .unsqueeze(0);
+    s.masked_fill(&empty, 0.0)
 }
 
 /// Mean contrastive loss: row `b` of `scores` (`[B, N]`) should pick column
@@ -98,24 +82,6 @@ mod tests {
         let s: Vec<f32> = maxsim(&q, &qm, &d, &dm).view([-1]).try_into().unwrap();
         // doc 0: max(0.5, 0.9) = 0.9; doc 1 has no real tokens: 0.
         assert_eq!(s, vec![0.9, 0.0]);
-        // Its terms: one per query token and document, 0 where padded.
-        let terms: Vec<f32> = maxsim_tokens(&q, &qm, &d, &dm)
-            .view([-1])
-            .try_into()
-            .unwrap();
-        assert_eq!(terms, vec![0.9, 0.0, 0.0, 0.0]);
-    }
-
-    #[test]
-    fn token_mse_averages_over_real_query_tokens_and_documents() {
-        // [B = 1, N = 2, Lq = 2]; the second query token is padding.
-        let a = t(&[0.9, 5.0, 0.1, 5.0], &[1, 2, 2]);
-        let b = t(&[0.6, -5.0, 0.5, 1.0], &[1, 2, 2]);
-        let qm = t(&[1.0, 0.0], &[1, 2]);
-        assert_eq!(f64::try_from(token_mse(&a, &a, &qm)).unwrap(), 0.0);
-        let l = f64::try_from(token_mse(&a, &b, &qm)).unwrap();
-        let want = (0.3f64.powi(2) + 0.4f64.powi(2)) / 2.0;
-        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
     }
 
     #[test]
