@@ -130,7 +130,7 @@ fn config(spec: HeadSpec, steps: usize) -> TrainConfig {
         seed: 7,
         eval_every: 0,
         checkpoint_every: 5,
-        data: serde_json::json!({"datasets": ["fixture"], "mine_depth": 30}),
+        data: serde_json::json!({"datasets": ["fixture"], "mine_depth": 30, "init_head": null}),
     }
 }
 
@@ -297,7 +297,7 @@ fn same_seed_same_weights_and_resume_equals_an_uninterrupted_run() {
     // longer run (and its derived warm-up) or other validation cadence is not.
     let other = TrainConfig {
         lr: 1e-2,
-        data: serde_json::json!({"datasets": ["fixture"], "mine_depth": 10}),
+        data: serde_json::json!({"datasets": ["fixture"], "mine_depth": 10, "init_head": "h"}),
         ..cfg.clone()
     };
     let err = train::check_resumable(&out, &st, &other)
@@ -306,7 +306,8 @@ fn same_seed_same_weights_and_resume_equals_an_uninterrupted_run() {
     assert!(
         err.contains("state.json")
             && err.contains("lr: 0.005 → 0.01")
-            && err.contains("data.mine_depth: 30 → 10"),
+            && err.contains("data.mine_depth: 30 → 10")
+            && err.contains("data.init_head: null → \"h\""),
         "{err}"
     );
     let longer = TrainConfig {

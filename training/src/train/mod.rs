@@ -107,30 +107,22 @@ pub const RESUMABLE_CHANGES: &[&str] = &["steps", "warmup", "eval_every", "check
 /// The settings of `new` that differ from a checkpoint's `old`, as
 /// `name: old → new` with the names `state.json` uses (nested ones
 /// dotted: `data.mine_depth`), leaving out the top-level names in
-/// `may_change`. A setting the checkpoint does not record (absent or null:
-/// written before it existed) is not compared.
+/// `may_change`. A setting the checkpoint does not record (written before
+/// it existed) is not compared.
 pub fn changed_settings<T: Serialize>(old: &T, new: &T, may_change: &[&str]) -> Vec<String> {
     fn walk(prefix: &str, old: &serde_json::Value, new: &serde_json::Value, out: &mut Vec<String>) {
         use serde_json::Value;
         match (old, new) {
-            (Value::Null, _) => {}
             (Value::Object(o), Value::Object(n)) => {
-                let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
-                keys.sort();
-                keys.dedup();
-                for k in keys {
+                // The checkpoint's keys: one it lacks was written before
+                // that setting existed (a null it holds is a value).
+                for (k, ov) in o {
                     let name = if prefix.is_empty() {
                         k.clone()
                     } else {
                         format!("{prefix}.{k}")
                     };
-                    let absent = Value::Null;
-                    walk(
-                        &name,
-                        o.get(k).unwrap_or(&absent),
-                        n.get(k).unwrap_or(&absent),
-                        out,
-                    );
+                    walk(&name, ov, n.get(k).unwrap_or(&Value::Null), out);
                 }
             }
             (o, n) if o != n => out.push(format!("{prefix}: {o} → {n}")),
