@@ -188,6 +188,13 @@ pub fn default_model() -> Result<PathBuf> {
         .with_context(|| format!("installing the default model beside {}", bb.display()))
 }
 
+/// `p` made absolute (links resolved) where it exists, else as given: the
+/// form paths take in fingerprints, records and checkpoints, so that they
+/// compare equal whatever directory a command runs from.
+pub fn absolute(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_owned())
+}
+
 /// A `--model` value: a folder, or one of the names `tessera-minilm` and
 /// `raw` when no folder of that name exists.
 pub fn resolve_model(p: &Path) -> Result<PathBuf> {
@@ -280,7 +287,7 @@ pub(crate) fn hash_file(path: &Path, h: &mut impl std::hash::Hasher, whole: bool
 pub fn model_info(encoder: &Encoder) -> serde_json::Value {
     let m = encoder.model();
     let s = encoder.settings();
-    let path = m.dir.canonicalize().unwrap_or_else(|_| m.dir.clone());
+    let path = absolute(&m.dir);
     serde_json::json!({
         "path": path,
         "fingerprint": model_fingerprint(&m.dir).ok(),

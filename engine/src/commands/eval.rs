@@ -18,7 +18,7 @@ use tessera_index::{Analyzer, BuildOptions, Candidates, CodecKind, Index, Search
 use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
 use crate::commands::index::{build_from_vectors, parse_analyzer};
 use crate::embeddings::load_state;
-use crate::model::ModelArgs;
+use crate::model::{absolute, ModelArgs};
 use crate::progress;
 use crate::searcher::{Engine, RankArgs, Retriever};
 use tessera_training::reduce::Reduction;
@@ -336,10 +336,7 @@ fn encoding_key(
     let mut h = std::collections::hash_map::DefaultHasher::new();
     canonical.hash(&mut h);
     crate::model::hash_file(&corpus, &mut h, true)?;
-    model
-        .canonicalize()
-        .unwrap_or_else(|_| model.to_owned())
-        .hash(&mut h);
+    absolute(model).hash(&mut h);
     crate::model::model_fingerprint(model).ok().hash(&mut h);
     format!("{records:?}").hash(&mut h);
     // fp32 encodings keep the key they had before precision was a choice.
@@ -856,7 +853,7 @@ fn dataset_label(r: &Report) -> String {
     let d = r
         .dataset
         .as_deref()
-        .map(|d| dataset_name(&Path::new(d).canonicalize().unwrap_or_else(|_| d.into())))
+        .map(|d| dataset_name(&absolute(Path::new(d))))
         .unwrap_or_else(|| r.name.clone());
     format!("{d}/{}", r.split.as_deref().unwrap_or("?"))
 }

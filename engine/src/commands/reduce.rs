@@ -32,7 +32,7 @@ use crate::commands::train::{
     add_pseudo_queries, peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep,
     PseudoFrom,
 };
-use crate::model::ModelArgs;
+use crate::model::{absolute, ModelArgs};
 use crate::progress;
 
 /// `--reduction DIR --dim R`, shared by the commands that build or search
@@ -105,7 +105,7 @@ impl ReductionArgs {
 /// What an index manifest records of its reduction.
 pub fn reduction_info(red: &Reduction, r: usize) -> serde_json::Value {
     serde_json::json!({
-        "dir": red.dir.as_ref().map(|d| d.canonicalize().unwrap_or_else(|_| d.clone())),
+        "dir": red.dir.as_deref().map(absolute),
         "method": red.meta.method,
         "in_dim": red.in_dim(),
         "dim": r,
@@ -283,10 +283,10 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         checkpoint_every: args.checkpoint_every,
         relative: args.relative,
         free: args.method == Method::Linear,
-        data: super::train::with_fields(
-            args.data.describe(&args.datasets),
+        data: args.data.describe(
+            &args.datasets,
             serde_json::json!({
-                "model": super::train::absolute(&model_dir),
+                "model": absolute(&model_dir),
                 "pca_tokens": args.pca_tokens,
                 "pseudo_queries": args.pseudo_queries,
                 "pseudo_from": args.pseudo_from,

@@ -15,7 +15,7 @@ use tessera_index::{Index, SearchParams};
 use tessera_proto::v1::tessera_server::TesseraServer;
 use tonic_health::ServingStatus;
 
-use crate::model::ModelArgs;
+use crate::model::{absolute, ModelArgs};
 use crate::searcher::PlaidArgs;
 use crate::server::admission::Admission;
 use crate::server::batcher::{BatchConfig, Batcher};
@@ -317,7 +317,7 @@ fn load(
     (lanes, search_threads): (Option<usize>, usize),
     metrics: Arc<Metrics>,
 ) -> Result<Ready> {
-    let dir = dir.canonicalize().unwrap_or(dir);
+    let dir = absolute(&dir);
     let index =
         Arc::new(Index::open(&dir).with_context(|| format!("opening index {}", dir.display()))?);
     let search_pool = SearchLanes::new(lanes.unwrap_or(1), search_threads, lanes.is_none())

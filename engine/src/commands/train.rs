@@ -38,7 +38,7 @@ use tessera_training::{
 use crate::commands::encode_corpus::RecordArgs;
 use crate::commands::eval::cached_dataset_index;
 use crate::corpus::{CorpusOptions, CorpusReader};
-use crate::model::ModelArgs;
+use crate::model::{absolute, ModelArgs};
 use crate::progress;
 use crate::searcher::{Engine, Retriever};
 
@@ -251,32 +251,24 @@ impl DataArgs {
         Ok(())
     }
 
-    /// What of these options decides the training examples of `datasets`
-    /// (recorded in a checkpoint, so a resume with other data is refused);
-    /// the dev options only validate and are left out.
-    pub fn describe(&self, datasets: &[PathBuf]) -> serde_json::Value {
+    /// What decides a run's training examples, recorded in its checkpoint
+    /// so that a resume with other data is refused: of these options the
+    /// ones that pick the examples of `datasets` (the dev options only
+    /// validate and are left out), plus the trainer's own fields in `more`
+    /// (an object).
+    pub fn describe(&self, datasets: &[PathBuf], more: serde_json::Value) -> serde_json::Value {
         let datasets: Vec<PathBuf> = datasets.iter().map(|d| absolute(d)).collect();
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "datasets": datasets,
             "weights": self.weights,
             "train_split": self.train_split,
             "mine_depth": self.mine_depth,
-        })
+        });
+        if let (Some(o), serde_json::Value::Object(m)) = (v.as_object_mut(), more) {
+            o.extend(m);
+        }
+        v
     }
-}
-
-/// `p` made absolute where it exists, so that what a checkpoint records
-/// compares equal when a run is resumed from another directory.
-pub fn absolute(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned())
-}
-
-/// `base` (an object) with the fields of `more` (an object) added.
-pub fn with_fields(mut base: serde_json::Value, more: serde_json::Value) -> serde_json::Value {
-    if let (Some(b), serde_json::Value::Object(m)) = (base.as_object_mut(), more) {
-        b.extend(m);
-    }
-    base
 }
 
 fn parse_head(s: &str) -> Result<HeadKind, String> {
@@ -398,7 +390,7 @@ pub(crate) fn read_dataset(
             }
         }
     }
-    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let canonical = absolute(dir);
     let name = canonical
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -454,9 +446,7 @@ fn cached_states(
 ) -> Result<Arc<StateCache>> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     let bb = &encoder.model().backbone_dir;
-    bb.canonicalize()
-        .unwrap_or_else(|_| bb.clone())
-        .hash(&mut h);
+    absolute(bb).hash(&mut h);
     format!("{:?}", encoder.settings()).hash(&mut h);
     format!("{kind:?}").hash(&mut h);
     ids.hash(&mut h);
@@ -956,8 +946,8 @@ fn heads(args: HeadsArgs) -> Result<()> {
         seed: args.seed,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
-        data: with_fields(
-            args.data.describe(&args.datasets),
+        data: args.data.describe(
+            &args.datasets,
             serde_json::json!({
                 "model": absolute(&args.model.model_dir()?),
                 "unsupervised_corpus": args.unsupervised_corpus.as_deref().map(absolute),
@@ -1164,10 +1154,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
         pb.set_message(format!("loss {:.4} dev {last_dev}", s.loss));
         pb.inc(1);
     };
-    let backbone_ref = model_dir
-        .canonicalize()
-        .unwrap_or_else(|_| model_dir.clone());
-    let backbone_ref = tessera_training::checkpoint::backbone_dir(&backbone_ref)?;
+    let backbone_ref = tessera_training::checkpoint::backbone_dir(&absolute(&model_dir))?;
     let mut on_best = |t: &Trainee<'_>, _d: Option<&DevLog>| -> tessera_training::Result<()> {
         write_model(&out, t, &settings, &backbone_ref, hidden)
     };
