@@ -8,7 +8,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{err, ids, ok, reduced_fixture, run, search_json, tiny, toy_dataset, TOPICS};
+use common::{
+    err, ids, ok, reduced_fixture, run, search_json, tiny, toy_dataset, train_reduce, TOPICS,
+};
 use tessera_training::reduce::{Method, Reduction};
 
 /// `tessera index build` of `corpus` into `out` with `model` (f16, CPU).
@@ -307,22 +309,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     // Bad data options are refused before any work, as train heads does.
     for (w, want) in [("0", "not a positive weight"), ("1,1", "2 weights for 1")] {
         let out = dir.path().join("never");
-        let e = err(&run(
-            &[
-                "train",
-                "reduce",
-                "--dataset",
-                ds.to_str().unwrap(),
-                "--model",
-                model.to_str().unwrap(),
-                "--weights",
-                w,
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            &envs,
-            None,
-        ));
+        let e = err(&train_reduce(&ds, &model, &out, &["--weights", w], &envs));
         assert!(e.contains(want), "{e}");
         assert!(!out.exists());
     }
@@ -337,33 +324,12 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         &envs,
     );
     // Another reduction of the same model, fitted or trained (4 steps).
-    let train_reduce = |dataset: &Path, extra: &[&str], out: &Path| {
-        let mut a = vec![
-            "train",
-            "reduce",
-            "--dataset",
-            dataset.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--dims",
-            "16,32",
-            "--steps",
-            "4",
-            "--batch-queries",
-            "4",
-            "--mine-depth",
-            "4",
-            "--pool-depth",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ];
+    let train_small = |dataset: &Path, extra: &[&str], out: &Path| {
+        let mut a = vec!["--dims", "16,32", "--steps", "4", "--batch-queries", "4"];
         a.extend_from_slice(extra);
-        run(&a, &envs, None)
+        train_reduce(dataset, &model, out, &a, &envs)
     };
-    let train_other = |method: &str, out: &Path| ok(&train_reduce(&ds, &["--method", method], out));
+    let train_other = |method: &str, out: &Path| ok(&train_small(&ds, &["--method", method], out));
     let other = dir.path().join("pca");
     train_other("pca", &other);
     // The linear diagnostic: a free matrix, stored and applied like the
@@ -378,7 +344,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     // own documents, and is refused (naming the split) without them.
     let unlabelled = toy_dataset(&dir.path().join("unlabelled"), None);
     std::fs::remove_file(unlabelled.join("qrels/train.tsv")).unwrap();
-    let pseudo = |n: &str, out: &Path| train_reduce(&unlabelled, &["--pseudo-queries", n], out);
+    let pseudo = |n: &str, out: &Path| train_small(&unlabelled, &["--pseudo-queries", n], out);
     let e = err(&pseudo("0", &dir.path().join("never-pseudo")));
     assert!(
         e.contains("no train split") && e.contains("unlabelled"),
@@ -393,7 +359,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     assert_eq!(red.meta.method, Method::Orthogonal);
     assert_eq!(red.meta.dims, vec![16, 32]);
     // Resuming it on other training data is refused, naming what differs.
-    let e = err(&train_reduce(
+    let e = err(&train_small(
         &unlabelled,
         &["--pseudo-queries", "20", "--resume"],
         &ps,
@@ -479,24 +445,12 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
     let e = plan_err(&["--min-share", "0.95", "--no-reference"]);
     assert!(e.contains("--min-share"), "{e}");
     // Resuming a run with other dims.
-    let e = err(&run(
-        &[
-            "train",
-            "reduce",
-            "--dataset",
-            ds.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--dims",
-            "8,16",
-            "--resume",
-            "--device",
-            "cpu",
-            "--out",
-            rs,
-        ],
+    let e = err(&train_reduce(
+        &ds,
+        &model,
+        &red_dir,
+        &["--dims", "8,16", "--resume"],
         &envs,
-        None,
     ));
     assert!(e.contains("state.json") && e.contains("--dims"), "{e}");
 

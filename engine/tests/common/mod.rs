@@ -150,6 +150,43 @@ pub fn toy_dataset(dir: &Path, train_qrels: Option<&str>) -> PathBuf {
     ds
 }
 
+/// Training options of the fixtures: one CPU thread, small mining (4) and
+/// dev pools (8).
+pub const SMALL_TRAINING: &[&str] = &[
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--mine-depth",
+    "4",
+    "--pool-depth",
+    "8",
+];
+
+/// `tessera train reduce` of `ds` with `model` into `out` with
+/// [`SMALL_TRAINING`], then `extra`.
+pub fn train_reduce(
+    ds: &Path,
+    model: &Path,
+    out: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Output {
+    let mut a = vec![
+        "train",
+        "reduce",
+        "--dataset",
+        ds.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    a.extend_from_slice(SMALL_TRAINING);
+    a.extend_from_slice(extra);
+    run(&a, envs, None)
+}
+
 /// The reduction fixture: the toy dataset, a 64-dim model (the tiny BERT
 /// with an untrained linear head, as `train heads --steps 0` writes it) and
 /// an orthogonal reduction of its vectors to {16, 32} trained a few steps.
@@ -157,23 +194,14 @@ pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, 
     let ds = toy_dataset(dir, None);
     let model = dir.join("model64");
     let red = dir.join("reduction");
-    let common = [
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--mine-depth",
-        "4",
-        "--pool-depth",
-        "8",
-    ];
-    let mut a = vec![
+    let t = tiny();
+    let mut heads = vec![
         "train",
         "heads",
         "--dataset",
         ds.to_str().unwrap(),
         "--model",
-        "PLACEHOLDER",
+        &t,
         "--head",
         "linear",
         "--dim",
@@ -183,31 +211,25 @@ pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, 
         "--out",
         model.to_str().unwrap(),
     ];
-    let t = tiny();
-    a[5] = &t;
-    a.extend_from_slice(&common);
-    ok(&run(&a, envs, None));
-    let mut b = vec![
-        "train",
-        "reduce",
-        "--dataset",
-        ds.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--dims",
-        "16,32",
-        "--steps",
-        "8",
-        "--batch-queries",
-        "4",
-        "--eval-every",
-        "4",
-        "--checkpoint-every",
-        "4",
-        "--out",
-        red.to_str().unwrap(),
-    ];
-    b.extend_from_slice(&common);
-    ok(&run(&b, envs, None));
+    heads.extend_from_slice(SMALL_TRAINING);
+    ok(&run(&heads, envs, None));
+    ok(&train_reduce(
+        &ds,
+        &model,
+        &red,
+        &[
+            "--dims",
+            "16,32",
+            "--steps",
+            "8",
+            "--batch-queries",
+            "4",
+            "--eval-every",
+            "4",
+            "--checkpoint-every",
+            "4",
+        ],
+        envs,
+    ));
     (ds, model, red)
 }
