@@ -949,7 +949,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
         data: args.data.describe(
             &args.datasets,
             serde_json::json!({
-                "model": absolute(&args.model.model_dir()?),
+                "model": absolute(&model_dir),
                 "unsupervised_corpus": args.unsupervised_corpus.as_deref().map(absolute),
                 "unsupervised_docs": args.unsupervised_docs,
                 "teachers": args.teachers.iter().map(|t| absolute(t)).collect::<Vec<_>>(),
