@@ -82,7 +82,6 @@ fn config(steps: usize) -> ReduceConfig {
         eval_every: 10,
         checkpoint_every: 10,
         relative: false,
-        all_dims: false,
         free: false,
         data: serde_json::json!({"datasets": ["fixture"], "pseudo_queries": 0}),
     }
@@ -292,7 +291,6 @@ fn linear_reduction_trains_a_free_matrix_that_loads_as_linear() {
     // --relative is a rotation's parametrisation.
     let bad = ReduceConfig {
         relative: true,
-        all_dims: false,
         ..cfg
     };
     assert!(bad.validate().unwrap_err().contains("--relative"));

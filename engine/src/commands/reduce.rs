@@ -212,10 +212,6 @@ pub struct TrainReduceArgs {
     /// the start) instead of X = cayley⁻¹(U_pca).
     #[arg(long)]
     pub relative: bool,
-    /// Train every size of the nested set at every step (the mean of their
-    /// losses) instead of one size drawn per step.
-    #[arg(long)]
-    pub all_dims: bool,
     /// Unlabelled training queries added per dataset, drawn from its own
     /// documents (a span of 4–16 words each; the same N for every --seed):
     /// mined and distilled on like the labelled ones, their document
@@ -286,7 +282,6 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
         relative: args.relative,
-        all_dims: args.all_dims,
         free: args.method == Method::Linear,
         data: args.data.describe(
             &args.datasets,

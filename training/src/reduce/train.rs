@@ -61,10 +61,6 @@ pub struct ReduceConfig {
     /// what the constraint costs).
     #[serde(default)]
     pub free: bool,
-    /// Every step trains every size of the nested set (the mean of their
-    /// losses) instead of one size drawn per step.
-    #[serde(default)]
-    pub all_dims: bool,
     /// What the run trains on, as the caller describes it (datasets,
     /// splits, mining, pseudo-queries, model): a resumed run must match it.
     /// Null where the caller records nothing.
@@ -135,7 +131,6 @@ pub fn score_dev(
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReduceStep {
     pub step: usize,
-    /// The size trained (0: every size of the nested set, `all_dims`).
     pub dim: usize,
     pub loss: f64,
     pub distill: f64,
@@ -432,12 +427,8 @@ pub fn train(
     for step in start..cfg.steps {
         let t0 = std::time::Instant::now();
         let batch = draw(&plan, &sets, step);
-        // One r per step, from its own stream of the step's seed (or all).
-        let r = if cfg.all_dims {
-            0
-        } else {
-            dim_of_step(cfg, step)
-        };
+        // One r per step, from its own stream of the step's seed.
+        let r = dim_of_step(cfg, step);
         let src = &sources[batch.source];
         let (q, qm) = src.queries.batch(&batch.queries);
         let (d, dm) = src.docs.batch(&batch.docs);
@@ -446,36 +437,20 @@ pub fn train(
             loss::maxsim(&q, &qm, &d, &dm)
         };
         opt.zero_grad();
-        let u_all = params.u();
-        let trained: Vec<usize> = if cfg.all_dims {
-            cfg.dims.clone()
+        let u = params.u().narrow(1, 0, r as i64).to_kind(Kind::Float);
+        let qr = reduce(&q, &params.mean, &u);
+        let dr = reduce(&d, &params.mean, &u);
+        let student = loss::maxsim(&qr, &qm, &dr, &dm);
+        let valid = Tensor::ones(student.size().as_slice(), (Kind::Bool, device));
+        let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
+        let distill = f64::try_from(&kl).unwrap_or(f64::NAN);
+        let (total, contrastive) = if cfg.contrastive_weight > 0.0 {
+            let c = batch.info_nce(&student, cfg.temperature);
+            let cv = f64::try_from(&c).unwrap_or(f64::NAN);
+            (kl + c * cfg.contrastive_weight, cv)
         } else {
-            vec![r]
+            (kl, 0.0)
         };
-        let (mut total, mut distill, mut contrastive) = (None::<Tensor>, 0.0, 0.0);
-        for &dim in &trained {
-            let u = u_all.narrow(1, 0, dim as i64).to_kind(Kind::Float);
-            let qr = reduce(&q, &params.mean, &u);
-            let dr = reduce(&d, &params.mean, &u);
-            let student = loss::maxsim(&qr, &qm, &dr, &dm);
-            let valid = Tensor::ones(student.size().as_slice(), (Kind::Bool, device));
-            let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
-            distill += f64::try_from(&kl).unwrap_or(f64::NAN);
-            let term = if cfg.contrastive_weight > 0.0 {
-                let c = batch.info_nce(&student, cfg.temperature);
-                contrastive += f64::try_from(&c).unwrap_or(f64::NAN);
-                kl + c * cfg.contrastive_weight
-            } else {
-                kl
-            };
-            total = Some(match total {
-                None => term,
-                Some(t) => t + term,
-            });
-        }
-        let n = trained.len() as f64;
-        let (distill, contrastive) = (distill / n, contrastive / n);
-        let total = total.expect("at least one size is trained") / n;
         let lv = f64::try_from(&total).unwrap_or(f64::NAN);
         if !lv.is_finite() {
             return Err(TrainingError::InvalidInput(format!(
