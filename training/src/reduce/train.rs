@@ -27,7 +27,10 @@ use super::{
 use crate::error::{Result, TrainingError};
 use crate::train::optim::{self, AdamW, Decay, Group};
 use crate::train::score::{score_items, Projected};
-use crate::train::{draw, due, loss, step_rng, validate_step, DevRecord, DrawPlan, Example};
+use crate::train::{
+    draw, due, loss, step_rng, write_checkpoint_dir, Checkpoint, DevRecord, DrawPlan, Example,
+    Records,
+};
 
 /// Everything that decides what a run learns (saved with checkpoints).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -153,6 +156,8 @@ pub struct ReduceDev {
     pub seconds: f64,
 }
 
+crate::train::step_of_field!(ReduceStep, ReduceDev);
+
 impl DevRecord for ReduceDev {
     fn stamp(&mut self, step: usize) {
         self.step = step;
@@ -169,16 +174,8 @@ pub struct DimScore {
     pub per_source: Vec<(String, f64, f64)>,
 }
 
-/// `checkpoint/state.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReduceCheckpoint {
-    pub config: ReduceConfig,
-    pub step: usize,
-    pub best: Option<ReduceDev>,
-    pub steps: Vec<ReduceStep>,
-    pub dev: Vec<ReduceDev>,
-    pub train_seconds: f64,
-}
+/// `checkpoint/state.json` of a reduction run.
+pub type ReduceCheckpoint = Checkpoint<ReduceConfig, ReduceStep, ReduceDev>;
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,8 +248,6 @@ impl Params {
 }
 
 const CK_PARAMS: &str = "params.safetensors";
-const CK_OPTIM: &str = "optim.safetensors";
-const CK_STATE: &str = "state.json";
 
 /// Reads `out/checkpoint/state.json` if there is one.
 pub fn read_checkpoint(out: &Path) -> Result<Option<ReduceCheckpoint>> {
@@ -262,7 +257,7 @@ pub fn read_checkpoint(out: &Path) -> Result<Option<ReduceCheckpoint>> {
 /// Refuses to resume a checkpoint of another nested set, width, past
 /// `--steps`, or trained with other settings or data.
 pub fn check_resumable(out: &Path, st: &ReduceCheckpoint, cfg: &ReduceConfig) -> Result<()> {
-    let path = out.join("checkpoint").join(CK_STATE);
+    let path = crate::train::checkpoint_state_path(out);
     if st.config.dims != cfg.dims || st.config.in_dim != cfg.in_dim {
         return Err(TrainingError::config(
             &path,
@@ -318,7 +313,6 @@ pub fn train(
         .first()
         .map_or(Device::Cpu, |s| s.docs.vectors.device());
     std::fs::create_dir_all(out).map_err(|e| TrainingError::io(out, e))?;
-    let metrics = out.join("metrics.jsonl");
     let k = cfg.in_dim as i64;
     let pca_u = Tensor::from_slice(&init.basis)
         .view([k, k])
@@ -356,8 +350,8 @@ pub fn train(
         lr: cfg.lr,
         weight_decay: 0.0,
     }]);
-    let (mut steps, mut devs, mut best, mut start, mut train_seconds) =
-        (Vec::new(), Vec::new(), None::<ReduceDev>, 0usize, 0.0f64);
+    let mut run = Records::<ReduceStep, ReduceDev>::new(out);
+    let mut start = 0usize;
     let mut initial = None;
     if let Some(st) = resume {
         check_resumable(out, &st, cfg)?;
@@ -391,25 +385,15 @@ pub fn train(
                 dst.shallow_clone().copy_(&src.to_device(device));
             }
         }
-        let moments = crate::weights::WeightFile::read(&ck.join(CK_OPTIM))?;
-        opt.load_state(moments.tensors, st.step as i64)
-            .map_err(|m| TrainingError::config(ck.join(CK_OPTIM), m))?;
-        start = st.step;
-        steps = st.steps;
-        devs = st.dev;
-        best = st.best;
-        train_seconds = st.train_seconds;
-        crate::train::rewrite_metrics(&metrics, &steps, |s| s.step, &devs, |d| d.step)?;
-        tracing::info!(step = start, "resumed from checkpoint");
+        start = run.resume(out, &mut opt, st)?;
     } else {
-        std::fs::write(&metrics, "").map_err(|e| TrainingError::io(&metrics, e))?;
+        run.start()?;
         // The PCA starting point, scored like every later step.
         let _g = tch::no_grad_guard();
         if let Some(d) = (hooks.validate)(&params.reduction(cfg))? {
-            crate::train::append_metric(&metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
-            devs.push(d.clone());
+            run.record_dev(d.clone())?;
             (hooks.on_best)(&params.reduction(cfg), Some(&d))?;
-            best = Some(d.clone());
+            run.best = Some(d.clone());
             initial = Some(d);
         }
     }
@@ -466,7 +450,6 @@ pub fn train(
             orthogonality_error(&params.u())
         };
         let seconds = t0.elapsed().as_secs_f64();
-        train_seconds += seconds;
         let log = ReduceStep {
             step: step + 1,
             dim: r,
@@ -478,77 +461,44 @@ pub fn train(
             orthogonality,
             seconds,
         };
-        crate::train::append_metric(&metrics, &serde_json::json!({"type": "step", "step": log}))?;
-        steps.push(log.clone());
-        let dev = if due(step + 1, cfg.steps, cfg.eval_every) {
+        run.record_step(&log, seconds)?;
+        let dev = {
             let _g = tch::no_grad_guard();
-            validate_step(
-                &params.reduction(cfg),
+            run.validate_if_due(
+                || params.reduction(cfg),
                 step + 1,
-                step + 1 == cfg.steps,
-                &metrics,
+                cfg.steps,
+                cfg.eval_every,
                 |r| (hooks.validate)(r),
                 |r, d| (hooks.on_best)(r, d),
-                &mut devs,
-                &mut best,
             )?
-        } else {
-            None
         };
         (hooks.on_step)(&log, dev.as_ref());
         if due(step + 1, cfg.steps, cfg.checkpoint_every) {
-            let st = ReduceCheckpoint {
-                config: cfg.clone(),
-                step: step + 1,
-                best: best.clone(),
-                steps: steps.clone(),
-                dev: devs.clone(),
-                train_seconds,
-            };
-            write_checkpoint(out, &params, &opt, &st)?;
+            write_checkpoint(out, &params, &opt, &run.checkpoint(cfg, step + 1))?;
         }
     }
     if cfg.steps == 0 && initial.is_none() {
         (hooks.on_best)(&params.reduction(cfg), None)?;
     }
     Ok(ReduceSummary {
-        steps,
-        dev: devs,
-        best,
+        steps: run.steps,
+        dev: run.dev,
+        best: run.best,
         initial,
-        train_seconds,
+        train_seconds: run.train_seconds,
         inverse_cayley_init: exact,
     })
 }
 
 fn write_checkpoint(out: &Path, p: &Params, opt: &AdamW, st: &ReduceCheckpoint) -> Result<()> {
-    let tmp = out.join("checkpoint.tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
     let cpu = |t: &Tensor| t.detach().to_device(Device::Cpu);
-    Tensor::write_safetensors(
-        &[
-            ("x", cpu(&p.x)),
-            ("mean", cpu(&p.mean)),
-            ("base", cpu(&p.base)),
-        ],
-        tmp.join(CK_PARAMS),
-    )?;
-    let moments: Vec<(String, Tensor)> = opt
-        .state()
-        .into_iter()
-        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
-        .collect();
-    Tensor::write_safetensors(&moments, tmp.join(CK_OPTIM))?;
-    let sp = tmp.join(CK_STATE);
-    std::fs::write(
-        &sp,
-        serde_json::to_vec_pretty(st).expect("state serialises"),
-    )
-    .map_err(|e| TrainingError::io(&sp, e))?;
-    crate::train::replace_dir(&tmp, &out.join("checkpoint"))
+    let params = vec![
+        ("x".to_string(), cpu(&p.x)),
+        ("mean".to_string(), cpu(&p.mean)),
+        ("base".to_string(), cpu(&p.base)),
+    ];
+    write_checkpoint_dir(out, &[(CK_PARAMS, params)], opt, st)
 }
 
 /// The `r` step `step` trains: uniform over the nested set, from its own

@@ -273,16 +273,20 @@ pub struct DevLog {
     pub seconds: f64,
 }
 
-/// `checkpoint/state.json`.
+/// `checkpoint/state.json` of either trainer: its settings `C`, the step
+/// it stopped after, and the run's step (`S`) and dev (`D`) records so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointState {
-    pub config: TrainConfig,
+pub struct Checkpoint<C, S, D> {
+    pub config: C,
     pub step: usize,
-    pub best: Option<DevLog>,
-    pub steps: Vec<StepLog>,
-    pub dev: Vec<DevLog>,
+    pub best: Option<D>,
+    pub steps: Vec<S>,
+    pub dev: Vec<D>,
     pub train_seconds: f64,
 }
+
+/// A head-training checkpoint's state.
+pub type CheckpointState = Checkpoint<TrainConfig, StepLog, DevLog>;
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -611,6 +615,11 @@ const CK_OPTIM: &str = "optim.safetensors";
 const CK_BACKBONE: &str = "backbone.safetensors";
 const CK_STATE: &str = "state.json";
 
+/// `out/checkpoint/state.json`: where both trainers' checkpoint state is.
+pub(crate) fn checkpoint_state_path(out: &Path) -> PathBuf {
+    out.join("checkpoint").join(CK_STATE)
+}
+
 /// Reads `dir/checkpoint/state.json` if there is one.
 pub fn read_checkpoint(dir: &Path) -> Result<Option<CheckpointState>> {
     read_checkpoint_state(dir)
@@ -620,7 +629,7 @@ pub fn read_checkpoint(dir: &Path) -> Result<Option<CheckpointState>> {
 pub(crate) fn read_checkpoint_state<T: serde::de::DeserializeOwned>(
     dir: &Path,
 ) -> Result<Option<T>> {
-    let path = dir.join("checkpoint").join(CK_STATE);
+    let path = checkpoint_state_path(dir);
     if !path.is_file() {
         return Ok(None);
     }
@@ -633,7 +642,7 @@ pub(crate) fn read_checkpoint_state<T: serde::de::DeserializeOwned>(
 /// Checks that a checkpoint can resume `cfg`: same head spec, mode and
 /// settings (but for [`RESUMABLE_CHANGES`]), at most `cfg.steps` in.
 pub fn check_resumable(dir: &Path, state: &CheckpointState, cfg: &TrainConfig) -> Result<()> {
-    let path = dir.join("checkpoint").join(CK_STATE);
+    let path = checkpoint_state_path(dir);
     if state.config.spec != cfg.spec {
         return Err(TrainingError::config(
             &path,
@@ -736,12 +745,8 @@ pub fn train(
         }
     }
     std::fs::create_dir_all(out).map_err(|e| TrainingError::io(out, e))?;
-    let metrics_path = out.join("metrics.jsonl");
-    let mut steps_log = Vec::new();
-    let mut dev_log = Vec::new();
-    let mut best: Option<DevLog> = None;
+    let mut run = Records::<StepLog, DevLog>::new(out);
     let mut start = 0usize;
-    let mut train_seconds = 0.0;
 
     let mut groups = vec![Group {
         params: blocks::parameter_shapes(&cfg.spec)
@@ -776,19 +781,9 @@ pub fn train(
                 .collect();
             load_into(&ck.join(CK_BACKBONE), &named)?;
         }
-        let saved = crate::weights::WeightFile::read(&ck.join(CK_OPTIM))?;
-        opt.load_state(saved.tensors, state.step as i64)
-            .map_err(|m| TrainingError::config(ck.join(CK_OPTIM), m))?;
-        start = state.step;
-        steps_log = state.steps;
-        dev_log = state.dev;
-        best = state.best;
-        train_seconds = state.train_seconds;
-        // metrics.jsonl continues from the checkpoint: drop later lines.
-        rewrite_metrics(&metrics_path, &steps_log, |s| s.step, &dev_log, |d| d.step)?;
-        tracing::info!(step = start, "resumed from checkpoint");
+        start = run.resume(out, &mut opt, state)?;
     } else {
-        rewrite_metrics::<StepLog, DevLog>(&metrics_path, &[], |s| s.step, &[], |d| d.step)?;
+        run.start()?;
     }
 
     let mut pairs = 0usize;
@@ -800,11 +795,10 @@ pub fn train(
         let _ng = tch::no_grad_guard();
         let d = (hooks.validate)(&trainee)?;
         if let Some(d) = &d {
-            append_metric(&metrics_path, &serde_json::json!({"type": "dev", "dev": d}))?;
-            dev_log.push(d.clone());
+            run.record_dev(d.clone())?;
         }
         (hooks.on_best)(&trainee, d.as_ref())?;
-        best = d;
+        run.best = d;
     }
     for step in start..cfg.steps {
         let t0 = std::time::Instant::now();
@@ -823,7 +817,6 @@ pub fn train(
         let factor = optim::lr_factor(step, cfg.warmup, cfg.steps, cfg.decay);
         opt.step(factor);
         let seconds = t0.elapsed().as_secs_f64();
-        train_seconds += seconds;
         step_seconds += seconds;
         let log = StepLog {
             step: step + 1,
@@ -835,46 +828,29 @@ pub fn train(
             source: sources[batch.source].name.clone(),
             seconds,
         };
-        append_metric(
-            &metrics_path,
-            &serde_json::json!({"type": "step", "step": log}),
-        )?;
-        steps_log.push(log.clone());
-
-        let dev = if due(step + 1, cfg.steps, cfg.eval_every) {
+        run.record_step(&log, seconds)?;
+        let dev = {
             let _ng = tch::no_grad_guard();
-            validate_step(
-                &trainee,
+            run.validate_if_due(
+                || &trainee,
                 step + 1,
-                step + 1 == cfg.steps,
-                &metrics_path,
+                cfg.steps,
+                cfg.eval_every,
                 |t| (hooks.validate)(t),
                 |t, d| (hooks.on_best)(t, d),
-                &mut dev_log,
-                &mut best,
             )?
-        } else {
-            None
         };
         (hooks.on_step)(&log, dev.as_ref());
         if due(step + 1, cfg.steps, cfg.checkpoint_every) {
-            let state = CheckpointState {
-                config: cfg.clone(),
-                step: step + 1,
-                best: best.clone(),
-                steps: steps_log.clone(),
-                dev: dev_log.clone(),
-                train_seconds,
-            };
-            write_checkpoint(out, &trainee, &opt, &state)?;
+            write_checkpoint(out, &trainee, &opt, &run.checkpoint(cfg, step + 1))?;
         }
     }
     let parameters = blocks::parameter_count(&cfg.spec);
     Ok(Summary {
-        steps: steps_log,
-        dev: dev_log,
-        best,
-        train_seconds,
+        steps: run.steps,
+        dev: run.dev,
+        best: run.best,
+        train_seconds: run.train_seconds,
         parameters,
         pairs_per_s: pairs as f64 / step_seconds.max(1e-9),
     })
@@ -897,28 +873,43 @@ fn write_checkpoint(
     opt: &AdamW,
     state: &CheckpointState,
 ) -> Result<()> {
+    let mut head = trainee.head_tensors();
+    if head.is_empty() {
+        // An identity head has no tensors; keep the file so resume finds it.
+        head.push((
+            "empty".into(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        ));
+    }
+    let mut files = vec![(CK_HEAD, head)];
+    if let Some(bb) = &trainee.backbone {
+        files.push((
+            CK_BACKBONE,
+            bb.variables
+                .iter()
+                .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu)))
+                .collect(),
+        ));
+    }
+    write_checkpoint_dir(out, &files, opt, state)
+}
+
+/// Writes `out/checkpoint` whole or not at all: each `(file, tensors)` of
+/// the model, the optimiser's moments and `state.json`, written to
+/// `checkpoint.tmp` first and then put in place. Both trainers.
+pub(crate) fn write_checkpoint_dir(
+    out: &Path,
+    files: &[(&str, Vec<(String, Tensor)>)],
+    opt: &AdamW,
+    state: &impl Serialize,
+) -> Result<()> {
     let tmp = out.join("checkpoint.tmp");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| TrainingError::io(&tmp, e))?;
-    let head = trainee.head_tensors();
-    if !head.is_empty() {
-        Tensor::write_safetensors(&head, tmp.join(CK_HEAD))?;
-    } else {
-        // An identity head has no tensors; keep the file so resume finds it.
-        Tensor::write_safetensors(
-            &[("empty", Tensor::zeros([1], (Kind::Float, Device::Cpu)))],
-            tmp.join(CK_HEAD),
-        )?;
-    }
-    if let Some(bb) = &trainee.backbone {
-        let named: Vec<(String, Tensor)> = bb
-            .variables
-            .iter()
-            .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu)))
-            .collect();
-        Tensor::write_safetensors(&named, tmp.join(CK_BACKBONE))?;
+    for (name, tensors) in files {
+        Tensor::write_safetensors(tensors, tmp.join(name))?;
     }
     let moments: Vec<(String, Tensor)> = opt
         .state()
@@ -951,10 +942,29 @@ pub(crate) fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
 
 /// A validation record of either trainer: stamped with the step it
 /// followed, ranked by the score the best checkpoint is chosen by.
-pub(crate) trait DevRecord: Clone + Serialize {
+pub(crate) trait DevRecord: Clone + Serialize + StepOf {
     fn stamp(&mut self, step: usize);
     fn score(&self) -> f64;
 }
+
+/// The step a step or dev record was logged after.
+pub(crate) trait StepOf {
+    fn step_of(&self) -> usize;
+}
+
+/// `StepOf` for record types with a `step` field.
+macro_rules! step_of_field {
+    ($($t:ty),*) => {
+        $(impl $crate::train::StepOf for $t {
+            fn step_of(&self) -> usize {
+                self.step
+            }
+        })*
+    };
+}
+pub(crate) use step_of_field;
+
+step_of_field!(StepLog, DevLog);
 
 impl DevRecord for DevLog {
     fn stamp(&mut self, step: usize) {
@@ -971,35 +981,119 @@ pub(crate) fn due(done: usize, steps: usize, every: usize) -> bool {
     done == steps || (every > 0 && done.is_multiple_of(every))
 }
 
-/// The validation after step `done`, as both trainers do it: scores
-/// `model`, appends the record to `metrics` and to `devs`, and hands a new
-/// best to `on_best` — or, with nothing to validate on, the `last` step's
-/// model. Returns the record.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn validate_step<M: ?Sized, D: DevRecord>(
-    model: &M,
-    done: usize,
-    last: bool,
-    metrics: &Path,
-    validate: impl FnOnce(&M) -> Result<Option<D>>,
-    on_best: impl FnOnce(&M, Option<&D>) -> Result<()>,
-    devs: &mut Vec<D>,
-    best: &mut Option<D>,
-) -> Result<Option<D>> {
-    let Some(mut d) = validate(model)? else {
-        if last {
-            on_best(model, None)?;
+/// A run's records as its steps go, kept the same way by both trainers:
+/// `metrics.jsonl` (a line per step and per validation), the step and dev
+/// records a checkpoint saves, the best validation so far, and the seconds
+/// spent in steps.
+pub(crate) struct Records<S, D> {
+    metrics: PathBuf,
+    pub steps: Vec<S>,
+    pub dev: Vec<D>,
+    pub best: Option<D>,
+    pub train_seconds: f64,
+}
+
+impl<S: Serialize + Clone + StepOf, D: DevRecord> Records<S, D> {
+    /// Nothing recorded yet; the log is `out/metrics.jsonl`.
+    pub fn new(out: &Path) -> Self {
+        Self {
+            metrics: out.join("metrics.jsonl"),
+            steps: Vec::new(),
+            dev: Vec::new(),
+            best: None,
+            train_seconds: 0.0,
         }
-        return Ok(None);
-    };
-    d.stamp(done);
-    append_metric(metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
-    devs.push(d.clone());
-    if best.as_ref().is_none_or(|b| d.score() > b.score()) {
-        on_best(model, Some(&d))?;
-        *best = Some(d.clone());
     }
-    Ok(Some(d))
+
+    /// A fresh run: an empty log.
+    pub fn start(&self) -> Result<()> {
+        rewrite_metrics(&self.metrics, &[] as &[S], &[] as &[D])
+    }
+
+    /// Continues from checkpoint `state` of the run in `out`: its records,
+    /// the optimiser's moments, and the log cut back to the checkpoint's
+    /// step (later lines were never saved). Returns the step to go on from.
+    pub fn resume<C>(
+        &mut self,
+        out: &Path,
+        opt: &mut AdamW,
+        state: Checkpoint<C, S, D>,
+    ) -> Result<usize> {
+        let path = out.join("checkpoint").join(CK_OPTIM);
+        let moments = crate::weights::WeightFile::read(&path)?;
+        opt.load_state(moments.tensors, state.step as i64)
+            .map_err(|m| TrainingError::config(&path, m))?;
+        self.steps = state.steps;
+        self.dev = state.dev;
+        self.best = state.best;
+        self.train_seconds = state.train_seconds;
+        rewrite_metrics(&self.metrics, &self.steps, &self.dev)?;
+        tracing::info!(step = state.step, "resumed from checkpoint");
+        Ok(state.step)
+    }
+
+    /// Logs a step that took `seconds`.
+    pub fn record_step(&mut self, log: &S, seconds: f64) -> Result<()> {
+        self.train_seconds += seconds;
+        append_metric(
+            &self.metrics,
+            &serde_json::json!({"type": "step", "step": log}),
+        )?;
+        self.steps.push(log.clone());
+        Ok(())
+    }
+
+    /// Logs a validation (not ranked against the best).
+    pub fn record_dev(&mut self, d: D) -> Result<()> {
+        append_metric(&self.metrics, &serde_json::json!({"type": "dev", "dev": d}))?;
+        self.dev.push(d);
+        Ok(())
+    }
+
+    /// The validation after step `done` of `steps` when it is due (every
+    /// `every` steps and the last): scores `model()` (made only then), logs
+    /// the record, and
+    /// hands a new best to `on_best` — or, with nothing to validate on, the
+    /// last step's model. Returns the record.
+    pub fn validate_if_due<M>(
+        &mut self,
+        model: impl FnOnce() -> M,
+        done: usize,
+        steps: usize,
+        every: usize,
+        validate: impl FnOnce(&M) -> Result<Option<D>>,
+        on_best: impl FnOnce(&M, Option<&D>) -> Result<()>,
+    ) -> Result<Option<D>> {
+        if !due(done, steps, every) {
+            return Ok(None);
+        }
+        let model = model();
+        let Some(mut d) = validate(&model)? else {
+            if done == steps {
+                on_best(&model, None)?;
+            }
+            return Ok(None);
+        };
+        d.stamp(done);
+        self.record_dev(d.clone())?;
+        if self.best.as_ref().is_none_or(|b| d.score() > b.score()) {
+            on_best(&model, Some(&d))?;
+            self.best = Some(d.clone());
+        }
+        Ok(Some(d))
+    }
+
+    /// What `checkpoint/state.json` saves after step `step`.
+    pub fn checkpoint<C: Clone>(&self, config: &C, step: usize) -> Checkpoint<C, S, D> {
+        Checkpoint {
+            config: config.clone(),
+            step,
+            best: self.best.clone(),
+            steps: self.steps.clone(),
+            dev: self.dev.clone(),
+            train_seconds: self.train_seconds,
+        }
+    }
 }
 
 /// Appends one JSON line to a metrics log.
@@ -1016,17 +1110,15 @@ pub(crate) fn append_metric(path: &Path, v: &serde_json::Value) -> Result<()> {
 /// Rewrites a metrics log from the records a resumed run kept: each step's
 /// line, each validation after the step it followed (validations before the
 /// first step first, any after the last step last). Both trainers' logs.
-pub(crate) fn rewrite_metrics<S: serde::Serialize, D: serde::Serialize>(
+pub(crate) fn rewrite_metrics<S: Serialize + StepOf, D: Serialize + StepOf>(
     path: &Path,
     steps: &[S],
-    step_of: impl Fn(&S) -> usize,
     dev: &[D],
-    dev_step: impl Fn(&D) -> usize,
 ) -> Result<()> {
     let mut text = String::new();
     let mut dev = dev.iter().peekable();
     let mut flush_dev = |text: &mut String, upto: usize| {
-        while let Some(d) = dev.next_if(|d| dev_step(d) <= upto) {
+        while let Some(d) = dev.next_if(|d| d.step_of() <= upto) {
             *text += &serde_json::json!({"type": "dev", "dev": d}).to_string();
             text.push('\n');
         }
@@ -1035,7 +1127,7 @@ pub(crate) fn rewrite_metrics<S: serde::Serialize, D: serde::Serialize>(
     for s in steps {
         text += &serde_json::json!({"type": "step", "step": s}).to_string();
         text.push('\n');
-        flush_dev(&mut text, step_of(s));
+        flush_dev(&mut text, s.step_of());
     }
     flush_dev(&mut text, usize::MAX);
     std::fs::write(path, text).map_err(|e| TrainingError::io(path, e))
