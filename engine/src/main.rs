@@ -99,3 +99,43 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
                 .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command a user runs (each leaf of the command tree) explains
+    /// each of its options and shows an example in `--help`.
+    #[test]
+    fn every_command_has_an_example_and_every_option_a_help_line() {
+        fn walk(cmd: &clap::Command, path: &str, problems: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.has_subcommands() {
+                for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                    walk(sub, &path, problems);
+                }
+                return;
+            }
+            let after = cmd
+                .get_after_help()
+                .or(cmd.get_after_long_help())
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            if !after.contains("Example") {
+                problems.push(format!("{path}: no example"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    problems.push(format!("{path} --{id}: no help"));
+                }
+            }
+        }
+        let mut problems = Vec::new();
+        walk(&super::Cli::command(), "", &mut problems);
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+}

@@ -173,14 +173,17 @@ pub struct TrainReduceArgs {
     /// over the training corpora; 0: all).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub pca_tokens: usize,
+    /// Optimiser steps (orthogonal and linear; pca and truncate only fit).
     #[arg(long, default_value_t = 300)]
     pub steps: usize,
     /// Queries per step (each with its positive, --negatives mined
     /// negatives, and the other queries' documents).
     #[arg(long, default_value_t = 32)]
     pub batch_queries: usize,
+    /// Mined hard negatives per query per step.
     #[arg(long, default_value_t = 3)]
     pub negatives: usize,
+    /// Learning rate (AdamW, no weight decay) of X and the mean.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Warm-up steps (default: a tenth of --steps).
@@ -200,12 +203,20 @@ pub struct TrainReduceArgs {
     /// Temperature of the contrastive loss.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Seed of the batches and of the size drawn at each step (pseudo-queries
+    /// are drawn with one seed whatever this is).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Validate every size on the dev pools every N steps (0: only at the
+    /// end); the best mean over the sizes is kept.
     #[arg(long, default_value_t = 50)]
     pub eval_every: usize,
+    /// Checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 50)]
     pub checkpoint_every: usize,
+    /// Continue the run in --out from its checkpoint (refused if the
+    /// settings or data differ, but for --steps, --warmup, --eval-every and
+    /// --checkpoint-every).
     #[arg(long)]
     pub resume: bool,
     /// Parametrise U = U_pca · cayley(X) from X = 0 (well conditioned at

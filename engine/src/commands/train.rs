@@ -157,6 +157,7 @@ pub struct HeadsArgs {
     /// Learning rate of the backbone (full mode).
     #[arg(long, default_value_t = 2e-5)]
     pub backbone_lr: f64,
+    /// AdamW's decoupled weight decay on the head's (and backbone's) weights.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
     /// Warm-up steps (default: a tenth of --steps).
@@ -178,11 +179,15 @@ pub struct HeadsArgs {
     /// Weight of the distillation loss.
     #[arg(long, default_value_t = 1.0)]
     pub distill_weight: f64,
+    /// Temperature of the teacher's and the student's softmax over a
+    /// query's candidates (distillation).
     #[arg(long, default_value_t = 1.0)]
     pub distill_temperature: f64,
     /// Teacher candidates per query.
     #[arg(long, default_value_t = 8)]
     pub distill_candidates: usize,
+    /// Seed of the head's initialisation, the batches drawn and the
+    /// unsupervised crops.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Validate on dev every N steps (0: only at the end).
