@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tessera_eval::stats::percentile;
 use tessera_index::{Index, SearchParams};
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
@@ -78,14 +79,6 @@ fn args() -> Args {
     assert!(!a.index.as_os_str().is_empty(), "--index is required");
     assert!(!a.dataset.as_os_str().is_empty(), "--dataset is required");
     a
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }
 
 fn rss_mib(pid: u32, field: &str) -> f64 {
@@ -176,16 +169,13 @@ fn main() {
         index.search(&v, &p).unwrap();
         lib_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    for v in [&mut enc_ms, &mut lib_ms, &mut cli_ms] {
-        v.sort_by(f64::total_cmp);
-    }
     let lib_qps = 1e3 * lib_ms.len() as f64 / lib_ms.iter().sum::<f64>();
     let cli_qps = 1e3 * cli_ms.len() as f64 / cli_ms.iter().sum::<f64>();
     eprintln!(
         "in process: encode p50 {:.2} ms, search p50 {:.2} ms, text p50 {:.2} ms",
-        pct(&enc_ms, 0.5),
-        pct(&lib_ms, 0.5),
-        pct(&cli_ms, 0.5)
+        percentile(&enc_ms, 0.5),
+        percentile(&lib_ms, 0.5),
+        percentile(&cli_ms, 0.5)
     );
     drop(encoder);
     drop(index);
@@ -310,11 +300,11 @@ fn main() {
                 refused,
                 errors,
                 qps: lat.len() as f64 / secs,
-                p50_ms: pct(&lat, 0.5),
-                p95_ms: pct(&lat, 0.95),
-                p99_ms: pct(&lat, 0.99),
-                server_p50_ms: pct(&server, 0.5),
-                search_p50_ms: pct(&search, 0.5),
+                p50_ms: percentile(&lat, 0.5),
+                p95_ms: percentile(&lat, 0.95),
+                p99_ms: percentile(&lat, 0.99),
+                server_p50_ms: percentile(&server, 0.5),
+                search_p50_ms: percentile(&search, 0.5),
                 mean_batch_texts: if batches > 0.0 {
                     (after.0 - before.0) / batches
                 } else {
@@ -344,10 +334,10 @@ fn main() {
     println!();
     println!(
         "In process (one query at a time, {threads} threads): encode p50 {:.2} ms; search p50 {:.2} / p99 {:.2} ms ({lib_qps:.1} q/s); text query end to end p50 {:.2} ms ({cli_qps:.1} q/s).",
-        pct(&enc_ms, 0.5),
-        pct(&lib_ms, 0.5),
-        pct(&lib_ms, 0.99),
-        pct(&cli_ms, 0.5)
+        percentile(&enc_ms, 0.5),
+        percentile(&lib_ms, 0.5),
+        percentile(&lib_ms, 0.99),
+        percentile(&cli_ms, 0.5)
     );
     println!("Server RSS at rest {rss_rest:.0} MiB; peak (VmHWM) {hwm:.0} MiB.");
     let by = |m: &str, c: usize| rows.iter().find(|r| r.mode == m && r.clients == c);
@@ -363,14 +353,14 @@ fn main() {
             v16.p99_ms / v16.p50_ms,
             t16.qps / t1.qps,
             v1.p50_ms - v1.search_p50_ms,
-            v1.p50_ms - pct(&lib_ms, 0.5)
+            v1.p50_ms - percentile(&lib_ms, 0.5)
         );
     }
     if let Some(path) = a.json {
         let v = serde_json::json!({
             "rows": rows,
-            "in_process": {"encode_p50_ms": pct(&enc_ms, 0.5), "search_p50_ms": pct(&lib_ms, 0.5),
-                "search_p99_ms": pct(&lib_ms, 0.99), "text_p50_ms": pct(&cli_ms, 0.5),
+            "in_process": {"encode_p50_ms": percentile(&enc_ms, 0.5), "search_p50_ms": percentile(&lib_ms, 0.5),
+                "search_p99_ms": percentile(&lib_ms, 0.99), "text_p50_ms": percentile(&cli_ms, 0.5),
                 "search_qps": lib_qps, "text_qps": cli_qps, "threads": threads},
             "rss_rest_mib": rss_rest, "rss_hwm_mib": hwm, "queries": queries.len(),
         });
@@ -485,9 +475,6 @@ async fn load(
         errors += e;
     }
     let secs = start.elapsed().as_secs_f64();
-    lat.sort_by(f64::total_cmp);
-    server.sort_by(f64::total_cmp);
-    search.sort_by(f64::total_cmp);
     Load {
         lat,
         server,

@@ -1,8 +1,22 @@
-//! Paired significance tests over per-query values of two systems.
+//! Paired significance tests over per-query values of two systems, and
+//! the percentiles latency reports quote.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+
+/// The `p`-quantile (0 ≤ p ≤ 1) of `values` by nearest rank: the value at
+/// position `round((n − 1)·p)` of the sorted values (p = 0.5 of an even
+/// count: the upper middle). NaN when there are none.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize;
+    v[i]
+}
 
 /// Outcome of a paired test of `b − a`.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -160,6 +174,16 @@ fn ln_gamma(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentile_is_the_nearest_rank_of_the_sorted_values() {
+        let v = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 0.5), 3.0);
+        assert_eq!(percentile(&v, 0.99), 5.0);
+        assert_eq!(percentile(&[2.0, 1.0], 0.5), 2.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 
     #[test]
     fn t_distribution_matches_tables() {

@@ -14,6 +14,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
+use common::recall;
+use tessera_eval::stats::percentile;
 use tessera_index::synthetic::Synthetic;
 use tessera_index::*;
 
@@ -102,20 +106,6 @@ fn rss_mib(field: &str) -> f64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn recall(truth: &[Hit], got: &[Hit], k: usize) -> f64 {
-    let t: std::collections::HashSet<&str> = truth.iter().take(k).map(|h| h.id.as_str()).collect();
-    got.iter()
-        .take(k)
-        .filter(|h| t.contains(h.id.as_str()))
-        .count() as f64
-        / t.len().max(1) as f64
 }
 
 fn main() {
@@ -212,7 +202,7 @@ fn main() {
                     "codec": codec, "generator": gen, "threads": threads,
                     "build_s": build_secs, "build_tokens_per_s": stats.tokens as f64 / build_secs,
                     "bytes_per_token": stats.bytes_per_token,
-                    "p50_ms_all": percentile(&mut exact_lat, 0.5), "p99_ms_all": percentile(&mut exact_lat, 0.99),
+                    "p50_ms_all": percentile(&exact_lat, 0.5), "p99_ms_all": percentile(&exact_lat, 0.99),
                     "qps_batch": queries.len() as f64 / (total / 1e3), "recall10": 1.0, "recall100": 1.0,
                     "codec_recall10_vs_f32": codec_recall,
                     "build_peak_rss_mib": build_rss, "rss_mib": rss_mib("VmRSS:"),
@@ -253,7 +243,7 @@ fn main() {
                     .num_threads(1)
                     .build()
                     .unwrap();
-                let mut lat_one: Vec<f64> = one.install(|| {
+                let lat_one: Vec<f64> = one.install(|| {
                     queries
                         .iter()
                         .map(|q| {
@@ -272,9 +262,9 @@ fn main() {
                     "codec": codec, "generator": gen, "threads": threads,
                     "build_s": build_secs, "build_tokens_per_s": stats.tokens as f64 / build_secs,
                     "bytes_per_token": stats.bytes_per_token,
-                    "p50_ms_all": percentile(&mut lat_all, 0.5), "p99_ms_all": percentile(&mut lat_all, 0.99),
-                    "p50_ms_1t": percentile(&mut lat_one, 0.5), "p99_ms_1t": percentile(&mut lat_one, 0.99),
-                    "p50_ms_k100": percentile(&mut lat_100, 0.5), "p99_ms_k100": percentile(&mut lat_100, 0.99),
+                    "p50_ms_all": percentile(&lat_all, 0.5), "p99_ms_all": percentile(&lat_all, 0.99),
+                    "p50_ms_1t": percentile(&lat_one, 0.5), "p99_ms_1t": percentile(&lat_one, 0.99),
+                    "p50_ms_k100": percentile(&lat_100, 0.5), "p99_ms_k100": percentile(&lat_100, 0.99),
                     "qps_batch": qps, "recall10": r10 / n, "recall100": r100 / n,
                     "recall10_at_k100": r10_at_100 / n,
                     "codec_recall10_vs_f32": codec_recall,

@@ -22,6 +22,10 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod common;
+
+use common::recall;
+use tessera_eval::stats::percentile;
 use tessera_index::*;
 
 const USAGE: &str = "usage: scripts/bench-search --index DIR --queries FILE [--k 10] [--n-probe 8,32] [--n-approx 512,1024]
@@ -128,20 +132,6 @@ fn read_queries(path: &PathBuf) -> Vec<TokenVectors> {
         .collect()
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn recall(truth: &[Hit], got: &[Hit], k: usize) -> f64 {
-    let t: std::collections::HashSet<&str> = truth.iter().take(k).map(|h| h.id.as_str()).collect();
-    got.iter()
-        .take(k)
-        .filter(|h| t.contains(h.id.as_str()))
-        .count() as f64
-        / t.len().max(1) as f64
-}
-
 fn main() {
     let a = args();
     let index = Index::open(&a.index).unwrap();
@@ -243,7 +233,7 @@ fn main() {
                                 sum.exact_docs += st.exact_docs;
                             }
                         }
-                        let mut lat1: Vec<f64> = one.install(|| {
+                        let lat1: Vec<f64> = one.install(|| {
                             queries
                                 .iter()
                                 .map(|q| {
@@ -258,8 +248,8 @@ fn main() {
                             "generator": gen, "k": a.k, "threads": threads,
                             "n_probe": n_probe, "n_candidates": n_candidates, "threshold": threshold, "n_approx": n_approx,
                             "rerank_budget": rerank_budget, "probe_budget": probe_budget,
-                            "p50_ms_all": percentile(&mut lat, 0.5), "p99_ms_all": percentile(&mut lat, 0.99),
-                            "p50_ms_1t": percentile(&mut lat1, 0.5), "p99_ms_1t": percentile(&mut lat1, 0.99),
+                            "p50_ms_all": percentile(&lat, 0.5), "p99_ms_all": percentile(&lat, 0.99),
+                            "p50_ms_1t": percentile(&lat1, 0.5), "p99_ms_1t": percentile(&lat1, 0.99),
                             "centroid_ms": sum.centroid_ms / n, "probe_ms": sum.probe_ms / n,
                             "approx_ms": sum.approx_ms / n, "exact_ms": sum.exact_ms / n,
                             "cells": sum.cells as f64 / n, "candidates": sum.candidates as f64 / n,

@@ -637,10 +637,8 @@ fn eval_dataset(
     let (run, timing) = engine.run_queries(&queries, retriever, &params, &pb)?;
     pb.finish_and_clear();
     let (encode_s, search_s) = (timing.encode_s, timing.search_s);
-    let mut lat = timing.latencies_ms;
-    lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-    let (p50, p99) = (pct(0.5), pct(0.99));
+    let lat = timing.latencies_ms;
+    let (p50, p99) = (stats::percentile(&lat, 0.5), stats::percentile(&lat, 0.99));
 
     let (mut recall10_vs_exact, mut recall10_vs_f32) = (None, None);
     if args.against_exact && retriever != Retriever::Bm25 {

@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
 use tessera_eval::beir::Dataset;
+use tessera_eval::stats::percentile;
 use tessera_eval::{evaluate, Measure, Run};
 use tessera_index::{BuildOptions, CodecKind, Index, SearchParams};
 use tessera_training::reduce::train::{
@@ -1191,7 +1192,7 @@ fn plan(args: PlanArgs) -> Result<()> {
                 reference: b.reference,
                 ndcg10: e.mean[0],
                 recall: e.mean[1],
-                search_p50_ms: median(&lat),
+                search_p50_ms: percentile(&lat, 0.5),
                 index_bytes: stats.index_bytes,
                 build_s,
             };
@@ -1226,7 +1227,7 @@ fn plan(args: PlanArgs) -> Result<()> {
         }
     }
     for (row, (_, _, lat)) in rows.iter_mut().zip(&timed) {
-        row.search_p50_ms = median(lat);
+        row.search_p50_ms = percentile(lat, 0.5);
     }
     drop(indexes);
 
@@ -1311,12 +1312,6 @@ fn first_of_each<T: PartialEq + Copy>(xs: &[T]) -> Vec<T> {
         }
     }
     out
-}
-
-fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Index of the best fitting row: highest nDCG@10; within 0.002 of it, the
