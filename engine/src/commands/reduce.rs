@@ -141,13 +141,16 @@ fn parse_method(s: &str) -> Result<Method, String> {
     tessera train reduce --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
       --dims 16,32,48,64,96 --out reductions/orthogonal\n  \
     tessera train reduce --dataset ../shared/datasets/scifact --method pca --dims 16,32,64 --out reductions/pca\n  \
-    tessera train reduce --dataset my-beir-corpus --pseudo-queries 5000 --contrastive-weight 1 --out reductions/mine\n  \
+    tessera train reduce --dataset my-beir-corpus-without-train-split --out reductions/mine\n  \
     tessera index build --input corpus.jsonl --out small.idx --reduction reductions/orthogonal --dim 32\n\n\
     orthogonal (the default) starts from PCA and trains U = cayley(X) with a Matryoshka strategy:\n\
     each step one dim of --dims, distilling the full-dimension MaxSim distribution over each\n\
-    query's candidates. One reduction serves every dim of its set. linear trains U itself the\n\
-    same way (no orthogonality): an upper-bound diagnostic for the rotation. --pseudo-queries adds\n\
-    unlabelled queries cut from each dataset's documents (the only ones where it has no train split).\n\
+    query's candidates, plus the contrastive loss on the labels. One reduction serves every dim\n\
+    of its set. linear trains U itself the same way (no orthogonality): an upper-bound diagnostic\n\
+    for the rotation. --pseudo-queries adds unlabelled queries cut from each dataset's documents\n\
+    (the only ones where it has no train split). The training defaults (200 steps of 16 queries\n\
+    with 16 mined negatives, lr 3e-3, distillation temperature 2, contrastive weight 1, 5,000\n\
+    pseudo-queries per dataset) are the best recipe of docs/experiments/reductions.md.\n\
     The folder holds reduction.json + reduction.safetensors, metrics.jsonl, dev.png/svg (a curve\n\
     per dim) and a checkpoint (--resume continues an interrupted run).")]
 pub struct TrainReduceArgs {
@@ -175,17 +178,17 @@ pub struct TrainReduceArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub pca_tokens: usize,
     /// Optimiser steps (orthogonal and linear; pca and truncate only fit).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     pub steps: usize,
     /// Queries per step (each with its positive, --negatives mined
     /// negatives, and the other queries' documents).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub batch_queries: usize,
     /// Mined hard negatives per query per step.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 16)]
     pub negatives: usize,
     /// Learning rate (AdamW, no weight decay) of X and the mean.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
     /// Warm-up steps (default: a tenth of --steps).
     #[arg(long)]
@@ -193,13 +196,14 @@ pub struct TrainReduceArgs {
     /// linear, cosine or constant.
     #[arg(long, default_value = "linear", value_parser = parse_decay)]
     pub schedule: Decay,
+    /// Clip the gradients' global norm to this (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
     /// Temperature of the teacher and student softmax over candidates.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 2.0)]
     pub distill_temperature: f64,
     /// Weight of the contrastive loss on the labels (0: distillation only).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 1.0)]
     pub contrastive_weight: f64,
     /// Temperature of the contrastive loss.
     #[arg(long, default_value_t = 1.0)]
@@ -228,7 +232,8 @@ pub struct TrainReduceArgs {
     /// documents (a span of 4–16 words each; the same N for every --seed):
     /// mined and distilled on like the labelled ones, their document
     /// counting as their positive for the contrastive term. 0: none.
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    /// Orthogonal and linear only (pca and truncate do not train).
+    #[arg(long, default_value_t = 5000, value_name = "N")]
     pub pseudo_queries: usize,
     /// What pseudo-queries are cut from: spans (4–16 words of a document)
     /// or titles (each document title of 2 words or more, once; at most
@@ -268,6 +273,9 @@ fn project_all(
 
 pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
     let t_all = Instant::now();
+    let trains = matches!(args.method, Method::Orthogonal | Method::Linear);
+    // Fitting (pca, truncate) has no use for queries of its own making.
+    let pseudo_queries = if trains { args.pseudo_queries } else { 0 };
     args.data.check(args.datasets.len())?;
     let model_dir = args.model.model_dir()?;
     let encoder = args.model.load_dir(&model_dir)?;
@@ -276,11 +284,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
     let cfg = ReduceConfig {
         in_dim: k,
         dims: args.dims.clone(),
-        steps: if matches!(args.method, Method::Orthogonal | Method::Linear) {
-            args.steps
-        } else {
-            0
-        },
+        steps: if trains { args.steps } else { 0 },
         batch_size: args.batch_queries,
         negatives: args.negatives,
         lr: args.lr,
@@ -300,7 +304,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
             serde_json::json!({
                 "model": absolute(&model_dir),
                 "pca_tokens": args.pca_tokens,
-                "pseudo_queries": args.pseudo_queries,
+                "pseudo_queries": pseudo_queries,
                 "pseudo_from": args.pseudo_from,
             }),
         ),
@@ -325,10 +329,10 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
             d,
             &args.data.train_split,
             &args.data.dev_split,
-            args.pseudo_queries == 0,
+            pseudo_queries == 0,
         )?;
-        if args.pseudo_queries > 0 {
-            let n = add_pseudo_queries(&mut dd, args.pseudo_queries, args.pseudo_from, PSEUDO_SEED);
+        if pseudo_queries > 0 {
+            let n = add_pseudo_queries(&mut dd, pseudo_queries, args.pseudo_from, PSEUDO_SEED);
             ensure!(
                 n > 0,
                 "--pseudo-queries: no document of {} has {}",
@@ -972,18 +976,17 @@ fn plan(args: PlanArgs) -> Result<()> {
     let k = encoder.dim();
     let red = match &args.reduction {
         Some(d) => {
-            Some(Reduction::load(d).with_context(|| format!("--reduction {}", d.display()))?)
+            let r = Reduction::load(d).with_context(|| format!("--reduction {}", d.display()))?;
+            ensure!(
+                r.in_dim() == k,
+                "--reduction {}: it reduces {}-dim vectors, the model makes {k}-dim ones",
+                d.display(),
+                r.in_dim()
+            );
+            Some(r)
         }
         None => None,
     };
-    if let Some(r) = &red {
-        ensure!(
-            r.in_dim() == k,
-            "--reduction {}: it reduces {}-dim vectors, the model makes {k}-dim ones",
-            args.reduction.as_ref().unwrap().display(),
-            r.in_dim()
-        );
-    }
     let mut dims: Vec<usize> = if args.dims.is_empty() {
         let mut d = red
             .as_ref()

@@ -163,8 +163,14 @@ pub const SMALL_TRAINING: &[&str] = &[
     "8",
 ];
 
+/// `train reduce`'s settings for the toy data where a test names none
+/// (its defaults are the recipe for real corpora: 5,000 pseudo-queries per
+/// dataset, 16 negatives per query).
+const SMALL_REDUCTION: &[(&str, &str)] = &[("--pseudo-queries", "0"), ("--negatives", "2")];
+
 /// `tessera train reduce` of `ds` with `model` into `out` with
-/// [`SMALL_TRAINING`], then `extra`.
+/// [`SMALL_TRAINING`], then `extra`, and [`SMALL_REDUCTION`] for what
+/// `extra` leaves out.
 pub fn train_reduce(
     ds: &Path,
     model: &Path,
@@ -184,6 +190,11 @@ pub fn train_reduce(
     ];
     a.extend_from_slice(SMALL_TRAINING);
     a.extend_from_slice(extra);
+    for (flag, value) in SMALL_REDUCTION {
+        if !extra.contains(flag) {
+            a.extend([*flag, *value]);
+        }
+    }
     run(&a, envs, None)
 }
 
@@ -228,6 +239,14 @@ pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, 
             "4",
             "--checkpoint-every",
             "4",
+            // Distillation alone, so the reduced index keeps the full
+            // one's ranking (the toy labels would pull it elsewhere).
+            "--contrastive-weight",
+            "0",
+            "--distill-temperature",
+            "1",
+            "--lr",
+            "1e-3",
         ],
         envs,
     ));
