@@ -221,6 +221,37 @@ fn a_trained_reduction_builds_searches_and_plans() {
     assert_eq!(matched["n_probe"], pick["n_probe"]);
 }
 
+#[test]
+fn the_same_seed_trains_the_same_reduction_in_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let (_, model, _) = reduced_fixture(dir.path(), &envs);
+    // Three judged documents per train query: which one a step draws as
+    // the positive must not depend on the process's hash seed.
+    let mut qrels = String::from("query-id\tcorpus-id\tscore\n");
+    for i in 0..6 {
+        for j in [i, (i + 1) % 6, (i + 2) % 6] {
+            qrels += &format!("q{i}\td{j}\t1\n");
+        }
+    }
+    let ds = toy_dataset(&dir.path().join("multi"), Some(&qrels));
+    let train = |out: &Path| {
+        ok(&train_reduce(
+            &ds,
+            &model,
+            out,
+            &["--dims", "16,32", "--steps", "6", "--batch-queries", "4"],
+            &envs,
+        ))
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&a);
+    train(&b);
+    let bytes = |d: &Path| std::fs::read(d.join("reduction.safetensors")).unwrap();
+    assert!(bytes(&a) == bytes(&b), "two runs of one seed differ");
+}
+
 /// `tessera reduce plan` on `ds` with reduction `rs` and `model`, on the
 /// CPU; the caller adds the budget and the rest.
 fn plan_args<'a>(ds: &'a Path, rs: &'a str, model: &'a Path) -> Vec<&'a str> {

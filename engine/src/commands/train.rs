@@ -760,11 +760,14 @@ pub(crate) fn prepare(
         let mut examples = Vec::new();
         for q in &train_q {
             let judged = &d.train.judgements[&q.id];
-            let positives: Vec<usize> = judged
+            let mut positives: Vec<usize> = judged
                 .iter()
                 .filter(|(_, &r)| r > 0)
                 .map(|(id, _)| dpos[id.as_str()])
                 .collect();
+            // In corpus order, not the judgements' hash order: the positive
+            // a step draws must be the same in every process.
+            positives.sort_unstable();
             if positives.is_empty() {
                 continue;
             }
