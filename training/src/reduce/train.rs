@@ -277,11 +277,7 @@ pub fn check_resumable(out: &Path, st: &ReduceCheckpoint, cfg: &ReduceConfig) ->
             ),
         ));
     }
-    let changed = crate::train::changed_settings(&st.config, cfg, crate::train::RESUMABLE_CHANGES);
-    if !changed.is_empty() {
-        return Err(crate::train::settings_mismatch(&path, &changed));
-    }
-    Ok(())
+    crate::train::check_settings(&path, &st.config, cfg)
 }
 
 /// Trains (or resumes) an orthogonal reduction from `init` (a PCA of the
@@ -355,7 +351,7 @@ pub fn train(
     let mut initial = None;
     if let Some(st) = resume {
         check_resumable(out, &st, cfg)?;
-        let ck = out.join("checkpoint");
+        let ck = crate::train::checkpoint_dir(out);
         let path = ck.join(CK_PARAMS);
         let saved = crate::weights::WeightFile::read(&path)?;
         {

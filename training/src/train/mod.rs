@@ -148,17 +148,22 @@ pub fn changed_settings<T: Serialize>(old: &T, new: &T, may_change: &[&str]) -> 
     out
 }
 
-/// The error for a checkpoint whose settings differ from the requested
-/// ones (`changed` from [`changed_settings`]), naming its `state.json`.
-pub(crate) fn settings_mismatch(path: &Path, changed: &[String]) -> TrainingError {
-    TrainingError::config(
+/// Refuses a checkpoint (its `state.json` at `path`) whose settings `old`
+/// differ from the requested `new` but for [`RESUMABLE_CHANGES`], naming
+/// each difference. Both trainers.
+pub(crate) fn check_settings<T: Serialize>(path: &Path, old: &T, new: &T) -> Result<()> {
+    let changed = changed_settings(old, new, RESUMABLE_CHANGES);
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(TrainingError::config(
         path,
         format!(
             "the checkpoint was trained with other settings ({}); resume with the same \
              options, or use another --out",
             changed.join("; ")
         ),
-    )
+    ))
 }
 
 fn one() -> usize {
@@ -617,7 +622,7 @@ const CK_STATE: &str = "state.json";
 
 /// `out/checkpoint/state.json`: where both trainers' checkpoint state is.
 pub(crate) fn checkpoint_state_path(out: &Path) -> PathBuf {
-    out.join("checkpoint").join(CK_STATE)
+    checkpoint_dir(out).join(CK_STATE)
 }
 
 /// Reads `dir/checkpoint/state.json` if there is one.
@@ -676,11 +681,7 @@ pub fn check_resumable(dir: &Path, state: &CheckpointState, cfg: &TrainConfig) -
             ),
         ));
     }
-    let changed = changed_settings(&state.config, cfg, RESUMABLE_CHANGES);
-    if !changed.is_empty() {
-        return Err(settings_mismatch(&path, &changed));
-    }
-    Ok(())
+    check_settings(&path, &state.config, cfg)
 }
 
 /// A short name of a spec: `ffn-d2-w2-gelu+res`.
@@ -771,7 +772,7 @@ pub fn train(
 
     if let Some(state) = resume {
         check_resumable(out, &state, cfg)?;
-        let ck = out.join("checkpoint");
+        let ck = checkpoint_dir(out);
         load_into(&ck.join(CK_HEAD), &trainee.head)?;
         if let Some(bb) = &trainee.backbone {
             let named: HashMap<String, Tensor> = bb
@@ -920,7 +921,7 @@ pub(crate) fn write_checkpoint_dir(
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     let sp = tmp.join(CK_STATE);
     std::fs::write(&sp, json).map_err(|e| TrainingError::io(&sp, e))?;
-    replace_dir(&tmp, &out.join("checkpoint"))
+    replace_dir(&tmp, &checkpoint_dir(out))
 }
 
 /// Moves folder `tmp` to `dst`, replacing what was there (the old copy is
@@ -1019,7 +1020,7 @@ impl<S: Serialize + Clone + StepOf, D: DevRecord> Records<S, D> {
         opt: &mut AdamW,
         state: Checkpoint<C, S, D>,
     ) -> Result<usize> {
-        let path = out.join("checkpoint").join(CK_OPTIM);
+        let path = checkpoint_dir(out).join(CK_OPTIM);
         let moments = crate::weights::WeightFile::read(&path)?;
         opt.load_state(moments.tensors, state.step as i64)
             .map_err(|m| TrainingError::config(&path, m))?;
@@ -1133,7 +1134,7 @@ pub(crate) fn rewrite_metrics<S: Serialize + StepOf, D: Serialize + StepOf>(
     std::fs::write(path, text).map_err(|e| TrainingError::io(path, e))
 }
 
-/// Output folder of a run, for callers that keep several.
+/// `out/checkpoint`: where either trainer keeps a run's checkpoint.
 pub fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
 }
