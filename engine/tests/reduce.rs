@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    err, ids, ok, reduced_fixture, run, search_json, tiny, toy_dataset, train_reduce, TOPICS,
+    err, ids, model64_fixture, ok, reduced_fixture, run, search_json, tiny, toy_dataset,
+    train_reduce, TOPICS,
 };
 use tessera_training::reduce::{Method, Reduction};
 
@@ -226,7 +227,7 @@ fn the_same_seed_trains_the_same_reduction_in_every_process() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let envs = [("TESSERA_HOME", home.to_str().unwrap())];
-    let (_, model, _) = reduced_fixture(dir.path(), &envs);
+    let (_, model) = model64_fixture(dir.path(), &envs);
     // Three judged documents per train query: which one a step draws as
     // the positive must not depend on the process's hash seed.
     let mut qrels = String::from("query-id\tcorpus-id\tscore\n");

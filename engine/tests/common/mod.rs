@@ -198,13 +198,11 @@ pub fn train_reduce(
     run(&a, envs, None)
 }
 
-/// The reduction fixture: the toy dataset, a 64-dim model (the tiny BERT
-/// with an untrained linear head, as `train heads --steps 0` writes it) and
-/// an orthogonal reduction of its vectors to {16, 32} trained a few steps.
-pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, PathBuf) {
+/// The toy dataset and a 64-dim model of it: the tiny BERT with an
+/// untrained linear head, as `train heads --steps 0` writes it.
+pub fn model64_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     let ds = toy_dataset(dir, None);
     let model = dir.join("model64");
-    let red = dir.join("reduction");
     let t = tiny();
     let mut heads = vec![
         "train",
@@ -224,6 +222,14 @@ pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, 
     ];
     heads.extend_from_slice(SMALL_TRAINING);
     ok(&run(&heads, envs, None));
+    (ds, model)
+}
+
+/// The reduction fixture: [`model64_fixture`] and an orthogonal reduction
+/// of its vectors to {16, 32} trained a few steps.
+pub fn reduced_fixture(dir: &Path, envs: &[(&str, &str)]) -> (PathBuf, PathBuf, PathBuf) {
+    let (ds, model) = model64_fixture(dir, envs);
+    let red = dir.join("reduction");
     ok(&train_reduce(
         &ds,
         &model,
