@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_eval::stats::percentile;
+use tessera_eval::stats::{percentile, percentiles};
 use tessera_index::{Index, SearchParams};
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
@@ -293,6 +293,7 @@ fn main() {
             let rss_max = sampler.1.join().unwrap();
             let after = batch_stats(&maddr);
             let batches = after.1 - before.1;
+            let p = percentiles(&lat, &[0.5, 0.95, 0.99]);
             let row = Row {
                 mode,
                 clients,
@@ -300,9 +301,9 @@ fn main() {
                 refused,
                 errors,
                 qps: lat.len() as f64 / secs,
-                p50_ms: percentile(&lat, 0.5),
-                p95_ms: percentile(&lat, 0.95),
-                p99_ms: percentile(&lat, 0.99),
+                p50_ms: p[0],
+                p95_ms: p[1],
+                p99_ms: p[2],
                 server_p50_ms: percentile(&server, 0.5),
                 search_p50_ms: percentile(&search, 0.5),
                 mean_batch_texts: if batches > 0.0 {

@@ -1,17 +1,18 @@
 //! Relevance judgements: BEIR `qrels/<split>.tsv` (`query-id  corpus-id
 //! score`, with a header line) or TREC qrels (`qid iter docid rel`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 
 use crate::error::{EvalError, Result};
 
 /// Judgements: query id → document id → relevance grade. Grades ≥ 1 are
-/// relevant; 0 and below are judged non-relevant.
+/// relevant; 0 and below are judged non-relevant. Both levels are ordered
+/// maps, so whatever walks them sees the same order in every process.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Qrels {
-    pub judgements: BTreeMap<String, HashMap<String, i32>>,
+    pub judgements: BTreeMap<String, BTreeMap<String, i32>>,
 }
 
 impl Qrels {
@@ -19,7 +20,7 @@ impl Qrels {
     /// column is not a number is a header) or four (TREC). Tabs or spaces.
     pub fn read(path: &Path) -> Result<Self> {
         let f = std::fs::File::open(path).map_err(|e| EvalError::io(path, e))?;
-        let mut judgements: BTreeMap<String, HashMap<String, i32>> = BTreeMap::new();
+        let mut judgements: BTreeMap<String, BTreeMap<String, i32>> = BTreeMap::new();
         for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
             let n = i + 1;
             let line = line.map_err(|e| EvalError::parse(path, n, e.to_string()))?;
@@ -75,7 +76,7 @@ impl Qrels {
     }
 
     /// Judgements of one query.
-    pub fn get(&self, qid: &str) -> Option<&HashMap<String, i32>> {
+    pub fn get(&self, qid: &str) -> Option<&BTreeMap<String, i32>> {
         self.judgements.get(qid)
     }
 }

@@ -9,13 +9,19 @@ use serde::Serialize;
 /// position `round((n − 1)·p)` of the sorted values (p = 0.5 of an even
 /// count: the upper middle). NaN when there are none.
 pub fn percentile(values: &[f64], p: f64) -> f64 {
+    percentiles(values, &[p])[0]
+}
+
+/// [`percentile`] at each of `ps`, sorting `values` once.
+pub fn percentiles(values: &[f64], ps: &[f64]) -> Vec<f64> {
     if values.is_empty() {
-        return f64::NAN;
+        return vec![f64::NAN; ps.len()];
     }
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
-    let i = ((v.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize;
-    v[i]
+    ps.iter()
+        .map(|p| v[((v.len() - 1) as f64 * p.clamp(0.0, 1.0)).round() as usize])
+        .collect()
 }
 
 /// Outcome of a paired test of `b − a`.
@@ -183,6 +189,8 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 5.0);
         assert_eq!(percentile(&[2.0, 1.0], 0.5), 2.0);
         assert!(percentile(&[], 0.5).is_nan());
+        assert_eq!(percentiles(&v, &[0.0, 0.5, 0.99]), vec![1.0, 3.0, 5.0]);
+        assert!(percentiles(&[], &[0.5, 0.9]).iter().all(|x| x.is_nan()));
     }
 
     #[test]

@@ -638,7 +638,8 @@ fn eval_dataset(
     pb.finish_and_clear();
     let (encode_s, search_s) = (timing.encode_s, timing.search_s);
     let lat = timing.latencies_ms;
-    let (p50, p99) = (stats::percentile(&lat, 0.5), stats::percentile(&lat, 0.99));
+    let p = stats::percentiles(&lat, &[0.5, 0.99]);
+    let (p50, p99) = (p[0], p[1]);
 
     let (mut recall10_vs_exact, mut recall10_vs_f32) = (None, None);
     if args.against_exact && retriever != Retriever::Bm25 {

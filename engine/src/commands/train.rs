@@ -687,7 +687,7 @@ pub(crate) fn add_pseudo_queries(
         let id = format!("{prefix}{j}");
         d.train
             .judgements
-            .insert(id.clone(), HashMap::from([(d.doc_ids[doc].clone(), 1)]));
+            .insert(id.clone(), BTreeMap::from([(d.doc_ids[doc].clone(), 1)]));
         d.queries.push(Query { id, text });
     }
     n
@@ -765,8 +765,8 @@ pub(crate) fn prepare(
                 .filter(|(_, &r)| r > 0)
                 .map(|(id, _)| dpos[id.as_str()])
                 .collect();
-            // In corpus order, not the judgements' hash order: the positive
-            // a step draws must be the same in every process.
+            // In corpus order (the judgements are in id order): the positive
+            // a step draws is where the document sits in the corpus.
             positives.sort_unstable();
             if positives.is_empty() {
                 continue;
@@ -1520,7 +1520,7 @@ mod tests {
             train: Qrels {
                 judgements: BTreeMap::from([(
                     "pseudo-0".to_string(),
-                    HashMap::from([("d0".to_string(), 1)]),
+                    BTreeMap::from([("d0".to_string(), 1)]),
                 )]),
             },
             dev: None,
@@ -1539,7 +1539,7 @@ mod tests {
         );
         assert_eq!(
             d.train.judgements["pseudo-0"],
-            HashMap::from([("d0".into(), 1)])
+            BTreeMap::from([("d0".into(), 1)])
         );
         let ids: HashSet<&str> = d.queries.iter().map(|q| q.id.as_str()).collect();
         assert_eq!(ids.len(), 8, "ids are unique");
@@ -1579,7 +1579,10 @@ mod tests {
         assert_eq!(add_pseudo_queries(&mut d, 5, PseudoFrom::Titles, 1), 1);
         let q = d.queries.last().unwrap();
         assert_eq!(q.text, "coral reefs");
-        assert_eq!(d.train.judgements[&q.id], HashMap::from([("d2".into(), 1)]));
+        assert_eq!(
+            d.train.judgements[&q.id],
+            BTreeMap::from([("d2".into(), 1)])
+        );
     }
 
     #[test]
