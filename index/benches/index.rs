@@ -14,10 +14,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-mod common;
-
-use common::recall;
 use tessera_eval::stats::percentile;
+use tessera_index::recall_at;
 use tessera_index::synthetic::Synthetic;
 use tessera_index::*;
 
@@ -187,7 +185,7 @@ fn main() {
         let codec_recall = f32_truth.as_ref().map(|t| {
             t.iter()
                 .zip(&truth)
-                .map(|(a, b)| recall(a, b, 10))
+                .map(|(a, b)| recall_at(a, b, 10))
                 .sum::<f64>()
                 / queries.len() as f64
         });
@@ -232,12 +230,12 @@ fn main() {
                     let s = Instant::now();
                     let hits = index.search(q, &p10).unwrap();
                     lat_all.push(s.elapsed().as_secs_f64() * 1e3);
-                    r10 += recall(t, &hits, 10);
+                    r10 += recall_at(t, &hits, 10);
                     let s = Instant::now();
                     let hits100 = index.search(q, &p).unwrap();
                     lat_100.push(s.elapsed().as_secs_f64() * 1e3);
-                    r100 += recall(t, &hits100, 100);
-                    r10_at_100 += recall(t, &hits100, 10);
+                    r100 += recall_at(t, &hits100, 100);
+                    r10_at_100 += recall_at(t, &hits100, 10);
                 }
                 let one = rayon::ThreadPoolBuilder::new()
                     .num_threads(1)

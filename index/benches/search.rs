@@ -22,10 +22,8 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-mod common;
-
-use common::recall;
 use tessera_eval::stats::percentile;
+use tessera_index::recall_at;
 use tessera_index::*;
 
 const USAGE: &str = "usage: scripts/bench-search --index DIR --queries FILE [--k 10] [--n-probe 8,32] [--n-approx 512,1024]
@@ -168,7 +166,7 @@ fn main() {
     let r10_f32_exhaustive = f32_truth.as_ref().map(|ft| {
         ft.iter()
             .zip(&truth)
-            .map(|(f, t)| recall(f, t, 10))
+            .map(|(f, t)| recall_at(f, t, 10))
             .sum::<f64>()
             / queries.len() as f64
     });
@@ -220,9 +218,9 @@ fn main() {
                                 let s = Instant::now();
                                 let (hits, st) = index.search_with_stats(q, &p).unwrap();
                                 lat.push(s.elapsed().as_secs_f64() * 1e3);
-                                r10 += recall(t, &hits, 10);
+                                r10 += recall_at(t, &hits, 10);
                                 if let Some(ft) = &f32_truth {
-                                    r10_f32 += recall(&ft[i], &hits, 10);
+                                    r10_f32 += recall_at(&ft[i], &hits, 10);
                                 }
                                 sum.centroid_ms += st.centroid_ms;
                                 sum.probe_ms += st.probe_ms;

@@ -47,7 +47,7 @@ pub use filter::Filter;
 pub use index::{Index, StoredDoc, VerifyReport};
 pub use maxsim::maxsim;
 pub use reduction::Reduction;
-pub use search::{Candidates, Fusion, Hit, SearchParams, SearchStats};
+pub use search::{recall_at, Candidates, Fusion, Hit, SearchParams, SearchStats};
 pub use text::Analyzer;
 pub use vectors::TokenVectors;
 pub use writer::{append, compact, delete};

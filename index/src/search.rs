@@ -151,6 +151,18 @@ pub struct Hit {
     pub doc: u32,
 }
 
+/// Recall@k of `got` against `truth` (typically an exact search's hits for
+/// the same query): the share of truth's first `k` ids that `got`'s first
+/// `k` hold. 0 when `truth` is empty.
+pub fn recall_at(truth: &[Hit], got: &[Hit], k: usize) -> f64 {
+    let t: std::collections::HashSet<&str> = truth.iter().take(k).map(|h| h.id.as_str()).collect();
+    got.iter()
+        .take(k)
+        .filter(|h| t.contains(h.id.as_str()))
+        .count() as f64
+        / t.len().max(1) as f64
+}
+
 /// Where one search spent its time and how much work each stage did
 /// ([`Index::search_with_stats`]); stages a generator skips stay 0.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -950,6 +962,25 @@ fn top_k(v: &mut Vec<(f32, usize, u32)>, k: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recall_counts_truths_first_k_found_in_gots_first_k() {
+        let hits = |ids: &[&str]| -> Vec<Hit> {
+            ids.iter()
+                .map(|id| Hit {
+                    id: id.to_string(),
+                    score: 0.0,
+                    segment: 0,
+                    doc: 0,
+                })
+                .collect()
+        };
+        let truth = hits(&["a", "b", "c", "d"]);
+        assert_eq!(recall_at(&truth, &hits(&["b", "x", "a", "c"]), 2), 0.5);
+        assert_eq!(recall_at(&truth, &hits(&["b", "x", "a", "c"]), 4), 0.75);
+        assert_eq!(recall_at(&truth, &hits(&["d", "c", "b", "a"]), 10), 1.0);
+        assert_eq!(recall_at(&[], &truth, 10), 0.0);
+    }
 
     /// The best-cell lists hold exactly each token's n best cells (ties:
     /// lower id), whatever the rows' order of arrival and however the rows

@@ -51,11 +51,6 @@ fn brute(docs: &[Document], q: &TokenVectors, k: usize) -> Vec<(String, f32)> {
     s
 }
 
-fn recall(truth: &[Hit], got: &[Hit]) -> f64 {
-    let t: std::collections::HashSet<_> = truth.iter().map(|h| &h.id).collect();
-    got.iter().filter(|h| t.contains(&h.id)).count() as f64 / truth.len().max(1) as f64
-}
-
 #[test]
 fn f32_exhaustive_search_equals_brute_force() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,9 +102,10 @@ fn every_codec_ranks_close_to_f32() {
         let index = Index::open(&path).unwrap();
         let mut r = 0.0;
         for q in &queries {
-            r += recall(
+            r += recall_at(
                 &reference.search(q, &exact(10)).unwrap(),
                 &index.search(q, &exact(10)).unwrap(),
+                10,
             );
         }
         r /= queries.len() as f64;
@@ -140,9 +136,10 @@ fn plaid_and_hnsw_find_what_exhaustive_finds() {
         let mut r = 0.0;
         let qs = small().queries(600, 20);
         for q in &qs {
-            r += recall(
+            r += recall_at(
                 &index.search(q, &exact(10)).unwrap(),
                 &index.search(q, &p).unwrap(),
+                10,
             );
         }
         r /= qs.len() as f64;
@@ -198,7 +195,7 @@ fn plaid_stages_narrow_the_candidates_and_keep_recall() {
         assert_eq!(st.approx_docs, 60, "{st:?}");
         let (truth, ex) = index.search_with_stats(q, &exact(10)).unwrap();
         assert_eq!(ex.exact_docs, 600);
-        r += recall(&truth, &hits);
+        r += recall_at(&truth, &hits, 10);
     }
     r /= qs.len() as f64;
     assert!(r >= 0.9, "recall@10 {r}");
@@ -226,7 +223,7 @@ fn plaid_stages_narrow_the_candidates_and_keep_recall() {
                 let t = truth.iter().find(|t| t.id == h.id).unwrap();
                 assert!((t.score - h.score).abs() <= 1e-5 * t.score.abs().max(1.0));
             }
-            r += recall(&truth[..10], &hits);
+            r += recall_at(&truth, &hits, 10);
             s.extend(hits.iter().map(|h| (h.id.clone(), h.score)));
         }
         r1 = r / qs.len() as f64;
