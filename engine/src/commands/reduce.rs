@@ -25,13 +25,12 @@ use tessera_training::reduce::train::{
 };
 use tessera_training::reduce::{check_dims, pca, Covariance, Method, Reduction};
 use tessera_training::tch::{Device, Tensor};
-use tessera_training::train::optim::Decay;
 use tessera_training::train::score::{project_by, Projected};
 use tessera_training::train::{loss, plot, Texts};
 
 use crate::commands::train::{
     add_pseudo_queries, peak_rss_mib, pool_metrics, prepare, read_dataset, DataArgs, Prep,
-    PseudoFrom,
+    PseudoFrom, ScheduleArgs,
 };
 use crate::model::{absolute, ModelArgs};
 use crate::progress;
@@ -127,10 +126,6 @@ pub fn apply_to_options(opts: &mut BuildOptions, red: &Reduction, r: usize) -> R
     Ok(())
 }
 
-fn parse_decay(s: &str) -> Result<Decay, String> {
-    s.parse()
-}
-
 fn parse_method(s: &str) -> Result<Method, String> {
     s.parse()
 }
@@ -190,15 +185,8 @@ pub struct TrainReduceArgs {
     /// Learning rate (AdamW, no weight decay) of X and the mean.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
-    /// Warm-up steps (default: a tenth of --steps).
-    #[arg(long)]
-    pub warmup: Option<usize>,
-    /// linear, cosine or constant.
-    #[arg(long, default_value = "linear", value_parser = parse_decay)]
-    pub schedule: Decay,
-    /// Clip the gradients' global norm to this (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
+    #[command(flatten)]
+    pub sched: ScheduleArgs,
     /// Temperature of the teacher and student softmax over candidates.
     #[arg(long, default_value_t = 2.0)]
     pub distill_temperature: f64,
@@ -288,9 +276,9 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         batch_size: args.batch_queries,
         negatives: args.negatives,
         lr: args.lr,
-        warmup: args.warmup.unwrap_or(args.steps / 10),
-        decay: args.schedule,
-        clip: args.clip,
+        warmup: args.sched.warmup(args.steps),
+        decay: args.sched.schedule,
+        clip: args.sched.clip,
         distill_temperature: args.distill_temperature,
         contrastive_weight: args.contrastive_weight,
         temperature: args.temperature,

@@ -160,15 +160,8 @@ pub struct HeadsArgs {
     /// AdamW's decoupled weight decay on the head's (and backbone's) weights.
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
-    /// Warm-up steps (default: a tenth of --steps).
-    #[arg(long)]
-    pub warmup: Option<usize>,
-    /// Decay after warm-up: linear, cosine or constant.
-    #[arg(long, default_value = "linear", value_parser = parse_decay)]
-    pub schedule: Decay,
-    /// Clip the gradients' global norm to this (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
+    #[command(flatten)]
+    pub sched: ScheduleArgs,
     /// Softmax temperature of the contrastive loss (on MaxSim sums).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
@@ -215,6 +208,27 @@ pub struct HeadsArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// The learning-rate schedule and gradient clipping (both trainers).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScheduleArgs {
+    /// Warm-up steps (default: a tenth of --steps).
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Decay after warm-up: linear, cosine or constant.
+    #[arg(long, default_value = "linear", value_parser = parse_decay)]
+    pub schedule: Decay,
+    /// Clip the gradients' global norm to this (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+}
+
+impl ScheduleArgs {
+    /// Warm-up steps of a run of `steps`.
+    pub fn warmup(&self, steps: usize) -> usize {
+        self.warmup.unwrap_or(steps / 10)
+    }
 }
 
 /// The data options both trainers (`train heads`, `train reduce`) share:
@@ -940,9 +954,9 @@ fn heads(args: HeadsArgs) -> Result<()> {
         lr: args.lr,
         backbone_lr: args.backbone_lr,
         weight_decay: args.weight_decay,
-        warmup: args.warmup.unwrap_or(args.steps / 10),
-        decay: args.schedule,
-        clip: args.clip,
+        warmup: args.sched.warmup(args.steps),
+        decay: args.sched.schedule,
+        clip: args.sched.clip,
         temperature: args.temperature,
         distill_weight: if args.teachers.is_empty() {
             0.0
