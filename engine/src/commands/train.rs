@@ -779,8 +779,8 @@ pub(crate) fn prepare(
                 .filter(|(_, &r)| r > 0)
                 .map(|(id, _)| dpos[id.as_str()])
                 .collect();
-            // In corpus order (the judgements are in id order): the positive
-            // a step draws is where the document sits in the corpus.
+            // In corpus order, so the index a step draws names the same
+            // document whatever order the judgements are kept in.
             positives.sort_unstable();
             if positives.is_empty() {
                 continue;
