@@ -49,6 +49,35 @@ fn help_lists_commands_with_examples() {
     }
 }
 
+/// Every script in scripts/ answers `--help` with its usage and an example
+/// (before it prepares, builds or runs anything).
+#[test]
+fn every_script_has_help_with_an_example() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        // Python helpers are called by the scripts; lib.sh is sourced.
+        if name.ends_with(".py") || name == "lib.sh" {
+            continue;
+        }
+        let o = std::process::Command::new("bash")
+            .arg(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let out = stdout(&o);
+        assert!(o.status.success(), "{name} --help: {}", stderr(&o));
+        assert!(
+            out.contains("Example") && out.contains(&format!("scripts/{name}")),
+            "{name} --help shows no example: {out}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} scripts found in {}", dir.display());
+}
+
 #[test]
 fn encode_json_gives_normalised_vectors_with_tokens() {
     let o = tessera(&tiny_args(
