@@ -1,4 +1,4 @@
-# Shared by scripts/setup, scripts/test and scripts/bench-*: locate or create
+# Shared by the scripts in scripts/: locate or create
 # the Python venv that carries libtorch and the default model, and export the
 # variables the Rust build needs. Source it; do not run it.
 #
@@ -37,6 +37,8 @@ PY_GRPC=(
   "setuptools<82"  # grpcio-tools needs setuptools; PyTorch 2.11 needs it below 82
 )
 
+# Prints a script's usage: its header comment (after the #! line), unmarked.
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
