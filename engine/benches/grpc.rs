@@ -171,11 +171,12 @@ fn main() {
     }
     let lib_qps = 1e3 * lib_ms.len() as f64 / lib_ms.iter().sum::<f64>();
     let cli_qps = 1e3 * cli_ms.len() as f64 / cli_ms.iter().sum::<f64>();
+    let enc_p50 = percentile(&enc_ms, 0.5);
+    let lib_p = percentiles(&lib_ms, &[0.5, 0.99]);
+    let (lib_p50, lib_p99) = (lib_p[0], lib_p[1]);
+    let cli_p50 = percentile(&cli_ms, 0.5);
     eprintln!(
-        "in process: encode p50 {:.2} ms, search p50 {:.2} ms, text p50 {:.2} ms",
-        percentile(&enc_ms, 0.5),
-        percentile(&lib_ms, 0.5),
-        percentile(&cli_ms, 0.5)
+        "in process: encode p50 {enc_p50:.2} ms, search p50 {lib_p50:.2} ms, text p50 {cli_p50:.2} ms"
     );
     drop(encoder);
     drop(index);
@@ -335,10 +336,7 @@ fn main() {
     println!();
     println!(
         "In process (one query at a time, {threads} threads): encode p50 {:.2} ms; search p50 {:.2} / p99 {:.2} ms ({lib_qps:.1} q/s); text query end to end p50 {:.2} ms ({cli_qps:.1} q/s).",
-        percentile(&enc_ms, 0.5),
-        percentile(&lib_ms, 0.5),
-        percentile(&lib_ms, 0.99),
-        percentile(&cli_ms, 0.5)
+        enc_p50, lib_p50, lib_p99, cli_p50
     );
     println!("Server RSS at rest {rss_rest:.0} MiB; peak (VmHWM) {hwm:.0} MiB.");
     let by = |m: &str, c: usize| rows.iter().find(|r| r.mode == m && r.clients == c);
@@ -354,14 +352,14 @@ fn main() {
             v16.p99_ms / v16.p50_ms,
             t16.qps / t1.qps,
             v1.p50_ms - v1.search_p50_ms,
-            v1.p50_ms - percentile(&lib_ms, 0.5)
+            v1.p50_ms - lib_p50
         );
     }
     if let Some(path) = a.json {
         let v = serde_json::json!({
             "rows": rows,
-            "in_process": {"encode_p50_ms": percentile(&enc_ms, 0.5), "search_p50_ms": percentile(&lib_ms, 0.5),
-                "search_p99_ms": percentile(&lib_ms, 0.99), "text_p50_ms": percentile(&cli_ms, 0.5),
+            "in_process": {"encode_p50_ms": enc_p50, "search_p50_ms": lib_p50,
+                "search_p99_ms": lib_p99, "text_p50_ms": cli_p50,
                 "search_qps": lib_qps, "text_qps": cli_qps, "threads": threads},
             "rss_rest_mib": rss_rest, "rss_hwm_mib": hwm, "queries": queries.len(),
         });
