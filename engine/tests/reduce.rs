@@ -12,7 +12,8 @@ use common::{
     err, ids, model64_fixture, ok, reduced_fixture, run, search_json, tiny, toy_dataset,
     train_reduce, TOPICS,
 };
-use tessera_training::reduce::{Method, Reduction};
+use tessera_training::reduce::{Method, Reduction, Side};
+use tessera_training::tch::{Kind, Tensor};
 
 /// `tessera index build` of `corpus` into `out` with `model` (f16, CPU).
 fn index_build(
@@ -220,6 +221,169 @@ fn a_trained_reduction_builds_searches_and_plans() {
     assert_eq!(matched["dim"], 64);
     assert_eq!(matched["centroids"], pick["centroids"]);
     assert_eq!(matched["n_probe"], pick["n_probe"]);
+}
+
+#[test]
+fn queries_and_documents_centred_differently_build_and_search() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let (ds, model) = model64_fixture(dir.path(), &envs);
+    let pca = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut a = vec!["--method", "pca", "--dims", "16,32"];
+        a.extend_from_slice(extra);
+        (train_reduce(&ds, &model, &out, &a, &envs), out)
+    };
+    let (o, plain) = pca("pca", &[]);
+    ok(&o);
+    let (o, centred) = pca(
+        "pca-centred",
+        &["--centre-queries", "0", "--centre-documents", "1"],
+    );
+    ok(&o);
+    let red = Reduction::load(&centred).unwrap();
+    assert_eq!(
+        (red.meta.centring.queries, red.meta.centring.documents),
+        (0.0, 1.0)
+    );
+    assert_ne!(
+        red.fingerprint(),
+        Reduction::load(&plain).unwrap().fingerprint()
+    );
+
+    // The index keeps the queries' own mean beside the documents' and scores
+    // exactly as the library's reduction does: uncentred queries against
+    // centred documents.
+    let corpus = ds.join("corpus.jsonl");
+    let small = dir.path().join("small.idx");
+    let cs = centred.to_str().unwrap();
+    build(
+        &corpus,
+        &small,
+        &model,
+        &["--reduction", cs, "--dim", "32"],
+        &envs,
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(small.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["reduction"]["query_mean"], true, "{manifest}");
+    let info: serde_json::Value = serde_json::from_str(&ok(&run(
+        &["index", "info", small.to_str().unwrap()],
+        &envs,
+        None,
+    )))
+    .unwrap();
+    assert_eq!(info["info"]["reduction"]["centring"]["queries"], 0.0);
+    let ms = model.to_str().unwrap();
+    let encode = |flag: &str, text: &str| -> Tensor {
+        let out = ok(&run(
+            &[
+                "encode", "--model", ms, "--device", "cpu", "--json", flag, text,
+            ],
+            &envs,
+            None,
+        ));
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let rows: Vec<f32> = v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t["vector"].as_array().unwrap().iter())
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        Tensor::from_slice(&rows).view([-1, 64])
+    };
+    let docs: Vec<Tensor> = TOPICS
+        .iter()
+        .map(|t| encode("--doc", &format!("{t} all about {t} and {t}")))
+        .collect();
+    let maxsim = |q: &Tensor, d: &Tensor| -> f64 {
+        f64::try_from(q.matmul(&d.tr()).amax([1], false).sum(Kind::Double)).unwrap()
+    };
+    let mut worst = 0.0f64;
+    let mut apart = 0.0f64;
+    for t in TOPICS.iter().take(3) {
+        let text = format!("what about {t}");
+        let q = encode("--query", &text);
+        let qr = red.apply(&q, 32, Side::Query);
+        // What centring the queries like the documents would give instead.
+        let q_wrong = red.apply(&q, 32, Side::Document);
+        let hits = search_json(&small, &text, &["-k", "8", "--candidates", "exhaustive"]);
+        let hits = hits["results"].as_array().unwrap();
+        assert_eq!(hits.len(), 8);
+        for h in hits {
+            let i: usize = h["id"].as_str().unwrap()[1..].parse().unwrap();
+            let d = red.apply(&docs[i], 32, Side::Document);
+            let got = h["score"].as_f64().unwrap();
+            worst = worst.max((got - maxsim(&qr, &d)).abs());
+            apart = apart.max((got - maxsim(&q_wrong, &d)).abs());
+        }
+    }
+    assert!(
+        worst < 0.02,
+        "index scores differ from the reduction's by {worst}"
+    );
+    assert!(
+        apart > 10.0 * worst,
+        "centred queries would score the same ({apart} against {worst})"
+    );
+    // Searching it with the same numbers centred the default way is refused.
+    let ps = plain.to_str().unwrap();
+    let e = err(&run(
+        &[
+            "search",
+            "--index",
+            small.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--reduction",
+            ps,
+            "--dim",
+            "32",
+            "moon tides",
+        ],
+        &envs,
+        None,
+    ));
+    assert!(e.contains(ps), "{e}");
+    // Planned without the full-width reference and summarised: the rows
+    // carry the centring in their name, and the widest reduced dim is not
+    // taken for the full width.
+    let json = dir.path().join("plan-centred.json");
+    let mut a = plan_args(&ds, cs, &model);
+    a.extend_from_slice(&[
+        "--budget",
+        "1000",
+        "--dims",
+        "16,32",
+        "--codecs",
+        "f16",
+        "--no-reference",
+        "--threads",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&run(&a, &envs, None));
+    let table = ok(&run(
+        &["reduce", "summarize", cs, json.to_str().unwrap()],
+        &envs,
+        None,
+    ));
+    for want in [
+        "| pca, centred q 0 / d 1 | 32 | 1 |",
+        "| pca, centred q 0 / d 1 | 32 | f16 | 68 |",
+    ] {
+        assert!(table.contains(want), "{want} missing:\n{table}");
+    }
+    assert!(!table.contains("| full | 32"), "{table}");
+    // A fraction outside 0..=1 is refused before any work, naming the option.
+    let (o, never) = pca("never", &["--centre-documents", "1.5"]);
+    let e = err(&o);
+    assert!(e.contains("--centre-documents"), "{e}");
+    assert!(!never.exists());
 }
 
 #[test]

@@ -270,7 +270,11 @@ impl IndexBuilder {
         ));
         std::fs::create_dir_all(&staging).map_err(|e| IndexError::io(&staging, e))?;
         if let Some(r) = &opts.reduction {
-            Reduction::new(r.in_dim, r.out_dim, r.matrix.clone(), Some(r.mean.clone()))?;
+            let checked =
+                Reduction::new(r.in_dim, r.out_dim, r.matrix.clone(), Some(r.mean.clone()))?;
+            if let Some(q) = &r.query_mean {
+                checked.with_query_mean(q.clone())?;
+            }
         }
         let seed = opts.seed;
         Ok(Self {
@@ -557,6 +561,7 @@ impl IndexBuilder {
                     in_dim: r.in_dim,
                     out_dim: r.out_dim,
                     file: rname,
+                    query_mean: r.query_mean.is_some(),
                 })
             }
             None => None,

@@ -158,7 +158,7 @@ impl Index {
                 let f = file(&r.file)?;
                 let v: &[f32] = f.slice()?;
                 Some(
-                    Reduction::from_floats(r.in_dim, r.out_dim, v)
+                    Reduction::from_floats(r.in_dim, r.out_dim, v, r.query_mean)
                         .map_err(|e| IndexError::corrupt(f.path(), e.to_string()))?,
                 )
             }
@@ -275,10 +275,18 @@ impl Index {
         serde_json::from_slice(self.segments[seg].stored(doc)).ok()
     }
 
-    /// Applies the index's reduction (if any) to query or document vectors.
-    pub fn prepare(&self, vectors: &[f32]) -> Vec<f32> {
+    /// Applies the index's reduction (if any) to document vectors.
+    pub fn prepare_documents(&self, vectors: &[f32]) -> Vec<f32> {
         match &self.reduction {
             Some(r) => r.apply(vectors),
+            None => vectors.to_vec(),
+        }
+    }
+
+    /// Applies the index's reduction (if any) to query vectors.
+    pub fn prepare_query(&self, vectors: &[f32]) -> Vec<f32> {
+        match &self.reduction {
+            Some(r) => r.apply_query(vectors),
             None => vectors.to_vec(),
         }
     }

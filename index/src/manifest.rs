@@ -31,8 +31,12 @@ pub const MAX_CENTROIDS: usize = 1 << 24;
 pub struct ReductionEntry {
     pub in_dim: usize,
     pub out_dim: usize,
-    /// File holding `R` (`out_dim × in_dim` f32) followed by `mean` (`in_dim` f32).
+    /// File holding `R` (`out_dim × in_dim` f32) followed by `mean` (`in_dim`
+    /// f32) and, if `query_mean`, the queries' own mean (`in_dim` f32).
     pub file: String,
+    /// Queries are centred on a mean of their own (absent: on `mean`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub query_mean: bool,
 }
 
 /// One immutable segment: a batch of documents written together.

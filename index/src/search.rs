@@ -208,7 +208,7 @@ impl Index {
         p: &SearchParams,
     ) -> Result<(Vec<Hit>, SearchStats)> {
         self.check_query(query, p)?;
-        let q = self.prepare(query.as_slice());
+        let q = self.prepare_query(query.as_slice());
         let allowed = self.allowed(p.filter.as_ref());
         let mut stats = SearchStats::default();
         let hits = match p.candidates {

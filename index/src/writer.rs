@@ -117,7 +117,7 @@ pub fn append(dir: &Path, docs: impl IntoIterator<Item = Document>) -> Result<u6
         for doc in docs {
             let taken = index.contains(&doc.id) || !seen.insert(doc.id.clone());
             doc.check(taken, Some((in_dim, "the index takes")))?;
-            let v = index.prepare(doc.vectors.as_slice());
+            let v = index.prepare_documents(doc.vectors.as_slice());
             lens.push((v.len() / dim) as u32);
             vectors.extend_from_slice(&v);
             let s = doc.stored_json();

@@ -1,7 +1,9 @@
 //! Training an orthogonal (MatryoshkaKV) reduction on synthetic token
 //! vectors: U stays orthogonal through training, the prefixes are nested,
 //! the distillation loss falls below the PCA start, the same seed gives
-//! the same basis, and a resumed run ends where an uninterrupted one does.
+//! the same basis, and a resumed run ends where an uninterrupted one does;
+//! a reduction centring queries and documents differently trains with that
+//! centring and records it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,7 +12,7 @@ use tessera_training::reduce::train::{
     check_resumable, read_checkpoint, train, DimScore, ReduceCheckpoint, ReduceConfig, ReduceDev,
     ReduceHooks, VectorSource,
 };
-use tessera_training::reduce::{pca, Covariance, Method, Reduction};
+use tessera_training::reduce::{pca, Centring, Covariance, Method, Reduction, Side};
 use tessera_training::tch::{Device, Kind, Tensor};
 use tessera_training::train::loss;
 use tessera_training::train::optim::Decay;
@@ -83,6 +85,7 @@ fn config(steps: usize) -> ReduceConfig {
         checkpoint_every: 10,
         relative: false,
         free: false,
+        centring: Centring::default(),
         data: serde_json::json!({"datasets": ["fixture"], "pseudo_queries": 0}),
     }
 }
@@ -96,7 +99,11 @@ fn kl_per_dim(red: &Reduction, q: &Projected, d: &Projected, dims: &[usize]) -> 
     let valid = Tensor::ones([24, 24], (Kind::Bool, Device::Cpu));
     dims.iter()
         .map(|&r| {
-            let s = loss::maxsim(&red.apply(&qv, r), &qm, &red.apply(&dv, r), &dm);
+            let (qr, dr) = (
+                red.apply(&qv, r, Side::Query),
+                red.apply(&dv, r, Side::Document),
+            );
+            let s = loss::maxsim(&qr, &qm, &dr, &dm);
             f64::try_from(loss::kl_distill(&s, &teacher, &valid, 0.5)).unwrap()
         })
         .collect()
@@ -114,7 +121,8 @@ fn run(cfg: &ReduceConfig, out: &Path, resume: bool) -> Run {
     let (queries, docs, examples) = data(1);
     let mut cov = Covariance::new(K as usize);
     cov.push(&docs.vectors.narrow(0, 0, docs.vectors.size()[0] - 1));
-    let init = pca(&cov, cfg.dims.clone()).unwrap();
+    let mut init = pca(&cov, cfg.dims.clone()).unwrap();
+    init.meta.centring = cfg.centring;
     let initial_kl = kl_per_dim(&init, &queries, &docs, &cfg.dims);
     let src = VectorSource {
         name: "toy".into(),
@@ -186,7 +194,8 @@ fn assert_nested(red: &Reduction) {
     let u = Tensor::from_slice(&red.basis).view([K, K]);
     let raw4 = (&v - &mean).matmul(&u.narrow(1, 0, 4));
     let want = loss::normalise(&raw4.narrow(1, 0, 2));
-    assert!(f64::try_from((red.apply(&v, 2) - want).abs().max()).unwrap() < 1e-6);
+    let got = red.apply(&v, 2, Side::Document);
+    assert!(f64::try_from((got - want).abs().max()).unwrap() < 1e-6);
 }
 
 #[test]
@@ -294,4 +303,47 @@ fn linear_reduction_trains_a_free_matrix_that_loads_as_linear() {
         ..cfg
     };
     assert!(bad.validate().unwrap_err().contains("--relative"));
+}
+
+#[test]
+fn queries_and_documents_centred_differently_train_and_are_recorded() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let centring = Centring {
+        queries: 0.0,
+        documents: 0.5,
+    };
+    let cfg = ReduceConfig {
+        centring,
+        ..config(40)
+    };
+    let a = run(&cfg, &dir.path().join("a"), false);
+    let best = a.best.unwrap();
+    assert_eq!(best.meta.centring, centring);
+    assert!(a.orthogonality <= 1e-5, "{}", a.orthogonality);
+    // The distillation improves on the PCA start centred the same way.
+    let start = a.initial_kl.iter().sum::<f64>() / a.initial_kl.len() as f64;
+    assert!(a.best_kl < start, "KL {} vs PCA {start}", a.best_kl);
+    // Queries are projected without the mean, documents with half of it.
+    let v = Tensor::randn([5, K], (Kind::Float, Device::Cpu));
+    let u = Tensor::from_slice(&best.basis).view([K, K]).narrow(1, 0, 4);
+    let mean = Tensor::from_slice(&best.mean);
+    let close = |a: Tensor, b: Tensor| f64::try_from((a - b).abs().max()).unwrap() < 1e-6;
+    assert!(close(
+        best.apply(&v, 4, Side::Query),
+        loss::normalise(&v.matmul(&u))
+    ));
+    assert!(close(
+        best.apply(&v, 4, Side::Document),
+        loss::normalise(&(&v - &mean * 0.5).matmul(&u))
+    ));
+    // A fraction outside 0..=1 is refused, naming the option.
+    let bad = ReduceConfig {
+        centring: Centring {
+            queries: -0.5,
+            documents: 1.0,
+        },
+        ..config(40)
+    };
+    assert!(bad.validate().unwrap_err().contains("--centre-queries"));
 }

@@ -15,6 +15,11 @@
 //!   constraint), started at the PCA basis — a diagnostic: how much a
 //!   learned linear map of this form could add over the rotation.
 //!
+//! Centring: documents subtract `d·μ` and queries `q·μ` ([`Centring`]); the
+//! issue's formula, and the default, is `d = q = 1`. A reduction may centre
+//! the two sides differently — at search the index then keeps the queries'
+//! own mean.
+//!
 //! A reduction is a folder: `reduction.json` (method, input dim, nested
 //! set, how it was made) and `reduction.safetensors` (`mean` `[k]`, `basis`
 //! `[k, k]`). Loading checks shapes, finiteness and orthogonality (all but
@@ -74,6 +79,62 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// How much of the mean `μ` each side subtracts before projecting:
+/// documents `x − documents·μ`, queries `x − queries·μ`. Both 1 by default
+/// (`(x − μ)·U`, the same for both sides).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Centring {
+    pub queries: f32,
+    pub documents: f32,
+}
+
+impl Default for Centring {
+    fn default() -> Self {
+        Self {
+            queries: 1.0,
+            documents: 1.0,
+        }
+    }
+}
+
+/// The centring's fields as `reduction.json` names them.
+const FILE_CENTRING: [&str; 2] = ["centring.queries", "centring.documents"];
+
+/// Which vectors a reduction is applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Query,
+    Document,
+}
+
+impl Centring {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Each fraction must lie in `0..=1`; `names` are what the error calls
+    /// the queries' and the documents' (a file's fields or the options).
+    pub fn check(&self, names: [&str; 2]) -> std::result::Result<(), String> {
+        for (name, v) in names.into_iter().zip([self.queries, self.documents]) {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!(
+                    "{name} is {v}: the fraction of the mean subtracted must lie in 0..=1"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fraction of `μ` that `side` subtracts.
+    pub fn of(&self, side: Side) -> f32 {
+        match side {
+            Side::Query => self.queries,
+            Side::Document => self.documents,
+        }
+    }
+}
+
 /// `reduction.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +146,9 @@ pub struct ReductionMeta {
     pub in_dim: usize,
     /// The nested output sizes, increasing; every `r` an index may use.
     pub dims: Vec<usize>,
+    /// How much of `μ` queries and documents subtract (absent: all of it).
+    #[serde(default, skip_serializing_if = "Centring::is_default")]
+    pub centring: Centring,
     /// How it was made: command, data, training summary.
     #[serde(default)]
     pub training: serde_json::Value,
@@ -153,6 +217,7 @@ impl Reduction {
             return Err("in_dim is 0".into());
         }
         check_dims(&self.meta.dims, k)?;
+        self.meta.centring.check(FILE_CENTRING)?;
         if self.mean.len() != k || self.basis.len() != k * k {
             return Err(format!(
                 "a {k}-dim reduction needs mean [{k}] and basis [{k}, {k}] ({} and {} values given)",
@@ -233,18 +298,35 @@ impl Reduction {
         m
     }
 
+    /// The mean `side` subtracts: `μ` scaled by its centring.
+    pub fn mean_of(&self, side: Side) -> Vec<f32> {
+        let c = self.meta.centring.of(side);
+        self.mean.iter().map(|m| m * c).collect()
+    }
+
     /// What the index applies at `r` (checked against the nested set).
     pub fn to_index(&self, r: usize) -> Result<tessera_index::Reduction> {
         self.check_r(r)?;
-        tessera_index::Reduction::new(self.meta.in_dim, r, self.matrix(r), Some(self.mean.clone()))
-            .map_err(|e| TrainingError::InvalidInput(e.to_string()))
+        let c = self.meta.centring;
+        let red = tessera_index::Reduction::new(
+            self.meta.in_dim,
+            r,
+            self.matrix(r),
+            Some(self.mean_of(Side::Document)),
+        );
+        let red = if c.queries == c.documents {
+            red
+        } else {
+            red.and_then(|red| red.with_query_mean(self.mean_of(Side::Query)))
+        };
+        red.map_err(|e| TrainingError::InvalidInput(e.to_string()))
     }
 
-    /// Reduces `x` (`[…, in_dim]`) to `[…, r]`, normalised.
-    pub fn apply(&self, x: &Tensor, r: usize) -> Tensor {
+    /// Reduces `side`'s `x` (`[…, in_dim]`) to `[…, r]`, normalised.
+    pub fn apply(&self, x: &Tensor, r: usize, side: Side) -> Tensor {
         let k = self.meta.in_dim as i64;
         let device = x.device();
-        let mean = Tensor::from_slice(&self.mean).to_device(device);
+        let mean = Tensor::from_slice(&self.mean_of(side)).to_device(device);
         let u = Tensor::from_slice(&self.basis)
             .view([k, k])
             .narrow(1, 0, r as i64)
@@ -260,6 +342,12 @@ impl Reduction {
         self.meta.method.to_string().hash(&mut h);
         for x in self.mean.iter().chain(&self.basis) {
             x.to_bits().hash(&mut h);
+        }
+        // Only where it is not the default: older indexes keep their prints.
+        let c = self.meta.centring;
+        if !c.is_default() {
+            c.queries.to_bits().hash(&mut h);
+            c.documents.to_bits().hash(&mut h);
         }
         format!("{:016x}", h.finish())
     }
@@ -298,6 +386,9 @@ impl Reduction {
         let text = crate::config::read_text(&j)?;
         let meta: ReductionMeta = serde_json::from_str(&text)
             .map_err(|e| TrainingError::config(&j, crate::config::json_message(&e)))?;
+        meta.centring
+            .check(FILE_CENTRING)
+            .map_err(|m| TrainingError::config(&j, m))?;
         let w = dir.join(WEIGHTS);
         let mut file = crate::weights::WeightFile::read(&w)?;
         let k = meta.in_dim as i64;
@@ -325,6 +416,7 @@ impl ReductionMeta {
             method,
             in_dim,
             dims,
+            centring: Centring::default(),
             training: serde_json::Value::Null,
         }
     }
@@ -533,8 +625,8 @@ mod tests {
         cov.push(&x);
         let r = pca(&cov, vec![2, 4, 8]).unwrap();
         let v = random(3, 8, 4);
-        let y4 = r.apply(&v, 4);
-        let y2 = r.apply(&v, 2);
+        let y4 = r.apply(&v, 4, Side::Document);
+        let y2 = r.apply(&v, 2, Side::Document);
         // The 2-dim output is the renormalised first half of the
         // unnormalised 4-dim one: same directions, nested.
         let mean = Tensor::from_slice(&r.mean);
@@ -551,6 +643,54 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+        // With the default centring queries are reduced the same way.
+        assert_eq!(idx.query_mean, None);
+        let yq = r.apply(&v, 2, Side::Query);
+        assert!(f64::try_from((&yq - &y2).abs().max()).unwrap() == 0.0);
+    }
+
+    #[test]
+    fn queries_and_documents_can_be_centred_differently() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = random(50, 8, 3) + 0.5;
+        let mut cov = Covariance::new(8);
+        cov.push(&x);
+        let plain = pca(&cov, vec![2, 4, 8]).unwrap();
+        let mut r = plain.clone();
+        r.meta.centring = Centring {
+            queries: 0.0,
+            documents: 0.5,
+        };
+        let v = random(3, 8, 4) + 0.5;
+        let u = Tensor::from_slice(&r.basis).view([8, 8]).narrow(1, 0, 4);
+        let mean = Tensor::from_slice(&r.mean);
+        let norm = crate::train::loss::normalise;
+        let close = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap() < 1e-5;
+        // Queries keep their mean, documents lose half of it.
+        assert!(close(&r.apply(&v, 4, Side::Query), &norm(&v.matmul(&u))));
+        let half = norm(&(&v - &mean * 0.5).matmul(&u));
+        assert!(close(&r.apply(&v, 4, Side::Document), &half));
+        // The index keeps the queries' own mean and reduces both the same way.
+        let idx = r.to_index(4).unwrap();
+        let vs: Vec<f32> = Vec::try_from(v.contiguous().view([-1])).unwrap();
+        let as_tensor = |y: Vec<f32>| Tensor::from_slice(&y).view([3, 4]);
+        assert!(close(
+            &as_tensor(idx.apply_query(&vs)),
+            &norm(&v.matmul(&u))
+        ));
+        assert!(close(&as_tensor(idx.apply(&vs)), &half));
+        // Saved and loaded with it; the fingerprint tells it from the default.
+        r.save(dir.path()).unwrap();
+        let back = Reduction::load(dir.path()).unwrap();
+        assert_eq!(back.meta.centring, r.meta.centring);
+        assert_eq!(back.fingerprint(), r.fingerprint());
+        assert_ne!(r.fingerprint(), plain.fingerprint());
+        // A fraction outside 0..=1 is refused, naming the file.
+        let mut bad = r.clone();
+        bad.meta.centring.documents = 1.5;
+        bad.save(dir.path()).unwrap();
+        let e = Reduction::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("centring") && e.contains(META), "{e}");
     }
 
     #[test]

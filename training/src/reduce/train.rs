@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{
-    cayley, inverse_cayley, orthogonality_error, reduce, Method, Reduction, ReductionMeta,
+    cayley, inverse_cayley, orthogonality_error, reduce, Centring, Method, Reduction,
+    ReductionMeta, Side,
 };
 use crate::error::{Result, TrainingError};
 use crate::train::optim::{self, AdamW, Decay, Group};
@@ -64,6 +65,10 @@ pub struct ReduceConfig {
     /// what the constraint costs).
     #[serde(default)]
     pub free: bool,
+    /// How much of the mean queries and documents subtract (the fitted
+    /// reduction's; trained with it and written into the result).
+    #[serde(default)]
+    pub centring: Centring,
     /// What the run trains on, as the caller describes it (datasets,
     /// splits, mining, pseudo-queries, model): a resumed run must match it.
     /// Null where the caller records nothing.
@@ -89,6 +94,8 @@ impl ReduceConfig {
         if !(self.contrastive_weight >= 0.0 && self.clip >= 0.0) {
             return Err("--contrastive-weight and --clip must be ≥ 0".into());
         }
+        self.centring
+            .check(["--centre-queries", "--centre-documents"])?;
         if self.free && self.relative {
             return Err(
                 "--relative is a parametrisation of the rotation: not with --method linear".into(),
@@ -123,8 +130,8 @@ pub fn score_dev(
     match reduction {
         None => score_items(&dev.queries, &dev.docs, &dev.items),
         Some((red, r)) => {
-            let q = dev.queries.map(|v| red.apply(v, r));
-            let d = dev.docs.map(|v| red.apply(v, r));
+            let q = dev.queries.map(|v| red.apply(v, r, Side::Query));
+            let d = dev.docs.map(|v| red.apply(v, r, Side::Document));
             score_items(&q, &d, &dev.items)
         }
     }
@@ -230,16 +237,18 @@ impl Params {
             )
             .unwrap_or_default()
         };
+        let mut meta = ReductionMeta::new(
+            if self.free {
+                Method::Linear
+            } else {
+                Method::Orthogonal
+            },
+            cfg.in_dim,
+            cfg.dims.clone(),
+        );
+        meta.centring = cfg.centring;
         Reduction {
-            meta: ReductionMeta::new(
-                if self.free {
-                    Method::Linear
-                } else {
-                    Method::Orthogonal
-                },
-                cfg.in_dim,
-                cfg.dims.clone(),
-            ),
+            meta,
             mean: to_vec(&self.mean),
             basis: to_vec(&self.u()),
             dir: None,
@@ -418,8 +427,8 @@ pub fn train(
         };
         opt.zero_grad();
         let u = params.u().narrow(1, 0, r as i64).to_kind(Kind::Float);
-        let qr = reduce(&q, &params.mean, &u);
-        let dr = reduce(&d, &params.mean, &u);
+        let qr = reduce(&q, &(&params.mean * f64::from(cfg.centring.queries)), &u);
+        let dr = reduce(&d, &(&params.mean * f64::from(cfg.centring.documents)), &u);
         let student = loss::maxsim(&qr, &qm, &dr, &dm);
         let valid = Tensor::ones(student.size().as_slice(), (Kind::Bool, device));
         let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
