@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_eval::stats::{percentile, percentiles};
+use tessera_eval::stats::{p50_p99, percentile, percentiles};
 use tessera_index::{Index, SearchParams};
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
@@ -172,8 +172,7 @@ fn main() {
     let lib_qps = 1e3 * lib_ms.len() as f64 / lib_ms.iter().sum::<f64>();
     let cli_qps = 1e3 * cli_ms.len() as f64 / cli_ms.iter().sum::<f64>();
     let enc_p50 = percentile(&enc_ms, 0.5);
-    let lib_p = percentiles(&lib_ms, &[0.5, 0.99]);
-    let (lib_p50, lib_p99) = (lib_p[0], lib_p[1]);
+    let (lib_p50, lib_p99) = p50_p99(&lib_ms);
     let cli_p50 = percentile(&cli_ms, 0.5);
     eprintln!(
         "in process: encode p50 {enc_p50:.2} ms, search p50 {lib_p50:.2} ms, text p50 {cli_p50:.2} ms"

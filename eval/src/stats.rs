@@ -24,6 +24,12 @@ pub fn percentiles(values: &[f64], ps: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// The median and the 99th percentile (latency summaries), sorting once.
+pub fn p50_p99(values: &[f64]) -> (f64, f64) {
+    let p = percentiles(values, &[0.5, 0.99]);
+    (p[0], p[1])
+}
+
 /// Outcome of a paired test of `b − a`.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PairedTest {
@@ -191,6 +197,7 @@ mod tests {
         assert!(percentile(&[], 0.5).is_nan());
         assert_eq!(percentiles(&v, &[0.0, 0.5, 0.99]), vec![1.0, 3.0, 5.0]);
         assert!(percentiles(&[], &[0.5, 0.9]).iter().all(|x| x.is_nan()));
+        assert_eq!(p50_p99(&v), (3.0, 5.0));
     }
 
     #[test]

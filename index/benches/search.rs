@@ -22,7 +22,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tessera_eval::stats::percentile;
+use tessera_eval::stats::p50_p99;
 use tessera_index::recall_at;
 use tessera_index::*;
 
@@ -242,12 +242,13 @@ fn main() {
                                 .collect()
                         });
                         let n = lat.len() as f64;
+                        let (all, one) = (p50_p99(&lat), p50_p99(&lat1));
                         let row = serde_json::json!({
                             "generator": gen, "k": a.k, "threads": threads,
                             "n_probe": n_probe, "n_candidates": n_candidates, "threshold": threshold, "n_approx": n_approx,
                             "rerank_budget": rerank_budget, "probe_budget": probe_budget,
-                            "p50_ms_all": percentile(&lat, 0.5), "p99_ms_all": percentile(&lat, 0.99),
-                            "p50_ms_1t": percentile(&lat1, 0.5), "p99_ms_1t": percentile(&lat1, 0.99),
+                            "p50_ms_all": all.0, "p99_ms_all": all.1,
+                            "p50_ms_1t": one.0, "p99_ms_1t": one.1,
                             "centroid_ms": sum.centroid_ms / n, "probe_ms": sum.probe_ms / n,
                             "approx_ms": sum.approx_ms / n, "exact_ms": sum.exact_ms / n,
                             "cells": sum.cells as f64 / n, "candidates": sum.candidates as f64 / n,

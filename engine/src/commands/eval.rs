@@ -637,8 +637,7 @@ fn eval_dataset(
     let (run, timing) = engine.run_queries(&queries, retriever, &params, &pb)?;
     pb.finish_and_clear();
     let (encode_s, search_s) = (timing.encode_s, timing.search_s);
-    let p = stats::percentiles(&timing.latencies_ms, &[0.5, 0.99]);
-    let (p50, p99) = (p[0], p[1]);
+    let (p50, p99) = stats::p50_p99(&timing.latencies_ms);
 
     let (mut recall10_vs_exact, mut recall10_vs_f32) = (None, None);
     if args.against_exact && retriever != Retriever::Bm25 {
