@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{err, ids, ok, run, sample, search_json, tiny};
+use common::{err, ids, index_info, ok, run, sample, search_json, tiny};
 
 /// `index build --input INPUT --out OUT` with the tiny model, one thread.
 fn build(
@@ -106,12 +106,7 @@ fn build_search_info_and_the_remembered_model() {
         .iter()
         .all(|r| r["metadata"]["n"].as_i64().unwrap() >= 30));
 
-    let info: serde_json::Value = serde_json::from_str(&ok(&run(
-        &["index", "info", &idx.to_string_lossy()],
-        &[],
-        None,
-    )))
-    .unwrap();
+    let info = index_info(&idx, &[]);
     assert_eq!(info["documents"], 40);
     assert!(info["info"]["model"]["path"]
         .as_str()
@@ -1038,8 +1033,7 @@ fn index_add_delete_and_compact_update_a_built_index_atomically() {
         run(&a, &[], None)
     };
     let docs = || {
-        let v: serde_json::Value =
-            serde_json::from_str(&ok(&run(&["index", "info", &idx_s], &[], None))).unwrap();
+        let v = index_info(&idx, &[]);
         (
             v["documents"].as_u64().unwrap(),
             v["segments"].as_u64().unwrap(),

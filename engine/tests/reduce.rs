@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    err, ids, model64_fixture, ok, reduced_fixture, run, search_json, tiny, toy_dataset,
-    train_reduce, TOPICS,
+    err, ids, index_info, model64_fixture, ok, reduced_fixture, run, search_json, tiny,
+    toy_dataset, train_reduce, TOPICS,
 };
 use tessera_training::reduce::{Method, Reduction, Side};
 use tessera_training::tch::{Kind, Tensor};
@@ -41,6 +41,21 @@ fn index_build(
     ];
     a.extend_from_slice(extra);
     run(&a, envs, None)
+}
+
+/// `tessera search` of "moon tides" in `index` with `extra` options, which
+/// must fail: its stderr.
+fn search_err(index: &Path, extra: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut a = vec![
+        "search",
+        "--index",
+        index.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    a.extend_from_slice(extra);
+    a.push("moon tides");
+    err(&run(&a, envs, None))
 }
 
 fn build(corpus: &Path, out: &Path, model: &Path, extra: &[&str], envs: &[(&str, &str)]) -> String {
@@ -101,12 +116,7 @@ fn a_trained_reduction_builds_searches_and_plans() {
         &envs,
     );
     build(&corpus, &full, &model, &[], &envs);
-    let info: serde_json::Value = serde_json::from_str(&ok(&run(
-        &["index", "info", small.to_str().unwrap()],
-        &envs,
-        None,
-    )))
-    .unwrap();
+    let info = index_info(&small, &envs);
     assert_eq!(info["dim"], 32);
     assert_eq!(info["info"]["reduction"]["dim"], 32);
     assert_eq!(info["info"]["reduction"]["method"], "orthogonal");
@@ -269,12 +279,7 @@ fn queries_and_documents_centred_differently_build_and_search() {
         serde_json::from_str(&std::fs::read_to_string(small.join("manifest.json")).unwrap())
             .unwrap();
     assert_eq!(manifest["reduction"]["query_mean"], true, "{manifest}");
-    let info: serde_json::Value = serde_json::from_str(&ok(&run(
-        &["index", "info", small.to_str().unwrap()],
-        &envs,
-        None,
-    )))
-    .unwrap();
+    let info = index_info(&small, &envs);
     assert_eq!(info["info"]["reduction"]["centring"]["queries"], 0.0);
     let ms = model.to_str().unwrap();
     let encode = |flag: &str, text: &str| -> Tensor {
@@ -331,22 +336,7 @@ fn queries_and_documents_centred_differently_build_and_search() {
     );
     // Searching it with the same numbers centred the default way is refused.
     let ps = plain.to_str().unwrap();
-    let e = err(&run(
-        &[
-            "search",
-            "--index",
-            small.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--reduction",
-            ps,
-            "--dim",
-            "32",
-            "moon tides",
-        ],
-        &envs,
-        None,
-    ));
+    let e = search_err(&small, &["--reduction", ps, "--dim", "32"], &envs);
     assert!(e.contains(ps), "{e}");
     // Planned without the full-width reference and summarised: the rows
     // carry the centring in their name, and the widest reduced dim is not
@@ -573,12 +563,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         &["--reduction", ls, "--dim", "16"],
         &envs,
     );
-    let info: serde_json::Value = serde_json::from_str(&ok(&run(
-        &["index", "info", lin_idx.to_str().unwrap()],
-        &envs,
-        None,
-    )))
-    .unwrap();
+    let info = index_info(&lin_idx, &envs);
     assert_eq!(info["info"]["reduction"]["method"], "linear");
     let e = err(&index_build(
         &corpus,
@@ -588,18 +573,7 @@ fn bad_reductions_are_refused_naming_the_file_or_option() {
         &envs,
     ));
     assert!(e.contains("--dim 24") && e.contains("linear"), "{e}");
-    let search_err = |extra: &[&str], index: &Path| {
-        let mut a = vec![
-            "search",
-            "--index",
-            index.to_str().unwrap(),
-            "--device",
-            "cpu",
-        ];
-        a.extend_from_slice(extra);
-        a.push("moon tides");
-        err(&run(&a, &envs, None))
-    };
+    let search_err = |extra: &[&str], index: &Path| search_err(index, extra, &envs);
     let e = search_err(
         &["--reduction", other.to_str().unwrap(), "--dim", "16"],
         &small,

@@ -270,11 +270,7 @@ impl IndexBuilder {
         ));
         std::fs::create_dir_all(&staging).map_err(|e| IndexError::io(&staging, e))?;
         if let Some(r) = &opts.reduction {
-            let checked =
-                Reduction::new(r.in_dim, r.out_dim, r.matrix.clone(), Some(r.mean.clone()))?;
-            if let Some(q) = &r.query_mean {
-                checked.with_query_mean(q.clone())?;
-            }
+            r.check()?;
         }
         let seed = opts.seed;
         Ok(Self {

@@ -28,7 +28,29 @@ impl Reduction {
         matrix: Vec<f32>,
         mean: Option<Vec<f32>>,
     ) -> Result<Self> {
-        let mean = mean.unwrap_or_else(|| vec![0.0; in_dim]);
+        let r = Self {
+            mean: mean.unwrap_or_else(|| vec![0.0; in_dim]),
+            in_dim,
+            out_dim,
+            matrix,
+            query_mean: None,
+        };
+        r.check()?;
+        Ok(r)
+    }
+
+    /// The same reduction with queries centred on `query_mean`.
+    pub fn with_query_mean(mut self, query_mean: Vec<f32>) -> Result<Self> {
+        self.query_mean = Some(query_mean);
+        self.check()?;
+        Ok(self)
+    }
+
+    /// Checks shapes and values: an `out_dim × in_dim` matrix, `in_dim`
+    /// means (and query means), all finite.
+    pub fn check(&self) -> Result<()> {
+        let (in_dim, out_dim) = (self.in_dim, self.out_dim);
+        let (matrix, mean) = (&self.matrix, &self.mean);
         if in_dim == 0 || out_dim == 0 || matrix.len() != in_dim * out_dim || mean.len() != in_dim {
             return Err(IndexError::InvalidParameter(format!(
                 "reduction {in_dim}→{out_dim} needs a {out_dim}×{in_dim} matrix ({} floats given) and {in_dim} means ({} given)",
@@ -36,31 +58,20 @@ impl Reduction {
                 mean.len()
             )));
         }
-        if matrix.iter().chain(&mean).any(|x| !x.is_finite()) {
+        if matrix.iter().chain(mean).any(|x| !x.is_finite()) {
             return Err(IndexError::InvalidParameter(
                 "reduction has non-finite values".into(),
             ));
         }
-        Ok(Self {
-            in_dim,
-            out_dim,
-            matrix,
-            mean,
-            query_mean: None,
-        })
-    }
-
-    /// The same reduction with queries centred on `query_mean`.
-    pub fn with_query_mean(mut self, query_mean: Vec<f32>) -> Result<Self> {
-        if query_mean.len() != self.in_dim || query_mean.iter().any(|x| !x.is_finite()) {
-            return Err(IndexError::InvalidParameter(format!(
-                "a reduction's query mean needs {} finite values ({} given)",
-                self.in_dim,
-                query_mean.len()
-            )));
+        if let Some(q) = &self.query_mean {
+            if q.len() != in_dim || q.iter().any(|x| !x.is_finite()) {
+                return Err(IndexError::InvalidParameter(format!(
+                    "a reduction's query mean needs {in_dim} finite values ({} given)",
+                    q.len()
+                )));
+            }
         }
-        self.query_mean = Some(query_mean);
-        Ok(self)
+        Ok(())
     }
 
     /// Reduces row-major `in_dim`-wide document vectors.

@@ -92,6 +92,16 @@ pub fn search_json(index: &Path, query: &str, extra: &[&str]) -> serde_json::Val
     serde_json::from_str(ok(&run(&a, &[], None)).trim()).unwrap()
 }
 
+/// `tessera index info INDEX` as JSON.
+pub fn index_info(index: &Path, envs: &[(&str, &str)]) -> serde_json::Value {
+    let out = ok(&run(
+        &["index", "info", &index.to_string_lossy()],
+        envs,
+        None,
+    ));
+    serde_json::from_str(&out).unwrap()
+}
+
 pub fn ids(v: &serde_json::Value) -> Vec<String> {
     v["results"]
         .as_array()
