@@ -340,35 +340,69 @@ fn queries_and_documents_centred_differently_build_and_search() {
     assert!(e.contains(ps), "{e}");
     // Planned without the full-width reference and summarised: the rows
     // carry the centring in their name, and the widest reduced dim is not
-    // taken for the full width.
-    let json = dir.path().join("plan-centred.json");
-    let mut a = plan_args(&ds, cs, &model);
-    a.extend_from_slice(&[
-        "--budget",
-        "1000",
-        "--dims",
-        "16,32",
-        "--codecs",
-        "f16",
-        "--no-reference",
-        "--threads",
-        "1",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
-    ok(&run(&a, &envs, None));
+    // taken for the full width. The plans of two runs of one method (here
+    // the same fit under another seed) form one row over both seeds.
+    let (o, centred2) = pca(
+        "pca-centred-s2",
+        &[
+            "--centre-queries",
+            "0",
+            "--centre-documents",
+            "1",
+            "--seed",
+            "2",
+        ],
+    );
+    ok(&o);
+    let plan = |red: &Path, name: &str| {
+        let json = dir.path().join(name);
+        let mut a = plan_args(&ds, red.to_str().unwrap(), &model);
+        a.extend_from_slice(&[
+            "--budget",
+            "1000",
+            "--dims",
+            "16,32",
+            "--codecs",
+            "f16",
+            "--no-reference",
+            "--threads",
+            "1",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        ok(&run(&a, &envs, None));
+        json
+    };
+    let (json, json2) = (
+        plan(&centred, "plan-centred.json"),
+        plan(&centred2, "plan-centred-s2.json"),
+    );
     let table = ok(&run(
-        &["reduce", "summarize", cs, json.to_str().unwrap()],
+        &[
+            "reduce",
+            "summarize",
+            cs,
+            json.to_str().unwrap(),
+            json2.to_str().unwrap(),
+        ],
         &envs,
         None,
     ));
     for want in [
         "| pca, centred q 0 / d 1 | 32 | 1 |",
-        "| pca, centred q 0 / d 1 | 32 | f16 | 68 |",
+        "| pca, centred q 0 / d 1 | 32 | f16 | 1,2 | 68 |",
+        "± 0.0000 |",
     ] {
         assert!(table.contains(want), "{want} missing:\n{table}");
     }
     assert!(!table.contains("| full | 32"), "{table}");
+    assert_eq!(
+        table
+            .matches("| pca, centred q 0 / d 1 | 32 | f16 |")
+            .count(),
+        1,
+        "{table}"
+    );
     // A fraction outside 0..=1 is refused before any work, naming the option.
     let (o, never) = pca("never", &["--centre-documents", "1.5"]);
     let e = err(&o);

@@ -71,6 +71,7 @@ fn config(steps: usize) -> ReduceConfig {
         steps,
         batch_size: 8,
         negatives: 2,
+        positives: 1,
         lr: 0.01,
         warmup: 2,
         // Constant after warm-up: a 20-step run is the first half of a
@@ -118,7 +119,15 @@ struct Run {
 }
 
 fn run(cfg: &ReduceConfig, out: &Path, resume: bool) -> Run {
-    let (queries, docs, examples) = data(1);
+    run_on(cfg, out, resume, data(1))
+}
+
+fn run_on(
+    cfg: &ReduceConfig,
+    out: &Path,
+    resume: bool,
+    (queries, docs, examples): (Projected, Projected, Vec<Example>),
+) -> Run {
     let mut cov = Covariance::new(K as usize);
     cov.push(&docs.vectors.narrow(0, 0, docs.vectors.size()[0] - 1));
     let mut init = pca(&cov, cfg.dims.clone()).unwrap();
@@ -346,4 +355,55 @@ fn queries_and_documents_centred_differently_train_and_are_recorded() {
         ..config(40)
     };
     assert!(bad.validate().unwrap_err().contains("--centre-queries"));
+}
+
+#[test]
+fn several_positives_per_query_train_and_older_checkpoints_read_as_one() {
+    let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // Each query judges its own document and the next one.
+    let (queries, docs, mut examples) = data(1);
+    let n = examples.len();
+    for (i, ex) in examples.iter_mut().enumerate() {
+        ex.positives = vec![i, (i + 1) % n];
+        ex.negatives.retain(|&j| j != (i + 1) % n);
+    }
+    let cfg = ReduceConfig {
+        positives: 2,
+        contrastive_weight: 1.0,
+        ..config(40)
+    };
+    let a = run_on(
+        &cfg,
+        &dir.path().join("a"),
+        false,
+        (queries, docs, examples),
+    );
+    assert!(a.orthogonality <= 1e-5, "{}", a.orthogonality);
+    let start = a.initial_kl.iter().sum::<f64>() / a.initial_kl.len() as f64;
+    assert!(a.best_kl < start, "KL {} vs PCA {start}", a.best_kl);
+    assert_nested(&a.best.unwrap());
+    // The checkpoint records it; one written before the option existed
+    // (no `positives`) reads as one positive per query.
+    let st = read_checkpoint(&dir.path().join("a")).unwrap().unwrap();
+    assert_eq!(st.config.positives, 2);
+    let mut json = serde_json::to_value(&st.config).unwrap();
+    json.as_object_mut().unwrap().remove("positives");
+    let older: ReduceConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        older,
+        ReduceConfig {
+            positives: 1,
+            ..st.config.clone()
+        }
+    );
+    let err = check_resumable(&dir.path().join("a"), &st, &older)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("positives: 2 → 1"), "{err}");
+    let bad = ReduceConfig {
+        positives: 0,
+        ..config(40)
+    };
+    assert!(bad.validate().unwrap_err().contains("--positives"));
 }

@@ -181,13 +181,18 @@ pub struct TrainReduceArgs {
     /// Optimiser steps (orthogonal and linear; pca and truncate only fit).
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
-    /// Queries per step (each with its positive, --negatives mined
-    /// negatives, and the other queries' documents).
+    /// Queries per step (each with --positives of its judged documents,
+    /// --negatives mined negatives, and the other queries' documents).
     #[arg(long, default_value_t = 16)]
     pub batch_queries: usize,
     /// Mined hard negatives per query per step.
     #[arg(long, default_value_t = 16)]
     pub negatives: usize,
+    /// Judged positives per query per step (at most): each is a row of the
+    /// contrastive term (the query's other positives left out of its
+    /// softmax), and each joins the candidates the distillation ranks.
+    #[arg(long, default_value_t = 1)]
+    pub positives: usize,
     /// Learning rate (AdamW, no weight decay) of X and the mean.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
@@ -289,6 +294,7 @@ pub fn train_reduce(args: TrainReduceArgs) -> Result<()> {
         steps: if trains { args.steps } else { 0 },
         batch_size: args.batch_queries,
         negatives: args.negatives,
+        positives: args.positives,
         lr: args.lr,
         warmup: args.sched.warmup(args.steps),
         decay: args.sched.schedule,
@@ -636,7 +642,8 @@ pub enum ReduceCommand {
       runs/plan-*.json --plot docs/experiments/reductions/ndcg-vs-bytes\n  \
     tessera reduce summarize runs/speed16-*.json --frontier docs/experiments/reductions/speed-frontier\n\n\
     Runs of one method and dim form a row (mean ± std over seeds); plans form one row per\n\
-    method, dim and codec, with each dataset's nDCG@10 and their mean.")]
+    method, dim and codec, with each dataset's nDCG@10 and their mean (mean ± std over the\n\
+    plans of several runs: one plan per dataset of each run's reduction or head).")]
 pub struct SummarizeArgs {
     /// Reduction folders, head model folders and plan JSON files.
     #[arg(required = true, value_name = "RUN")]
@@ -1466,9 +1473,12 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
     type Pool = (BTreeMap<String, Vec<f64>>, Vec<f64>, Vec<u64>);
     let mut pools: BTreeMap<(String, usize), Pool> = BTreeMap::new();
     let mut full: Option<(usize, serde_json::Value)> = None;
-    // Plans: (method, dim, codec) → dataset → row.
-    let mut plans: BTreeMap<(String, usize, String), BTreeMap<String, serde_json::Value>> =
-        BTreeMap::new();
+    // Plans: (method, dim, codec) → run (the reduction's or model's
+    // folder; "" for the full width, which every plan of a model shares) →
+    // its seed and dataset → row. Runs of one method form a row, like the
+    // pools' seeds.
+    type PlanRuns = BTreeMap<String, (Option<u64>, BTreeMap<String, serde_json::Value>)>;
+    let mut plans: BTreeMap<(String, usize, String), PlanRuns> = BTreeMap::new();
     let mut add_pool = |method: String, dim: usize, seed: u64, per: &serde_json::Value| {
         let e = pools.entry((method, dim)).or_default();
         let mut sum = 0.0;
@@ -1532,10 +1542,33 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
             let reduction = v["reduction"]
                 .as_str()
                 .map(|d| read_json(&Path::new(d).join("reduction.json")));
-            let method = match &reduction {
-                Some(Ok(j)) => method_label(j),
-                Some(Err(_)) => "?".into(),
-                None => "model".into(),
+            // A plan of a reduction is named by it; one of a model alone
+            // (a small head) by the head its training.json names.
+            let model = v["model"].as_str().unwrap_or("?");
+            let (method, run, seed) = match (&reduction, v["reduction"].as_str()) {
+                (Some(Ok(j)), Some(d)) => (
+                    method_label(j),
+                    d.to_owned(),
+                    j["training"]["config"]["seed"].as_u64(),
+                ),
+                (Some(_), d) => ("?".into(), d.unwrap_or("?").to_owned(), None),
+                (None, _) => match read_json(&Path::new(model).join("training.json")) {
+                    Ok(t) => (
+                        format!("head ({})", t["head"].as_str().unwrap_or("?")),
+                        model.to_owned(),
+                        t["config"]["seed"].as_u64(),
+                    ),
+                    Err(_) => (
+                        format!(
+                            "head {}",
+                            Path::new(model)
+                                .file_name()
+                                .map_or("?".into(), |n| n.to_string_lossy().into_owned())
+                        ),
+                        model.to_owned(),
+                        None,
+                    ),
+                },
             };
             // The model's width: the reduction's input (a plan run with
             // --no-reference has no full-width row), else the widest row.
@@ -1565,26 +1598,27 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
                 .filter(|r| r["default_settings"].as_bool().unwrap_or(true))
             {
                 let dim = row["dim"].as_u64().unwrap_or(0);
-                let m = if method == "model" {
-                    format!(
-                        "head {}",
-                        Path::new(v["model"].as_str().unwrap_or("?"))
-                            .file_name()
-                            .map_or("?".into(), |n| n.to_string_lossy().into_owned())
-                    )
-                } else if dim == model_dim {
-                    "full".into()
+                // A head plan's rows are all the head's own width.
+                let full = reduction.is_some() && dim == model_dim;
+                let (m, run, seed) = if full {
+                    ("full".to_owned(), String::new(), None)
                 } else {
-                    method.clone()
+                    (method.clone(), run.clone(), seed)
                 };
-                plans
+                let rows = &mut plans
                     .entry((
                         m,
                         dim as usize,
                         row["codec"].as_str().unwrap_or("?").to_owned(),
                     ))
                     .or_default()
-                    .insert(dataset.clone(), row.clone());
+                    .entry(run)
+                    .or_insert_with(|| (seed, BTreeMap::new()))
+                    .1;
+                // The full width is the same index in every plan: the first.
+                if !(full && rows.contains_key(&dataset)) {
+                    rows.insert(dataset.clone(), row.clone());
+                }
             }
         } else {
             bail!(
@@ -1642,10 +1676,14 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         println!();
     }
     if !plans.is_empty() {
-        let datasets = sorted_names(plans.values().flat_map(|p| p.keys()));
+        let datasets = sorted_names(
+            plans
+                .values()
+                .flat_map(|runs| runs.values().flat_map(|r| r.1.keys())),
+        );
         println!("Full indexes (PLAID search, k = 10):\n");
-        let mut head = String::from("| method | dim | codec | bytes/token |");
-        let mut rule = String::from("|---|---:|---|---:|");
+        let mut head = String::from("| method | dim | codec | seeds | bytes/token |");
+        let mut rule = String::from("|---|---:|---|---|---:|");
         for d in &datasets {
             head += &format!(" {d} nDCG@10 | {d} p50 ms | {d} MiB | {d} build s |");
             rule += "---:|---:|---:|---:|";
@@ -1654,33 +1692,64 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         let mut keys: Vec<&(String, usize, String)> = plans.keys().collect();
         keys.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
         let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+        let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         for k in keys {
-            let per = &plans[k];
-            let any = per.values().next().expect("a row");
+            let runs = &plans[k];
+            let any = runs
+                .values()
+                .flat_map(|r| r.1.values())
+                .next()
+                .expect("a row");
             let bytes = any["bytes_per_token"].as_f64().unwrap_or(0.0);
-            let mut line = format!("| {} | {} | {} | {bytes:.0} |", k.0, k.1, k.2);
-            let mut vals = Vec::new();
-            for d in &datasets {
-                match per.get(d) {
-                    Some(r) => {
-                        let n = r["ndcg10"].as_f64().unwrap_or(f64::NAN);
-                        vals.push(n);
-                        line += &format!(
-                            " {n:.4} | {:.1} | {:.1} | {:.1} |",
-                            r["search_p50_ms"].as_f64().unwrap_or(f64::NAN),
-                            r["index_bytes"].as_f64().unwrap_or(0.0) / (1 << 20) as f64,
-                            r["build_s"].as_f64().unwrap_or(f64::NAN)
-                        );
-                    }
-                    None => line += " – | – | – | – |",
-                }
-            }
-            let mean = if vals.len() == datasets.len() {
-                vals.iter().sum::<f64>() / vals.len() as f64
+            let seeds: Vec<String> = runs
+                .values()
+                .filter_map(|r| r.0.map(|s| s.to_string()))
+                .collect();
+            let seeds = if seeds.is_empty() {
+                "–".to_owned()
             } else {
-                f64::NAN
+                seeds.join(",")
             };
-            println!("{line} {mean:.4} |");
+            let mut line = format!("| {} | {} | {} | {seeds} | {bytes:.0} |", k.0, k.1, k.2);
+            for d in &datasets {
+                let rows: Vec<&serde_json::Value> =
+                    runs.values().filter_map(|r| r.1.get(d)).collect();
+                if rows.is_empty() {
+                    line += " – | – | – | – |";
+                    continue;
+                }
+                let field = |name: &str, scale: f64| -> Vec<f64> {
+                    rows.iter()
+                        .map(|r| r[name].as_f64().unwrap_or(f64::NAN) / scale)
+                        .collect()
+                };
+                line += &format!(
+                    " {} | {:.1} | {:.1} | {:.1} |",
+                    pm(&field("ndcg10", 1.0)),
+                    avg(&field("search_p50_ms", 1.0)),
+                    avg(&field("index_bytes", (1 << 20) as f64)),
+                    avg(&field("build_s", 1.0))
+                );
+            }
+            // The dev mean of each run that has every dataset.
+            let means: Vec<f64> = runs
+                .values()
+                .filter(|r| datasets.iter().all(|d| r.1.contains_key(d)))
+                .map(|r| {
+                    avg(&r
+                        .1
+                        .values()
+                        .map(|x| x["ndcg10"].as_f64().unwrap_or(f64::NAN))
+                        .collect::<Vec<_>>())
+                })
+                .collect();
+            let mean = if means.is_empty() {
+                println!("{line} – |");
+                f64::NAN
+            } else {
+                println!("{line} {} |", pm(&means));
+                avg(&means)
+            };
             if mean.is_finite() {
                 let label = if k.0 == "full" || k.0.starts_with("head") {
                     format!("{} ({})", if k.0 == "full" { "full" } else { "heads" }, k.2)

@@ -42,6 +42,10 @@ pub struct ReduceConfig {
     pub steps: usize,
     pub batch_size: usize,
     pub negatives: usize,
+    /// Judged positives per query per step (at most): each is a row of the
+    /// contrastive term, and each joins the batch's candidates.
+    #[serde(default = "one")]
+    pub positives: usize,
     pub lr: f64,
     pub warmup: usize,
     pub decay: Decay,
@@ -82,6 +86,9 @@ impl ReduceConfig {
         if self.batch_size < 1 {
             return Err("--batch-queries must be at least 1".into());
         }
+        if self.positives < 1 {
+            return Err("--positives must be at least 1".into());
+        }
         for (name, v) in [
             ("--lr", self.lr),
             ("--distill-temperature", self.distill_temperature),
@@ -103,6 +110,10 @@ impl ReduceConfig {
         }
         Ok(())
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A dataset's training material: its texts' vectors and the examples.
@@ -406,7 +417,7 @@ pub fn train(
         seed: cfg.seed,
         batch_size: cfg.batch_size,
         negatives: cfg.negatives,
-        positives: 1,
+        positives: cfg.positives,
         distill_candidates: None,
     };
     let sets: Vec<(f64, &[Example])> = sources
