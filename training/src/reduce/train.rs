@@ -44,7 +44,7 @@ pub struct ReduceConfig {
     pub negatives: usize,
     /// Judged positives per query per step (at most): each is a row of the
     /// contrastive term, and each joins the batch's candidates.
-    #[serde(default = "one")]
+    #[serde(default = "crate::train::one")]
     pub positives: usize,
     pub lr: f64,
     pub warmup: usize,
@@ -110,10 +110,6 @@ impl ReduceConfig {
         }
         Ok(())
     }
-}
-
-fn one() -> usize {
-    1
 }
 
 /// A dataset's training material: its texts' vectors and the examples.
@@ -438,8 +434,9 @@ pub fn train(
         };
         opt.zero_grad();
         let u = params.u().narrow(1, 0, r as i64).to_kind(Kind::Float);
-        let qr = reduce(&q, &(&params.mean * f64::from(cfg.centring.queries)), &u);
-        let dr = reduce(&d, &(&params.mean * f64::from(cfg.centring.documents)), &u);
+        let mean = |side| &params.mean * f64::from(cfg.centring.of(side));
+        let qr = reduce(&q, &mean(Side::Query), &u);
+        let dr = reduce(&d, &mean(Side::Document), &u);
         let student = loss::maxsim(&qr, &qm, &dr, &dm);
         let valid = Tensor::ones(student.size().as_slice(), (Kind::Bool, device));
         let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);

@@ -69,9 +69,7 @@ fn draw_frontiers(stem: &Path, files: &[&PathBuf]) -> Result<()> {
             reference["ndcg10"].as_f64().unwrap_or(f64::NAN),
             reference["search_p50_ms"].as_f64().unwrap_or(f64::NAN),
         );
-        let dataset = Path::new(v["dataset"].as_str().unwrap_or("?"))
-            .file_name()
-            .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+        let dataset = last_name(v["dataset"].as_str().unwrap_or("?"));
         let k = reference["dim"].as_u64();
         let budget = v["budget"].as_f64().unwrap_or(f64::NAN);
         let mut fit = Vec::new();
@@ -117,6 +115,14 @@ fn draw_frontiers(stem: &Path, files: &[&PathBuf]) -> Result<()> {
 fn read_json(p: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&std::fs::read_to_string(p).with_context(|| p.display().to_string())?)
         .with_context(|| p.display().to_string())
+}
+
+/// The last component of a path a plan file records (a dataset's or a
+/// model's folder), `?` where it has none.
+fn last_name(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map_or("?".into(), |n| n.to_string_lossy().into_owned())
 }
 
 /// The distinct names among `names`, sorted (a table's dataset columns).
@@ -248,16 +254,7 @@ impl Tables {
                             model.to_owned(),
                             t["config"]["seed"].as_u64(),
                         ),
-                        Err(_) => (
-                            format!(
-                                "head {}",
-                                Path::new(model)
-                                    .file_name()
-                                    .map_or("?".into(), |n| n.to_string_lossy().into_owned())
-                            ),
-                            model.to_owned(),
-                            None,
-                        ),
+                        Err(_) => (format!("head {}", last_name(model)), model.to_owned(), None),
                     },
                 };
                 // The model's width: the reduction's input (a plan run with
@@ -266,9 +263,7 @@ impl Tables {
                     Some(Ok(j)) => j["in_dim"].as_u64(),
                     _ => None,
                 };
-                let dataset = Path::new(v["dataset"].as_str().unwrap_or("?"))
-                    .file_name()
-                    .map_or("?".into(), |n| n.to_string_lossy().into_owned());
+                let dataset = last_name(v["dataset"].as_str().unwrap_or("?"));
                 let model_dim = in_dim.unwrap_or_else(|| {
                     v["rows"]
                         .as_array()
@@ -393,7 +388,7 @@ fn print_plans(t: &Tables) -> BTreeMap<String, Vec<(f64, f64)>> {
     let mut keys: Vec<&(String, usize, String)> = t.plans.keys().collect();
     keys.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let avg = |v: &[f64]| mean_std(v).0;
     for k in keys {
         let runs = &t.plans[k];
         let any = runs
