@@ -137,6 +137,39 @@ fn sorted_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
 /// A reduction's name in summaries: its method, and its centring where it
 /// is not the default (`pca, centred q 0 / d 0.5`), so that two PCAs
 /// centred differently form two rows.
+/// A small head's row name, from its model's `training.json`.
+fn head_label(training_json: &serde_json::Value) -> String {
+    format!("head ({})", training_json["head"].as_str().unwrap_or("?"))
+}
+
+/// The seeds column: the seeds joined by commas, "–" for none.
+fn seeds_cell(seeds: impl Iterator<Item = u64>) -> String {
+    let seeds: Vec<String> = seeds.map(|s| s.to_string()).collect();
+    if seeds.is_empty() {
+        "–".to_owned()
+    } else {
+        seeds.join(",")
+    }
+}
+
+/// A table's header and rule lines: the leading columns, then `cols` (each
+/// a suffix of the dataset's name) for every dataset, then `last`.
+fn table_header(lead: &[(&str, &str)], datasets: &[String], cols: &[&str], last: &str) -> String {
+    let mut head = String::from("|");
+    let mut rule = String::from("|");
+    for (name, align) in lead {
+        head += &format!(" {name} |");
+        rule += &format!("{align}|");
+    }
+    for d in datasets {
+        for c in cols {
+            head += &format!(" {d}{c} |");
+            rule += "---:|";
+        }
+    }
+    format!("{head} {last} |\n{rule}---:|")
+}
+
 fn method_label(reduction_json: &serde_json::Value) -> String {
     let method = reduction_json["method"].as_str().unwrap_or("?");
     match reduction_json["centring"].as_object() {
@@ -221,7 +254,7 @@ impl Tables {
                     r.display()
                 );
                 let dim = v["config"]["spec"]["out_dim"].as_u64().unwrap_or(0) as usize;
-                let method = format!("head ({})", v["head"].as_str().unwrap_or("?"));
+                let method = head_label(&v);
                 tables.add_pool(
                     method,
                     dim,
@@ -250,7 +283,7 @@ impl Tables {
                     (Some(_), d) => ("?".into(), d.unwrap_or("?").to_owned(), None),
                     (None, _) => match read_json(&Path::new(model).join("training.json")) {
                         Ok(t) => (
-                            format!("head ({})", t["head"].as_str().unwrap_or("?")),
+                            head_label(&t),
                             model.to_owned(),
                             t["config"]["seed"].as_u64(),
                         ),
@@ -331,13 +364,15 @@ fn mean_pm(v: &[f64]) -> String {
 fn print_pools(t: &Tables) {
     let datasets = sorted_names(t.pools.values().flat_map(|p| p.0.keys()));
     println!("Dev nDCG@10 on the fixed pools (exact MaxSim, f32 vectors):\n");
-    let mut head = String::from("| method | dim | seeds |");
-    let mut rule = String::from("|---|---:|---|");
-    for d in &datasets {
-        head += &format!(" {d} |");
-        rule += "---:|";
-    }
-    println!("{head} mean |\n{rule}---:|");
+    println!(
+        "{}",
+        table_header(
+            &[("method", "---"), ("dim", "---:"), ("seeds", "---")],
+            &datasets,
+            &[""],
+            "mean"
+        )
+    );
     let mut keys: Vec<&(String, usize)> = t.pools.keys().collect();
     keys.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
     for k in keys {
@@ -346,7 +381,7 @@ fn print_pools(t: &Tables) {
             "| {} | {} | {} |",
             k.0,
             k.1,
-            p.2.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+            seeds_cell(p.2.iter().copied())
         );
         for d in &datasets {
             line += &format!(" {} |", p.0.get(d).map_or("–".into(), |v| mean_pm(v)));
@@ -378,13 +413,21 @@ fn print_plans(t: &Tables) -> BTreeMap<String, Vec<(f64, f64)>> {
             .flat_map(|runs| runs.values().flat_map(|r| r.1.keys())),
     );
     println!("Full indexes (PLAID search, k = 10):\n");
-    let mut head = String::from("| method | dim | codec | seeds | bytes/token |");
-    let mut rule = String::from("|---|---:|---|---|---:|");
-    for d in &datasets {
-        head += &format!(" {d} nDCG@10 | {d} p50 ms | {d} MiB | {d} build s |");
-        rule += "---:|---:|---:|---:|";
-    }
-    println!("{head} mean nDCG@10 |\n{rule}---:|");
+    println!(
+        "{}",
+        table_header(
+            &[
+                ("method", "---"),
+                ("dim", "---:"),
+                ("codec", "---"),
+                ("seeds", "---"),
+                ("bytes/token", "---:"),
+            ],
+            &datasets,
+            &[" nDCG@10", " p50 ms", " MiB", " build s"],
+            "mean nDCG@10"
+        )
+    );
     let mut keys: Vec<&(String, usize, String)> = t.plans.keys().collect();
     keys.sort_by(|a, b| a.2.cmp(&b.2).then(a.1.cmp(&b.1)).then(a.0.cmp(&b.0)));
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
@@ -397,15 +440,7 @@ fn print_plans(t: &Tables) -> BTreeMap<String, Vec<(f64, f64)>> {
             .next()
             .expect("a row");
         let bytes = any["bytes_per_token"].as_f64().unwrap_or(0.0);
-        let seeds: Vec<String> = runs
-            .values()
-            .filter_map(|r| r.0.map(|s| s.to_string()))
-            .collect();
-        let seeds = if seeds.is_empty() {
-            "–".to_owned()
-        } else {
-            seeds.join(",")
-        };
+        let seeds = seeds_cell(runs.values().filter_map(|r| r.0));
         let mut line = format!("| {} | {} | {} | {seeds} | {bytes:.0} |", k.0, k.1, k.2);
         for d in &datasets {
             let rows: Vec<&serde_json::Value> = runs.values().filter_map(|r| r.1.get(d)).collect();
