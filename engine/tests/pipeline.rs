@@ -331,6 +331,36 @@ fn precomputed_vectors_build_the_same_index_and_dims_are_checked() {
     let from_dump = dir.path().join("d.idx");
     ok(&build(&sample(), &from_dump, &[], &[], None));
     assert!(vector_files(&from_vecs) == vector_files(&from_dump));
+    // The k-means seed: the default spelled out gives the same index,
+    // another seed other centroids (and codes) for the same vectors.
+    let seeded = |seed: &str, name: &str| {
+        let out = dir.path().join(name);
+        ok(&run(
+            &[
+                "index",
+                "build",
+                "--embeddings",
+                &vecs.to_string_lossy(),
+                "--out",
+                &out.to_string_lossy(),
+                "--kmeans-seed",
+                seed,
+            ],
+            &[],
+            None,
+        ));
+        vector_files(&out)
+    };
+    assert!(seeded("42", "s42.idx") == vector_files(&from_vecs));
+    let other_seed = seeded("7", "s7.idx");
+    assert!(other_seed != vector_files(&from_vecs));
+    assert_eq!(
+        other_seed.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+        vector_files(&from_vecs)
+            .iter()
+            .map(|(f, _)| f)
+            .collect::<Vec<_>>()
+    );
 
     // Another engine's vectors: 8-dim, JSON doclens, no texts.
     let other = dir.path().join("other");

@@ -130,6 +130,8 @@ pub struct BuildOptions {
     /// Approximate bound on the builder's memory for buffered vectors,
     /// bytes. Chunks spill to disk past half of it.
     pub memory_budget: usize,
+    /// Seed of the k-means training sample and starting centroids: the
+    /// same vectors, options and seed give the same index.
     pub seed: u64,
     /// Optional reduction applied to every vector before coding.
     pub reduction: Option<Reduction>,

@@ -96,6 +96,12 @@ pub struct BuildArgs {
     /// Residual codecs: Lloyd–Max iterations refining the buckets.
     #[arg(long, value_name = "N", default_value_t = BuildOptions::default().bucket_iters)]
     pub bucket_iters: usize,
+    /// k-means: seed of the training sample and the starting centroids.
+    /// The same vectors and seed give the same index, byte for byte;
+    /// another seed builds another index of the same vectors (how much a
+    /// score moves between builds).
+    #[arg(long, value_name = "N", default_value_t = BuildOptions::default().seed)]
+    pub kmeans_seed: u64,
     /// Centroids of unit-length vectors: mean (each at its tokens' mean;
     /// smaller residuals) or unit (renormalised, as PLAID does).
     #[arg(long, value_enum, default_value_t = CentroidArg::Mean)]
@@ -278,6 +284,7 @@ fn build(args: BuildArgs) -> Result<()> {
         assign_probe: args.assign_probe,
         bucket_iters: args.bucket_iters,
         mean_centroids: args.centroids_at == CentroidArg::Mean,
+        seed: args.kmeans_seed,
         ..BuildOptions::default()
     };
     if args.out.join(tessera_index::manifest::MANIFEST).exists() && !args.overwrite {
