@@ -315,51 +315,28 @@ fn precomputed_vectors_build_the_same_index_and_dims_are_checked() {
     ] {
         assert!(vecs.join(f).exists(), "{f}");
     }
-    let from_vecs = dir.path().join("v.idx");
-    ok(&run(
-        &[
-            "index",
-            "build",
-            "--embeddings",
-            &vecs.to_string_lossy(),
-            "--out",
-            &from_vecs.to_string_lossy(),
-        ],
-        &[],
-        None,
-    ));
-    let from_dump = dir.path().join("d.idx");
-    ok(&build(&sample(), &from_dump, &[], &[], None));
-    assert!(vector_files(&from_vecs) == vector_files(&from_dump));
-    // The k-means seed: the default spelled out gives the same index,
-    // another seed other centroids (and codes) for the same vectors.
-    let seeded = |seed: &str, name: &str| {
+    // `index build --embeddings vecs` into `name`, with `extra` options;
+    // the index's vector files.
+    let from_embeddings = |name: &str, extra: &[&str]| {
         let out = dir.path().join(name);
-        ok(&run(
-            &[
-                "index",
-                "build",
-                "--embeddings",
-                &vecs.to_string_lossy(),
-                "--out",
-                &out.to_string_lossy(),
-                "--kmeans-seed",
-                seed,
-            ],
-            &[],
-            None,
-        ));
+        let (vecs, out_arg) = (vecs.to_string_lossy(), out.to_string_lossy());
+        let mut args = vec!["index", "build", "--embeddings", &vecs, "--out", &out_arg];
+        args.extend_from_slice(extra);
+        ok(&run(&args, &[], None));
         vector_files(&out)
     };
-    assert!(seeded("42", "s42.idx") == vector_files(&from_vecs));
-    let other_seed = seeded("7", "s7.idx");
-    assert!(other_seed != vector_files(&from_vecs));
+    let from_vecs = from_embeddings("v.idx", &[]);
+    let from_dump = dir.path().join("d.idx");
+    ok(&build(&sample(), &from_dump, &[], &[], None));
+    assert!(from_vecs == vector_files(&from_dump));
+    // The k-means seed: the default spelled out gives the same index,
+    // another seed other centroids (and codes) for the same vectors.
+    assert!(from_embeddings("s42.idx", &["--kmeans-seed", "42"]) == from_vecs);
+    let other_seed = from_embeddings("s7.idx", &["--kmeans-seed", "7"]);
+    assert!(other_seed != from_vecs);
     assert_eq!(
         other_seed.iter().map(|(f, _)| f).collect::<Vec<_>>(),
-        vector_files(&from_vecs)
-            .iter()
-            .map(|(f, _)| f)
-            .collect::<Vec<_>>()
+        from_vecs.iter().map(|(f, _)| f).collect::<Vec<_>>()
     );
 
     // Another engine's vectors: 8-dim, JSON doclens, no texts.

@@ -134,9 +134,6 @@ fn sorted_names<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
         .collect()
 }
 
-/// A reduction's name in summaries: its method, and its centring where it
-/// is not the default (`pca, centred q 0 / d 0.5`), so that two PCAs
-/// centred differently form two rows.
 /// A small head's row name, from its model's `training.json`.
 fn head_label(training_json: &serde_json::Value) -> String {
     format!("head ({})", training_json["head"].as_str().unwrap_or("?"))
@@ -170,6 +167,9 @@ fn table_header(lead: &[(&str, &str)], datasets: &[String], cols: &[&str], last:
     format!("{head} {last} |\n{rule}---:|")
 }
 
+/// A reduction's name in summaries: its method, and its centring where it
+/// is not the default (`pca, centred q 0 / d 0.5`), so that two PCAs
+/// centred differently form two rows.
 fn method_label(reduction_json: &serde_json::Value) -> String {
     let method = reduction_json["method"].as_str().unwrap_or("?");
     match reduction_json["centring"].as_object() {
