@@ -1,4 +1,9 @@
-"""Dev-pool nDCG@10 at r = 32 against the training step, twentieth session (a plot outside tessera).
+"""Dev-pool nDCG@10 at r = 32, twentieth session (a plot outside tessera).
+
+Left: against the training step, for the rotation fitted on the dev queries and on the
+train queries. Right: against the number of train queries it is fitted on (25, 50 and
+100 % of both train splits, seeds 1 and 2; each run's best dev record by the mean over r,
+as `train reduce` picks it).
 
 Usage: python session20-plot.py RUNS_DIR OUT_STEM
 RUNS_DIR holds the runs of commands-session20.txt (runs/red20) and the eighteenth
@@ -36,7 +41,7 @@ def r32_by_step(path):
     return points
 
 
-fig, ax = plt.subplots(figsize=(8, 5))
+fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
 for run, label, colour, style in rows:
     pts = r32_by_step(f"{runs_dir}/{run}/metrics.jsonl")
     ax.plot([s for s, _ in pts], [v for _, v in pts], style, color=colour, marker="o", label=label)
@@ -48,7 +53,33 @@ ax.set_ylabel("dev nDCG@10 at r = 32, mean of SciFact and NFCorpus (pools)")
 ax.set_ylim(0.53, 0.585)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=7.5, loc="lower right")
-ax.set_title("v4, twentieth session: the rotation fitted on the evaluated queries, and on the train queries")
+ax.set_title("fitted on the evaluated queries, and on the train queries")
+
+# Right panel: the number of train queries (SciFact + NFCorpus).
+queries = {25: 163 + 648, 50: 326 + 1295, 100: 651 + 2590}
+for seed, marker in ((1, "o"), (2, "s")):
+    xs, ys = [], []
+    for frac, n in queries.items():
+        best = None
+        for line in open(f"{runs_dir}/curve-f{frac}-nopq-s{seed}/metrics.jsonl"):
+            d = json.loads(line)
+            if "dev" in d and d["dev"]["per_dim"] and (best is None or d["dev"]["ndcg10"] > best["ndcg10"]):
+                best = d["dev"]
+        xs.append(n)
+        ys.append(next(p["ndcg10"] for p in best["per_dim"] if p["dim"] == 32))
+    bx.plot(xs, ys, "-", color="tab:blue", marker=marker, label=f"train queries, defaults without pseudo-queries, seed {seed}")
+bx.axhline(0.5356, color="k", lw=1, label="PCA")
+bx.axhline(0.5656, color="k", lw=1, ls=":", label="goal: PCA + 3 points")
+bx.set_xscale("log")
+bx.set_xticks(list(queries.values()))
+bx.minorticks_off()
+bx.set_xticklabels([f"{n}\n({f} %)" for f, n in queries.items()])
+bx.set_xlabel("train queries the rotation is fitted on")
+bx.set_ylim(0.53, 0.585)
+bx.grid(alpha=0.3)
+bx.legend(fontsize=7.5, loc="upper left")
+bx.set_title("four times the train queries")
+fig.suptitle("v4, twentieth session: the rotation at r = 32 (dev pools)")
 fig.tight_layout()
 fig.savefig(f"{out}.png", dpi=110)
 fig.savefig(f"{out}.svg")
