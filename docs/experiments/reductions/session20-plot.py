@@ -2,7 +2,7 @@
 
 Left: against the training step, for the rotation fitted on the dev queries and on the
 train queries. Right: against the number of train queries it is fitted on (25, 50 and
-100 % of both train splits, seeds 1 and 2; each run's best dev record by the mean over r,
+100 % of both train splits, seeds 1-3; each run's best dev record by the mean over r,
 as `train reduce` picks it).
 
 Usage: python session20-plot.py RUNS_DIR OUT_STEM
@@ -57,7 +57,7 @@ ax.set_title("fitted on the evaluated queries, and on the train queries")
 
 # Right panel: the number of train queries (SciFact + NFCorpus).
 queries = {25: 163 + 648, 50: 326 + 1295, 100: 651 + 2590}
-for seed, marker in ((1, "o"), (2, "s")):
+for seed, marker in ((1, "o"), (2, "s"), (3, "^")):
     xs, ys = [], []
     for frac, n in queries.items():
         best = None
