@@ -3,16 +3,17 @@
 Usage: python session19-plot.py RUNS_DIR OUT_STEM
 RUNS_DIR holds the runs of commands-session19.txt (runs/red19) and the eighteenth
 session's seed-1 defaults at RUNS_DIR/../red18/defaults-s1; each run's best dev record
-(by the mean over r, as `train reduce` picks it) is read from its metrics.jsonl.
+(by the mean over r, as `train reduce` picks it) is read from its metrics.jsonl
+(run_metrics.py, beside this file).
 Writes OUT_STEM.png and OUT_STEM.svg. Needs matplotlib.
 """
-import json
 import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from run_metrics import best_dev
 
 runs_dir, out = sys.argv[1], sys.argv[2]
 rows = [
@@ -27,11 +28,7 @@ rows = [
 ]
 fig, ax = plt.subplots(figsize=(8, 5))
 for run, label, colour, style in rows:
-    best = None
-    for line in open(f"{runs_dir}/{run}/metrics.jsonl"):
-        d = json.loads(line)
-        if "dev" in d and (best is None or d["dev"]["ndcg10"] > best["ndcg10"]):
-            best = d["dev"]
+    best = best_dev(f"{runs_dir}/{run}/metrics.jsonl")
     dims = [p["dim"] for p in best["per_dim"]]
     ax.plot(dims, [p["ndcg10"] for p in best["per_dim"]], style, color=colour, marker="o", label=label)
 ax.axhline(0.5806, color="grey", lw=0.8, label="full width, 128 dims")

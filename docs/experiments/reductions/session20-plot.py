@@ -8,16 +8,17 @@ as `train reduce` picks it).
 Usage: python session20-plot.py RUNS_DIR OUT_STEM
 RUNS_DIR holds the runs of commands-session20.txt (runs/red20) and the eighteenth
 session's seed-1 defaults at RUNS_DIR/../red18/defaults-s1. Each dev record of a run's
-metrics.jsonl is placed at the step of the training record before it (0 for the first).
+metrics.jsonl is placed at the step of the training record before it (0 for the first;
+run_metrics.py, beside this file).
 Writes OUT_STEM.png and OUT_STEM.svg. Needs matplotlib.
 """
-import json
 import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from run_metrics import best_dev, dev_records, ndcg_at
 
 runs_dir, out = sys.argv[1], sys.argv[2]
 rows = [
@@ -28,22 +29,9 @@ rows = [
     ("../red18/defaults-s1", "train queries, `train reduce` defaults", "tab:red", "-"),
 ]
 
-
-def r32_by_step(path):
-    step, points = 0, []
-    for line in open(path):
-        d = json.loads(line)
-        if "dev" in d:
-            r32 = next(p["ndcg10"] for p in d["dev"]["per_dim"] if p["dim"] == 32)
-            points.append((step, r32))
-        elif "step" in d:
-            step = d["step"]["step"]
-    return points
-
-
 fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
 for run, label, colour, style in rows:
-    pts = r32_by_step(f"{runs_dir}/{run}/metrics.jsonl")
+    pts = [(step, ndcg_at(dev, 32)) for step, dev in dev_records(f"{runs_dir}/{run}/metrics.jsonl")]
     ax.plot([s for s, _ in pts], [v for _, v in pts], style, color=colour, marker="o", label=label)
 ax.axhline(0.5356, color="k", lw=1, label="PCA at r = 32 (no training)")
 ax.axhline(0.5656, color="k", lw=1, ls=":", label="goal: PCA + 3 points")
@@ -58,15 +46,8 @@ ax.set_title("fitted on the evaluated queries, and on the train queries")
 # Right panel: the number of train queries (SciFact + NFCorpus).
 queries = {25: 163 + 648, 50: 326 + 1295, 100: 651 + 2590}
 for seed, marker in ((1, "o"), (2, "s"), (3, "^")):
-    xs, ys = [], []
-    for frac, n in queries.items():
-        best = None
-        for line in open(f"{runs_dir}/curve-f{frac}-nopq-s{seed}/metrics.jsonl"):
-            d = json.loads(line)
-            if "dev" in d and d["dev"]["per_dim"] and (best is None or d["dev"]["ndcg10"] > best["ndcg10"]):
-                best = d["dev"]
-        xs.append(n)
-        ys.append(next(p["ndcg10"] for p in best["per_dim"] if p["dim"] == 32))
+    xs = list(queries.values())
+    ys = [ndcg_at(best_dev(f"{runs_dir}/curve-f{frac}-nopq-s{seed}/metrics.jsonl"), 32) for frac in queries]
     bx.plot(xs, ys, "-", color="tab:blue", marker=marker, label=f"train queries, defaults without pseudo-queries, seed {seed}")
 bx.axhline(0.5356, color="k", lw=1, label="PCA")
 bx.axhline(0.5656, color="k", lw=1, ls=":", label="goal: PCA + 3 points")
