@@ -325,3 +325,108 @@ fn search_settings_have_one_set_of_bounds_in_search_eval_and_serve() {
         assert!(help.contains("1 to 256"), "{}: {help}", cmd[0]);
     }
 }
+
+/// The GPU check's CPU dry run: every step of `scripts/gpu-check run` runs
+/// on the tiny model and toy data with tiny budgets and writes its JSON, so
+/// the script cannot rot between GPU runs.
+#[test]
+fn gpu_check_dry_run_runs_every_step_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = common::toy_dataset(dir.path(), None);
+    let out = dir.path().join("out");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/gpu-check");
+    let t = common::tiny();
+    let o = std::process::Command::new("bash")
+        .arg(&script)
+        .args(["dry-run", "--bin", env!("CARGO_BIN_EXE_tessera")])
+        .args([
+            "--model",
+            &t,
+            "--backbone",
+            &t,
+            "--dataset",
+            ds.to_str().unwrap(),
+        ])
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--work",
+            dir.path().to_str().unwrap(),
+        ])
+        .args([
+            "--dim",
+            "16",
+            "--batch-queries",
+            "4",
+            "--reduce-dims",
+            "8,16",
+        ])
+        .args(["--reduce-steps", "2", "--latency-queries", "8"])
+        .arg("--train-extra=--mine-depth 4 --pool-depth 8 --threads 1")
+        .arg("--reduce-extra=--negatives 2 --mine-depth 4 --pool-depth 8 --threads 1")
+        .env("TESSERA_HOME", dir.path().join("home"))
+        .output()
+        .unwrap();
+    let log = format!("{}{}", stdout(&o), stderr(&o));
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("summary.json")).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("no summary.json ({e}): {log}"));
+    let steps = &summary["steps"];
+    for name in [
+        "environment",
+        "parity",
+        "index_build",
+        "eval",
+        "train_frozen",
+        "train_full",
+        "train_reduce",
+        "latency",
+    ] {
+        assert!(steps[name].is_object(), "{name} missing: {log}");
+        assert!(
+            steps[name].get("error").is_none(),
+            "{name} failed: {}\n{log}",
+            steps[name]
+        );
+        assert!(out.join(format!("{name}.json")).is_file(), "{name}.json");
+    }
+    // The CPU against itself: fp32 is exact, the builds report throughput,
+    // training steps and encoding latency are timed.
+    assert_eq!(
+        steps["parity"]["fp32"]["max_abs"].as_f64(),
+        Some(0.0),
+        "{log}"
+    );
+    let build = &steps["index_build"]["fp32"];
+    assert_eq!(build["documents"], 8, "{build}");
+    assert!(build["docs_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        steps["eval"]["idx-cpu-fp32"]["delta_vs_cpu"].as_f64(),
+        Some(0.0),
+        "{log}"
+    );
+    assert!(steps["train_frozen"]["steps_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(steps["train_full"]["mode"], "full");
+    assert!(steps["latency"]["batch_32"]["p50_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(steps["latency"]["batch_1"]["calls"], 8);
+    // Without CUDA, asking for it is a clear error; auto falls back.
+    let t = common::tiny();
+    let cuda = common::run(
+        &["encode", "--model", &t, "--device", "cuda", "--query", "x"],
+        &[],
+        None,
+    );
+    if !cuda.status.success() {
+        assert!(
+            stderr(&cuda).contains("CUDA was requested but is not available"),
+            "{}",
+            stderr(&cuda)
+        );
+        common::ok(&common::run(
+            &["encode", "--model", &t, "--device", "auto", "--query", "x"],
+            &[],
+            None,
+        ));
+    }
+}

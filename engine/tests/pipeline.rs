@@ -809,6 +809,34 @@ fn eval_over_several_datasets_prints_the_mean_and_compares_combined_reports() {
     assert!((r["mean"][0][1].as_f64().unwrap() - (per[0] + per[1]) / 2.0).abs() < 1e-12);
     assert!(dir.path().join("all-bm25-alpha-dev.json").exists());
     assert!(dir.path().join("all-bm25-beta-test.json").exists());
+    // A collection given as --zero-shot is averaged apart as well.
+    let zs = dir.path().join("zs-bm25.json");
+    let args = eval_args(
+        &tiny,
+        &[
+            "--dataset",
+            a.to_str().unwrap(),
+            "--zero-shot",
+            &b_spec,
+            "--retriever",
+            "bm25",
+            "--out",
+            zs.to_str().unwrap(),
+        ],
+    );
+    let table = ok(&run(&args, &envs, None));
+    assert!(
+        table.contains("in-domain mean (1 datasets)")
+            && table.contains("zero-shot mean (1 datasets)"),
+        "{table}"
+    );
+    let z: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&zs).unwrap()).unwrap();
+    assert_eq!(z["reports"][1]["zero_shot"], true, "{z}");
+    assert!(z["reports"][0].get("zero_shot").is_none(), "{z}");
+    assert_eq!(z["in_domain_mean"][0][1].as_f64(), Some(per[0]));
+    assert_eq!(z["zero_shot_mean"][0][1].as_f64(), Some(per[1]));
+    assert!(r.get("zero_shot_mean").is_none(), "{r}");
     let (colbert, _) = combined("colbert");
     let cmp = ok(&run(
         &[

@@ -400,3 +400,178 @@ fn bad_training_input_is_refused_before_training() {
         }
     }
 }
+
+#[test]
+fn zero_shot_validation_robust_selection_pca_start_and_wise_ft() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let envs = [("TESSERA_HOME", home.to_str().unwrap())];
+    let ds = dataset(dir.path(), None);
+    let ds = ds.to_str().unwrap();
+    // A second collection, never trained on: the toy folder under another name.
+    let same_name = toy_dataset(&dir.path().join("zs"), None);
+    let other = dir.path().join("other");
+    std::fs::rename(&same_name, &other).unwrap();
+    let other = other.to_str().unwrap();
+    let t = tiny();
+    let head = [
+        "--head",
+        "glu",
+        "--residual",
+        "--dim",
+        "16",
+        "--start",
+        "pca",
+    ];
+    let start = dir.path().join("start");
+    let start_s = start.to_str().unwrap();
+    let mut a = train_args(ds, start_s, &t, &head);
+    a.extend_from_slice(&["--steps", "0", "--zero-shot", other]);
+    ok(&run(&a, &envs, None));
+    let record = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("training.json")).unwrap()).unwrap()
+    };
+    let r0 = record(&start);
+    let best = &r0["best"];
+    assert!(
+        best["in_domain"].as_f64().is_some() && best["zero_shot"].as_f64().is_some(),
+        "{r0}"
+    );
+    let names: Vec<&str> = best["per_source"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["toy", "other"]);
+    // The zero-shot set is scored over its whole corpus (8 documents, each
+    // query's own document judged): recall@100 is 1.
+    assert_eq!(best["per_source"][1][2].as_f64(), Some(1.0), "{r0}");
+
+    // Trained from the PCA start with both anchors, kept by the robust rule.
+    let tuned = dir.path().join("tuned");
+    let tuned_s = tuned.to_str().unwrap();
+    let mut a = train_args(ds, tuned_s, &t, &head);
+    a.extend_from_slice(&[
+        "--steps",
+        "8",
+        "--eval-every",
+        "2",
+        "--zero-shot",
+        other,
+        "--select",
+        "robust",
+        "--select-margin",
+        "0.5",
+        "--l2-sp",
+        "0.1",
+        "--raw-kl",
+        "0.5",
+    ]);
+    let o = run(&a, &envs, None);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("kept by the robust rule"), "{stderr}");
+    let r1 = record(&tuned);
+    assert_eq!(r1["selection"]["rule"], "robust", "{r1}");
+    assert_eq!(r1["config"]["l2_sp"], 0.1);
+    let kept_step = r1["best"]["step"].as_u64().unwrap() as usize;
+    // The kept head is the validated copy of that step, byte for byte.
+    let copy = tuned.join(format!("validated/step-{kept_step}/head.safetensors"));
+    assert_eq!(
+        std::fs::read(copy).unwrap(),
+        std::fs::read(tuned.join("head.safetensors")).unwrap()
+    );
+
+    // WiSE-FT: α = 0 is the start, α = 1 the tuned head; shapes must match.
+    let encode = |m: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(&run(
+            &[
+                "encode",
+                "--model",
+                m.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--doc",
+                "comet orbit sun",
+                "--json",
+            ],
+            &envs,
+            None,
+        )))
+        .unwrap()
+    };
+    for (alpha, same_as) in [("0", &start), ("1", &tuned)] {
+        let w = dir.path().join(format!("wise-{alpha}"));
+        ok(&run(
+            &[
+                "train",
+                "interpolate",
+                "--from",
+                start_s,
+                "--to",
+                tuned_s,
+                "--alpha",
+                alpha,
+                "--out",
+                w.to_str().unwrap(),
+            ],
+            &envs,
+            None,
+        ));
+        assert_eq!(
+            encode(&w)["tokens"],
+            encode(same_as)["tokens"],
+            "alpha {alpha}"
+        );
+    }
+    let plain = dir.path().join("plain");
+    let mut a = train_args(
+        ds,
+        plain.to_str().unwrap(),
+        &t,
+        &["--head", "glu", "--dim", "16"],
+    );
+    a.extend_from_slice(&["--steps", "0"]);
+    ok(&run(&a, &envs, None));
+    let e = err(&run(
+        &[
+            "train",
+            "interpolate",
+            "--from",
+            start_s,
+            "--to",
+            plain.to_str().unwrap(),
+            "--alpha",
+            "0.5",
+            "--out",
+            dir.path().join("x").to_str().unwrap(),
+        ],
+        &envs,
+        None,
+    ));
+    assert!(e.contains("different specs"), "{e}");
+
+    // Refusals: a zero-shot set that is trained on, or shares a name; the
+    // robust rule without zero-shot sets; pca on a head with no shortcut.
+    for (extra, want) in [
+        (vec!["--zero-shot", ds], "never trained on"),
+        (vec!["--select", "robust"], "--zero-shot"),
+        (
+            vec!["--start", "pca", "--head", "glu"],
+            "cannot start at a projection",
+        ),
+    ] {
+        let out = dir.path().join("refused");
+        let mut a = train_args(ds, out.to_str().unwrap(), &t, &extra);
+        a.extend_from_slice(&["--steps", "1"]);
+        let e = err(&run(&a, &envs, None));
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
+    let clash = toy_dataset(&dir.path().join("clash"), None);
+    let refused = dir.path().join("refused");
+    let mut a = train_args(ds, refused.to_str().unwrap(), &t, &[]);
+    a.extend_from_slice(&["--steps", "1", "--zero-shot", clash.to_str().unwrap()]);
+    let e = err(&run(&a, &envs, None));
+    assert!(e.contains("named \"toy\""), "{e}");
+}

@@ -127,6 +127,8 @@ fn config(spec: HeadSpec, steps: usize) -> TrainConfig {
         distill_weight: 0.0,
         distill_temperature: 1.0,
         distill_candidates: 4,
+        l2_sp: 0.0,
+        raw_kl: 0.0,
         seed: 7,
         eval_every: 0,
         checkpoint_every: 5,
@@ -142,6 +144,7 @@ fn trainee(spec: &HeadSpec, seed: i64) -> Trainee<'static> {
     Trainee {
         spec: spec.clone(),
         head,
+        start: None,
         backbone: None,
         device: Device::Cpu,
     }
@@ -156,7 +159,8 @@ fn run(
     resume: Option<train::CheckpointState>,
 ) -> (Vec<f64>, Vec<(String, Tensor)>) {
     let mut kept = Vec::new();
-    let mut validate = |_: &Trainee<'_>| -> tessera_training::Result<Option<DevLog>> { Ok(None) };
+    let mut validate =
+        |_: &Trainee<'_>, _: usize| -> tessera_training::Result<Option<DevLog>> { Ok(None) };
     let mut on_step = |_: &train::StepLog, _: Option<&DevLog>| {};
     let mut on_best = |t: &Trainee<'_>, _: Option<&DevLog>| -> tessera_training::Result<()> {
         kept = t.head_tensors();
@@ -176,6 +180,72 @@ fn run(
     )
     .unwrap();
     (s.steps.iter().map(|l| l.loss).collect(), kept)
+}
+
+/// Squared distance of head tensors from a start.
+fn distance(head: &[(String, Tensor)], start: &HashMap<String, Tensor>) -> f64 {
+    head.iter()
+        .map(|(n, t)| {
+            f64::try_from(
+                (t - &start[n])
+                    .square()
+                    .sum(tessera_training::tch::Kind::Float),
+            )
+            .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+fn anchors_keep_a_head_near_its_start_and_near_the_backbone() {
+    let f = fixture();
+    let sources = vec![source(&f)];
+    let mut spec = HeadSpec::new(HeadKind::Glu, 32, 16);
+    spec.residual = true;
+    let start = blocks::init(&spec, Device::Cpu, 3);
+    let fresh = |start: &HashMap<String, Tensor>| Trainee {
+        head: start
+            .iter()
+            .map(|(n, t)| (n.clone(), t.copy().set_requires_grad(true)))
+            .collect(),
+        start: Some(start.iter().map(|(n, t)| (n.clone(), t.copy())).collect()),
+        ..trainee(&spec, 0)
+    };
+    let plain = config(spec.clone(), 12);
+    let (_, free) = run(&plain, &sources, fresh(&start), &f.root.join("free"), None);
+    let pulled_cfg = TrainConfig {
+        l2_sp: 10.0,
+        raw_kl: 0.5,
+        ..plain.clone()
+    };
+    let (losses, pulled) = run(
+        &pulled_cfg,
+        &sources,
+        fresh(&start),
+        &f.root.join("pulled"),
+        None,
+    );
+    assert!(losses.iter().all(|l| l.is_finite()));
+    // The L2-SP pull keeps the weights nearer where they started.
+    let (d_free, d_pulled) = (distance(&free, &start), distance(&pulled, &start));
+    assert!(
+        d_pulled < 0.5 * d_free,
+        "pulled {d_pulled} vs free {d_free}"
+    );
+    // The anchor terms are logged, and only when they are on.
+    let logs = std::fs::read_to_string(f.root.join("pulled/metrics.jsonl")).unwrap();
+    assert!(
+        logs.contains("\"anchor\":") && !logs.contains("\"anchor\":0.0,"),
+        "{logs}"
+    );
+    let logs = std::fs::read_to_string(f.root.join("free/metrics.jsonl")).unwrap();
+    assert!(logs.contains("\"anchor\":0.0"));
+    // The raw-backbone teacher needs frozen states.
+    let full = TrainConfig {
+        mode: Mode::Full,
+        ..pulled_cfg
+    };
+    assert!(full.validate().unwrap_err().contains("--raw-kl"));
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -327,7 +397,7 @@ fn interrupt_at_step_6(cfg: &TrainConfig, sources: &[Source], t: Trainee<'_>, ou
         eval_every: 6,
         ..cfg.clone()
     };
-    let mut fail = |_: &Trainee<'_>| -> tessera_training::Result<Option<DevLog>> {
+    let mut fail = |_: &Trainee<'_>, _: usize| -> tessera_training::Result<Option<DevLog>> {
         Err(tessera_training::TrainingError::InvalidInput(
             "interrupted".into(),
         ))

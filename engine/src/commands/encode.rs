@@ -18,7 +18,12 @@ use crate::model::ModelArgs;
 #[command(after_help = "Examples:\n  \
     tessera encode --query \"what causes tides?\"\n  \
     tessera encode --doc \"The Moon's gravity pulls the oceans.\" --json\n  \
-    tessera encode --model ./colbert-model --docs abstracts.txt --json > vectors.jsonl")]
+    tessera encode --model ./colbert-model --docs abstracts.txt --json > vectors.jsonl\n  \
+    tessera encode --queries queries.txt --batch-size 1 --latency   # per-call latency, JSON\n\n\
+    --latency encodes the texts --batch-size at a time, one call per batch after one\n\
+    warm-up batch, and prints the calls' latency (p50, p99, mean) and texts/s instead\n\
+    of the vectors: --batch-size 1 is a search's query encoding, larger batches a\n\
+    server's batched queries.")]
 pub struct EncodeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -37,6 +42,53 @@ pub struct EncodeArgs {
     /// Print JSON (one object per text, one per line for files).
     #[arg(long)]
     pub json: bool,
+    /// Time the encoder instead of printing vectors: one call per
+    /// --batch-size texts (after a warm-up call); prints JSON.
+    #[arg(long, conflicts_with = "json")]
+    pub latency: bool,
+}
+
+/// What `--latency` prints.
+#[derive(Serialize)]
+struct Latency {
+    kind: &'static str,
+    device: String,
+    precision: String,
+    texts: usize,
+    batch_size: usize,
+    calls: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+    texts_per_s: f64,
+}
+
+/// Times `encoder` over `texts`, `batch` at a time after one warm-up call.
+fn latency(encoder: &Encoder, texts: &[&str], kind: TextKind, batch: usize) -> Result<Latency> {
+    let batch = batch.max(1);
+    if let Some(first) = texts.chunks(batch).next() {
+        encoder.encode(first, kind, &mut |_| {})?;
+    }
+    let mut ms = Vec::new();
+    for chunk in texts.chunks(batch) {
+        let t = std::time::Instant::now();
+        encoder.encode(chunk, kind, &mut |_| {})?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (p50_ms, p99_ms) = tessera_eval::stats::p50_p99(&ms);
+    let total: f64 = ms.iter().sum();
+    Ok(Latency {
+        kind: kind_name(kind),
+        device: format!("{:?}", encoder.device()),
+        precision: format!("{:?}", encoder.precision()).to_lowercase(),
+        texts: texts.len(),
+        batch_size: batch,
+        calls: ms.len(),
+        p50_ms,
+        p99_ms,
+        mean_ms: total / ms.len().max(1) as f64,
+        texts_per_s: texts.len() as f64 / (total / 1e3).max(1e-12),
+    })
 }
 
 #[derive(Serialize)]
@@ -68,6 +120,11 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     }
     let encoder = args.model.load()?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    if args.latency {
+        let l = latency(&encoder, &refs, kind, args.model.batch_size as usize)?;
+        println!("{}", serde_json::to_string(&l)?);
+        return Ok(());
+    }
 
     let bar = if from_file {
         ProgressBar::new(refs.len() as u64)

@@ -30,6 +30,8 @@ use tessera_training::Precision;
 #[command(after_help = "Examples:\n  \
     tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
     tessera eval --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus:dev\n  \
+    tessera eval --dataset path/to/beir/scifact --zero-shot path/to/beir/cranfield  \
+    # in-domain and zero-shot means\n  \
     tessera eval --dataset ../shared/datasets/scifact --split dev --retriever bm25 --out bm25.json\n  \
     tessera eval --dataset cranfield --split test --skip-invalid\n  \
     tessera eval --run run.trec --qrels ../shared/datasets/scifact/qrels/dev.tsv\n  \
@@ -43,6 +45,12 @@ pub struct EvalArgs {
     /// for several. `DIR:SPLIT` picks that dataset's split.
     #[arg(long = "dataset", value_name = "DIR[:SPLIT]", conflicts_with_all = ["run", "compare"])]
     pub datasets: Vec<String>,
+    /// A collection the model was not trained on (`DIR` or `DIR:SPLIT`):
+    /// evaluated like --dataset, and averaged apart — the table and the
+    /// combined report give an in-domain mean (the --dataset collections)
+    /// and a zero-shot mean beside the overall one.
+    #[arg(long = "zero-shot", value_name = "DIR[:SPLIT]", conflicts_with_all = ["run", "compare"])]
+    pub zero_shot: Vec<String>,
     /// The qrels split of datasets given without `:SPLIT`.
     #[arg(long, default_value = "dev")]
     pub split: String,
@@ -131,6 +139,9 @@ pub struct Report {
     /// Recall@10 against exact MaxSim over the unquantised f32 vectors.
     #[serde(default)]
     pub recall10_vs_f32: Option<f64>,
+    /// Given as --zero-shot: a collection the model was not trained on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_shot: bool,
 }
 
 /// Several datasets' reports and their mean (`tessera eval --dataset A
@@ -143,6 +154,12 @@ pub struct CombinedReport {
     /// Measure → mean over datasets (each dataset weighs the same, as BEIR
     /// papers average).
     pub mean: Vec<(String, f64)>,
+    /// With --zero-shot collections: the mean over the --dataset ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_domain_mean: Option<Vec<(String, f64)>>,
+    /// With --zero-shot collections: the mean over them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_shot_mean: Option<Vec<(String, f64)>>,
     pub reports: Vec<Report>,
 }
 
@@ -190,21 +207,27 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if args.datasets.is_empty() {
+    if args.datasets.is_empty() && args.zero_shot.is_empty() {
         bail!("give --dataset DIR, --run FILE --qrels FILE, or --compare A.json B.json");
     }
-    let specs: Vec<(PathBuf, String)> = args
+    // (folder, split, zero-shot)
+    let specs: Vec<(PathBuf, String, bool)> = args
         .datasets
         .iter()
-        .map(|s| dataset_spec(s, &args.split))
+        .map(|s| (s, false))
+        .chain(args.zero_shot.iter().map(|s| (s, true)))
+        .map(|(s, zs)| {
+            let (dir, split) = dataset_spec(s, &args.split);
+            (dir, split, zs)
+        })
         .collect();
     if specs.len() > 1 && args.index.is_some() {
         bail!("--index names one dataset's index: give a single --dataset with it");
     }
     if specs.len() == 1 {
-        let (dir, split) = &specs[0];
+        let (dir, split, zs) = &specs[0];
         let out = args.out.clone();
-        let report = eval_dataset(&args, dir, split, &measures, out)?;
+        let report = eval_dataset(&args, dir, split, &measures, out, *zs)?;
         print_table(&[&report], None);
         return Ok(());
     }
@@ -216,7 +239,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         .file_stem()
         .map_or("combined".into(), |s| s.to_string_lossy().into_owned());
     let mut reports = Vec::new();
-    for (dir, split) in &specs {
+    for (dir, split, zs) in &specs {
         let name = dataset_name(
             &dir.canonicalize()
                 .with_context(|| dir.display().to_string())?,
@@ -225,11 +248,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .out
             .as_ref()
             .map(|_| combined_out.with_file_name(format!("{stem}-{name}-{split}.json")));
-        reports.push(eval_dataset(&args, dir, split, &measures, out)?);
+        reports.push(eval_dataset(&args, dir, split, &measures, out, *zs)?);
     }
     let combined = combine(&reports, &combined_out, args.rank.retriever);
     write_json(&combined_out, &combined)?;
-    print_table(&reports.iter().collect::<Vec<_>>(), Some(&combined.mean));
+    print_table(&reports.iter().collect::<Vec<_>>(), Some(&combined));
     eprintln!("combined report: {}", combined_out.display());
     Ok(())
 }
@@ -246,9 +269,9 @@ fn dataset_spec(s: &str, default_split: &str) -> (PathBuf, String) {
     (PathBuf::from(s), default_split.to_owned())
 }
 
-/// The mean over datasets of each measure the first report has.
-fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedReport {
-    let mean = reports[0]
+/// The mean over `reports` of each measure the first report has.
+fn mean_of(reports: &[&Report]) -> Vec<(String, f64)> {
+    reports[0]
         .measures
         .iter()
         .map(|(m, _)| {
@@ -261,7 +284,23 @@ fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedRepo
                 vals.iter().sum::<f64>() / vals.len().max(1) as f64,
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The reports of one side (zero-shot or not).
+fn group(reports: &[Report], zero_shot: bool) -> Vec<&Report> {
+    reports
+        .iter()
+        .filter(|r| r.zero_shot == zero_shot)
+        .collect()
+}
+
+/// The mean over datasets of each measure the first report has and, when
+/// some are zero-shot and some not, each side's mean.
+fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedReport {
+    let mean = mean_of(&reports.iter().collect::<Vec<_>>());
+    let (ind, zs) = (group(reports, false), group(reports, true));
+    let split = !ind.is_empty() && !zs.is_empty();
     CombinedReport {
         tessera: env!("CARGO_PKG_VERSION").into(),
         name: out
@@ -269,6 +308,8 @@ fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedRepo
             .map_or("combined".into(), |s| s.to_string_lossy().into_owned()),
         retriever: Some(retriever.to_string()),
         mean,
+        in_domain_mean: split.then(|| mean_of(&ind)),
+        zero_shot_mean: split.then(|| mean_of(&zs)),
         reports: reports.to_vec(),
     }
 }
@@ -309,6 +350,7 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
         timing: None,
         recall10_vs_exact: None,
         recall10_vs_f32: None,
+        zero_shot: false,
     }
 }
 
@@ -558,6 +600,7 @@ fn eval_dataset(
     split: &str,
     measures: &[Measure],
     out: Option<PathBuf>,
+    zero_shot: bool,
 ) -> Result<Report> {
     let t_all = Instant::now();
     let dataset = Dataset::open(dir)?;
@@ -714,6 +757,7 @@ fn eval_dataset(
     });
     report.recall10_vs_exact = recall10_vs_exact;
     report.recall10_vs_f32 = recall10_vs_f32;
+    report.zero_shot = zero_shot;
     write_json(&out, &report)?;
     eprintln!("report: {}  run: {}", out.display(), run_path.display());
     Ok(report)
@@ -728,7 +772,7 @@ fn write_json<T: Serialize>(path: &Path, r: &T) -> Result<()> {
 
 /// The results table: a row per report and, for several datasets, their
 /// mean. Output to a closed pipe is not an error.
-fn print_table(reports: &[&Report], mean: Option<&[(String, f64)]>) {
+fn print_table(reports: &[&Report], combined: Option<&CombinedReport>) {
     let mut w = std::io::stdout().lock();
     let names: Vec<&str> = reports[0]
         .measures
@@ -791,26 +835,36 @@ fn print_table(reports: &[&Report], mean: Option<&[(String, f64)]>) {
         }
         let _ = writeln!(w);
     }
-    if let Some(mean) = mean {
-        let n: usize = reports.iter().map(|r| r.queries).sum();
-        let _ = write!(w, "| **mean ({} datasets)** | {n} |", reports.len());
-        for (_, v) in mean {
-            let _ = write!(w, " **{v:.4}** |");
+    if let Some(c) = combined {
+        let in_domain: Vec<&Report> = reports.iter().copied().filter(|r| !r.zero_shot).collect();
+        let zero_shot: Vec<&Report> = reports.iter().copied().filter(|r| r.zero_shot).collect();
+        let rows = [
+            ("mean", reports.to_vec(), Some(&c.mean)),
+            ("in-domain mean", in_domain, c.in_domain_mean.as_ref()),
+            ("zero-shot mean", zero_shot, c.zero_shot_mean.as_ref()),
+        ];
+        for (label, group, mean) in rows {
+            let Some(mean) = mean else { continue };
+            let n: usize = group.iter().map(|r| r.queries).sum();
+            let _ = write!(w, "| **{label} ({} datasets)** | {n} |", group.len());
+            for (_, v) in mean {
+                let _ = write!(w, " **{v:.4}** |");
+            }
+            let avg = |f: &dyn Fn(&Report) -> Option<f64>| {
+                let v: Vec<f64> = group.iter().filter_map(|r| f(r)).collect();
+                (v.len() == group.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            if timed {
+                let _ = write!(w, " – | – | – | – | – | – |");
+            }
+            if exact {
+                let _ = write!(w, " {} |", opt(avg(&|r| r.recall10_vs_exact)));
+            }
+            if f32 {
+                let _ = write!(w, " {} |", opt(avg(&|r| r.recall10_vs_f32)));
+            }
+            let _ = writeln!(w);
         }
-        let avg = |f: &dyn Fn(&Report) -> Option<f64>| {
-            let v: Vec<f64> = reports.iter().filter_map(|r| f(r)).collect();
-            (v.len() == reports.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-        };
-        if timed {
-            let _ = write!(w, " – | – | – | – | – | – |");
-        }
-        if exact {
-            let _ = write!(w, " {} |", opt(avg(&|r| r.recall10_vs_exact)));
-        }
-        if f32 {
-            let _ = write!(w, " {} |", opt(avg(&|r| r.recall10_vs_f32)));
-        }
-        let _ = writeln!(w);
     }
     let _ = w.flush();
 }

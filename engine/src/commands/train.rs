@@ -28,12 +28,16 @@ use tessera_training::heads::HeadSpec;
 use tessera_training::states::{StateCache, StatesWriter};
 use tessera_training::train::optim::Decay;
 use tessera_training::train::score::{score_dev, DevSet};
+use tessera_training::train::select::Selection;
 use tessera_training::train::{
     self, plot, Backbone, DevLog, Example, Mode, Source, Texts, TrainConfig, Trainee,
 };
 use tessera_training::{
     ColbertModel, ColbertSettings, Encoder, HeadKind, ProjectionHead, TextKind,
 };
+
+mod interpolate;
+mod robust;
 
 use crate::commands::encode_corpus::RecordArgs;
 use crate::commands::eval::cached_dataset_index;
@@ -58,6 +62,7 @@ pub enum TrainWhat {
     Heads(Box<HeadsArgs>),
     Reduce(Box<crate::commands::reduce::TrainReduceArgs>),
     Summarize(SummarizeArgs),
+    Interpolate(interpolate::InterpolateArgs),
 }
 
 /// Tabulate training runs (mean ± std over seeds per head and dim) and draw
@@ -75,6 +80,26 @@ pub struct SummarizeArgs {
     /// Also draw the mean dev nDCG@10 curve per row to FILE.png and FILE.svg.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// One row per run folder name with its seed (a `-sN` part) left out
+    /// — `plain-s1`, `plain-s2` → `plain` — instead of per head, dim and mode.
+    #[arg(long)]
+    pub by_folder: bool,
+}
+
+/// A run folder's name without its seed part (`-s` and digits).
+fn name_without_seed(dir: &Path) -> String {
+    let name = absolute(dir)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.split('-')
+        .filter(|part| {
+            !(part.len() > 1
+                && part.starts_with('s')
+                && part[1..].bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// Train a projection head — linear, FFN, GLU, any with a residual path —
@@ -199,10 +224,39 @@ pub struct HeadsArgs {
     /// Pad queries with [MASK] to the query length and keep those outputs.
     #[arg(long)]
     pub query_augmentation: bool,
-    /// Start from the head of this model folder (its head.json replaces the
-    /// head options); with --steps 0, evaluate it on the dev pools.
-    #[arg(long, value_name = "DIR")]
+    /// Start from the head of this model folder or built-in model name
+    /// (its head.json replaces the head options); with --steps 0, evaluate
+    /// it on the dev pools.
+    #[arg(long, value_name = "DIR", conflicts_with = "start")]
     pub init_head: Option<PathBuf>,
+    /// How a fresh head starts: random (torch's Linear init) or pca — the
+    /// backbone's principal directions, learnt from no labels (a linear
+    /// head's weight, or the learned shortcut of a --residual head whose
+    /// branch starts at zero): a general head that training moves from.
+    #[arg(long, default_value = "random", value_parser = ["random", "pca"])]
+    pub start: String,
+    /// L2-SP: pull the head's weights towards where they started with this
+    /// weight (Σ‖θ − θ₀‖²; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub l2_sp: f64,
+    /// Weight of a KL term from the backbone's own MaxSim scores (no head)
+    /// to the head's, over each query's batch documents: the trained head
+    /// keeps the order the backbone knew (frozen mode; 0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub raw_kl: f64,
+    /// A collection to validate on but never train on (its --dev-split
+    /// against its whole corpus, exact MaxSim); repeat for several. The
+    /// validations report an in-domain and a zero-shot mean.
+    #[arg(long = "zero-shot", value_name = "DIR")]
+    pub zero_shot: Vec<PathBuf>,
+    /// Which validated head to keep: in-domain (best in-domain mean) or
+    /// robust (best zero-shot mean among those within --select-margin of
+    /// the best in-domain mean; needs --zero-shot, frozen mode).
+    #[arg(long, default_value = "in-domain")]
+    pub select: Selection,
+    /// The robust rule's margin below the best in-domain mean (nDCG@10).
+    #[arg(long, default_value_t = 0.01)]
+    pub select_margin: f64,
     /// The model folder to write.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -325,6 +379,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         TrainWhat::Heads(a) => heads(*a),
         TrainWhat::Reduce(a) => crate::commands::reduce::train_reduce(*a),
         TrainWhat::Summarize(a) => summarize(a),
+        TrainWhat::Interpolate(a) => interpolate::run(a),
     }
 }
 
@@ -349,8 +404,24 @@ pub(crate) fn read_dataset(
     dev_split: &str,
     require_train: bool,
 ) -> Result<DatasetData> {
+    read_splits(dir, Some(train_split), dev_split, require_train)
+}
+
+/// Reads a dataset, its train split only when `train_split` names one (a
+/// zero-shot validation set has none: its train judgements stay empty).
+fn read_splits(
+    dir: &Path,
+    train_split: Option<&str>,
+    dev_split: &str,
+    require_train: bool,
+) -> Result<DatasetData> {
     let ds = Dataset::open(dir)?;
-    let train = if require_train || ds.qrels_path(train_split).is_file() {
+    let no_train = || Qrels {
+        judgements: BTreeMap::new(),
+    };
+    let train = if let Some(train_split) =
+        train_split.filter(|t| require_train || ds.qrels_path(t).is_file())
+    {
         let train = ds
             .qrels(train_split)
             .with_context(|| format!("{}: no {train_split} split to train on", dir.display()))?;
@@ -360,14 +431,14 @@ pub(crate) fn read_dataset(
             dir.display()
         );
         train
-    } else {
+    } else if let Some(train_split) = train_split {
         eprintln!(
             "note: {}: no {train_split} split; it trains on pseudo-queries only",
             dir.display()
         );
-        Qrels {
-            judgements: BTreeMap::new(),
-        }
+        no_train()
+    } else {
+        no_train()
     };
     let dev = match ds.qrels(dev_split) {
         Ok(q) if !q.is_empty() => Some(q),
@@ -387,8 +458,10 @@ pub(crate) fn read_dataset(
     } = read_texts(&ds.corpus_path(), &CorpusOptions::default(), usize::MAX)?;
     let known_docs: HashSet<&str> = doc_ids.iter().map(String::as_str).collect();
     let known_q: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
-    for (split, qrels) in [(train_split, Some(&train)), (dev_split, dev.as_ref())] {
-        let Some(qrels) = qrels else { continue };
+    for (split, qrels) in [(train_split, Some(&train)), (Some(dev_split), dev.as_ref())] {
+        let (Some(split), Some(qrels)) = (split, qrels) else {
+            continue;
+        };
         let path = ds.qrels_path(split);
         if let Some(q) = qrels
             .judgements
@@ -896,6 +969,23 @@ fn heads(args: HeadsArgs) -> Result<()> {
         args.teachers.len(),
         args.datasets.len()
     );
+    let select = match args.select {
+        Selection::Robust { .. } => Selection::Robust {
+            margin: args.select_margin,
+        },
+        rule => rule,
+    };
+    select.validate().map_err(anyhow::Error::msg)?;
+    if matches!(select, Selection::Robust { .. }) {
+        ensure!(
+            !args.zero_shot.is_empty(),
+            "--select robust weighs a zero-shot mean: give --zero-shot DIR"
+        );
+        ensure!(
+            args.mode == Mode::Frozen,
+            "--select robust keeps a copy of every validated head: frozen mode only"
+        );
+    }
     let model_dir = args.model.model_dir()?;
     let encoder = args.model.load_dir(&model_dir)?;
     let hidden = encoder.model().bert.config().hidden_size;
@@ -910,6 +1000,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
     let init = match &args.init_head {
         None => None,
         Some(dir) => {
+            let dir = crate::model::resolve_model(dir)?;
             let sp = dir.join("head.json");
             let loaded: HeadSpec = serde_json::from_str(
                 &std::fs::read_to_string(&sp)
@@ -965,6 +1056,8 @@ fn heads(args: HeadsArgs) -> Result<()> {
         },
         distill_temperature: args.distill_temperature,
         distill_candidates: args.distill_candidates,
+        l2_sp: args.l2_sp,
+        raw_kl: args.raw_kl,
         seed: args.seed,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
@@ -978,6 +1071,7 @@ fn heads(args: HeadsArgs) -> Result<()> {
                 "markers": args.markers,
                 "query_augmentation": args.query_augmentation,
                 "init_head": args.init_head.as_deref().map(absolute),
+                "start": args.start,
             }),
         ),
     };
@@ -1036,6 +1130,11 @@ fn heads(args: HeadsArgs) -> Result<()> {
             teachers: &teachers,
         },
     )?;
+    let (zs_data, zs_devs) =
+        robust::zero_shot_devs(&encoder, &args.zero_shot, &args.data.dev_split, full, &data)?;
+    let zero_shot: HashSet<String> = zs_data.iter().map(|d| d.name.clone()).collect();
+    let mut devs = devs;
+    devs.extend(zs_devs);
     if let Some(dump) = &args.unsupervised_corpus {
         let texts = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
             .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?
@@ -1108,6 +1207,29 @@ fn heads(args: HeadsArgs) -> Result<()> {
         }
     });
     let mut head = tessera_training::heads::blocks::init(&spec, device, args.seed as i64);
+    // Fitted on resume too: L2-SP pulls towards this start (the checkpoint
+    // then replaces the weights).
+    if args.start == "pca" {
+        let probe = Trainee {
+            spec: spec.clone(),
+            head: HashMap::new(),
+            start: None,
+            backbone: None,
+            device,
+        };
+        let cached: Vec<&Texts> = sources
+            .iter()
+            .map(|s| &s.docs)
+            .filter(|t| matches!(t, Texts::Cached(_)))
+            .collect();
+        ensure!(
+            !cached.is_empty(),
+            "--start pca fits the backbone's states: frozen mode only"
+        );
+        let p = robust::principal_projection(&probe, &cached, spec.out_dim)?;
+        tessera_training::heads::start::start_at_projection(&spec, &mut head, &p)
+            .map_err(|m| anyhow::anyhow!("--start pca: {m}"))?;
+    }
     if let Some(mut tensors) = init {
         for (name, shape) in tessera_training::heads::blocks::parameter_shapes(&spec) {
             let t = tensors
@@ -1121,32 +1243,63 @@ fn heads(args: HeadsArgs) -> Result<()> {
             head.insert(name, t.to_kind(tch_tensor::Kind::Float).to_device(device));
         }
     }
+    let start = (args.l2_sp > 0.0).then(|| {
+        head.iter()
+            .map(|(n, t)| (n.clone(), t.detach().copy()))
+            .collect::<HashMap<_, _>>()
+    });
     for t in head.values_mut() {
         *t = t.set_requires_grad(true);
     }
     let trainee = Trainee {
         spec: spec.clone(),
         head,
+        start,
         backbone,
         device,
     };
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
-    let mut validate = |t: &Trainee<'_>| -> tessera_training::Result<Option<DevLog>> {
+    let backbone_ref = tessera_training::checkpoint::backbone_dir(&absolute(&model_dir))?;
+    let keep_validated = matches!(select, Selection::Robust { .. });
+    let mut validate = |t: &Trainee<'_>, step: usize| -> tessera_training::Result<Option<DevLog>> {
         if devs.is_empty() {
             return Ok(None);
         }
         let t0 = Instant::now();
         let mut per = Vec::new();
         for (dev, qrels) in &devs {
-            let (ndcg, recall) =
-                pool_metrics(&data, &dev.name, &dev.items, score_dev(t, dev), qrels);
+            let of = if zero_shot.contains(&dev.name) {
+                &zs_data
+            } else {
+                &data
+            };
+            let (ndcg, recall) = pool_metrics(of, &dev.name, &dev.items, score_dev(t, dev), qrels);
             per.push((dev.name.clone(), ndcg, recall));
         }
-        let ndcg10 = per.iter().map(|p| p.1).sum::<f64>() / per.len() as f64;
+        if keep_validated {
+            write_model(
+                &robust::validated_dir(&out, step),
+                t,
+                &settings,
+                &backbone_ref,
+                hidden,
+            )?;
+        }
+        let mean_of = |zs: bool| {
+            let v: Vec<f64> = per
+                .iter()
+                .filter(|p| zero_shot.contains(&p.0) == zs)
+                .map(|p| p.1)
+                .collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let (in_domain, zs_mean) = (mean_of(false), mean_of(true));
         Ok(Some(DevLog {
             step: 0,
-            ndcg10,
+            ndcg10: in_domain.or(zs_mean).unwrap_or(0.0),
+            in_domain,
+            zero_shot: zs_mean,
             per_source: per,
             seconds: t0.elapsed().as_secs_f64(),
         }))
@@ -1162,10 +1315,13 @@ fn heads(args: HeadsArgs) -> Result<()> {
             last_dev = format!("{:.4}", d.ndcg10);
             tracing::info!(step = s.step, ndcg10 = d.ndcg10, "dev");
             eprintln!(
-                "step {}: loss {:.4}, dev nDCG@10 {:.4} ({})",
+                "step {}: loss {:.4}, dev nDCG@10 {:.4}{} ({})",
                 s.step,
                 s.loss,
                 d.ndcg10,
+                d.zero_shot
+                    .map(|z| format!(", zero-shot {z:.4}"))
+                    .unwrap_or_default(),
                 d.per_source
                     .iter()
                     .map(|p| format!("{} {:.4}/R@100 {:.4}", p.0, p.1, p.2))
@@ -1176,7 +1332,6 @@ fn heads(args: HeadsArgs) -> Result<()> {
         pb.set_message(format!("loss {:.4} dev {last_dev}", s.loss));
         pb.inc(1);
     };
-    let backbone_ref = tessera_training::checkpoint::backbone_dir(&absolute(&model_dir))?;
     let mut on_best = |t: &Trainee<'_>, _d: Option<&DevLog>| -> tessera_training::Result<()> {
         write_model(&out, t, &settings, &backbone_ref, hidden)
     };
@@ -1193,6 +1348,16 @@ fn heads(args: HeadsArgs) -> Result<()> {
         },
     )?;
     pb.finish_and_clear();
+    // The robust rule looks back over every validation: its pick replaces
+    // the in-domain best written during training.
+    let kept = match select.choose(&summary.dev) {
+        Some(i) if keep_validated => {
+            let d = summary.dev[i].clone();
+            robust::restore_validated(&out, d.step)?;
+            Some(d)
+        }
+        _ => summary.best.clone(),
+    };
 
     // 5. Record and draw.
     let record = serde_json::json!({
@@ -1204,7 +1369,9 @@ fn heads(args: HeadsArgs) -> Result<()> {
         "settings": settings,
         "datasets": data.iter().map(|d| d.dir.display().to_string()).collect::<Vec<_>>(),
         "unsupervised_corpus": args.unsupervised_corpus,
-        "best": summary.best,
+        "best": kept,
+        "selection": select,
+        "zero_shot": zs_data.iter().map(|d| d.dir.display().to_string()).collect::<Vec<_>>(),
         "final_dev": summary.dev.last(),
         "train_seconds": summary.train_seconds,
         "steps_per_s": summary.steps.len() as f64 / summary.train_seconds.max(1e-9),
@@ -1216,10 +1383,17 @@ fn heads(args: HeadsArgs) -> Result<()> {
     std::fs::write(&rp, serde_json::to_vec_pretty(&record)?)
         .with_context(|| rp.display().to_string())?;
     draw_curves(&out, &summary);
-    match &summary.best {
+    match &kept {
         Some(b) => eprintln!(
-            "best dev nDCG@10 {:.4} at step {} ({}); model written to {}",
+            "{} dev nDCG@10 {:.4}{} at step {} ({}); model written to {}",
+            match select {
+                Selection::InDomain => "best",
+                Selection::Robust { .. } => "kept by the robust rule:",
+            },
             b.ndcg10,
+            b.zero_shot
+                .map(|z| format!(", zero-shot {z:.4}"))
+                .unwrap_or_default(),
             b.step,
             b.per_source
                 .iter()
@@ -1297,6 +1471,7 @@ fn write_model(
         path: p.to_owned(),
         source: e,
     };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let params: HashMap<String, tch_tensor::Tensor> = t.head_tensors().into_iter().collect();
     let head = ProjectionHead::from_spec(t.spec.clone(), params, out)?;
     head.save_tessera(out, hidden)?;
@@ -1389,6 +1564,9 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         /// dataset → (nDCG@10s, R@100s)
         per: BTreeMap<String, (Vec<f64>, Vec<f64>)>,
         mean: Vec<f64>,
+        /// In-domain and zero-shot means, where the runs validated on both.
+        in_domain: Vec<f64>,
+        zero_shot: Vec<f64>,
         secs: Vec<f64>,
         params: i64,
         curves: Vec<Vec<(f64, f64)>>,
@@ -1406,8 +1584,13 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
             "{}: the run has no dev score",
             p.display()
         );
+        let head = if args.by_folder {
+            name_without_seed(r)
+        } else {
+            v["head"].as_str().unwrap_or("?").to_owned()
+        };
         let key = (
-            v["head"].as_str().unwrap_or("?").to_owned(),
+            head,
             v["config"]["spec"]["out_dim"].as_i64().unwrap_or(0),
             v["config"]["mode"].as_str().unwrap_or("?").to_owned(),
         );
@@ -1415,12 +1598,18 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
             seeds: Vec::new(),
             per: BTreeMap::new(),
             mean: Vec::new(),
+            in_domain: Vec::new(),
+            zero_shot: Vec::new(),
             secs: Vec::new(),
             params: v["parameters"].as_i64().unwrap_or(0),
             curves: Vec::new(),
         });
         row.seeds.push(v["config"]["seed"].as_u64().unwrap_or(0));
         row.mean.push(best["ndcg10"].as_f64().unwrap_or(f64::NAN));
+        if let (Some(i), Some(z)) = (best["in_domain"].as_f64(), best["zero_shot"].as_f64()) {
+            row.in_domain.push(i);
+            row.zero_shot.push(z);
+        }
         row.secs.push(v["train_seconds"].as_f64().unwrap_or(0.0));
         for ps in best["per_source"].as_array().into_iter().flatten() {
             let e = row
@@ -1454,14 +1643,25 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
         let (m, s) = mean_std(v);
         format!("{m:.4} ± {s:.4}")
     };
-    let mut head = String::from("| head | dim | mode | seeds |");
+    let split = rows.values().any(|r| !r.zero_shot.is_empty());
+    let mut head = format!(
+        "| {} | dim | mode | seeds |",
+        if args.by_folder { "run" } else { "head" }
+    );
     let mut rule = String::from("|---|---|---|---|");
     for d in &datasets {
         head += &format!(" {d} nDCG@10 | {d} R@100 |");
         rule += "---|---|";
     }
-    head += " mean nDCG@10 | train s | parameters |";
-    rule += "---|---|---|";
+    if split {
+        head += " in-domain nDCG@10 | zero-shot nDCG@10 |";
+        rule += "---|---|";
+    } else {
+        head += " mean nDCG@10 |";
+        rule += "---|";
+    }
+    head += " train s | parameters |";
+    rule += "---|---|";
     println!("{head}\n{rule}");
     for ((name, dim, mode), r) in &rows {
         let mut line = format!("| {name} | {dim} | {mode} | {} |", r.seeds.len());
@@ -1471,12 +1671,19 @@ fn summarize(args: SummarizeArgs) -> Result<()> {
                 None => line += " – | – |",
             }
         }
-        line += &format!(
-            " {} | {:.0} | {} |",
-            pm(&r.mean),
-            mean_std(&r.secs).0,
-            r.params
-        );
+        if split {
+            let cell = |v: &[f64]| {
+                if v.is_empty() {
+                    "–".to_owned()
+                } else {
+                    pm(v)
+                }
+            };
+            line += &format!(" {} | {} |", cell(&r.in_domain), cell(&r.zero_shot));
+        } else {
+            line += &format!(" {} |", pm(&r.mean));
+        }
+        line += &format!(" {:.0} | {} |", mean_std(&r.secs).0, r.params);
         println!("{line}");
     }
     if let Some(stem) = &args.plot {

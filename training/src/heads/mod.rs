@@ -9,6 +9,7 @@
 //! `head.safetensors`; the spec alone says how to build it.
 
 pub mod blocks;
+pub mod start;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -19,10 +19,12 @@
 //! * Checkpoints: `checkpoint/` in the output folder, replaced atomically;
 //!   the best head on dev is kept apart.
 
+pub mod anchor;
 pub mod loss;
 pub mod optim;
 pub mod plot;
 pub mod score;
+pub mod select;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -88,6 +90,14 @@ pub struct TrainConfig {
     pub distill_temperature: f64,
     /// Teacher candidates per query when distilling.
     pub distill_candidates: usize,
+    /// Weight of the L2-SP pull of the head towards its starting weights
+    /// ([`anchor::l2_sp`]; 0: off).
+    #[serde(default)]
+    pub l2_sp: f64,
+    /// Weight of KL(backbone's own MaxSim ‖ head's) over each query's batch
+    /// documents ([`anchor::raw_scores`]; 0: off). Frozen mode only.
+    #[serde(default)]
+    pub raw_kl: f64,
     pub seed: u64,
     /// Validate every this many steps (0: only at the end).
     pub eval_every: usize,
@@ -199,6 +209,16 @@ impl TrainConfig {
         if !(self.weight_decay >= 0.0 && self.clip >= 0.0 && self.distill_weight >= 0.0) {
             return Err("--weight-decay, --clip and --distill-weight must be ≥ 0".into());
         }
+        for (name, v) in [("--l2-sp", self.l2_sp), ("--raw-kl", self.raw_kl)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} must be a number ≥ 0, not {v}"));
+            }
+        }
+        if self.raw_kl > 0.0 && self.mode == Mode::Full {
+            return Err(
+                "--raw-kl needs --mode frozen: its teacher is the backbone as it was".into(),
+            );
+        }
         Ok(())
     }
 }
@@ -262,6 +282,9 @@ pub struct StepLog {
     pub loss: f64,
     pub contrastive: f64,
     pub distill: f64,
+    /// The weighted L2-SP and raw-KL terms (0 when both are off).
+    #[serde(default)]
+    pub anchor: f64,
     pub lr: f64,
     pub grad_norm: f64,
     pub source: String,
@@ -272,8 +295,15 @@ pub struct StepLog {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DevLog {
     pub step: usize,
-    /// Mean nDCG@10 over sources.
+    /// Mean nDCG@10 over the sources trained on (over every source when
+    /// none of them is; the score the in-domain rule ranks by).
     pub ndcg10: f64,
+    /// Mean nDCG@10 over the dev splits of the collections trained on.
+    #[serde(default)]
+    pub in_domain: Option<f64>,
+    /// Mean nDCG@10 over collections validated on but never trained on.
+    #[serde(default)]
+    pub zero_shot: Option<f64>,
     /// Per source: (name, nDCG@10, Recall@100).
     pub per_source: Vec<(String, f64, f64)>,
     pub seconds: f64,
@@ -310,6 +340,8 @@ pub struct Summary {
 pub struct Trainee<'a> {
     pub spec: HeadSpec,
     pub head: HashMap<String, Tensor>,
+    /// The head's starting weights, for L2-SP (`None`: not kept).
+    pub start: Option<HashMap<String, Tensor>>,
     pub backbone: Option<Backbone<'a>>,
     pub device: Device,
 }
@@ -435,6 +467,25 @@ impl Batch {
         loss::info_nce(
             &scores.index_select(0, &rows),
             &targets,
+            &allowed,
+            temperature,
+        )
+    }
+
+    /// KL(teacher ‖ student) over each loss row's softmax columns (the
+    /// documents [`Batch::info_nce`] lets take part), given both models'
+    /// scores of the batch's queries against its documents.
+    pub fn kl_rows(&self, student: &Tensor, teacher: &Tensor, temperature: f64) -> Tensor {
+        let device = student.device();
+        let rows: Vec<i64> = self.rows.iter().map(|&q| q as i64).collect();
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let flat: Vec<bool> = self.allowed.iter().flatten().copied().collect();
+        let allowed = Tensor::from_slice(&flat)
+            .view([self.rows.len() as i64, self.docs.len() as i64])
+            .to_device(device);
+        loss::kl_distill(
+            &student.index_select(0, &rows),
+            &teacher.to_device(device).index_select(0, &rows),
             &allowed,
             temperature,
         )
@@ -573,14 +624,24 @@ pub fn draw(plan: &DrawPlan, sets: &[(f64, &[Example])], step: usize) -> Batch {
     }
 }
 
-/// Loss of one batch: (total, contrastive, distillation) — a graph to
-/// backpropagate through.
+/// The loss of one batch: the total to backpropagate through and its
+/// parts' values.
+pub struct BatchLoss {
+    pub total: Tensor,
+    pub contrastive: f64,
+    pub distill: f64,
+    /// The weighted L2-SP and raw-KL terms.
+    pub anchor: f64,
+}
+
+/// Loss of one batch: contrastive, plus distillation from a teacher run
+/// and the anchor terms ([`anchor`]) where the config weighs them.
 pub fn batch_loss(
     cfg: &TrainConfig,
     trainee: &Trainee<'_>,
     sources: &[Source],
     batch: &Batch,
-) -> (Tensor, f64, f64) {
+) -> BatchLoss {
     let src = &sources[batch.source];
     let device = trainee.device;
     let (qs, qm) = trainee.states(&src.queries, &batch.queries, TextKind::Query);
@@ -589,10 +650,36 @@ pub fn batch_loss(
     let d = trainee.project_masked(&ds, &dm);
     let scores = loss::maxsim(&q, &qm, &d, &dm);
     let contrastive = batch.info_nce(&scores, cfg.temperature);
-    let c = f64::try_from(&contrastive).unwrap_or(f64::NAN);
+    let value = |t: &Tensor| f64::try_from(t).unwrap_or(f64::NAN);
+    let mut out = BatchLoss {
+        contrastive: value(&contrastive),
+        total: contrastive,
+        distill: 0.0,
+        anchor: 0.0,
+    };
+    let mut anchor: Option<Tensor> = None;
+    let mut add_anchor = |t: Tensor| {
+        anchor = Some(match anchor.take() {
+            Some(a) => a + t,
+            None => t,
+        });
+    };
+    if cfg.raw_kl > 0.0 {
+        let teacher = anchor::raw_scores(&qs, &qm, &ds, &dm);
+        add_anchor(batch.kl_rows(&scores, &teacher, cfg.distill_temperature) * cfg.raw_kl);
+    }
+    if cfg.l2_sp > 0.0 {
+        if let Some(start) = &trainee.start {
+            add_anchor(anchor::l2_sp(&trainee.head, start) * cfg.l2_sp);
+        }
+    }
+    if let Some(a) = anchor {
+        out.anchor = value(&a);
+        out.total += a;
+    }
     let width = batch.teacher.iter().map(Vec::len).max().unwrap_or(0);
     if cfg.distill_weight == 0.0 || width == 0 {
-        return (contrastive, c, 0.0);
+        return out;
     }
     let b = batch.queries.len();
     let mut cols = vec![0i64; b * width];
@@ -611,8 +698,9 @@ pub fn batch_loss(
     let teacher = Tensor::from_slice(&teach).view(shape).to_device(device);
     let valid = Tensor::from_slice(&valid).view(shape).to_device(device);
     let kl = loss::kl_distill(&student, &teacher, &valid, cfg.distill_temperature);
-    let k = f64::try_from(&kl).unwrap_or(f64::NAN);
-    (contrastive + kl * cfg.distill_weight, c, k)
+    out.distill = value(&kl);
+    out.total += kl * cfg.distill_weight;
+    out
 }
 
 /// Files of a checkpoint folder.
@@ -712,9 +800,9 @@ pub fn describe(spec: &HeadSpec) -> String {
 
 /// Where a run writes; the caller's hooks for validation and progress.
 pub struct Hooks<'a> {
-    /// Scores the dev split with the current trainee: `None` when the run
-    /// has no dev data.
-    pub validate: &'a mut dyn FnMut(&Trainee<'_>) -> Result<Option<DevLog>>,
+    /// Scores the dev split with the current trainee after the given step
+    /// (0: the initial head): `None` when the run has no dev data.
+    pub validate: &'a mut dyn FnMut(&Trainee<'_>, usize) -> Result<Option<DevLog>>,
     /// After each step.
     pub on_step: &'a mut dyn FnMut(&StepLog, Option<&DevLog>),
     /// When the best dev score improves (or at the end without dev data):
@@ -795,7 +883,7 @@ pub fn train(
         // Evaluation only: the head as initialised (an identity head's
         // baseline on the same pools as every trained head).
         let _ng = tch::no_grad_guard();
-        let d = (hooks.validate)(&trainee)?;
+        let d = (hooks.validate)(&trainee, 0)?;
         if let Some(d) = &d {
             run.record_dev(d.clone())?;
         }
@@ -807,7 +895,8 @@ pub fn train(
         let batch = draw_batch(cfg, sources, step);
         pairs += batch.queries.len() * batch.docs.len();
         opt.zero_grad();
-        let (loss, c, k) = batch_loss(cfg, &trainee, sources, &batch);
+        let parts = batch_loss(cfg, &trainee, sources, &batch);
+        let loss = parts.total;
         let total = f64::try_from(&loss).unwrap_or(f64::NAN);
         if !total.is_finite() {
             return Err(TrainingError::InvalidInput(format!(
@@ -823,8 +912,9 @@ pub fn train(
         let log = StepLog {
             step: step + 1,
             loss: total,
-            contrastive: c,
-            distill: k,
+            contrastive: parts.contrastive,
+            distill: parts.distill,
+            anchor: parts.anchor,
             lr: cfg.lr * factor,
             grad_norm,
             source: sources[batch.source].name.clone(),
@@ -838,7 +928,7 @@ pub fn train(
                 step + 1,
                 cfg.steps,
                 cfg.eval_every,
-                |t| (hooks.validate)(t),
+                |t| (hooks.validate)(t, step + 1),
                 |t, d| (hooks.on_best)(t, d),
             )?
         };

@@ -125,10 +125,19 @@ pub fn score_pool(queries: &Projected, q: usize, docs: &Projected, pool: &[usize
         return Vec::new();
     }
     let (qv, qm) = queries.batch(&[q]);
-    let (dv, dm) = docs.batch(pool);
-    let s = loss::maxsim(&qv, &qm, &dv, &dm);
-    Vec::try_from(s.view([-1]).to_device(Device::Cpu)).expect("scores")
+    // Documents a block at a time: a whole corpus as the pool (zero-shot
+    // validation) stays within a few hundred MB.
+    let mut out = Vec::with_capacity(pool.len());
+    for block in pool.chunks(POOL_BLOCK) {
+        let (dv, dm) = docs.batch(block);
+        let s = loss::maxsim(&qv, &qm, &dv, &dm);
+        out.extend(Vec::<f32>::try_from(s.view([-1]).to_device(Device::Cpu)).expect("scores"));
+    }
+    out
 }
+
+/// Documents scored together by [`score_pool`].
+const POOL_BLOCK: usize = 512;
 
 /// Scores every `(query, pool)` item over projected texts: per item,
 /// (document position, score).
@@ -137,6 +146,17 @@ pub fn score_items(
     docs: &Projected,
     items: &[(usize, Vec<usize>)],
 ) -> Vec<Vec<(usize, f32)>> {
+    // One pool for every query (a whole corpus): each block of documents
+    // is gathered once for all queries instead of once per query.
+    if let Some((_, first)) = items.first() {
+        if items.len() > 1 && items.iter().all(|(_, p)| p == first) {
+            let qs: Vec<usize> = items.iter().map(|(q, _)| *q).collect();
+            return score_shared_pool(queries, &qs, docs, first)
+                .into_iter()
+                .map(|s| first.iter().copied().zip(s).collect())
+                .collect();
+        }
+    }
     items
         .iter()
         .map(|(q, pool)| {
@@ -144,6 +164,38 @@ pub fn score_items(
             pool.iter().copied().zip(s).collect()
         })
         .collect()
+}
+
+/// Queries scored together against a block of documents by
+/// [`score_shared_pool`].
+const QUERY_BLOCK: usize = 32;
+/// Documents per block of [`score_shared_pool`].
+const SHARED_DOC_BLOCK: usize = 64;
+
+/// MaxSim of every query of `qs` against every document of `pool`: per
+/// query, the scores in `pool`'s order.
+pub fn score_shared_pool(
+    queries: &Projected,
+    qs: &[usize],
+    docs: &Projected,
+    pool: &[usize],
+) -> Vec<Vec<f32>> {
+    let _ng = tch::no_grad_guard();
+    let mut out: Vec<Vec<f32>> = vec![Vec::with_capacity(pool.len()); qs.len()];
+    let qbatches: Vec<(Tensor, Tensor)> =
+        qs.chunks(QUERY_BLOCK).map(|c| queries.batch(c)).collect();
+    for block in pool.chunks(SHARED_DOC_BLOCK) {
+        let (dv, dm) = docs.batch(block);
+        for (bi, (qv, qm)) in qbatches.iter().enumerate() {
+            let s = loss::maxsim(qv, qm, &dv, &dm).to_device(Device::Cpu);
+            let n = block.len();
+            let flat: Vec<f32> = Vec::try_from(s.view([-1])).expect("scores");
+            for (r, row) in flat.chunks(n).enumerate() {
+                out[bi * QUERY_BLOCK + r].extend_from_slice(row);
+            }
+        }
+    }
+    out
 }
 
 /// A dev split for validation: queries with their fixed candidate pools.
@@ -168,4 +220,44 @@ pub fn score_dev(trainee: &Trainee<'_>, dev: &DevSet) -> Vec<Vec<(usize, f32)>> 
     let pd = project(trainee, &dev.docs, &docs, TextKind::Document, 64);
     let pq = project(trainee, &dev.queries, &queries, TextKind::Query, 256);
     score_items(&pq, &pd, &dev.items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    /// Random texts of 1–5 tokens, projected (normalised rows).
+    fn texts(n: usize, seed: i64) -> Projected {
+        tch::manual_seed(seed);
+        let lens: Vec<i64> = (0..n).map(|i| 1 + (i as i64 * 7 + seed) % 5).collect();
+        let total: i64 = lens.iter().sum();
+        let v = loss::normalise(&Tensor::randn([total, 8], (Kind::Float, Device::Cpu)));
+        let mut spans = HashMap::new();
+        let mut at = 0;
+        for (i, l) in lens.iter().enumerate() {
+            spans.insert(i, (at, *l));
+            at += l;
+        }
+        Projected {
+            vectors: Tensor::cat(&[v, Tensor::zeros([1, 8], (Kind::Float, Device::Cpu))], 0),
+            spans,
+        }
+    }
+
+    #[test]
+    fn a_shared_pool_scores_as_each_query_alone() {
+        let (q, d) = (texts(40, 1), texts(150, 2));
+        let pool: Vec<usize> = (0..150).rev().collect();
+        let items: Vec<(usize, Vec<usize>)> = (0..40).map(|i| (i, pool.clone())).collect();
+        let shared = score_items(&q, &d, &items);
+        for (i, row) in shared.iter().enumerate() {
+            let alone = score_pool(&q, i, &d, &pool);
+            assert_eq!(row.len(), pool.len());
+            for ((doc, s), (want_doc, a)) in row.iter().zip(pool.iter().zip(&alone)) {
+                assert_eq!(doc, want_doc);
+                assert!((s - a).abs() < 1e-5, "query {i}: {s} vs {a}");
+            }
+        }
+    }
 }
