@@ -453,17 +453,23 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The contrastive loss of the batch's rows, given the scores of its
-    /// queries against its documents (`[queries, docs]`).
-    pub fn info_nce(&self, scores: &Tensor, temperature: f64) -> Tensor {
-        let device = scores.device();
+    /// The loss rows' query positions (`[rows]`) and which documents take
+    /// part in each row's softmax (`[rows, docs]`, bool), on `device`.
+    fn row_tensors(&self, device: tch::Device) -> (Tensor, Tensor) {
         let rows: Vec<i64> = self.rows.iter().map(|&q| q as i64).collect();
-        let rows = Tensor::from_slice(&rows).to_device(device);
-        let targets = Tensor::from_slice(&self.targets).to_device(device);
         let flat: Vec<bool> = self.allowed.iter().flatten().copied().collect();
         let allowed = Tensor::from_slice(&flat)
             .view([self.rows.len() as i64, self.docs.len() as i64])
             .to_device(device);
+        (Tensor::from_slice(&rows).to_device(device), allowed)
+    }
+
+    /// The contrastive loss of the batch's rows, given the scores of its
+    /// queries against its documents (`[queries, docs]`).
+    pub fn info_nce(&self, scores: &Tensor, temperature: f64) -> Tensor {
+        let device = scores.device();
+        let (rows, allowed) = self.row_tensors(device);
+        let targets = Tensor::from_slice(&self.targets).to_device(device);
         loss::info_nce(
             &scores.index_select(0, &rows),
             &targets,
@@ -477,12 +483,7 @@ impl Batch {
     /// scores of the batch's queries against its documents.
     pub fn kl_rows(&self, student: &Tensor, teacher: &Tensor, temperature: f64) -> Tensor {
         let device = student.device();
-        let rows: Vec<i64> = self.rows.iter().map(|&q| q as i64).collect();
-        let rows = Tensor::from_slice(&rows).to_device(device);
-        let flat: Vec<bool> = self.allowed.iter().flatten().copied().collect();
-        let allowed = Tensor::from_slice(&flat)
-            .view([self.rows.len() as i64, self.docs.len() as i64])
-            .to_device(device);
+        let (rows, allowed) = self.row_tensors(device);
         loss::kl_distill(
             &student.index_select(0, &rows),
             &teacher.to_device(device).index_select(0, &rows),
