@@ -79,8 +79,8 @@ fn latency(encoder: &Encoder, texts: &[&str], kind: TextKind, batch: usize) -> R
     let total: f64 = ms.iter().sum();
     Ok(Latency {
         kind: kind_name(kind),
-        device: format!("{:?}", encoder.device()),
-        precision: format!("{:?}", encoder.precision()).to_lowercase(),
+        device: device::describe(encoder.device()),
+        precision: encoder.precision().as_str().to_owned(),
         texts: texts.len(),
         batch_size: batch,
         calls: ms.len(),

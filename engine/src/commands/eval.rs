@@ -288,9 +288,10 @@ fn mean_of(reports: &[&Report]) -> Vec<(String, f64)> {
 }
 
 /// The reports of one side (zero-shot or not).
-fn group(reports: &[Report], zero_shot: bool) -> Vec<&Report> {
+fn group<'a>(reports: &[&'a Report], zero_shot: bool) -> Vec<&'a Report> {
     reports
         .iter()
+        .copied()
         .filter(|r| r.zero_shot == zero_shot)
         .collect()
 }
@@ -298,8 +299,9 @@ fn group(reports: &[Report], zero_shot: bool) -> Vec<&Report> {
 /// The mean over datasets of each measure the first report has and, when
 /// some are zero-shot and some not, each side's mean.
 fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedReport {
-    let mean = mean_of(&reports.iter().collect::<Vec<_>>());
-    let (ind, zs) = (group(reports, false), group(reports, true));
+    let all: Vec<&Report> = reports.iter().collect();
+    let mean = mean_of(&all);
+    let (ind, zs) = (group(&all, false), group(&all, true));
     let split = !ind.is_empty() && !zs.is_empty();
     CombinedReport {
         tessera: env!("CARGO_PKG_VERSION").into(),
@@ -836,12 +838,18 @@ fn print_table(reports: &[&Report], combined: Option<&CombinedReport>) {
         let _ = writeln!(w);
     }
     if let Some(c) = combined {
-        let in_domain: Vec<&Report> = reports.iter().copied().filter(|r| !r.zero_shot).collect();
-        let zero_shot: Vec<&Report> = reports.iter().copied().filter(|r| r.zero_shot).collect();
         let rows = [
             ("mean", reports.to_vec(), Some(&c.mean)),
-            ("in-domain mean", in_domain, c.in_domain_mean.as_ref()),
-            ("zero-shot mean", zero_shot, c.zero_shot_mean.as_ref()),
+            (
+                "in-domain mean",
+                group(reports, false),
+                c.in_domain_mean.as_ref(),
+            ),
+            (
+                "zero-shot mean",
+                group(reports, true),
+                c.zero_shot_mean.as_ref(),
+            ),
         ];
         for (label, group, mean) in rows {
             let Some(mean) = mean else { continue };

@@ -1210,23 +1210,18 @@ fn heads(args: HeadsArgs) -> Result<()> {
     // Fitted on resume too: L2-SP pulls towards this start (the checkpoint
     // then replaces the weights).
     if args.start == "pca" {
-        let probe = Trainee {
-            spec: spec.clone(),
-            head: HashMap::new(),
-            start: None,
-            backbone: None,
-            device,
-        };
-        let cached: Vec<&Texts> = sources
+        let cached: Vec<&tessera_training::states::StateCache> = sources
             .iter()
-            .map(|s| &s.docs)
-            .filter(|t| matches!(t, Texts::Cached(_)))
+            .filter_map(|s| match &s.docs {
+                Texts::Cached(c) => Some(c.as_ref()),
+                Texts::Tokens(_) => None,
+            })
             .collect();
         ensure!(
             !cached.is_empty(),
             "--start pca fits the backbone's states: frozen mode only"
         );
-        let p = robust::principal_projection(&probe, &cached, spec.out_dim)?;
+        let p = robust::principal_projection(&cached, spec.out_dim)?;
         tessera_training::heads::start::start_at_projection(&spec, &mut head, &p)
             .map_err(|m| anyhow::anyhow!("--start pca: {m}"))?;
     }

@@ -507,6 +507,12 @@ impl Covariance {
         self.n
     }
 
+    /// The uncentred second moment `E[x xᵀ]` of the vectors pushed
+    /// (`[dim, dim]`, f64; zeros before any).
+    pub fn second_moment(&self) -> Tensor {
+        &self.outer / (self.n.max(1) as f64)
+    }
+
     /// The mean and the principal directions as the columns of an
     /// orthogonal basis, by decreasing variance; each column's sign makes
     /// its largest-magnitude entry positive, and the last column is flipped

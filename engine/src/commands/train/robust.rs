@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use tessera_eval::Qrels;
-use tessera_training::tch::{Kind, Tensor};
+use tessera_training::reduce::Covariance;
+use tessera_training::states::StateCache;
+use tessera_training::tch::{Device, Tensor};
 use tessera_training::train::score::DevSet;
-use tessera_training::train::{Texts, Trainee};
 use tessera_training::{Encoder, TextKind};
 
 use super::{read_splits, side, DatasetData, DevSets};
@@ -91,37 +92,27 @@ pub(crate) fn zero_shot_devs(
 /// Documents per source whose states the principal directions are fitted on.
 const PCA_DOCS: usize = 2000;
 
-/// The `k` principal directions (uncentred) of the document states of
+/// The `k` principal directions (uncentred) of the cached document states
 /// `sides` — up to [`PCA_DOCS`] documents each, spread evenly — as a
 /// `[k, d]` projection ([`tessera_training::heads::start`]).
-pub(crate) fn principal_projection(
-    trainee: &Trainee<'_>,
-    sides: &[&Texts],
-    k: i64,
-) -> Result<Tensor> {
-    let _ng = tessera_training::tch::no_grad_guard();
-    let d = trainee.spec.in_dim;
-    let mut moment = Tensor::zeros([d, d], (Kind::Double, tessera_training::tch::Device::Cpu));
-    let mut tokens = 0i64;
-    for texts in sides {
-        let n = texts.len();
+pub(crate) fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tensor> {
+    let dim = sides.first().map_or(0, |c| c.dim());
+    let mut moments = Covariance::new(dim);
+    for cache in sides {
+        let n = cache.len();
         let take = n.min(PCA_DOCS);
         let picks: Vec<usize> = (0..take).map(|i| i * n / take.max(1)).collect();
         for group in picks.chunks(64) {
-            let (states, mask) = trainee.states(texts, group, TextKind::Document);
-            let x = states
-                .index(&[Some(mask.gt(0.0))])
-                .to_kind(Kind::Double)
-                .to_device(tessera_training::tch::Device::Cpu);
-            tokens += x.size()[0];
-            moment += x.transpose(0, 1).matmul(&x);
+            let (states, mask) = cache.batch(group, Device::Cpu);
+            moments.push(&states.index(&[Some(mask.gt(0.0))]));
         }
     }
+    let tokens = moments.count();
     ensure!(
-        tokens >= k,
+        tokens >= k as u64,
         "--start pca: the training documents have {tokens} tokens, fewer than the {k} directions asked"
     );
-    tessera_training::heads::start::principal_directions(&(moment / tokens as f64), k)
+    tessera_training::heads::start::principal_directions(&moments.second_moment(), k)
         .map_err(anyhow::Error::msg)
 }
 
