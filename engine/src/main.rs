@@ -22,12 +22,12 @@ use clap::{Parser, Subcommand};
     tessera search --index my.idx \"what causes tides?\"\n  \
     tessera serve --index my.idx --addr 127.0.0.1:50051\n  \
     tessera query --addr 127.0.0.1:50051 \"what causes tides?\"\n  \
-    tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
+    tessera eval --dataset path/to/beir/scifact --split dev\n  \
     tessera encode --query \"what causes tides?\"\n  \
     tessera score --query \"what causes tides?\" --doc \"The Moon's gravity pulls the oceans.\"\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n  \
-    tessera train reduce --dataset ../shared/datasets/scifact --dims 16,32,64 --out my-reduction\n  \
-    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction my-reduction\n\n\
+    tessera train heads --dataset path/to/beir/scifact --head ffn --residual --dim 128 --out my-head\n  \
+    tessera train reduce --dataset path/to/beir/scifact --dims 16,32,64 --out my-reduction\n  \
+    tessera reduce plan --dataset path/to/beir/scifact --budget 16 --reduction my-reduction\n\n\
     Logs go to stderr; set RUST_LOG=debug for more.")]
 struct Cli {
     #[command(subcommand)]

@@ -670,6 +670,28 @@ fn eval_runs_a_collection_with_empty_documents_and_reports_dangling_qrels() {
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(r["per_query"]["q2"]["nDCG@10"], 0.0);
     assert!(r["recall10_vs_f32"].as_f64().unwrap() > 0.5);
+    // What the search costs against exact MaxSim: exact f32's nDCG@10,
+    // exhaustive search over the index, and the index's search at k = 10
+    // and at the run's depth (100), each paired against exact f32.
+    assert!(table.contains("Against exact MaxSim"), "{table}");
+    let f = &r["fidelity"];
+    let exact = f["exact_f32_ndcg10"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&exact), "{f}");
+    let at = f["at"].as_array().unwrap();
+    assert_eq!(
+        at.iter().map(|a| a["k"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [10, 100]
+    );
+    // nDCG@10 of the run at depth 100 is the report's own.
+    assert_eq!(at[1]["ndcg10"], r["measures"][0][1]);
+    for a in at {
+        let d = a["vs_f32"]["diff"].as_f64().unwrap();
+        assert!(
+            (a["ndcg10"].as_f64().unwrap() - exact - d).abs() < 1e-9,
+            "{a}"
+        );
+        assert!(a["search_p50_ms"].as_f64().unwrap() > 0.0, "{a}");
+    }
     let run_text = std::fs::read_to_string(out.with_extension("trec")).unwrap();
     for line in run_text.lines().filter(|l| l.starts_with("q1 ")) {
         let doc = line.split(' ').nth(2).unwrap();

@@ -169,10 +169,12 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A ColBERT (MaxSim alone) query for `text`.
 fn text_query(text: &str, k: u32) -> pb::Query {
     pb::Query {
         text: text.into(),
         k,
+        retriever: pb::Retriever::Colbert as i32,
         ..Default::default()
     }
 }
@@ -365,6 +367,23 @@ async fn every_call_works_end_to_end_and_matches_the_cli() {
         .into_inner();
     assert_eq!(ids(&r.results[0]), want);
     assert_eq!(r.generation, 1);
+    // A query that names no retriever gets the CLI's default, hybrid.
+    let default_query = pb::Query {
+        retriever: pb::Retriever::Unspecified as i32,
+        ..text_query(q, 5)
+    };
+    let r = c
+        .search(search_req(vec![default_query]))
+        .await
+        .unwrap()
+        .into_inner();
+    let hybrid = cli_ids(&index, q, &["-k", "5", "--retriever", "hybrid"]);
+    assert_eq!(ids(&r.results[0]), hybrid);
+    let r = c
+        .search(search_req(vec![text_query(q, 5)]))
+        .await
+        .unwrap()
+        .into_inner();
     let t = r.results[0].timings.unwrap();
     assert!(t.encode_ms > 0.0 && t.total_ms >= t.encode_ms, "{t:?}");
     let by_vectors = pb::Query {

@@ -118,7 +118,9 @@ pub struct BuildOptions {
     pub assign_probe: usize,
     /// Lloyd iterations over every token after training on the sample
     /// (each re-assigns all tokens and moves each centroid to the mean of
-    /// its tokens), before the residuals are learnt and coded.
+    /// its tokens), before the residuals are learnt and coded. Four passes
+    /// (the default) halve the codec's nDCG@10 loss against exact MaxSim
+    /// on NFCorpus against one, for about twice the clustering time.
     pub refine_passes: usize,
     /// Lloyd–Max iterations that refine the residual buckets after the
     /// quantile start (0: ColBERTv2's quantile buckets).
@@ -152,7 +154,7 @@ impl Default for BuildOptions {
             max_sample_tokens: 1 << 20,
             sample_per_centroid: 8,
             assign_probe: kmeans::PROBE_GROUPS,
-            refine_passes: 1,
+            refine_passes: 4,
             bucket_iters: 10,
             mean_centroids: true,
             memory_budget: 1 << 30,

@@ -38,7 +38,7 @@ pub mod writer;
 /// Version of the build recipe (k-means sampling and assignment, codec
 /// training, text analysis defaults): caches of built indexes key on it, so
 /// a change in how an index is built invalidates them.
-pub const BUILD_RECIPE: u32 = 3;
+pub const BUILD_RECIPE: u32 = 4;
 
 pub use builder::{BuildOptions, BuildStats, Document, IndexBuilder, Phase, Progress};
 pub use codec::CodecKind;

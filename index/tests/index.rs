@@ -168,10 +168,10 @@ fn plaid_stages_narrow_the_candidates_and_keep_recall() {
         ..SearchParams::default()
     };
     // The budgets scale with the query: 32-token queries re-rank
-    // max(1536 / 32, 64) = 64 documents, 8-token ones 192; cells per token
-    // grow with the centroid count and for short queries.
+    // max(4096 / 32, 64) = 128 documents, 8-token ones 512; cells per
+    // token grow with the centroid count and for short queries.
     let d = SearchParams::default();
-    assert_eq!((d.exact_candidates(32), d.exact_candidates(8)), (64, 192));
+    assert_eq!((d.exact_candidates(32), d.exact_candidates(8)), (128, 512));
     assert_eq!(d.exact_candidates(1), d.max_candidates);
     assert_eq!(
         SearchParams {

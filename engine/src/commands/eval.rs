@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tessera_eval::beir::{Dataset, Query};
 use tessera_eval::metrics::default_measures;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
-use tessera_index::{Analyzer, BuildOptions, Candidates, CodecKind, Index, SearchParams};
+use tessera_index::{Analyzer, BuildOptions, CodecKind, Index};
 
 use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
 use crate::commands::index::{build_from_vectors, parse_analyzer};
@@ -24,17 +24,19 @@ use crate::searcher::{Engine, RankArgs, Retriever};
 use tessera_training::reduce::Reduction;
 use tessera_training::Precision;
 
+mod fidelity;
+
 /// Evaluate retrieval quality (nDCG@10, Recall@100, MAP@100, MRR@10) the
 /// way trec_eval does, on one BEIR dataset or several in one run.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera eval --dataset ../shared/datasets/scifact --split dev\n  \
-    tessera eval --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus:dev\n  \
+    tessera eval --dataset path/to/beir/scifact --split dev\n  \
+    tessera eval --dataset path/to/beir/scifact --dataset path/to/beir/nfcorpus:dev\n  \
     tessera eval --dataset path/to/beir/scifact --zero-shot path/to/beir/cranfield  \
     # in-domain and zero-shot means\n  \
-    tessera eval --dataset ../shared/datasets/scifact --split dev --retriever bm25 --out bm25.json\n  \
+    tessera eval --dataset path/to/beir/scifact --split dev --retriever bm25 --out bm25.json\n  \
     tessera eval --dataset cranfield --split test --skip-invalid\n  \
-    tessera eval --run run.trec --qrels ../shared/datasets/scifact/qrels/dev.tsv\n  \
+    tessera eval --run run.trec --qrels path/to/beir/scifact/qrels/dev.tsv\n  \
     tessera eval --compare bm25.json colbert.json hybrid.json\n\n\
     Without --index, each dataset's corpus is encoded once and indexed once\n\
     per codec (cached under $TESSERA_HOME/cache by dataset, model and codec)\n\
@@ -142,6 +144,10 @@ pub struct Report {
     /// Given as --zero-shot: a collection the model was not trained on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub zero_shot: bool,
+    /// With --against-exact: nDCG@10 of exact MaxSim and what each stage
+    /// of the search loses against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fidelity: Option<fidelity::Fidelity>,
 }
 
 /// Several datasets' reports and their mean (`tessera eval --dataset A
@@ -353,6 +359,7 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
         recall10_vs_exact: None,
         recall10_vs_f32: None,
         zero_shot: false,
+        fidelity: None,
     }
 }
 
@@ -536,27 +543,6 @@ pub(crate) fn cached_dataset_encoding(
     cached_encoding(model_args, records, dataset, &dname, key, model_dir, None)
 }
 
-/// Recall@10 of `run` against the top 10 of `truth`, over `queries`.
-fn recall_at_10(queries: &[Query], run: &Run, truth: &Run) -> f64 {
-    let mut hit = 0usize;
-    let mut total = 0usize;
-    for q in queries {
-        let truth: HashSet<&str> = tessera_eval::metrics::trec_order(&truth.results[&q.id])
-            .iter()
-            .take(10)
-            .map(|(d, _)| *d)
-            .collect();
-        let got = tessera_eval::metrics::trec_order(&run.results[&q.id]);
-        hit += got
-            .iter()
-            .take(10)
-            .filter(|(d, _)| truth.contains(*d))
-            .count();
-        total += truth.len();
-    }
-    hit as f64 / total.max(1) as f64
-}
-
 /// Judged documents missing from the index and judged queries missing from
 /// queries.jsonl are counted and reported, not silently dropped: such a
 /// document stays relevant (it lowers recall, as trec_eval counts it);
@@ -684,44 +670,38 @@ fn eval_dataset(
     let (encode_s, search_s) = (timing.encode_s, timing.search_s);
     let (p50, p99) = stats::p50_p99(&timing.latencies_ms);
 
-    let (mut recall10_vs_exact, mut recall10_vs_f32) = (None, None);
+    let mut fid = None;
     if args.against_exact && retriever != Retriever::Bm25 {
-        let exact = SearchParams {
-            k: 10,
-            candidates: Candidates::Exhaustive,
-            ..params.clone()
-        };
-        let pb = progress::bar(Some(queries.len() as u64), "queries");
-        pb.set_prefix("exhaustive search");
-        let (truth, _) = engine.run_queries(&queries, retriever, &exact, &pb)?;
-        pb.finish_and_clear();
-        recall10_vs_exact = Some(recall_at_10(&queries, &run, &truth));
-        match &exact_index {
+        let f32_index = match &exact_index {
             Some(f32_dir) => {
-                let f32_engine = Engine {
-                    index: Index::open(f32_dir)
-                        .with_context(|| format!("opening index {}", f32_dir.display()))?,
-                    encoder: engine.encoder.take(),
-                    model_dir: None,
-                };
+                let i = Index::open(f32_dir)
+                    .with_context(|| format!("opening index {}", f32_dir.display()))?;
                 ensure!(
-                    f32_engine.index.codec().kind == CodecKind::F32,
+                    i.codec().kind == CodecKind::F32,
                     "{}: --exact-index must be an f32 index (it is {})",
                     f32_dir.display(),
-                    f32_engine.index.codec().kind
+                    i.codec().kind
                 );
-                let pb = progress::bar(Some(queries.len() as u64), "queries");
-                pb.set_prefix("exact f32 search");
-                let (truth, _) = f32_engine.run_queries(&queries, retriever, &exact, &pb)?;
-                pb.finish_and_clear();
-                recall10_vs_f32 = Some(recall_at_10(&queries, &run, &truth));
-                engine.encoder = f32_engine.encoder;
+                Some(i)
             }
-            None => eprintln!(
-                "note: recall against exact f32 MaxSim needs the unquantised vectors: \
-                 pass --exact-index F32_INDEX with --index"
-            ),
-        }
+            None => {
+                eprintln!(
+                    "note: exact f32 MaxSim needs the unquantised vectors: \
+                     pass --exact-index F32_INDEX with --index"
+                );
+                None
+            }
+        };
+        let f = fidelity::measure(
+            &mut engine,
+            f32_index,
+            &queries,
+            &qrels,
+            retriever,
+            &params,
+            (&run, &timing.latencies_ms),
+        )?;
+        fid = Some(f);
     }
 
     let e = evaluate(&qrels, &run, measures, true);
@@ -757,8 +737,11 @@ fn eval_dataset(
         search_p99_ms: p99,
         index_build_s,
     });
-    report.recall10_vs_exact = recall10_vs_exact;
-    report.recall10_vs_f32 = recall10_vs_f32;
+    if let Some(at) = fid.as_ref().and_then(|f| f.at.last()) {
+        report.recall10_vs_exact = Some(at.recall10_vs_exhaustive);
+        report.recall10_vs_f32 = at.recall10_vs_f32;
+    }
+    report.fidelity = fid;
     report.zero_shot = zero_shot;
     write_json(&out, &report)?;
     eprintln!("report: {}  run: {}", out.display(), run_path.display());
@@ -874,6 +857,11 @@ fn print_table(reports: &[&Report], combined: Option<&CombinedReport>) {
             let _ = writeln!(w);
         }
     }
+    let fid: Vec<(String, &fidelity::Fidelity)> = reports
+        .iter()
+        .filter_map(|r| r.fidelity.as_ref().map(|f| (dataset_label(r), f)))
+        .collect();
+    let _ = fidelity::print(&mut w, &fid);
     let _ = w.flush();
 }
 

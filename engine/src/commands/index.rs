@@ -51,7 +51,7 @@ pub enum IndexCommand {
 /// vectors.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera index build --input ../shared/datasets/scifact/corpus.jsonl --out scifact.idx\n  \
+    tessera index build --input path/to/beir/scifact/corpus.jsonl --out scifact.idx\n  \
     zcat dump.jsonl.gz | tessera index build --input - --out dump.idx --skip-invalid\n  \
     tessera index build --input collection.tsv.zst --out msmarco.idx --codec residual2\n  \
     tessera index build --embeddings vectors/ --out other.idx\n  \

@@ -27,8 +27,9 @@ pub struct QueryArgs {
     pub addr: String,
     #[command(flatten)]
     pub input: QueryInput,
-    /// Ranking: colbert (MaxSim), bm25, or hybrid.
-    #[arg(long, value_enum, default_value_t = Retriever::Colbert)]
+    /// Ranking: hybrid (MaxSim fused with BM25, the default), colbert
+    /// (MaxSim alone) or bm25.
+    #[arg(long, value_enum, default_value_t = Retriever::Hybrid)]
     pub retriever: Retriever,
     /// MaxSim candidate generation (default: the server's).
     #[arg(long, value_enum)]

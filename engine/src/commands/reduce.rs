@@ -139,10 +139,10 @@ fn parse_method(s: &str) -> Result<Method, String> {
 /// Fit or train a dimension reduction of a model's token vectors.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera train reduce --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
+    tessera train reduce --dataset path/to/beir/scifact --dataset path/to/beir/nfcorpus \\\n    \
       --dims 16,32,48,64,96 --out reductions/orthogonal\n  \
-    tessera train reduce --dataset ../shared/datasets/scifact --method pca --dims 16,32,64 --out reductions/pca\n  \
-    tessera train reduce --dataset ../shared/datasets/scifact --method pca --centre-queries 0 --centre-documents 0.5 \\\n    \
+    tessera train reduce --dataset path/to/beir/scifact --method pca --dims 16,32,64 --out reductions/pca\n  \
+    tessera train reduce --dataset path/to/beir/scifact --method pca --centre-queries 0 --centre-documents 0.5 \\\n    \
       --out reductions/pca-centred\n  \
     tessera train reduce --dataset my-beir-corpus-without-train-split --out reductions/mine\n  \
     tessera index build --input corpus.jsonl --out small.idx --reduction reductions/orthogonal --dim 32\n\n\
@@ -622,7 +622,7 @@ fn draw_dev_curves(out: &Path, dev: &[ReduceDev]) {
 /// tabulate reduction experiments.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction my-reduction\n  \
+    tessera reduce plan --dataset path/to/beir/scifact --budget 16 --reduction my-reduction\n  \
     tessera reduce summarize runs/pca runs/orthogonal-s1 runs/plan-*.json --plot ndcg-vs-bytes\n  \
     tessera reduce summarize runs/budget16-*.json --frontier speed-frontier\n\n\
     Reductions are made by `tessera train reduce`.")]
@@ -642,10 +642,10 @@ pub enum ReduceCommand {
 /// from one encoding of the corpus, and recommend one.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal\n  \
-    tessera reduce plan --dataset ../shared/datasets/scifact --budget 16 --reduction reductions/orthogonal \\\n    \
+    tessera reduce plan --dataset path/to/beir/scifact --budget 16 --reduction reductions/orthogonal\n  \
+    tessera reduce plan --dataset path/to/beir/scifact --budget 16 --reduction reductions/orthogonal \\\n    \
       --centroids auto,4096 --probes 32/512,16/256/256,16/256/1/1280 --min-share 0.95\n  \
-    tessera reduce plan --dataset ../shared/datasets/nfcorpus --budget 40 --codecs f16,residual2 --json plan.json\n\n\
+    tessera reduce plan --dataset path/to/beir/nfcorpus --budget 40 --codecs f16,residual2 --json plan.json\n\n\
     Bytes per token = the codec's bytes at dim r plus the 4-byte centroid id every index stores\n\
     (f16 2r, int8 r + 4, residual-b r·b/8). For each codec the walk goes up the dims (the\n\
     reduction's nested set, and the model's full width) while the pair fits; each pair is built\n\
@@ -689,7 +689,7 @@ pub struct PlanArgs {
     /// Search settings timed on every index, as N_PROBE/PROBE_BUDGET, with
     /// optionally /N_APPROX and /RERANK_BUDGET (`search --n-probe N
     /// --probe-budget B --n-approx A --rerank-budget R`; A and R default to
-    /// the search defaults, 1024 and 1536; A = 1 skips the second
+    /// the search defaults, 1024 and 4096; A = 1 skips the second
     /// approximate pass).
     #[arg(long, value_delimiter = ',', default_value = "32/512", value_parser = parse_probe, value_name = "N/B[/A[/R]],..")]
     pub probes: Vec<Probe>,
@@ -1426,7 +1426,7 @@ mod tests {
                 n_probe: 16,
                 probe_budget: 256,
                 n_approx: 1024,
-                rerank_budget: 1536
+                rerank_budget: 4096
             })
         );
         assert_eq!(
@@ -1435,7 +1435,7 @@ mod tests {
                 n_probe: 16,
                 probe_budget: 256,
                 n_approx: 512,
-                rerank_budget: 1536
+                rerank_budget: 4096
             })
         );
         let p = parse_probe("16/256/1024/768").unwrap();

@@ -49,8 +49,8 @@ use crate::searcher::{Engine, Retriever};
 /// Train the model's projection head on labelled or unlabelled data.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --head ffn --residual --dim 128 --out my-head\n  \
-    tessera train reduce --dataset ../shared/datasets/scifact --dims 16,32,64 --out my-reduction\n\n\
+    tessera train heads --dataset path/to/beir/scifact --head ffn --residual --dim 128 --out my-head\n  \
+    tessera train reduce --dataset path/to/beir/scifact --dims 16,32,64 --out my-reduction\n\n\
     See `tessera train heads --help` and `tessera train reduce --help` for every option.")]
 pub struct TrainArgs {
     #[command(subcommand)]
@@ -107,12 +107,12 @@ fn name_without_seed(dir: &Path) -> String {
 /// the best checkpoint on the dev splits.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
+    tessera train heads --dataset path/to/beir/scifact --dataset path/to/beir/nfcorpus \\\n    \
       --head ffn --depth 2 --width-factor 2 --residual --dim 128 --out heads/ffn-res-128\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --dataset ../shared/datasets/nfcorpus \\\n    \
+    tessera train heads --dataset path/to/beir/scifact --dataset path/to/beir/nfcorpus \\\n    \
       --head glu --dim 128 --steps 600 --batch-queries 24 --positives 4 --out heads/glu-128  \
     # the recipe of the default model v4\n  \
-    tessera train heads --dataset ../shared/datasets/scifact --head linear --dim 128 --mode full \\\n    \
+    tessera train heads --dataset path/to/beir/scifact --head linear --dim 128 --mode full \\\n    \
       --steps 100 --batch-queries 8 --out heads/linear-full\n  \
     tessera train heads --unsupervised-corpus my-dump.jsonl --head glu --dim 128 --out heads/mine\n  \
     tessera index build --input corpus.jsonl --out my.idx --model heads/ffn-res-128\n\n\

@@ -637,7 +637,10 @@ fn unpack(field: &str, v: &pb::TokenVectors, dim: usize) -> Result<TokenVectors,
 fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, Status> {
     let f = |name: &str| format!("queries[{i}].{name}");
     let retriever = match pb::Retriever::try_from(q.retriever) {
-        Ok(pb::Retriever::Unspecified) => pb::Retriever::Colbert,
+        // Hybrid where there are words to match; vectors alone can only
+        // be ranked by MaxSim.
+        Ok(pb::Retriever::Unspecified) if q.text.trim().is_empty() => pb::Retriever::Colbert,
+        Ok(pb::Retriever::Unspecified) => pb::Retriever::Hybrid,
         Ok(r) => r,
         Err(_) => {
             return Err(invalid(

@@ -75,6 +75,8 @@ pub fn err(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `tessera search --json` on `index`: MaxSim alone (`--retriever colbert`)
+/// unless `extra` names a retriever.
 pub fn search_json(index: &Path, query: &str, extra: &[&str]) -> serde_json::Value {
     let idx = index.to_string_lossy();
     let mut a = vec![
@@ -87,6 +89,9 @@ pub fn search_json(index: &Path, query: &str, extra: &[&str]) -> serde_json::Val
         "--threads",
         "1",
     ];
+    if !extra.contains(&"--retriever") {
+        a.extend_from_slice(&["--retriever", "colbert"]);
+    }
     a.extend_from_slice(extra);
     a.push(query);
     serde_json::from_str(ok(&run(&a, &[], None)).trim()).unwrap()
