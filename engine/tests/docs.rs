@@ -198,7 +198,15 @@ fn readme_commands_are_accepted_by_the_argument_parser() {
 fn shell_words_split_like_a_shell() {
     assert_eq!(
         shell_words(r#"tessera search --index x "what causes tides?" -k 3 # note"#),
-        ["tessera", "search", "--index", "x", "what causes tides?", "-k", "3"]
+        [
+            "tessera",
+            "search",
+            "--index",
+            "x",
+            "what causes tides?",
+            "-k",
+            "3"
+        ]
     );
     assert_eq!(
         shell_words(r#"a --filter '{"eq": {"field": "lang"}}' ''"#),

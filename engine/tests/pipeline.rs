@@ -679,7 +679,9 @@ fn eval_runs_a_collection_with_empty_documents_and_reports_dangling_qrels() {
     assert!((0.0..=1.0).contains(&exact), "{f}");
     let at = f["at"].as_array().unwrap();
     assert_eq!(
-        at.iter().map(|a| a["k"].as_u64().unwrap()).collect::<Vec<_>>(),
+        at.iter()
+            .map(|a| a["k"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
         [10, 100]
     );
     // nDCG@10 of the run at depth 100 is the report's own.

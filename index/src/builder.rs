@@ -119,8 +119,9 @@ pub struct BuildOptions {
     /// Lloyd iterations over every token after training on the sample
     /// (each re-assigns all tokens and moves each centroid to the mean of
     /// its tokens), before the residuals are learnt and coded. Four passes
-    /// (the default) halve the codec's nDCG@10 loss against exact MaxSim
-    /// on NFCorpus against one, for about twice the clustering time.
+    /// (the default) raise recall@10 of exhaustive search against exact
+    /// f32 MaxSim on every collection measured (docs/BENCHMARKS.md), for
+    /// about twice the clustering time.
     pub refine_passes: usize,
     /// Lloyd–Max iterations that refine the residual buckets after the
     /// quantile start (0: ColBERTv2's quantile buckets).

@@ -5,8 +5,8 @@ train queries. Right: against the number of train queries it is fitted on (25, 5
 100 % of both train splits, seeds 1-3; each run's best dev record by the mean over r,
 as `train reduce` picks it).
 
-Usage: python session20-plot.py RUNS_DIR OUT_STEM
-RUNS_DIR holds the runs of commands-session20.txt (runs/red20) and the eighteenth
+Usage: python the-recipe-fitted-on-the-evaluated-plot.py RUNS_DIR OUT_STEM
+RUNS_DIR holds the runs of commands-the-recipe-fitted-on-the-evaluated.txt (runs/red20) and the eighteenth
 session's seed-1 defaults at RUNS_DIR/../red18/defaults-s1. Each dev record of a run's
 metrics.jsonl is placed at the step of the training record before it (0 for the first;
 run_metrics.py, beside this file).

@@ -1,7 +1,7 @@
 """Dev-pool nDCG@10 against r for the nineteenth session's runs (a plot outside tessera).
 
-Usage: python session19-plot.py RUNS_DIR OUT_STEM
-RUNS_DIR holds the runs of commands-session19.txt (runs/red19) and the eighteenth
+Usage: python a-margin-mse-objective-and-how-plot.py RUNS_DIR OUT_STEM
+RUNS_DIR holds the runs of commands-a-margin-mse-objective-and-how.txt (runs/red19) and the eighteenth
 session's seed-1 defaults at RUNS_DIR/../red18/defaults-s1; each run's best dev record
 (by the mean over r, as `train reduce` picks it) is read from its metrics.jsonl
 (run_metrics.py, beside this file).

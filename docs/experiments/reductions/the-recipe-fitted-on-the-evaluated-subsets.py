@@ -1,6 +1,6 @@
 """Train-query subsets of SciFact and NFCorpus for the twentieth session's curve (outside tessera).
 
-Usage: python session20-subsets.py SHARED_DATASETS OUT_DIR
+Usage: python the-recipe-fitted-on-the-evaluated-subsets.py SHARED_DATASETS OUT_DIR
 For each fraction f in 25 and 50 writes OUT_DIR/f{f}/{scifact,nfcorpus}/: corpus.jsonl,
 queries.jsonl and qrels/dev.tsv are links to the shared files (nothing is copied), and
 qrels/train.tsv keeps every judgement of round(f % of the train queries), drawn with
