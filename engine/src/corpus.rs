@@ -364,16 +364,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn check_id(id: &str) -> std::result::Result<(), (Problem, String)> {
-    if id.trim().is_empty() {
-        return Err((Problem::MissingId, "the id is empty".into()));
-    }
-    if id.contains(['\n', '\r', '\t']) || id.contains(char::is_whitespace) {
-        return Err((
-            Problem::MissingId,
-            format!("id {id:?} contains whitespace (run files could not name it)"),
-        ));
-    }
-    Ok(())
+    tessera_index::check_id(id).map_err(|m| (Problem::MissingId, m))
 }
 
 fn parse_tsv(s: &str, line: usize) -> std::result::Result<Record, (Problem, String)> {

@@ -1,5 +1,6 @@
-//! The search engine the CLI (and later the gRPC service) drives: an opened
-//! index plus, for MaxSim retrieval, the encoder that built it.
+//! The search engine the CLI and the gRPC service drive: an opened index
+//! plus, for MaxSim retrieval, the encoder that built it; and the checks
+//! both make of a request (a filter's unknown fields).
 
 use std::path::{Path, PathBuf};
 
@@ -288,4 +289,41 @@ impl Engine {
         }
         Ok((run, timing))
     }
+}
+
+/// Fields a filter names that no document has ([`unknown_fields`]).
+pub struct UnknownFields {
+    pub count: usize,
+    /// The unknown fields, quoted and comma-separated.
+    pub listed: String,
+    /// The metadata fields the index does have, or "none".
+    pub present: String,
+}
+
+/// The fields `f` names that no document of `index` has; `None` when every
+/// field exists.
+pub fn unknown_fields(
+    index: &tessera_index::Index,
+    f: &tessera_index::Filter,
+) -> Option<UnknownFields> {
+    let unknown = index.unknown_filter_fields(f);
+    if unknown.is_empty() {
+        return None;
+    }
+    let have = index.metadata_fields();
+    let listed = unknown
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let present = if have.is_empty() {
+        "none".to_owned()
+    } else {
+        have.join(", ")
+    };
+    Some(UnknownFields {
+        count: unknown.len(),
+        listed,
+        present,
+    })
 }

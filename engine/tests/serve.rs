@@ -976,6 +976,30 @@ async fn bad_requests_are_invalid_argument_naming_the_field_and_never_hurt_the_s
         "{}",
         e.message()
     );
+    // Ids follow the dump reader's rule: no whitespace, no control
+    // characters (a run file could not name them).
+    for (id, why) in [
+        ("two words", "whitespace"),
+        ("nul\0id", "control character"),
+    ] {
+        let e = c
+            .add_documents(tokio_stream::iter(vec![pb::AddDocumentsRequest {
+                documents: vec![pb::NewDocument {
+                    id: id.into(),
+                    text: "x".into(),
+                    ..Default::default()
+                }],
+                skip_existing: false,
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("documents[0].id") && e.message().contains(why),
+            "{id:?}: {}",
+            e.message()
+        );
+    }
     let r = c
         .get_documents(pb::GetDocumentsRequest {
             ids: vec!["ok1".into()],
@@ -1284,4 +1308,27 @@ async fn searches_never_fail_or_see_half_an_update_while_documents_change() {
     }
     drop(server);
     ok(&tessera(&["index", "verify", index.to_str().unwrap()]));
+}
+
+/// A folder that is not an index stops `serve` before it listens: no
+/// "listening on" line, an error naming the manifest, exit status 1.
+#[test]
+fn serve_refuses_a_folder_that_is_not_an_index_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = tessera(&[
+        "serve",
+        "--index",
+        dir.path().to_str().unwrap(),
+        "--addr",
+        "127.0.0.1:0",
+        "--no-model",
+    ]);
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!out.contains("listening on"), "{out}");
+    assert!(
+        err.contains("manifest.json") && err.contains("not a Tessera index"),
+        "{err}"
+    );
 }

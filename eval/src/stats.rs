@@ -1,9 +1,22 @@
-//! Paired significance tests over per-query values of two systems, and
-//! the percentiles latency reports quote.
+//! Paired significance tests over per-query values of two systems, the
+//! percentiles latency reports quote, and the mean ± std of seeds.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+
+/// Mean and sample standard deviation (0 for fewer than two values; the
+/// mean of none is 0).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
 
 /// The `p`-quantile (0 ≤ p ≤ 1) of `values` by nearest rank: the value at
 /// position `round((n − 1)·p)` of the sorted values (p = 0.5 of an even
@@ -186,6 +199,15 @@ fn ln_gamma(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_and_sample_std() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12);
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_std(&[7.0]), (7.0, 0.0));
+        assert_eq!(mean_std(&[]), (0.0, 0.0));
+    }
 
     #[test]
     fn percentile_is_the_nearest_rank_of_the_sorted_values() {

@@ -58,8 +58,27 @@ struct StoredRef<'a> {
     metadata: &'a serde_json::Value,
 }
 
+/// The one rule for document ids, on every write path (dump readers, the
+/// gRPC service, the library): not empty, no whitespace and no control
+/// characters (NUL included) — an id must fit on one line of a TREC run
+/// file as one field. The error says what is wrong.
+pub fn check_id(id: &str) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        return Err("the id is empty".into());
+    }
+    if id.contains(char::is_whitespace) {
+        return Err(format!(
+            "id {id:?} contains whitespace (run files could not name it)"
+        ));
+    }
+    if id.contains(char::is_control) {
+        return Err(format!("id {id:?} contains a control character"));
+    }
+    Ok(())
+}
+
 impl Document {
-    /// What every write path requires of a document: a non-empty id that is
+    /// What every write path requires of a document: a valid id that is
     /// not `taken`, at least one vector, the `expected` width (with words
     /// saying where it comes from), finite values.
     pub(crate) fn check(&self, taken: bool, expected: Option<(usize, &str)>) -> Result<()> {
@@ -67,9 +86,7 @@ impl Document {
             id: self.id.clone(),
             message: m,
         };
-        if self.id.is_empty() {
-            return Err(invalid("empty id".into()));
-        }
+        check_id(&self.id).map_err(invalid)?;
         if taken {
             return Err(invalid("duplicate id".into()));
         }

@@ -128,6 +128,11 @@ impl Mapped {
 
     /// Views the file as an array of `T`.
     pub fn slice<T: Pod>(&self) -> Result<&[T]> {
+        // An empty file (a segment of documents without tokens) is an empty
+        // array; its byte slice has no address aligned for `T`.
+        if self.bytes().is_empty() {
+            return Ok(&[]);
+        }
         bytemuck::try_cast_slice(self.bytes()).map_err(|e| {
             IndexError::corrupt(
                 &self.path,

@@ -40,7 +40,7 @@ pub mod writer;
 /// a change in how an index is built invalidates them.
 pub const BUILD_RECIPE: u32 = 4;
 
-pub use builder::{BuildOptions, BuildStats, Document, IndexBuilder, Phase, Progress};
+pub use builder::{check_id, BuildOptions, BuildStats, Document, IndexBuilder, Phase, Progress};
 pub use codec::CodecKind;
 pub use error::{IndexError, Result};
 pub use filter::Filter;

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tantivy::collector::{FilterCollector, TopDocs};
-use tantivy::query::{Bm25StatisticsProvider, BooleanQuery, Occur, Query, QueryParser, TermQuery};
+use tantivy::query::{
+    Bm25StatisticsProvider, BooleanQuery, BoostQuery, Occur, Query, QueryParser, TermQuery,
+};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED,
     STRING, TEXT,
@@ -130,6 +132,40 @@ impl Analyzer {
         }
         out
     }
+}
+
+/// Most distinct terms a BM25 query may have. Each distinct term walks
+/// its posting list and holds a scorer; a query text past this (a
+/// document pasted as a query, or a hostile request) is refused instead
+/// of taking the machine's memory and time.
+pub const MAX_QUERY_TERMS: usize = 1024;
+
+/// A query's analysed terms, each once with its number of occurrences, in
+/// order of first occurrence; more than [`MAX_QUERY_TERMS`] distinct terms
+/// is an error.
+pub fn query_terms(analyzer: Analyzer, text: &str) -> Result<Vec<(String, usize)>> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut out: Vec<(String, usize)> = Vec::new();
+    // Streamed, so a huge text is refused at its 1,025th distinct term
+    // rather than after every word of it is held.
+    let mut a = analyzer.text_analyzer();
+    let mut stream = a.token_stream(text);
+    while stream.advance() {
+        let t = &stream.token().text;
+        match seen.get(t) {
+            Some(&i) => out[i].1 += 1,
+            None => {
+                if out.len() == MAX_QUERY_TERMS {
+                    return Err(IndexError::InvalidParameter(format!(
+                        "the query has more than {MAX_QUERY_TERMS} distinct BM25 terms"
+                    )));
+                }
+                seen.insert(t.clone(), out.len());
+                out.push((t.clone(), 1));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Lucene's `EnglishAnalyzer.ENGLISH_STOP_WORDS_SET`.
@@ -421,15 +457,20 @@ impl TextReader {
     ) -> Result<Vec<(u32, f32)>> {
         let q: Box<dyn Query> = match self.body {
             Some(body) => {
-                let clauses: Vec<(Occur, Box<dyn Query>)> = self
-                    .analyzer
-                    .terms(query)
+                let clauses: Vec<(Occur, Box<dyn Query>)> = query_terms(self.analyzer, query)?
                     .into_iter()
-                    .map(|t| {
-                        let q: Box<dyn Query> = Box::new(TermQuery::new(
+                    .map(|(t, count)| {
+                        let term: Box<dyn Query> = Box::new(TermQuery::new(
                             Term::from_field_text(body, &t),
                             IndexRecordOption::WithFreqs,
                         ));
+                        // A word that occurs n times scores n times, as n
+                        // clauses would, from one posting-list walk.
+                        let q: Box<dyn Query> = if count > 1 {
+                            Box::new(BoostQuery::new(term, count as f32))
+                        } else {
+                            term
+                        };
                         (Occur::Should, q)
                     })
                     .collect();

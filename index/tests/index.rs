@@ -350,9 +350,55 @@ fn bad_documents_are_rejected_without_side_effects() {
     let mut d = small().documents(6, 1).remove(0);
     d.vectors = TokenVectors::new(32, vec![f32::NAN; 32]).unwrap();
     assert!(b.add(d).unwrap_err().to_string().contains("non-finite"));
+    // Ids follow one rule on every write path: a run file must name them.
+    for (id, why) in [
+        ("", "empty"),
+        ("two words", "whitespace"),
+        ("tab\there", "whitespace"),
+        ("nul\0id", "control character"),
+    ] {
+        let mut d = small().documents(7, 1).remove(0);
+        d.id = id.into();
+        let e = b.add(d).unwrap_err().to_string();
+        assert!(e.contains(why), "{id:?}: {e}");
+    }
     assert_eq!(b.docs(), 1);
     let stats = b.finish(&mut |_| {}).unwrap();
     assert_eq!(stats.docs, 1);
+}
+
+#[test]
+fn a_segment_of_documents_without_tokens_commits_opens_and_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idx");
+    let syn = small();
+    build(&path, syn.documents(0, 100), opts("residual2"));
+    let after = Index::open(&path).unwrap();
+    // A segment of documents without tokens (empty texts) commits, opens
+    // and searches: its vector files are empty arrays.
+    let dim = after.dim();
+    let empty: Vec<Document> = (0..2)
+        .map(|i| Document {
+            id: format!("empty{i}"),
+            vectors: TokenVectors::new(dim, Vec::new()).unwrap(),
+            title: String::new(),
+            text: String::new(),
+            metadata: serde_json::Value::Null,
+        })
+        .collect();
+    assert_eq!(append(&path, empty).unwrap(), 2);
+    let with_empty = Index::open(&path).unwrap();
+    assert!(with_empty.contains("empty1"));
+    let q = &syn.queries(150, 1)[0];
+    assert!(!with_empty
+        .search(q, &exact(5))
+        .unwrap()
+        .iter()
+        .any(|h| h.id.starts_with("empty")));
+    assert_eq!(
+        delete(&path, &["empty0", "empty1"]).unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -551,6 +597,32 @@ fn bm25_and_hybrid_search() {
     assert!(hits[0].score > 0.0);
     // Query syntax errors are forgiven.
     assert!(index.search_text("tides AND (", 5, None).is_ok());
+    // A repeated word counts as often as it occurs, from one term: the
+    // scores are those of the words spelled out.
+    let once = index.search_text("ocean tides", 5, None).unwrap();
+    let ocean = index.search_text("ocean", 5, None).unwrap();
+    let twice = index.search_text("ocean ocean tides", 5, None).unwrap();
+    assert_eq!(
+        (once[0].id.as_str(), twice[0].id.as_str()),
+        ("doc17", "doc17")
+    );
+    let want = once[0].score + ocean[0].score;
+    assert!(
+        (twice[0].score - want).abs() < 1e-4 * want,
+        "{twice:?} {once:?} {ocean:?}"
+    );
+    assert_eq!(
+        tessera_index::text::query_terms(Analyzer::En, "Ocean ocean TIDES of the tides").unwrap(),
+        [("ocean".to_owned(), 2), ("tide".to_owned(), 2)]
+    );
+    // A text with more distinct terms than a query may have is refused, by
+    // name, before any posting list is read; repeats of few words are not.
+    let huge: String = (0..2000).map(|i| format!("w{i} ")).collect();
+    let e = index.search_text(&huge, 5, None).unwrap_err();
+    assert!(e.to_string().contains("distinct BM25 terms"), "{e}");
+    assert!(index
+        .search_text(&"tides ".repeat(100_000), 5, None)
+        .is_ok());
     // Filters run before ranking: doc17 is odd.
     let even = Filter::Eq {
         field: "parity".into(),

@@ -163,50 +163,13 @@ pub fn run(args: SearchArgs) -> Result<()> {
 /// A filter on a field no document has matches nothing: say so (on
 /// stderr), with the fields there are.
 pub fn warn_unknown_fields(index: &tessera_index::Index, f: &tessera_index::Filter) {
-    if let Some(u) = unknown_fields(index, f) {
+    if let Some(u) = crate::searcher::unknown_fields(index, f) {
         eprintln!(
             "warning: --filter names {} that no document has (a condition on it never \
              matches); metadata fields in this index: {}",
             u.listed, u.present
         );
     }
-}
-
-/// Fields a filter names that no document has ([`unknown_fields`]).
-pub struct UnknownFields {
-    pub count: usize,
-    /// The unknown fields, quoted and comma-separated.
-    pub listed: String,
-    /// The metadata fields the index does have, or "none".
-    pub present: String,
-}
-
-/// The fields `f` names that no document of `index` has; `None` when every
-/// field exists.
-pub fn unknown_fields(
-    index: &tessera_index::Index,
-    f: &tessera_index::Filter,
-) -> Option<UnknownFields> {
-    let unknown = index.unknown_filter_fields(f);
-    if unknown.is_empty() {
-        return None;
-    }
-    let have = index.metadata_fields();
-    let listed = unknown
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let present = if have.is_empty() {
-        "none".to_owned()
-    } else {
-        have.join(", ")
-    };
-    Some(UnknownFields {
-        count: unknown.len(),
-        listed,
-        present,
-    })
 }
 
 /// One ranked hit as `search` and `query` print it: rank, score, id, the

@@ -133,6 +133,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()> {
+    // A folder that is not an index (or whose manifest is damaged) stops
+    // the server before it listens; the files themselves are read by the
+    // loader below while health says NOT_SERVING.
+    tessera_index::manifest::Manifest::load(&args.index)
+        .with_context(|| format!("opening index {}", args.index.display()))?;
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;

@@ -21,6 +21,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, Subcommand};
 use rand::{Rng, SeedableRng};
 use tessera_eval::beir::{Dataset, Query};
+use tessera_eval::stats::mean_std;
 use tessera_eval::{evaluate, Measure, Qrels, Run};
 use tessera_index::SearchParams;
 use tessera_training::heads::blocks::Activation;
@@ -1539,18 +1540,6 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
-}
-
-/// Mean and sample standard deviation.
-pub(crate) fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n.max(1.0);
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
 }
 
 fn summarize(args: SummarizeArgs) -> Result<()> {

@@ -720,7 +720,7 @@ fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, 
         let filter: Filter = serde_json::from_str(&q.filter)
             .map_err(|e| invalid(f("filter"), format!("malformed filter: {e}")))?;
         filter.validate().map_err(|e| invalid(f("filter"), e))?;
-        if let Some(u) = crate::commands::search::unknown_fields(index, &filter) {
+        if let Some(u) = crate::searcher::unknown_fields(index, &filter) {
             let plural = if u.count > 1 { "s" } else { "" };
             return Err(invalid(
                 f("filter"),
@@ -976,9 +976,7 @@ struct Incoming {
 
 fn incoming(pos: usize, d: pb::NewDocument, dim: usize) -> Result<Incoming, Status> {
     let field = |name: &str| format!("documents[{pos}].{name}");
-    if d.id.trim().is_empty() {
-        return Err(invalid(field("id"), "empty id"));
-    }
+    tessera_index::check_id(&d.id).map_err(|m| invalid(field("id"), m))?;
     let metadata = if d.metadata_json.trim().is_empty() {
         serde_json::Value::Null
     } else {

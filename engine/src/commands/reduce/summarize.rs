@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 use tessera_training::train::plot;
 
-use crate::commands::train::mean_std;
+use tessera_eval::stats::mean_std;
 
 /// Tabulate reduction runs and plans: dev nDCG@10 per method and dim on
 /// the fixed pools (reduction folders of `train reduce`, model folders of
