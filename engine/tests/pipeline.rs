@@ -199,6 +199,11 @@ fn bad_records_stop_the_build_or_are_skipped_and_counted() {
     let e = err(&build(&input.to_string_lossy(), &idx, &[], &[], None));
     assert!(e.contains("dump.jsonl:41: malformed JSON"), "{e}");
     assert!(!idx.exists(), "no index after a failed build");
+    // What was encoded is kept for --resume, and the user is told where.
+    assert!(
+        e.contains(".d.idx.encoding") && e.contains("--resume") && e.contains("MiB"),
+        "{e}"
+    );
 
     std::fs::remove_dir_all(dir.path().join(".d.idx.encoding")).unwrap();
     let o = build(

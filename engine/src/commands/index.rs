@@ -389,6 +389,19 @@ pub fn build_from_input(
             out.display()
         );
     }
+    // A failed build keeps what it encoded (for --resume): say where, and
+    // how much disk it holds, rather than leave it unmentioned.
+    let kept = |e: anyhow::Error| {
+        if work.exists() {
+            eprintln!(
+                "note: the documents encoded so far are kept in {} ({:.1} MiB): \
+                 fix the input and rerun with --resume to continue, or delete that folder",
+                work.display(),
+                dir_bytes(&work) as f64 / (1 << 20) as f64
+            );
+        }
+        e
+    };
     if !state.as_ref().is_some_and(|s| s.complete) {
         let encoder = match preloaded {
             Some(e) => e,
@@ -401,11 +414,12 @@ pub fn build_from_input(
             resume,
             checkpoint_every,
             Rerun::WithResume,
-        )?;
+        )
+        .map_err(kept)?;
     }
     let encode_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let (stats, skipped) = build_from_vectors(&work, out, opts)?;
+    let (stats, skipped) = build_from_vectors(&work, out, opts).map_err(kept)?;
     std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
     Ok(Built {
         stats,
@@ -413,6 +427,20 @@ pub fn build_from_input(
         encode_s,
         index_s: t.elapsed().as_secs_f64(),
     })
+}
+
+/// Bytes of the files directly in `dir` (0 when unreadable).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Streams an embeddings folder into a new index at `out`.
