@@ -26,7 +26,7 @@ use crate::server::service::{Faults, Limits, Ready, SearchLanes, Service, State}
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     tessera serve --index scifact.idx\n  \
-    tessera serve --index scifact.idx --addr 0.0.0.0:50051 --metrics-addr 127.0.0.1:9100\n  \
+    tessera serve --index scifact.idx --addr 127.0.0.1:50051 --metrics-addr 127.0.0.1:9100\n  \
     tessera serve --index small.idx --n-probe 16 --probe-budget 256 --n-approx 256 --rerank-budget 768\n  \
     tessera query --addr 127.0.0.1:50051 \"coffee and diabetes\"\n  \
     grpcurl -plaintext 127.0.0.1:50051 list\n\n\
@@ -34,12 +34,16 @@ use crate::server::service::{Faults, Limits, Ready, SearchLanes, Service, State}
     ends in :0); health reports NOT_SERVING until the index and model are loaded. \
     SIGINT/SIGTERM drain: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in \
     flight get --grace-s seconds to finish. --n-probe, --probe-budget, --n-approx and \
-    --rerank-budget are the search settings of every call that sets none of its own.")]
+    --rerank-budget are the search settings of every call that sets none of its own.\n\n\
+    The server has no TLS and no authentication: anyone who reaches the port can add and \
+    delete documents. Keep it on a loopback address, or behind a proxy that provides both; \
+    any other address gets a warning.")]
 pub struct ServeArgs {
     /// The index folder.
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
-    /// Address to listen on (port 0: any free port).
+    /// Address to listen on (port 0: any free port). The server has no TLS
+    /// or authentication: a non-loopback address gets a warning.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -142,6 +146,13 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
+    if !local.ip().is_loopback() {
+        tracing::warn!(
+            addr = %local,
+            "serving on a non-loopback address without TLS or authentication: \
+             anyone who reaches it can search, add and delete documents"
+        );
+    }
     let max_message_bytes = args.max_message_mb as usize * (1 << 20);
     let limits = Limits {
         max_k: args.max_k as usize,
