@@ -812,7 +812,14 @@ async fn bad_requests_are_invalid_argument_naming_the_field_and_never_hurt_the_s
     let index = build_index(dir.path());
     let server = Server::start(
         &index,
-        &["--max-k", "50", "--max-message-mb", "1"],
+        &[
+            "--max-k",
+            "50",
+            "--max-message-mb",
+            "1",
+            "--max-document-bytes",
+            "1000",
+        ],
         "panic-text=boom",
     );
     server.wait_serving().await;
@@ -829,6 +836,11 @@ async fn bad_requests_are_invalid_argument_naming_the_field_and_never_hurt_the_s
     expect_invalid(
         c.search(one(text_query("   ", 5))).await,
         "queries[0].text: empty query text",
+    );
+    // Caps are checked before any work, naming the field and the cap.
+    expect_invalid(
+        c.search(one(text_query(&"tides ".repeat(3000), 5))).await,
+        "queries[0].text: 18000 bytes is above the server's --max-query-bytes 16384",
     );
     expect_invalid(
         c.search(one(text_query("tides", 0))).await,
@@ -973,6 +985,24 @@ async fn bad_requests_are_invalid_argument_naming_the_field_and_never_hurt_the_s
         .unwrap_err();
     assert!(
         e.message().contains("documents[0].vectors.data"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .add_documents(tokio_stream::iter(vec![pb::AddDocumentsRequest {
+            documents: vec![pb::NewDocument {
+                id: "long".into(),
+                text: "word ".repeat(300),
+                ..Default::default()
+            }],
+            skip_existing: false,
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("documents[0].text: title and text are 1500 bytes, above the server's --max-document-bytes 1000"),
         "{}",
         e.message()
     );

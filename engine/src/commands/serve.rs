@@ -74,6 +74,15 @@ pub struct ServeArgs {
     /// Documents per AddDocuments call, at most.
     #[arg(long, default_value_t = 100_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_add_docs: u32,
+    /// Bytes of one query's text, at most (longer: INVALID_ARGUMENT naming
+    /// the query, before any work; a query keeps only its first 32 tokens
+    /// for MaxSim, and BM25 at most 1,024 distinct terms).
+    #[arg(long, default_value_t = 16_384, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_query_bytes: u32,
+    /// Bytes of one added document's title and text, at most (larger:
+    /// INVALID_ARGUMENT naming the document, nothing added).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_document_bytes: u32,
     /// Size of one request message, at most, MiB (larger: INVALID_ARGUMENT;
     /// past twice this the transport refuses with OUT_OF_RANGE unread).
     #[arg(long, default_value_t = 16, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -159,6 +168,8 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
         max_queries: args.max_queries as usize,
         max_ids: 100_000,
         max_add_docs: args.max_add_docs as usize,
+        max_query_bytes: args.max_query_bytes as usize,
+        max_document_bytes: args.max_document_bytes as usize,
         max_message_bytes,
         default_timeout: Duration::from_millis(args.default_timeout_ms.max(1)),
         max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),

@@ -33,6 +33,10 @@ pub struct Limits {
     pub max_ids: usize,
     /// Documents per AddDocuments call, at most.
     pub max_add_docs: usize,
+    /// Bytes of one query's text, at most (checked before any work).
+    pub max_query_bytes: usize,
+    /// Bytes of one added document's title and text together, at most.
+    pub max_document_bytes: usize,
     /// Encoded size of one request message, at most (bytes).
     pub max_message_bytes: usize,
     /// Deadline of a call whose client sets none.
@@ -652,6 +656,16 @@ fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, 
             ))
         }
     };
+    if q.text.len() > limits.max_query_bytes {
+        return Err(invalid(
+            f("text"),
+            format!(
+                "{} bytes is above the server's --max-query-bytes {}",
+                q.text.len(),
+                limits.max_query_bytes
+            ),
+        ));
+    }
     if q.k == 0 {
         return Err(invalid(f("k"), "must be at least 1"));
     }
@@ -1068,6 +1082,17 @@ async fn add_documents(
                     format!(
                         "more than {} documents in one call (--max-add-docs); nothing was added",
                         st.limits.max_add_docs
+                    ),
+                ));
+            }
+            let text_bytes = d.title.len() + d.text.len();
+            if text_bytes > st.limits.max_document_bytes {
+                return Err(invalid(
+                    format!("documents[{pos}].text"),
+                    format!(
+                        "title and text are {text_bytes} bytes, above the server's \
+                         --max-document-bytes {}; nothing was added",
+                        st.limits.max_document_bytes
                     ),
                 ));
             }
