@@ -134,15 +134,20 @@ impl ColbertTokenizer {
         configured.min(self.max_positions)
     }
 
-    /// Tokenises a batch of texts of one kind.
+    /// Tokenises a batch of texts of one kind. Text past what the kind's
+    /// maximum length can keep is cut before tokenising ([`cut_to_fit`]), so
+    /// a document's cost no longer grows with its length; the ids are the
+    /// same as from the whole text.
     pub fn encode_batch(&self, texts: &[&str], kind: TextKind) -> Result<Vec<TokenizedText>> {
-        let encodings = self
-            .inner
-            .encode_batch(texts.to_vec(), false)
-            .map_err(|e| TrainingError::Tokenizer {
-                path: PathBuf::from("tokenizer.json"),
-                message: e.to_string(),
-            })?;
+        let max_len = self.max_len(kind);
+        let cut: Vec<&str> = texts.iter().map(|t| cut_to_fit(t, max_len)).collect();
+        let encodings =
+            self.inner
+                .encode_batch(cut, false)
+                .map_err(|e| TrainingError::Tokenizer {
+                    path: PathBuf::from("tokenizer.json"),
+                    message: e.to_string(),
+                })?;
         Ok(encodings
             .iter()
             .map(|enc| self.assemble(enc.get_ids(), kind))
@@ -176,5 +181,56 @@ impl ColbertTokenizer {
             content_tokens: content.len(),
             truncated: kept < content.len(),
         }
+    }
+}
+
+/// The prefix of `text` that holds everything a tokeniser can keep when it
+/// keeps at most `max_tokens` tokens: the text up to the end of its
+/// `max_tokens`-th chunk (split at ASCII whitespace) that has an ASCII
+/// letter, digit or punctuation mark — each such chunk yields at least one
+/// WordPiece token, and tokens of a prefix ending at whitespace are the
+/// whole text's first tokens. Texts with fewer such chunks are whole.
+pub fn cut_to_fit(text: &str, max_tokens: usize) -> &str {
+    let bytes = text.as_bytes();
+    let mut counted = 0usize;
+    let mut i = 0usize;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        let mut counts = false;
+        while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+            counts |= bytes[i].is_ascii_alphanumeric() || bytes[i].is_ascii_punctuation();
+            i += 1;
+        }
+        if counts && i > start {
+            counted += 1;
+            if counted >= max_tokens {
+                // `i` is at ASCII whitespace or the end: a char boundary.
+                return &text[..i];
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut_to_fit;
+
+    #[test]
+    fn cut_keeps_enough_chunks_and_only_cuts_at_whitespace() {
+        assert_eq!(cut_to_fit("a b c d", 2), "a b");
+        assert_eq!(cut_to_fit("a b", 5), "a b");
+        // Chunks without an ASCII letter, digit or mark do not count (they
+        // may yield no token at all).
+        assert_eq!(
+            cut_to_fit("\u{a0} \u{301} a \u{0} b c", 2),
+            "\u{a0} \u{301} a \u{0} b"
+        );
+        assert_eq!(cut_to_fit("é b c", 2), "é b c");
+        assert_eq!(cut_to_fit("café, b c", 2), "café, b");
+        assert_eq!(cut_to_fit("", 3), "");
     }
 }

@@ -123,6 +123,28 @@ fn tokenizer_matches_hugging_face_ids() {
         };
         let tok = ColbertTokenizer::from_file(&dir.join("tokenizer.json"), settings, 512).unwrap();
         let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
+        // A text far longer than any kind keeps tokenises to the ids of its
+        // whole (it is cut before tokenising, where nothing kept changes).
+        let long: String = texts.join(" ").repeat(200);
+        let short = ColbertTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            ColbertSettings {
+                doc_maxlen: 40,
+                ..ColbertSettings::default()
+            },
+            512,
+        )
+        .unwrap();
+        let cut = short.encode_batch(&[&long], TextKind::Document).unwrap();
+        let whole = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
+            .unwrap()
+            .encode(long.as_str(), false)
+            .unwrap();
+        let ids = &cut[0].ids;
+        // [CLS], the first 38 content tokens of the whole text, [SEP].
+        assert_eq!(ids.len(), 40);
+        assert_eq!(&ids[1..39], &whole.get_ids()[..38]);
+        assert!(cut[0].truncated);
         for kind in [TextKind::Query, TextKind::Document] {
             let got = tok.encode_batch(&texts, kind).unwrap();
             for (g, want) in got.iter().zip(&r.input_ids) {
