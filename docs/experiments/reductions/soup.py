@@ -1,4 +1,4 @@
-# Diagnostic (reductions.md, "Thirteenth session"): the average of several trained reductions'
+# Diagnostic (reductions.md, "Every size at every step, larger batches, a hybrid teacher's headroom, and the defaults"): the average of several trained reductions'
 # bases and means, the basis projected back to the nearest orthogonal matrix (Newton–Schulz
 # polar iteration), written as a reduction folder tessera loads. Pure Python, no dependencies.
 #
