@@ -5,6 +5,7 @@
 
 mod commands;
 mod corpus;
+mod disk;
 mod embeddings;
 mod input;
 mod model;

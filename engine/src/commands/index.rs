@@ -397,7 +397,7 @@ pub fn build_from_input(
                 "note: the documents encoded so far are kept in {} ({:.1} MiB): \
                  fix the input and rerun with --resume to continue, or delete that folder",
                 work.display(),
-                dir_bytes(&work) as f64 / (1 << 20) as f64
+                crate::disk::dir_bytes(&work) as f64 / (1 << 20) as f64
             );
         }
         e
@@ -427,20 +427,6 @@ pub fn build_from_input(
         encode_s,
         index_s: t.elapsed().as_secs_f64(),
     })
-}
-
-/// Bytes of the files directly in `dir` (0 when unreadable).
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Streams an embeddings folder into a new index at `out`.

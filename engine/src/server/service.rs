@@ -380,7 +380,7 @@ impl State {
             g.ready = !self.draining.load(Ordering::Relaxed);
             g.index_docs = m.live_docs();
             g.index_tokens = m.tokens();
-            g.index_bytes = dir_bytes(ix.dir());
+            g.index_bytes = crate::disk::dir_bytes(ix.dir());
             g.index_segments = m.segments.len();
             g.index_generation = m.generation;
             g.encoder_queue = r.batcher.as_ref().map_or(0, Batcher::pending);
@@ -821,25 +821,6 @@ fn metadata_json(v: &serde_json::Value) -> String {
     }
 }
 
-/// Total size of the files under `dir` (the index on disk).
-pub fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => stack.push(e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
 async fn search(
     st: Arc<State>,
     req: pb::SearchRequest,
@@ -1255,7 +1236,7 @@ fn index_info(st: Arc<State>) -> Result<pb::IndexInfoResponse, Status> {
         query_dim: index.query_dim() as u32,
         num_docs: m.live_docs(),
         num_tokens: m.tokens(),
-        bytes_on_disk: dir_bytes(index.dir()),
+        bytes_on_disk: crate::disk::dir_bytes(index.dir()),
         num_centroids: m.num_centroids as u32,
         segments: m
             .segments

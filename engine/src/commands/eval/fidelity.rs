@@ -154,25 +154,37 @@ pub fn measure(
 
     // The index's search at k = 10 (unless that is the run) and at the
     // run's depth.
+    let at10 = match params.k {
+        10 => None,
+        _ => {
+            let p10 = SearchParams {
+                k: 10,
+                ..params.clone()
+            };
+            Some(search_all(
+                engine,
+                queries,
+                retriever,
+                &p10,
+                "search at k = 10",
+            )?)
+        }
+    };
+    let ks = at10.iter().map(|(r, lat)| (10, r, lat.as_slice())).chain([(
+        params.k,
+        run,
+        run_latencies_ms,
+    )]);
     let mut at = Vec::new();
-    let mut ks = vec![(params.k, run.clone(), run_latencies_ms.to_vec())];
-    if params.k != 10 {
-        let p10 = SearchParams {
-            k: 10,
-            ..params.clone()
-        };
-        let (r, lat) = search_all(engine, queries, retriever, &p10, "search at k = 10")?;
-        ks.insert(0, (10, r, lat));
-    }
     for (k, r, lat) in ks {
-        let (nd, per) = ndcg10(qrels, &r);
-        let (p50, p99) = stats::p50_p99(&lat);
+        let (nd, per) = ndcg10(qrels, r);
+        let (p50, p99) = stats::p50_p99(lat);
         at.push(AtK {
             k,
             ndcg10: nd,
             vs_f32: f32_ndcg.as_ref().map(|(_, f)| delta(f, &per)),
-            recall10_vs_exhaustive: recall_at_10(queries, &r, &exhaustive),
-            recall10_vs_f32: f32_run.as_ref().map(|t| recall_at_10(queries, &r, t)),
+            recall10_vs_exhaustive: recall_at_10(queries, r, &exhaustive),
+            recall10_vs_f32: f32_run.as_ref().map(|t| recall_at_10(queries, r, t)),
             search_p50_ms: p50,
             search_p99_ms: p99,
             queries_per_s: lat.len() as f64 / (lat.iter().sum::<f64>() / 1e3).max(1e-9),
