@@ -12,13 +12,15 @@ use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 use serde_json::Value;
 
 /// Layout of the records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// One JSON object per line.
     Jsonl,
+    /// `id<TAB>text` per line.
     Tsv,
 }
 
@@ -151,7 +153,7 @@ pub fn open_input(path: &Path) -> Result<Box<dyn BufRead + Send>> {
         Some(Compression::Gzip) => Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))),
         Some(Compression::Zstd) => Box::new(
             ruzstd::decoding::StreamingDecoder::new(BufReader::new(f))
-                .map_err(|e| anyhow::anyhow!("{}: not a zstd stream: {e}", path.display()))?,
+                .map_err(|e| crate::error::err!("{}: not a zstd stream: {e}", path.display()))?,
         ),
         None => Box::new(f),
     };
@@ -239,11 +241,10 @@ impl CorpusReader {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => {
-                    return Some(Err(anyhow::Error::new(e).context(format!(
-                        "{}:{}: read error",
-                        self.name,
-                        self.line + 1
-                    ))))
+                    return Some(Err(crate::error::EngineError::Context {
+                        context: format!("{}:{}: read error", self.name, self.line + 1),
+                        source: Box::new(e.into()),
+                    }))
                 }
             }
             self.line += 1;

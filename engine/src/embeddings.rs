@@ -21,7 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use crate::error::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub const EMBEDDINGS: &str = "embeddings.npy";
@@ -99,7 +99,7 @@ pub struct NpyHeader {
 
 /// Reads and checks an `.npy` header (versions 1–3, C order).
 pub fn read_npy_header(path: &Path, r: &mut impl Read) -> Result<NpyHeader> {
-    let bad = |m: &str| anyhow::anyhow!("{}: not a usable .npy file: {m}", path.display());
+    let bad = |m: &str| crate::error::err!("{}: not a usable .npy file: {m}", path.display());
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).map_err(|_| bad("too short"))?;
     if &magic[..6] != b"\x93NUMPY" {
@@ -153,8 +153,8 @@ pub fn read_npy_header(path: &Path, r: &mut impl Read) -> Result<NpyHeader> {
     })
 }
 
-fn io_ctx(path: &Path) -> impl Fn(std::io::Error) -> anyhow::Error + '_ {
-    move |e| anyhow::anyhow!("{}: {e}", path.display())
+fn io_ctx(path: &Path) -> impl Fn(std::io::Error) -> crate::error::EngineError + '_ {
+    move |e| crate::error::err!("{}: {e}", path.display())
 }
 
 /// Appends documents' vectors to an embeddings folder, with checkpoints.
@@ -500,6 +500,11 @@ impl EmbeddingsReader {
         self.doclens.len()
     }
 
+    /// Whether the folder holds no documents.
+    pub fn is_empty(&self) -> bool {
+        self.doclens.is_empty()
+    }
+
     /// The next document, or `None` after the last.
     pub fn next_doc(&mut self) -> Result<Option<StoredVectors>> {
         let Some(&n) = self.doclens.get(self.next) else {
@@ -587,14 +592,15 @@ fn read_doclens(dir: &Path) -> Result<Vec<u32>> {
                     i64::from_le_bytes(c.try_into().expect("8 bytes"))
                 };
                 u32::try_from(v).map_err(|_| {
-                    anyhow::anyhow!("{}: document #{} has length {v}", np.display(), i + 1)
+                    crate::error::err!("{}: document #{} has length {v}", np.display(), i + 1)
                 })
             })
             .collect();
     }
     let jp = dir.join(DOCLENS_JSON);
-    let s = std::fs::read_to_string(&jp)
-        .map_err(|e| anyhow::anyhow!("{}: no {DOCLENS} or {DOCLENS_JSON}: {e}", dir.display()))?;
+    let s = std::fs::read_to_string(&jp).map_err(|e| {
+        crate::error::err!("{}: no {DOCLENS} or {DOCLENS_JSON}: {e}", dir.display())
+    })?;
     serde_json::from_str::<Vec<u32>>(&s)
         .with_context(|| format!("{}: expected a JSON array of lengths", jp.display()))
 }

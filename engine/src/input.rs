@@ -3,7 +3,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{bail, Context, Result};
 
 /// Rejects empty and whitespace-only text: it holds no token to encode.
 pub fn check_text(text: &str, what: &str) -> Result<()> {
@@ -33,7 +33,7 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
             bytes.pop();
         }
         let text = String::from_utf8(bytes).map_err(|e| {
-            anyhow::anyhow!(
+            crate::error::err!(
                 "{name}:{lineno}: invalid UTF-8 at byte {}",
                 e.utf8_error().valid_up_to() + 1
             )

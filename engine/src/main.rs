@@ -1,17 +1,11 @@
 //! `tessera`: the command-line face of the Tessera retrieval engine.
 //!
-//! Each subcommand lives in [`commands`]; this file parses arguments, sets up
-//! logging and threads, and turns errors into a message and exit status 1.
+//! The binary is a thin face over the `tessera_engine` library: each
+//! subcommand (in [`cli::commands`]) turns its flags into library options,
+//! makes one library call and prints. This file parses arguments, sets up
+//! logging, and turns errors into a message and exit status 1.
 
-mod commands;
-mod corpus;
-mod disk;
-mod embeddings;
-mod input;
-mod model;
-mod progress;
-mod searcher;
-mod server;
+mod cli;
 
 use clap::{Parser, Subcommand};
 
@@ -37,17 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    Index(commands::index::IndexArgs),
-    Search(commands::search::SearchArgs),
-    Serve(Box<commands::serve::ServeArgs>),
-    Query(commands::query::QueryArgs),
-    Eval(Box<commands::eval::EvalArgs>),
-    EncodeCorpus(commands::encode_corpus::EncodeCorpusArgs),
-    Encode(commands::encode::EncodeArgs),
-    Score(commands::score::ScoreArgs),
-    Train(commands::train::TrainArgs),
-    Export(commands::export::ExportArgs),
-    Reduce(commands::reduce::ReduceArgs),
+    Index(cli::commands::index::IndexArgs),
+    Search(cli::commands::search::SearchArgs),
+    Serve(Box<cli::commands::serve::ServeArgs>),
+    Query(cli::commands::query::QueryArgs),
+    Eval(Box<cli::commands::eval::EvalArgs>),
+    EncodeCorpus(cli::commands::encode_corpus::EncodeCorpusArgs),
+    Encode(cli::commands::encode::EncodeArgs),
+    Score(cli::commands::score::ScoreArgs),
+    Train(cli::commands::train::TrainArgs),
+    Export(cli::commands::export::ExportArgs),
+    Reduce(cli::commands::reduce::ReduceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -66,17 +60,17 @@ fn main() -> std::process::ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Index(args) => commands::index::run(args),
-        Command::Search(args) => commands::search::run(args),
-        Command::Serve(args) => commands::serve::run(*args),
-        Command::Query(args) => commands::query::run(args),
-        Command::Eval(args) => commands::eval::run(*args),
-        Command::EncodeCorpus(args) => commands::encode_corpus::run(args),
-        Command::Encode(args) => commands::encode::run(args),
-        Command::Score(args) => commands::score::run(args),
-        Command::Train(args) => commands::train::run(args),
-        Command::Export(args) => commands::export::run(args),
-        Command::Reduce(args) => commands::reduce::run(args),
+        Command::Index(args) => cli::commands::index::run(args),
+        Command::Search(args) => cli::commands::search::run(args),
+        Command::Serve(args) => cli::commands::serve::run(*args),
+        Command::Query(args) => cli::commands::query::run(args),
+        Command::Eval(args) => cli::commands::eval::run(*args),
+        Command::EncodeCorpus(args) => cli::commands::encode_corpus::run(args),
+        Command::Encode(args) => cli::commands::encode::run(args),
+        Command::Score(args) => cli::commands::score::run(args),
+        Command::Train(args) => cli::commands::train::run(args),
+        Command::Export(args) => cli::commands::export::run(args),
+        Command::Reduce(args) => cli::commands::reduce::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -95,6 +89,8 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<tessera_engine::EngineError>()
+                .is_some_and(|e| e.is_io(std::io::ErrorKind::BrokenPipe))
             || c.downcast_ref::<serde_json::Error>()
                 .and_then(|j| j.io_error_kind())
                 .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)

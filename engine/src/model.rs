@@ -1,49 +1,46 @@
-//! Options shared by every command that runs the model, and loading it.
+//! Loading the model: which one ([`ModelOptions`], the default model and
+//! the built-in names), the one that built an index (checked by its
+//! fingerprint and width), and what an index records of it.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use crate::error::{bail, Context, Result};
 use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, Precision, PrecisionChoice};
 
-/// `--model`, `--device`, `--precision`, `--threads`, `--batch-size`.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
+/// How to load and run the model: which one, where, in what precision,
+/// with how many threads (the `--model`, `--device`, `--precision`,
+/// `--threads` and `--batch-size` options of the commands that encode).
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
     /// Model directory (Hugging Face BERT, Stanford ColBERT, PyLate or
-    /// Tessera layout), or a name: `tessera-minilm` (the default: the
-    /// committed trained head over all-MiniLM-L6-v2, 128-dim vectors) or
-    /// `raw` (all-MiniLM-L6-v2's raw 384-dim states, no head). Default:
-    /// $TESSERA_MODEL, else tessera-minilm.
-    #[arg(long, value_name = "DIR|NAME")]
+    /// Tessera layout) or a built-in name (`tessera-minilm`, `raw`);
+    /// `None`: `$TESSERA_MODEL`, else the default model.
     pub model: Option<PathBuf>,
-    /// Where the model runs: cpu, cuda or auto (CUDA when available).
-    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    /// Where the model runs.
     pub device: DeviceChoice,
-    /// Threads for the model and for parallel work. Default:
-    /// $RAYON_NUM_THREADS, else the number of CPUs.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    /// Threads for the model and for parallel work (`None`:
+    /// `$RAYON_NUM_THREADS`, else the number of CPUs).
     pub threads: Option<u16>,
     /// Texts per forward pass.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub batch_size: u32,
-    /// Precision of the backbone: fp32; bf16 (matrix products in
-    /// bfloat16, vectors still f32 and unit length); or auto: bf16 on CUDA
-    /// and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere (emulated bf16
-    /// is slower than fp32). Default: auto; search, serve and eval encode
-    /// queries with the precision the index was built with.
-    #[arg(long, value_name = "P", value_parser = parse_precision)]
+    /// Precision of the backbone (`None`: auto, or what an index records).
     pub precision: Option<PrecisionChoice>,
 }
 
-fn parse_device(s: &str) -> Result<DeviceChoice, String> {
-    s.parse()
+impl Default for ModelOptions {
+    /// The default model, on CUDA when available, 32 texts per pass.
+    fn default() -> Self {
+        Self {
+            model: None,
+            device: DeviceChoice::Auto,
+            threads: None,
+            batch_size: 32,
+            precision: None,
+        }
+    }
 }
 
-fn parse_precision(s: &str) -> Result<PrecisionChoice, String> {
-    s.parse()
-}
-
-impl ModelArgs {
+impl ModelOptions {
     /// `--model`, else the default model.
     pub fn model_dir(&self) -> Result<PathBuf> {
         match &self.model {
@@ -256,7 +253,7 @@ fn files_fingerprint(dir: &Path) -> Result<String> {
 
 /// Feeds the bytes of the file at `path` to `h`: all of them, or — unless
 /// `whole`, for a file over [`FULL_HASH_BYTES`] — its first and last 4 MiB.
-pub(crate) fn hash_file(path: &Path, h: &mut impl std::hash::Hasher, whole: bool) -> Result<()> {
+pub fn hash_file(path: &Path, h: &mut impl std::hash::Hasher, whole: bool) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let ctx = || path.display().to_string();
     let mut file = std::fs::File::open(path).with_context(ctx)?;

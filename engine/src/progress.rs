@@ -25,3 +25,19 @@ pub fn bar(total: Option<u64>, unit: &str) -> ProgressBar {
     );
     pb
 }
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reports a step of a long job on stderr, beside the bars: what is built,
+/// reused or skipped, and where (e.g. "using cached index …"). A program
+/// embedding the engine silences these with [`set_quiet`].
+pub fn note(msg: impl std::fmt::Display) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{msg}");
+    }
+}
+
+/// Turns [`note`]s off (`true`) or on.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}

@@ -88,12 +88,12 @@ impl Batcher {
     /// that thread) and then serves jobs. Returns once the encoder is
     /// ready, or with the load's error.
     pub fn start(
-        load: impl FnOnce() -> anyhow::Result<Encoder> + Send + 'static,
+        load: impl FnOnce() -> crate::error::Result<Encoder> + Send + 'static,
         config: BatchConfig,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
+    ) -> crate::error::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<crate::error::Result<()>>();
         let pending = Arc::new(AtomicUsize::new(0));
         let pend = pending.clone();
         std::thread::Builder::new()
@@ -113,7 +113,7 @@ impl Batcher {
             })?;
         ready_rx
             .recv()
-            .map_err(|_| anyhow::anyhow!("the encoder thread died while loading the model"))??;
+            .map_err(|_| crate::error::err!("the encoder thread died while loading the model"))??;
         Ok(Self { tx, pending })
     }
 
@@ -247,8 +247,9 @@ fn run_batch(encoder: &Encoder, kind: Kind, batch: Vec<Job>, metrics: &Metrics) 
         Ok(Ok(out)) => out,
         Ok(Err(e)) => {
             tracing::error!(error = %e, texts = n, "encoding failed");
+            let msg = crate::error::EngineError::from(e).chain();
             for j in live {
-                let _ = j.reply.send(Err(EncodeError::Failed(format!("{e:#}"))));
+                let _ = j.reply.send(Err(EncodeError::Failed(msg.clone())));
             }
             return;
         }

@@ -21,6 +21,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::admission::Admission;
 use super::batcher::{Batcher, EncodeError, Kind};
 use super::metrics::{Gauges, Metrics};
+use crate::error::EngineError;
+use crate::retrieve::Retriever;
 
 /// Server limits (`tessera serve` options).
 #[derive(Debug, Clone)]
@@ -734,7 +736,7 @@ fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, 
         let filter: Filter = serde_json::from_str(&q.filter)
             .map_err(|e| invalid(f("filter"), format!("malformed filter: {e}")))?;
         filter.validate().map_err(|e| invalid(f("filter"), e))?;
-        if let Some(u) = crate::searcher::unknown_fields(index, &filter) {
+        if let Some(u) = crate::retrieve::unknown_fields(index, &filter) {
             let plural = if u.count > 1 { "s" } else { "" };
             return Err(invalid(
                 f("filter"),
@@ -756,46 +758,22 @@ fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, 
     })
 }
 
-/// Ranks one planned query on the current thread (the search pool).
+/// Ranks one planned query on the current thread (the search pool),
+/// through the engine's one retriever dispatch.
 fn rank(index: &Index, p: &Plan) -> Result<(Vec<Hit>, f64, f64), Status> {
-    let what = "searching";
-    let ms = |s: &tessera_index::SearchStats| {
-        (
-            s.centroid_ms + s.probe_ms + s.approx_ms + s.text_ms,
-            s.exact_ms,
-        )
+    let retriever = match p.retriever {
+        pb::Retriever::Bm25 => Retriever::Bm25,
+        pb::Retriever::Hybrid => Retriever::Hybrid,
+        _ => Retriever::Colbert,
     };
-    Ok(match p.retriever {
-        pb::Retriever::Bm25 => {
-            let t = Instant::now();
-            let hits = index
-                .search_text(&p.text, p.params.k, p.params.filter.as_ref())
-                .map_err(|e| index_status(e, what))?;
-            (hits, t.elapsed().as_secs_f64() * 1e3, 0.0)
+    match crate::retrieve::rank(index, retriever, &p.text, p.vectors.as_ref(), &p.params) {
+        Ok(r) => Ok((r.hits, r.candidate_ms, r.rerank_ms)),
+        Err(EngineError::Index(e)) => Err(index_status(e, "searching")),
+        Err(e) => {
+            tracing::error!(error = %e.chain(), "searching failed");
+            Err(Status::internal(format!("searching: {}", e.chain())))
         }
-        pb::Retriever::Hybrid => {
-            let v = p
-                .vectors
-                .as_ref()
-                .ok_or_else(|| Status::internal("query not encoded"))?;
-            let (hits, s) = index
-                .search_hybrid_with_stats(v, &p.text, &p.params)
-                .map_err(|e| index_status(e, what))?;
-            let (c, r) = ms(&s);
-            (hits, c, r)
-        }
-        _ => {
-            let v = p
-                .vectors
-                .as_ref()
-                .ok_or_else(|| Status::internal("query not encoded"))?;
-            let (hits, s) = index
-                .search_with_stats(v, &p.params)
-                .map_err(|e| index_status(e, what))?;
-            let (c, r) = ms(&s);
-            (hits, c, r)
-        }
-    })
+    }
 }
 
 fn to_hit(index: &Index, h: Hit, fields: &pb::Fields) -> pb::Hit {

@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::Args;
 use tessera_index::maxsim;
 
-use crate::input::check_text;
-use crate::model::ModelArgs;
+use crate::cli::args::ModelArgs;
+use tessera_engine::input::check_text;
 
 /// Score documents against a query with exact MaxSim (late interaction).
 #[derive(Args, Debug)]
@@ -33,7 +33,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     for (i, d) in args.docs.iter().enumerate() {
         check_text(d, &format!("--doc #{}", i + 1))?;
     }
-    let encoder = args.model.load()?;
+    let encoder = args.model.options().load()?;
     let q = encoder.encode_queries(&[args.query.as_str()])?;
     let refs: Vec<&str> = args.docs.iter().map(String::as_str).collect();
     let docs = encoder.encode_documents(&refs)?;

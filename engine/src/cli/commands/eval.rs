@@ -2,7 +2,6 @@
 //! of any TREC run file, and side-by-side comparison of reports.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -13,16 +12,14 @@ use serde::{Deserialize, Serialize};
 use tessera_eval::beir::{Dataset, Query};
 use tessera_eval::metrics::default_measures;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
-use tessera_index::{Analyzer, BuildOptions, CodecKind, Index};
+use tessera_index::{Analyzer, CodecKind, Index};
 
-use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
-use crate::commands::index::{build_from_vectors, parse_analyzer};
-use crate::embeddings::load_state;
-use crate::model::{absolute, ModelArgs};
-use crate::progress;
-use crate::searcher::{Engine, RankArgs, Retriever};
-use tessera_training::reduce::Reduction;
-use tessera_training::Precision;
+use crate::cli::args::ModelArgs;
+use crate::cli::args::{parse_analyzer, RankArgs, RecordArgs, ReductionArgs};
+use tessera_engine::cache::{cached_encoding, cached_index, dataset_name, encoding_key};
+use tessera_engine::model::absolute;
+use tessera_engine::progress;
+use tessera_engine::retrieve::{Engine, Retriever};
 
 mod fidelity;
 
@@ -112,7 +109,7 @@ pub struct EvalArgs {
     pub records: RecordArgs,
     /// Without --index: the cached index is built with this reduction.
     #[command(flatten)]
-    pub reduce: crate::commands::reduce::ReductionArgs,
+    pub reduce: ReductionArgs,
     #[command(flatten)]
     pub model: ModelArgs,
 }
@@ -239,7 +236,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     // Several datasets: one report each, beside the combined one.
     let combined_out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("eval-runs").join(format!("combined-{}.json", args.rank.retriever))
+        PathBuf::from("eval-runs").join(format!("combined-{}.json", args.rank.retriever()))
     });
     let stem = combined_out
         .file_stem()
@@ -256,7 +253,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .map(|_| combined_out.with_file_name(format!("{stem}-{name}-{split}.json")));
         reports.push(eval_dataset(&args, dir, split, &measures, out, *zs)?);
     }
-    let combined = combine(&reports, &combined_out, args.rank.retriever);
+    let combined = combine(&reports, &combined_out, args.rank.retriever());
     write_json(&combined_out, &combined)?;
     print_table(&reports.iter().collect::<Vec<_>>(), Some(&combined));
     eprintln!("combined report: {}", combined_out.display());
@@ -363,186 +360,6 @@ fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
     }
 }
 
-/// A dataset folder's name (of its canonical path: `.` names its folder).
-fn dataset_name(canonical: &Path) -> String {
-    canonical
-        .file_name()
-        .map_or("dataset".into(), |n| n.to_string_lossy().into_owned())
-}
-
-/// What makes a cached encoding of a dataset's corpus: the corpus's bytes,
-/// the model (its folder's path and [`crate::model::model_fingerprint`]), its precision
-/// and how records are read. Contents, not sizes and times: a dataset or a
-/// model checked out again or re-provisioned at the same path keeps its
-/// encodings, and a head retrained in the same folder does not reuse old
-/// vectors.
-fn encoding_key(
-    dataset: &Dataset,
-    canonical: &Path,
-    model: &Path,
-    records: &RecordArgs,
-    precision: Precision,
-) -> Result<u64> {
-    let corpus = dataset.corpus_path();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    canonical.hash(&mut h);
-    crate::model::hash_file(&corpus, &mut h, true)?;
-    absolute(model).hash(&mut h);
-    crate::model::model_fingerprint(model).ok().hash(&mut h);
-    format!("{records:?}").hash(&mut h);
-    // fp32 encodings keep the key they had before precision was a choice.
-    if precision != Precision::Fp32 {
-        precision.as_str().hash(&mut h);
-    }
-    Ok(h.finish())
-}
-
-pub(crate) fn cache_root() -> Result<PathBuf> {
-    Ok(tessera_training::tessera_home()
-        .context("cannot locate the cache: set TESSERA_HOME")?
-        .join("cache"))
-}
-
-/// The cached encoding of a dataset's corpus (made if missing; an
-/// interrupted one continues from its last checkpoint).
-fn cached_encoding(
-    model_args: &ModelArgs,
-    records: &RecordArgs,
-    dataset: &Dataset,
-    name: &str,
-    key: u64,
-    model_dir: &Path,
-    preloaded: Option<&tessera_training::Encoder>,
-) -> Result<PathBuf> {
-    let dir = cache_root()?
-        .join("encodings")
-        .join(format!("{name}-{key:016x}"));
-    if load_state(&dir)?.is_some_and(|s| s.complete) {
-        return Ok(dir);
-    }
-    eprintln!(
-        "encoding {} into {} (cached for later runs)",
-        dataset.corpus_path().display(),
-        dir.display()
-    );
-    let loaded;
-    let encoder = match preloaded {
-        Some(e) => e,
-        None => {
-            loaded = model_args.load_dir(model_dir)?;
-            &loaded
-        }
-    };
-    let input = InputArgs {
-        input: dataset.corpus_path(),
-        records: records.clone(),
-    };
-    let t = Instant::now();
-    let st = encode_to_dir(encoder, &input, &dir, true, 1024, Rerun::Automatically)?;
-    eprintln!(
-        "encoded {} documents, {} tokens in {:.1} s{}",
-        st.docs,
-        st.tokens,
-        t.elapsed().as_secs_f64(),
-        skipped_note(&st.skipped)
-    );
-    Ok(dir)
-}
-
-/// The cached index of an encoding with `codec` (built if missing); the
-/// build time when it was built now.
-fn cached_index(
-    encoding: &Path,
-    name: &str,
-    key: u64,
-    codec: &str,
-    analyzer: Analyzer,
-    reduction: Option<&(Reduction, usize)>,
-) -> Result<(PathBuf, Option<f64>)> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    codec.hash(&mut h);
-    analyzer.hash(&mut h);
-    tessera_index::BUILD_RECIPE.hash(&mut h);
-    let mut label = format!("{name}-{codec}");
-    if let Some((red, r)) = reduction {
-        red.fingerprint().hash(&mut h);
-        r.hash(&mut h);
-        label += &format!("-{}{r}", red.meta.method);
-    }
-    let dir = cache_root()?
-        .join("indexes")
-        .join(format!("{label}-{:016x}", h.finish()));
-    if dir.join(tessera_index::manifest::MANIFEST).exists() {
-        eprintln!("using cached index {}", dir.display());
-        return Ok((dir, None));
-    }
-    eprintln!("indexing into {} (cached for later runs)", dir.display());
-    let t = Instant::now();
-    let mut opts = BuildOptions {
-        codec: codec.parse()?,
-        analyzer,
-        ..BuildOptions::default()
-    };
-    if let Some((red, r)) = reduction {
-        crate::commands::reduce::apply_to_options(&mut opts, red, *r)?;
-    }
-    let (stats, note) = build_from_vectors(encoding, &dir, opts)?;
-    let secs = t.elapsed().as_secs_f64();
-    eprintln!(
-        "indexed {} documents, {} tokens ({}, {} centroids) in {secs:.1} s{note}",
-        stats.docs, stats.tokens, stats.codec, stats.num_centroids
-    );
-    Ok((dir, Some(secs)))
-}
-
-/// The name and encoding key of a dataset's corpus encoded by the model in
-/// `model_dir`.
-fn dataset_key(
-    dataset: &Dataset,
-    model_args: &ModelArgs,
-    model_dir: &Path,
-    records: &RecordArgs,
-) -> Result<(String, u64)> {
-    let canonical = dataset
-        .dir
-        .canonicalize()
-        .with_context(|| dataset.dir.display().to_string())?;
-    let key = encoding_key(
-        dataset,
-        &canonical,
-        model_dir,
-        records,
-        model_args.resolved_precision()?,
-    )?;
-    Ok((dataset_name(&canonical), key))
-}
-
-/// The cached residual2 index (BM25 analyzer `en`) of a dataset's corpus
-/// encoded by the model in `model_dir`, as `tessera eval` builds it.
-pub(crate) fn cached_dataset_index(
-    dataset: &Dataset,
-    model_args: &ModelArgs,
-    model_dir: &Path,
-    records: &RecordArgs,
-) -> Result<PathBuf> {
-    let (dname, key) = dataset_key(dataset, model_args, model_dir, records)?;
-    let enc = cached_encoding(model_args, records, dataset, &dname, key, model_dir, None)?;
-    Ok(cached_index(&enc, &dname, key, "residual2", Analyzer::En, None)?.0)
-}
-
-/// The cached encoding (the model's vectors) of a dataset's corpus, as
-/// `tessera eval` makes it.
-pub(crate) fn cached_dataset_encoding(
-    dataset: &Dataset,
-    model_args: &ModelArgs,
-    model_dir: &Path,
-    records: &RecordArgs,
-) -> Result<PathBuf> {
-    let (dname, key) = dataset_key(dataset, model_args, model_dir, records)?;
-    cached_encoding(model_args, records, dataset, &dname, key, model_dir, None)
-}
-
 /// Judged documents missing from the index and judged queries missing from
 /// queries.jsonl are counted and reported, not silently dropped: such a
 /// document stays relevant (it lowers recall, as trec_eval counts it);
@@ -603,30 +420,33 @@ fn eval_dataset(
         "{}: no queries of split {split:?} in queries.jsonl",
         dir.display(),
     );
-    let retriever = args.rank.retriever;
+    let retriever = args.rank.retriever();
     let mut index_build_s = None;
     let mut exact_index = args.exact_index.clone();
     let index_dir = match &args.index {
         Some(i) => i.clone(),
         None => {
-            let model_dir = args.model.model_dir()?;
+            let model_dir = args.model.options().model_dir()?;
             let key = encoding_key(
                 &dataset,
                 &canonical,
                 &model_dir,
-                &args.records,
-                args.model.resolved_precision()?,
+                &args.records.options(),
+                args.model.options().resolved_precision()?,
             )?;
             // A reduction is checked against the model's width before the
             // corpus is encoded (and the model loaded for it encodes).
             let encoder = match &args.reduce.reduction {
-                Some(_) => Some(args.model.load_dir(&model_dir)?),
+                Some(_) => Some(args.model.options().load_dir(&model_dir)?),
                 None => None,
             };
-            let reduction = args.reduce.load(encoder.as_ref().map(|e| e.dim()))?;
+            let reduction = args
+                .reduce
+                .choice()
+                .load(encoder.as_ref().map(|e| e.dim()))?;
             let enc = cached_encoding(
-                &args.model,
-                &args.records,
+                &args.model.options(),
+                &args.records.options(),
                 &dataset,
                 &dname,
                 key,
@@ -653,9 +473,11 @@ fn eval_dataset(
             idx
         }
     };
-    let mut engine = Engine::open(&index_dir, &args.model, retriever)?;
+    let mut engine = Engine::open(&index_dir, &args.model.options(), retriever)?;
     if args.index.is_some() {
-        args.reduce.check_index(&engine.index, &index_dir)?;
+        args.reduce
+            .choice()
+            .check_index(&engine.index, &index_dir)?;
     }
     warn_missing(dir, split, &qrels, &queries, &engine.index);
     let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();

@@ -18,8 +18,8 @@ use tessera_eval::beir::Query;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
 use tessera_index::{Candidates, Index, SearchParams};
 
-use crate::progress;
-use crate::searcher::{Engine, Retriever};
+use tessera_engine::progress;
+use tessera_engine::retrieve::{Engine, Retriever};
 
 /// Paired difference of one ranking's nDCG@10 against exact f32 MaxSim.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]

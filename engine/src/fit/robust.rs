@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use crate::error::{bail, ensure, Context, Result};
 use tessera_eval::Qrels;
 use tessera_training::reduce::Covariance;
 use tessera_training::states::StateCache;
@@ -14,14 +14,14 @@ use tessera_training::tch::{Device, Tensor};
 use tessera_training::train::score::DevSet;
 use tessera_training::{Encoder, TextKind};
 
-use super::{read_splits, side, DatasetData, DevSets};
+use super::data::{read_splits, side, DatasetData, DevSets};
 use crate::model::absolute;
 
 /// Reads each `--zero-shot` collection and makes its dev set: every query
 /// its `dev_split` judges, against every document of its corpus. Refuses a
 /// collection that is also trained on, one without that split, and two
 /// collections (trained on or not) of one name.
-pub(crate) fn zero_shot_devs(
+pub fn zero_shot_devs(
     encoder: &Encoder,
     dirs: &[PathBuf],
     dev_split: &str,
@@ -95,7 +95,7 @@ const PCA_DOCS: usize = 2000;
 /// The `k` principal directions (uncentred) of the cached document states
 /// `sides` — up to [`PCA_DOCS`] documents each, spread evenly — as a
 /// `[k, d]` projection ([`tessera_training::heads::start`]).
-pub(crate) fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tensor> {
+pub fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tensor> {
     let dim = sides.first().map_or(0, |c| c.dim());
     let mut moments = Covariance::new(dim);
     for cache in sides {
@@ -113,12 +113,12 @@ pub(crate) fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tens
         "--start pca: the training documents have {tokens} tokens, fewer than the {k} directions asked"
     );
     tessera_training::heads::start::principal_directions(&moments.second_moment(), k)
-        .map_err(anyhow::Error::msg)
+        .map_err(crate::error::EngineError::msg)
 }
 
 /// Where a validated head is kept for `--select robust` (beside the
 /// checkpoint, which each save replaces whole).
-pub(crate) fn validated_dir(out: &Path, step: usize) -> PathBuf {
+pub fn validated_dir(out: &Path, step: usize) -> PathBuf {
     out.join("validated").join(format!("step-{step}"))
 }
 
@@ -126,7 +126,7 @@ pub(crate) fn validated_dir(out: &Path, step: usize) -> PathBuf {
 const MODEL_FILES: [&str; 3] = ["head.json", "head.safetensors", "tessera.json"];
 
 /// Copies the head kept after `step` into the model folder `out`.
-pub(crate) fn restore_validated(out: &Path, step: usize) -> Result<()> {
+pub fn restore_validated(out: &Path, step: usize) -> Result<()> {
     let from = validated_dir(out, step);
     for f in MODEL_FILES {
         let (src, dst) = (from.join(f), out.join(f));

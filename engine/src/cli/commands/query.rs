@@ -10,9 +10,10 @@ use clap::Args;
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
 
-use crate::commands::search::{write_hit, QueryInput};
-use crate::progress;
-use crate::searcher::{CandidatesArg, Retriever};
+use tessera_engine::progress;
+
+use crate::cli::args::{CandidatesArg, QueryInput, RetrieverArg};
+use crate::cli::print::write_hit;
 
 /// Query a running `tessera serve` over gRPC.
 #[derive(Args, Debug)]
@@ -29,8 +30,8 @@ pub struct QueryArgs {
     pub input: QueryInput,
     /// Ranking: hybrid (MaxSim fused with BM25, the default), colbert
     /// (MaxSim alone) or bm25.
-    #[arg(long, value_enum, default_value_t = Retriever::Hybrid)]
-    pub retriever: Retriever,
+    #[arg(long, value_enum, default_value_t = RetrieverArg::Hybrid)]
+    pub retriever: RetrieverArg,
     /// MaxSim candidate generation (default: the server's).
     #[arg(long, value_enum)]
     pub candidates: Option<CandidatesArg>,
@@ -48,11 +49,11 @@ pub struct QueryArgs {
     pub json: bool,
 }
 
-fn retriever(r: Retriever) -> pb::Retriever {
+fn retriever(r: RetrieverArg) -> pb::Retriever {
     match r {
-        Retriever::Colbert => pb::Retriever::Colbert,
-        Retriever::Bm25 => pb::Retriever::Bm25,
-        Retriever::Hybrid => pb::Retriever::Hybrid,
+        RetrieverArg::Colbert => pb::Retriever::Colbert,
+        RetrieverArg::Bm25 => pb::Retriever::Bm25,
+        RetrieverArg::Hybrid => pb::Retriever::Hybrid,
     }
 }
 
@@ -143,7 +144,10 @@ async fn query(args: QueryArgs) -> Result<()> {
             pb_.inc(chunk.len() as u64);
         }
         pb_.finish_and_clear();
-        let name = format!("tessera-grpc-{}", args.retriever);
+        let name = format!(
+            "tessera-grpc-{}",
+            tessera_engine::Retriever::from(args.retriever)
+        );
         return args.input.write_run(&run, &name, queries.len(), t);
     }
     let text = args.input.text()?;
@@ -178,7 +182,7 @@ async fn query(args: QueryArgs) -> Result<()> {
             .collect();
         serde_json::to_writer(
             &mut w,
-            &serde_json::json!({"query": text, "retriever": args.retriever, "took_ms": took,
+            &serde_json::json!({"query": text, "retriever": tessera_engine::Retriever::from(args.retriever), "took_ms": took,
                 "generation": resp.generation,
                 "server_ms": {"queue": timings.queue_ms, "encode": timings.encode_ms,
                     "candidates": timings.candidates_ms, "rerank": timings.rerank_ms,
@@ -206,7 +210,7 @@ async fn query(args: QueryArgs) -> Result<()> {
         w,
         "({} results, {} retriever, {took:.1} ms; server: encode {:.1}, candidates {:.1}, re-rank {:.1} ms)",
         result.hits.len(),
-        args.retriever,
+        tessera_engine::Retriever::from(args.retriever),
         timings.encode_ms,
         timings.candidates_ms,
         timings.rerank_ms

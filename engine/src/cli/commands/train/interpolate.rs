@@ -103,8 +103,8 @@ pub fn run(args: InterpolateArgs) -> Result<()> {
             "tessera": env!("CARGO_PKG_VERSION"),
             "command": std::env::args().collect::<Vec<_>>(),
             "interpolation": {
-                "from": crate::model::absolute(&args.from),
-                "to": crate::model::absolute(&args.to),
+                "from": tessera_engine::model::absolute(&args.from),
+                "to": tessera_engine::model::absolute(&args.to),
                 "alpha": args.alpha,
             },
         }),

@@ -1,137 +1,81 @@
-//! `tessera serve`: the gRPC search service over one index (see
-//! [`crate::server`]), with health checking, reflection, metrics and
-//! graceful shutdown.
+//! Running the service: bind the ports, load the index and the model off
+//! the async threads (health NOT_SERVING meanwhile), serve
+//! `tessera.v1.Tessera`, `grpc.health.v1` and reflection, and drain on
+//! SIGINT/SIGTERM.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Args;
-use tessera_index::{Index, SearchParams};
+use tessera_index::Index;
 use tessera_proto::v1::tessera_server::TesseraServer;
 use tonic_health::ServingStatus;
 
-use crate::model::{absolute, ModelArgs};
-use crate::searcher::PlaidArgs;
-use crate::server::admission::Admission;
-use crate::server::batcher::{BatchConfig, Batcher};
-use crate::server::metrics::{self, Metrics};
-use crate::server::service::{Faults, Limits, Ready, SearchLanes, Service, State};
+use super::admission::Admission;
+use super::batcher::{BatchConfig, Batcher};
+use super::metrics::{self, Metrics};
+use super::service::{Faults, Limits, Ready, SearchLanes, Service, State};
+use crate::error::{Context, Result};
+use crate::model::{absolute, ModelOptions};
+use crate::reduction::ReductionChoice;
 
-/// Serve an index over gRPC (tessera.v1.Tessera, grpc.health.v1, reflection).
-#[derive(Args, Debug)]
-#[command(after_help = "Examples:\n  \
-    tessera serve --index scifact.idx\n  \
-    tessera serve --index scifact.idx --addr 127.0.0.1:50051 --metrics-addr 127.0.0.1:9100\n  \
-    tessera serve --index small.idx --n-probe 16 --probe-budget 256 --n-approx 256 --rerank-budget 768\n  \
-    tessera query --addr 127.0.0.1:50051 \"coffee and diabetes\"\n  \
-    grpcurl -plaintext 127.0.0.1:50051 list\n\n\
-    The first stdout line is `listening on ADDR` (with the real port when --addr \
-    ends in :0); health reports NOT_SERVING until the index and model are loaded. \
-    SIGINT/SIGTERM drain: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in \
-    flight get --grace-s seconds to finish. --n-probe, --probe-budget, --n-approx and \
-    --rerank-budget are the search settings of every call that sets none of its own.\n\n\
-    The server has no TLS and no authentication: anyone who reaches the port can add and \
-    delete documents. Keep it on a loopback address, or behind a proxy that provides both; \
-    any other address gets a warning.")]
-pub struct ServeArgs {
+/// How `tessera serve` runs: the index, the addresses, the limits of a
+/// call, admission, batching and the search pools.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
     /// The index folder.
-    #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
-    /// Address to listen on (port 0: any free port). The server has no TLS
-    /// or authentication: a non-loopback address gets a warning.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    /// Address to listen on (port 0: any free port).
     pub addr: SocketAddr,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
-    #[arg(long, value_name = "ADDR")]
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_addr: Option<SocketAddr>,
+    /// What one call may ask for, and the default search settings.
+    pub limits: Limits,
     /// Calls running at once, at most.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_in_flight: u32,
-    /// Calls waiting for a slot, at most; past it calls get RESOURCE_EXHAUSTED at once.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub max_queue: u32,
-    /// Query texts encoded together in one forward pass, at most.
-    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_batch: u32,
-    /// How long the first query of a batch waits for others, ms.
-    #[arg(long, default_value_t = 2, value_name = "MS")]
-    pub batch_wait_ms: u64,
-    /// While encoded calls wait for a search lane, the encoder holds new
-    /// queries back up to this long to encode them together (0: off).
-    #[arg(long, default_value_t = 50, value_name = "MS")]
-    pub batch_hold_ms: u64,
-    /// Hits per query, at most.
-    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_k: u32,
-    /// Queries per Search call, at most.
-    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_queries: u32,
-    /// Documents per AddDocuments call, at most.
-    #[arg(long, default_value_t = 100_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_add_docs: u32,
-    /// Bytes of one query's text, at most (longer: INVALID_ARGUMENT naming
-    /// the query, before any work; a query keeps only its first 32 tokens
-    /// for MaxSim, and BM25 at most 1,024 distinct terms).
-    #[arg(long, default_value_t = 16_384, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_query_bytes: u32,
-    /// Bytes of one added document's title and text, at most (larger:
-    /// INVALID_ARGUMENT naming the document, nothing added).
-    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_document_bytes: u32,
-    /// Size of one request message, at most, MiB (larger: INVALID_ARGUMENT;
-    /// past twice this the transport refuses with OUT_OF_RANGE unread).
-    #[arg(long, default_value_t = 16, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub max_message_mb: u32,
-    /// Deadline of calls whose client sets none, ms.
-    #[arg(long, default_value_t = 30_000, value_name = "MS")]
-    pub default_timeout_ms: u64,
-    /// Longest client deadline honoured, ms.
-    #[arg(long, default_value_t = 600_000, value_name = "MS")]
-    pub max_timeout_ms: u64,
-    /// Documents re-ranked exactly per query, at most (caps the request's
-    /// candidate parameters).
-    #[arg(long, default_value_t = 8192, value_name = "N")]
-    pub max_candidates: u32,
-    // The search settings of every call that sets none of its own (e.g.
-    // the setting `tessera reduce plan` recommends).
-    #[command(flatten)]
-    pub plaid: PlaidArgs,
-    /// Threads of the search pool. Default: the number of CPUs. (The
-    /// model's threads are --threads, default half the CPUs.)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub search_threads: Option<u16>,
-    /// Search pools ("lanes") the search threads are split into; a call
-    /// runs on one lane with all its threads, calls queue for lanes in
-    /// arrival order. Default (adaptive): one lane per search thread, and
-    /// a call that finds no other search running gets all the threads.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub search_lanes: Option<u16>,
-    /// Seconds calls in flight get to finish after SIGINT/SIGTERM.
-    #[arg(long, default_value_t = 10, value_name = "S")]
-    pub grace_s: u64,
-    /// Serve without a model: queries must bring vectors or use BM25.
-    #[arg(long)]
+    pub max_in_flight: usize,
+    /// Calls waiting for a slot, at most.
+    pub max_queue: usize,
+    /// How query texts are encoded together.
+    pub batch: BatchConfig,
+    /// Threads of the search pool (`None`: the number of CPUs).
+    pub search_threads: Option<usize>,
+    /// Search lanes (`None`: adaptive, one per search thread).
+    pub search_lanes: Option<usize>,
+    /// Time calls in flight get to finish after SIGINT/SIGTERM.
+    pub grace: Duration,
+    /// Serve without a model: queries bring vectors or use BM25.
     pub no_model: bool,
-    #[command(flatten)]
-    pub reduce: crate::commands::reduce::ReductionArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
+    /// A reduction the index must have been built with.
+    pub reduction: ReductionChoice,
+    /// The model (`threads` unset: half the CPUs).
+    pub model: ModelOptions,
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
-    if args.reduce.reduction.is_some() {
+/// Where the server listens, once it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// The gRPC address (with the real port when the port asked was 0).
+    pub addr: SocketAddr,
+    /// The metrics address, when metrics are served.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the gRPC service until SIGINT/SIGTERM (then drains for
+/// [`ServeOptions::grace`]). `listening` is called once the ports are
+/// bound, before the index has loaded (health says NOT_SERVING until it
+/// has). An index or model that fails to load ends the process with
+/// status 1.
+pub fn serve(opts: ServeOptions, listening: impl FnOnce(Listening) -> Result<()>) -> Result<()> {
+    if opts.reduction.reduction.is_some() {
         // Refused before listening: the index must carry this reduction.
-        let index = Index::open(&args.index)
-            .with_context(|| format!("opening index {}", args.index.display()))?;
-        args.reduce.check_index(&index, &args.index)?;
+        let index = Index::open(&opts.index)
+            .with_context(|| format!("opening index {}", opts.index.display()))?;
+        opts.reduction.check_index(&index, &opts.index)?;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let search_threads = args.search_threads.map_or(cpus, usize::from);
+    let search_threads = opts.search_threads.unwrap_or(cpus);
     // The global pool runs update work (appends, compaction).
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(search_threads)
@@ -142,10 +86,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(serve(args, search_threads, cpus))
+    rt.block_on(run(opts, search_threads, cpus, listening))
 }
 
-async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()> {
+async fn run(
+    args: ServeOptions,
+    search_threads: usize,
+    cpus: usize,
+    listening: impl FnOnce(Listening) -> Result<()>,
+) -> Result<()> {
     // A folder that is not an index (or whose manifest is damaged) stops
     // the server before it listens; the files themselves are read by the
     // loader below while health says NOT_SERVING.
@@ -162,29 +111,11 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
              anyone who reaches it can search, add and delete documents"
         );
     }
-    let max_message_bytes = args.max_message_mb as usize * (1 << 20);
-    let limits = Limits {
-        max_k: args.max_k as usize,
-        max_queries: args.max_queries as usize,
-        max_ids: 100_000,
-        max_add_docs: args.max_add_docs as usize,
-        max_query_bytes: args.max_query_bytes as usize,
-        max_document_bytes: args.max_document_bytes as usize,
-        max_message_bytes,
-        default_timeout: Duration::from_millis(args.default_timeout_ms.max(1)),
-        max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
-        max_candidates: args.max_candidates.max(1) as usize,
-        max_probe: 256,
-        search: {
-            let mut p = SearchParams::default();
-            args.plaid.apply(&mut p);
-            p
-        },
-    };
+    let max_message_bytes = args.limits.max_message_bytes;
     let metrics = Arc::new(Metrics::default());
     let state = Arc::new(State::new(
-        limits,
-        Admission::new(args.max_in_flight as usize, args.max_queue as usize),
+        args.limits.clone(),
+        Admission::new(args.max_in_flight, args.max_queue),
         metrics.clone(),
         Faults::from_env(),
     ));
@@ -207,20 +138,21 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
         .build_v1alpha()
         .context("building the reflection service")?;
 
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {local}")?;
+    let mut metrics_local = None;
     if let Some(maddr) = args.metrics_addr {
         let l = tokio::net::TcpListener::bind(maddr)
             .await
             .with_context(|| format!("cannot listen on --metrics-addr {maddr}"))?;
-        writeln!(out, "metrics on http://{}/metrics", l.local_addr()?)?;
+        metrics_local = Some(l.local_addr()?);
         let st = state.clone();
         tokio::spawn(metrics::serve_http(l, move || {
             st.metrics.render(&st.gauges())
         }));
     }
-    out.flush()?;
-    drop(out);
+    listening(Listening {
+        addr: local,
+        metrics: metrics_local,
+    })?;
 
     // Load the index and the model off the async threads; health says
     // NOT_SERVING meanwhile and the service answers UNAVAILABLE.
@@ -228,18 +160,13 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
         let st = state.clone();
         let reporter = reporter.clone();
         let dir = args.index.clone();
-        let model = ModelArgs {
+        let model = ModelOptions {
             threads: Some(args.model.threads.unwrap_or((cpus / 2).max(1) as u16)),
             ..args.model.clone()
         };
-        let config = BatchConfig {
-            max_batch: args.max_batch as usize,
-            wait: Duration::from_millis(args.batch_wait_ms),
-            search_backlog: None,
-            max_hold: Duration::from_millis(args.batch_hold_ms),
-        };
+        let config = args.batch.clone();
         let no_model = args.no_model;
-        let lanes = args.search_lanes.map(usize::from);
+        let lanes = args.search_lanes;
         let delay = state.faults.load_delay;
         tokio::spawn(async move {
             let t = std::time::Instant::now();
@@ -272,7 +199,7 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
                     );
                 }
                 Ok(Err(e)) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", e.chain());
                     std::process::exit(1);
                 }
                 Err(e) => {
@@ -321,7 +248,7 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
             ),
             shutdown,
         );
-    let grace = Duration::from_secs(args.grace_s);
+    let grace = args.grace;
     tokio::select! {
         r = server => r.context("the gRPC server failed")?,
         _ = async {
@@ -338,7 +265,7 @@ async fn serve(args: ServeArgs, search_threads: usize, cpus: usize) -> Result<()
 /// Opens the index and starts the encoder thread.
 fn load(
     dir: PathBuf,
-    model: ModelArgs,
+    model: ModelOptions,
     no_model: bool,
     mut config: BatchConfig,
     (lanes, search_threads): (Option<usize>, usize),

@@ -11,17 +11,16 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use tessera_index::{
-    Analyzer, BuildOptions, BuildStats, CodecKind, Document, IndexBuilder, Phase, TokenVectors,
-};
+use tessera_index::{Analyzer, BuildOptions, CodecKind};
 
-use crate::commands::encode_corpus::{encode_to_dir, skipped_note, InputArgs, RecordArgs, Rerun};
-use crate::commands::reduce::{apply_to_options, ReductionArgs};
-use crate::embeddings::{load_state, EmbeddingsReader};
-use crate::model::ModelArgs;
-use crate::progress;
+use crate::cli::args::ModelArgs;
+use crate::cli::args::{parse_analyzer, RecordArgs, ReductionArgs};
+use tessera_engine::ingest::{
+    add_from_input, build_from_input, build_from_vectors, skipped_note, Built, Input,
+};
+use tessera_engine::reduction::apply_to_options;
 
 /// Build, update and inspect indexes.
 #[derive(Args, Debug)]
@@ -249,27 +248,6 @@ pub enum CentroidArg {
     Unit,
 }
 
-/// `--analyzer` values.
-pub fn parse_analyzer(s: &str) -> Result<Analyzer, String> {
-    match s.parse::<Analyzer>() {
-        Ok(Analyzer::Legacy) => Err("legacy is only read, not built (en, simple)".into()),
-        Ok(a) => Ok(a),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-pub fn work_dir(out: &Path) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: not a usable index path", out.display()))?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Ok(parent.join(format!(".{name}.encoding")))
-}
-
 fn build(args: BuildArgs) -> Result<()> {
     let codec: CodecKind = args.codec.parse()?;
     let mut opts = BuildOptions {
@@ -298,9 +276,13 @@ fn build(args: BuildArgs) -> Result<()> {
     let mut encoder = None;
     if args.reduce.reduction.is_some() {
         if args.input.is_some() {
-            encoder = Some(args.model.load()?);
+            encoder = Some(args.model.options().load()?);
         }
-        if let Some((red, r)) = args.reduce.load(encoder.as_ref().map(|e| e.dim()))? {
+        if let Some((red, r)) = args
+            .reduce
+            .choice()
+            .load(encoder.as_ref().map(|e| e.dim()))?
+        {
             apply_to_options(&mut opts, &red, r)?;
         }
     }
@@ -316,12 +298,12 @@ fn build(args: BuildArgs) -> Result<()> {
             }
         }
         (Some(input), None) => {
-            let input = InputArgs {
+            let input = Input {
                 input: input.clone(),
-                records: args.records.clone(),
+                records: args.records.options(),
             };
             build_from_input(
-                &args.model,
+                &args.model.options(),
                 &input,
                 &args.out,
                 opts,
@@ -357,241 +339,27 @@ fn build(args: BuildArgs) -> Result<()> {
     Ok(())
 }
 
-/// What a build did.
-pub struct Built {
-    pub stats: BuildStats,
-    /// `"; skipped …"` or empty.
-    pub skipped: String,
-    pub encode_s: f64,
-    pub index_s: f64,
-}
-
-/// Encodes `input` (resumably, in the work folder next to `out`) and builds
-/// the index at `out`; the work folder is removed once the index is in place.
-/// `preloaded`: the model, when the caller has loaded it already.
-pub fn build_from_input(
-    model: &ModelArgs,
-    input: &InputArgs,
-    out: &Path,
-    opts: BuildOptions,
-    resume: bool,
-    checkpoint_every: usize,
-    preloaded: Option<tessera_training::Encoder>,
-) -> Result<Built> {
-    let t = Instant::now();
-    let work = work_dir(out)?;
-    let state = load_state(&work)?;
-    if state.is_some() && !resume {
-        bail!(
-            "{}: an interrupted build of {} left its encoded documents there; \
-             continue it with --resume, or remove that folder",
-            work.display(),
-            out.display()
-        );
-    }
-    // A failed build keeps what it encoded (for --resume): say where, and
-    // how much disk it holds, rather than leave it unmentioned.
-    let kept = |e: anyhow::Error| {
-        if work.exists() {
-            eprintln!(
-                "note: the documents encoded so far are kept in {} ({:.1} MiB): \
-                 fix the input and rerun with --resume to continue, or delete that folder",
-                work.display(),
-                crate::disk::dir_bytes(&work) as f64 / (1 << 20) as f64
-            );
-        }
-        e
-    };
-    if !state.as_ref().is_some_and(|s| s.complete) {
-        let encoder = match preloaded {
-            Some(e) => e,
-            None => model.load()?,
-        };
-        encode_to_dir(
-            &encoder,
-            input,
-            &work,
-            resume,
-            checkpoint_every,
-            Rerun::WithResume,
-        )
-        .map_err(kept)?;
-    }
-    let encode_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let (stats, skipped) = build_from_vectors(&work, out, opts).map_err(kept)?;
-    std::fs::remove_dir_all(&work).with_context(|| format!("removing {}", work.display()))?;
-    Ok(Built {
-        stats,
-        skipped,
-        encode_s,
-        index_s: t.elapsed().as_secs_f64(),
-    })
-}
-
-/// Streams an embeddings folder into a new index at `out`.
-pub fn build_from_vectors(
-    vectors: &Path,
-    out: &Path,
-    mut opts: BuildOptions,
-) -> Result<(BuildStats, String)> {
-    let mut reader = EmbeddingsReader::open(vectors)?;
-    let mut note = reader
-        .state
-        .as_ref()
-        .map(|s| skipped_note(&s.skipped))
-        .unwrap_or_default();
-    let empty = reader.doclens.iter().filter(|&&l| l == 0).count();
-    let recorded = std::mem::take(&mut opts.info);
-    opts.info = serde_json::json!({
-        "built_by": format!("tessera {}", env!("CARGO_PKG_VERSION")),
-        "model": reader.state.as_ref().map(|s| s.model.clone()),
-        "input": reader.state.as_ref().map(|s| s.input.clone()),
-        "skipped": reader.state.as_ref().map(|s| s.skipped.clone()),
-        "truncated": reader.state.as_ref().map(|s| s.truncated),
-        "empty_documents": empty,
-    });
-    // What the caller recorded (e.g. the reduction) is kept.
-    if let (serde_json::Value::Object(into), serde_json::Value::Object(from)) =
-        (&mut opts.info, recorded)
-    {
-        into.extend(from);
-    }
-    let mut builder = IndexBuilder::create(out, opts)?;
-    let pb = progress::bar(Some(reader.len() as u64), "docs");
-    pb.set_prefix("indexing");
-    while let Some(d) = reader.next_doc()? {
-        let vectors = TokenVectors::new(reader.dim, d.vectors)?;
-        builder.add(Document {
-            id: d.id,
-            vectors,
-            title: d.title,
-            text: d.text,
-            metadata: d.metadata,
-        })?;
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    let tokens = progress::bar(Some(reader.tokens), "tokens");
-    let stats = builder.finish(&mut |p| match p.phase {
-        Phase::Train => tokens.set_prefix("training centroids"),
-        Phase::Encode => {
-            tokens.set_prefix("coding tokens");
-            tokens.set_position(p.done);
-        }
-        Phase::Commit => tokens.set_prefix("committing"),
-    })?;
-    tokens.finish_and_clear();
-    if empty > 0 {
-        note.push_str(&format!(
-            "; {empty} empty document{} (no text to encode) indexed with no tokens",
-            if empty == 1 { "" } else { "s" }
-        ));
-    }
-    Ok((stats, note))
-}
-
-/// `index add`: encode the dump into a private work folder next to the
-/// index, then append it as one segment (the library's atomic append).
+/// `index add`: encode the dump and append it as one segment.
 fn add(args: AddArgs) -> Result<()> {
     let t = Instant::now();
-    let index = tessera_index::Index::open(&args.index)
-        .with_context(|| format!("opening index {}", args.index.display()))?;
-    let (encoder, _) = args.model.load_for_index(&index, &args.index)?;
-    let name = args
-        .index
-        .file_name()
-        .and_then(|n| n.to_str())
-        .with_context(|| format!("{}: not a usable index path", args.index.display()))?;
-    let parent = args
-        .index
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let work = parent.join(format!(".{name}.adding-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let input = InputArgs {
+    let input = Input {
         input: args.input.clone(),
-        records: args.records.clone(),
+        records: args.records.options(),
     };
-    let result = (|| {
-        let state = encode_to_dir(&encoder, &input, &work, false, 1024, Rerun::FromScratch)?;
-        let mut reader = EmbeddingsReader::open(&work)?;
-        // With --skip-invalid, documents whose id the index holds already
-        // are skipped and counted; otherwise the append refuses them.
-        // A read error must not leave a partial append committed: the
-        // stream then ends with a document the append always refuses (an
-        // empty id), so it writes nothing, and the error is reported.
-        let mut taken = 0u64;
-        let mut failed = None;
-        let dim = reader.dim;
-        let poison = move || {
-            Some(Document {
-                id: String::new(),
-                vectors: TokenVectors::new(dim, Vec::new()).ok()?,
-                title: String::new(),
-                text: String::new(),
-                metadata: serde_json::Value::Null,
-            })
-        };
-        let mut done = false;
-        let docs = std::iter::from_fn(|| loop {
-            if done {
-                return None;
-            }
-            match reader.next_doc() {
-                Ok(Some(d)) if args.records.skip_invalid && index.contains(&d.id) => taken += 1,
-                Ok(Some(d)) => {
-                    let vectors = match TokenVectors::new(reader.dim, d.vectors) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            failed = Some(anyhow::Error::from(e));
-                            done = true;
-                            return poison();
-                        }
-                    };
-                    return Some(Document {
-                        id: d.id,
-                        vectors,
-                        title: d.title,
-                        text: d.text,
-                        metadata: d.metadata,
-                    });
-                }
-                Ok(None) => return None,
-                Err(e) => {
-                    failed = Some(e);
-                    done = true;
-                    return poison();
-                }
-            }
-        });
-        let generation = tessera_index::append(&args.index, docs);
-        if let Some(e) = failed {
-            ensure!(
-                generation.is_err(),
-                "internal: an append went on past a read error"
-            );
-            return Err(e.context(format!(
-                "reading the encoded documents back from {}; nothing was added",
-                work.display()
-            )));
-        }
-        let generation =
-            generation.with_context(|| format!("adding to {}", args.index.display()))?;
-        Ok::<_, anyhow::Error>((state, taken, generation))
-    })();
-    let _ = std::fs::remove_dir_all(&work);
-    let (state, taken, generation) = result?;
-    let mut skipped = skipped_note(&state.skipped);
-    if taken > 0 {
-        skipped.push_str(&format!("; {taken} already in the index, skipped"));
+    let added = add_from_input(&args.index, &args.model.options(), &input)?;
+    let mut skipped = skipped_note(&added.state.skipped);
+    if added.already_there > 0 {
+        skipped.push_str(&format!(
+            "; {} already in the index, skipped",
+            added.already_there
+        ));
     }
     eprintln!(
-        "added {} documents, {} tokens to {} (generation {generation}) in {:.1} s{skipped}",
-        state.docs - taken,
-        state.tokens,
+        "added {} documents, {} tokens to {} (generation {}) in {:.1} s{skipped}",
+        added.state.docs - added.already_there,
+        added.state.tokens,
         args.index.display(),
+        added.generation,
         t.elapsed().as_secs_f64()
     );
     Ok(())

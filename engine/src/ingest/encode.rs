@@ -1,15 +1,14 @@
-//! `tessera encode-corpus`: encode a document dump into an embeddings folder
-//! (see [`crate::embeddings`]), resumably. `tessera index build --input`
-//! runs the same job into a work folder first.
+//! Encoding a document dump into an embeddings folder (see
+//! [`crate::embeddings`]), resumably: records are read and checked, tokenised
+//! and encoded in groups while the previous group is written, with a
+//! checkpoint after each group. An index build from a dump runs this into a
+//! work folder first ([`super::build_from_input`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
-use clap::Args;
 use tessera_training::tokenize::TokenizedText;
 use tessera_training::{Encoder, TextKind};
 
@@ -17,36 +16,26 @@ use crate::corpus::{
     compression_of, BadRecord, CorpusOptions, CorpusReader, Format, Problem, Record,
 };
 use crate::embeddings::{load_state, EmbeddingsWriter, State};
-use crate::model::{model_info, ModelArgs};
+use crate::error::{bail, ensure, Context, Result};
+use crate::model::model_info;
 use crate::progress;
 
 /// How to read a dump's records and what to do with bad ones.
-#[derive(Args, Debug, Clone)]
-pub struct RecordArgs {
-    /// Record format (default: from the extension; JSONL for `-`).
-    #[arg(long, value_enum)]
+#[derive(Debug, Clone)]
+pub struct RecordOptions {
+    /// Record format (`None`: from the extension; JSONL for `-`).
     pub format: Option<Format>,
     /// JSONL: the document id field (`_id`, falling back to `id`).
-    #[arg(long, default_value = "_id", value_name = "FIELD")]
     pub id_field: String,
     /// JSONL: fields encoded, in order; `title` is stored as the title.
-    #[arg(
-        long,
-        default_value = "title,text",
-        value_delimiter = ',',
-        value_name = "FIELDS"
-    )]
     pub text_fields: Vec<String>,
     /// Skip malformed lines, missing ids or text fields, duplicate ids and
-    /// invalid UTF-8 (counted per kind) instead of stopping. Documents with
-    /// an empty title and text are not invalid: they are indexed (and
-    /// counted) with no tokens.
-    #[arg(long)]
+    /// invalid UTF-8 (counted per kind) instead of stopping.
     pub skip_invalid: bool,
 }
 
-impl Default for RecordArgs {
-    /// The command-line defaults (BEIR `corpus.jsonl`).
+impl Default for RecordOptions {
+    /// BEIR `corpus.jsonl`: `_id`, `title` and `text`; stop at a bad record.
     fn default() -> Self {
         Self {
             format: None,
@@ -59,12 +48,16 @@ impl Default for RecordArgs {
 
 /// A dump and how to read it.
 #[derive(Debug, Clone)]
-pub struct InputArgs {
+pub struct Input {
+    /// The dump: BEIR corpus.jsonl, any JSONL or TSV, optionally .gz or
+    /// .zst; `-` is standard input.
     pub input: PathBuf,
-    pub records: RecordArgs,
+    /// How its records are read.
+    pub records: RecordOptions,
 }
 
-impl InputArgs {
+impl Input {
+    /// The reader's options for this dump.
     pub fn corpus_options(&self) -> CorpusOptions {
         CorpusOptions {
             format: self.records.format,
@@ -72,61 +65,6 @@ impl InputArgs {
             text_fields: self.records.text_fields.clone(),
         }
     }
-}
-
-/// Encode a document dump to token vectors on disk (embeddings.npy,
-/// doclens.npy, ids.txt, docs.jsonl), for `tessera index build --embeddings`
-/// or other engines.
-#[derive(Args, Debug)]
-#[command(after_help = "Example:\n  \
-    tessera encode-corpus --input corpus.jsonl --out scifact-vectors\n  \
-    tessera index build --embeddings scifact-vectors --out scifact.idx\n\n\
-    An interrupted run continues from its last checkpoint with --resume.")]
-pub struct EncodeCorpusArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// The dump: BEIR corpus.jsonl, any JSONL, or TSV (`id<TAB>text`),
-    /// optionally .gz or .zst; `-` reads standard input.
-    #[arg(long, value_name = "PATH")]
-    pub input: PathBuf,
-    #[command(flatten)]
-    pub records: RecordArgs,
-    /// Output folder (created; must be empty unless resuming).
-    #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
-    /// Continue an interrupted run from its last checkpoint.
-    #[arg(long)]
-    pub resume: bool,
-    /// Documents per checkpoint (and per encoding group).
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
-    pub checkpoint_every: u32,
-}
-
-pub fn run(args: EncodeCorpusArgs) -> Result<()> {
-    let encoder = args.model.load()?;
-    let t = Instant::now();
-    let input = InputArgs {
-        input: args.input.clone(),
-        records: args.records.clone(),
-    };
-    let state = encode_to_dir(
-        &encoder,
-        &input,
-        &args.out,
-        args.resume,
-        args.checkpoint_every as usize,
-        Rerun::WithResume,
-    )?;
-    eprintln!(
-        "encoded {} documents, {} tokens ({}-dim) into {} in {:.1} s{}",
-        state.docs,
-        state.tokens,
-        state.dim,
-        args.out.display(),
-        t.elapsed().as_secs_f64(),
-        skipped_note(&state.skipped)
-    );
-    Ok(())
 }
 
 /// `", skipped: 2 duplicate id, 1 malformed JSON"` or nothing.
@@ -182,7 +120,7 @@ fn abort_after_checkpoints() -> Option<u64> {
 /// folder's last checkpoint.
 pub fn encode_to_dir(
     encoder: &Encoder,
-    input: &InputArgs,
+    input: &Input,
     out: &Path,
     resume: bool,
     group: usize,
@@ -271,7 +209,7 @@ pub fn encode_to_dir(
                 complete,
                 "{name_ref}: reading stopped before the end of the input"
             );
-            Ok::<_, anyhow::Error>(writer)
+            Ok::<_, crate::error::EngineError>(writer)
         });
         // The model, on this thread (libtorch's own threads under it).
         for g in from_reader {
@@ -295,7 +233,7 @@ pub fn encode_to_dir(
         drop(to_writer);
         let writer = writing
             .join()
-            .map_err(|_| anyhow::anyhow!("the index writer thread panicked"))??;
+            .map_err(|_| crate::error::err!("the index writer thread panicked"))??;
         if writer.state.docs == 0 {
             bail!("{name}: no documents to index");
         }
@@ -400,7 +338,7 @@ fn write_groups(
     skip_invalid: bool,
     rerun: Rerun,
 ) -> Result<bool> {
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let start_tokens = writer.state.tokens;
     let abort_at = abort_after_checkpoints();
     let mut checkpoints = 0u64;

@@ -28,7 +28,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     ensure!(args.pylate, "say which layout to export to: --pylate");
     let src = match args.model {
         Some(m) => m,
-        None => crate::model::default_model()?,
+        None => tessera_engine::model::default_model()?,
     };
     tessera_training::export::export_pylate(&src, &args.out)
         .with_context(|| format!("exporting {}", src.display()))?;

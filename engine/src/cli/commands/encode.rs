@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tessera_training::{device, EncodedText, Encoder, TextKind};
 
-use crate::input::{check_text, read_lines};
-use crate::model::ModelArgs;
+use crate::cli::args::ModelArgs;
+use tessera_engine::input::{check_text, read_lines};
 
 /// Encode queries or documents into L2-normalised token vectors.
 #[derive(Args, Debug)]
@@ -118,7 +118,7 @@ pub fn run(args: EncodeArgs) -> Result<()> {
     if !from_file {
         check_text(&texts[0], "TEXT")?;
     }
-    let encoder = args.model.load()?;
+    let encoder = args.model.options().load()?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     if args.latency {
         let l = latency(&encoder, &refs, kind, args.model.batch_size as usize)?;

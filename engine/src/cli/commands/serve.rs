@@ -1,0 +1,165 @@
+//! `tessera serve`: the gRPC search service over one index (see
+//! [`tessera_engine::server`]).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use tessera_engine::server::{serve, BatchConfig, Limits, ServeOptions};
+use tessera_index::SearchParams;
+
+use crate::cli::args::{ModelArgs, PlaidArgs, ReductionArgs};
+
+/// Serve an index over gRPC (tessera.v1.Tessera, grpc.health.v1, reflection).
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    tessera serve --index scifact.idx\n  \
+    tessera serve --index scifact.idx --addr 127.0.0.1:50051 --metrics-addr 127.0.0.1:9100\n  \
+    tessera serve --index small.idx --n-probe 16 --probe-budget 256 --n-approx 256 --rerank-budget 768\n  \
+    tessera query --addr 127.0.0.1:50051 \"coffee and diabetes\"\n  \
+    grpcurl -plaintext 127.0.0.1:50051 list\n\n\
+    The first stdout line is `listening on ADDR` (with the real port when --addr \
+    ends in :0); health reports NOT_SERVING until the index and model are loaded. \
+    SIGINT/SIGTERM drain: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in \
+    flight get --grace-s seconds to finish. --n-probe, --probe-budget, --n-approx and \
+    --rerank-budget are the search settings of every call that sets none of its own.\n\n\
+    The server has no TLS and no authentication: anyone who reaches the port can add and \
+    delete documents. Keep it on a loopback address, or behind a proxy that provides both; \
+    any other address gets a warning.")]
+pub struct ServeArgs {
+    /// The index folder.
+    #[arg(long, value_name = "DIR")]
+    pub index: PathBuf,
+    /// Address to listen on (port 0: any free port). The server has no TLS
+    /// or authentication: a non-loopback address gets a warning.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub addr: SocketAddr,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Calls running at once, at most.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
+    /// Calls waiting for a slot, at most; past it calls get RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_queue: u32,
+    /// Query texts encoded together in one forward pass, at most.
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_batch: u32,
+    /// How long the first query of a batch waits for others, ms.
+    #[arg(long, default_value_t = 2, value_name = "MS")]
+    pub batch_wait_ms: u64,
+    /// While encoded calls wait for a search lane, the encoder holds new
+    /// queries back up to this long to encode them together (0: off).
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    pub batch_hold_ms: u64,
+    /// Hits per query, at most.
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_k: u32,
+    /// Queries per Search call, at most.
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queries: u32,
+    /// Documents per AddDocuments call, at most.
+    #[arg(long, default_value_t = 100_000, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_add_docs: u32,
+    /// Bytes of one query's text, at most (longer: INVALID_ARGUMENT naming
+    /// the query, before any work; a query keeps only its first 32 tokens
+    /// for MaxSim, and BM25 at most 1,024 distinct terms).
+    #[arg(long, default_value_t = 16_384, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_query_bytes: u32,
+    /// Bytes of one added document's title and text, at most (larger:
+    /// INVALID_ARGUMENT naming the document, nothing added).
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_document_bytes: u32,
+    /// Size of one request message, at most, MiB (larger: INVALID_ARGUMENT;
+    /// past twice this the transport refuses with OUT_OF_RANGE unread).
+    #[arg(long, default_value_t = 16, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_message_mb: u32,
+    /// Deadline of calls whose client sets none, ms.
+    #[arg(long, default_value_t = 30_000, value_name = "MS")]
+    pub default_timeout_ms: u64,
+    /// Longest client deadline honoured, ms.
+    #[arg(long, default_value_t = 600_000, value_name = "MS")]
+    pub max_timeout_ms: u64,
+    /// Documents re-ranked exactly per query, at most (caps the request's
+    /// candidate parameters).
+    #[arg(long, default_value_t = 8192, value_name = "N")]
+    pub max_candidates: u32,
+    // The search settings of every call that sets none of its own (e.g.
+    // the setting `tessera reduce plan` recommends).
+    #[command(flatten)]
+    pub plaid: PlaidArgs,
+    /// Threads of the search pool. Default: the number of CPUs. (The
+    /// model's threads are --threads, default half the CPUs.)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub search_threads: Option<u16>,
+    /// Search pools ("lanes") the search threads are split into; a call
+    /// runs on one lane with all its threads, calls queue for lanes in
+    /// arrival order. Default (adaptive): one lane per search thread, and
+    /// a call that finds no other search running gets all the threads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub search_lanes: Option<u16>,
+    /// Seconds calls in flight get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    pub grace_s: u64,
+    /// Serve without a model: queries must bring vectors or use BM25.
+    #[arg(long)]
+    pub no_model: bool,
+    #[command(flatten)]
+    pub reduce: ReductionArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let opts = ServeOptions {
+        limits: Limits {
+            max_k: args.max_k as usize,
+            max_queries: args.max_queries as usize,
+            max_ids: 100_000,
+            max_add_docs: args.max_add_docs as usize,
+            max_query_bytes: args.max_query_bytes as usize,
+            max_document_bytes: args.max_document_bytes as usize,
+            max_message_bytes: args.max_message_mb as usize * (1 << 20),
+            default_timeout: Duration::from_millis(args.default_timeout_ms.max(1)),
+            max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
+            max_candidates: args.max_candidates.max(1) as usize,
+            max_probe: 256,
+            search: {
+                let mut p = SearchParams::default();
+                args.plaid.apply(&mut p);
+                p
+            },
+        },
+        batch: BatchConfig {
+            max_batch: args.max_batch as usize,
+            wait: Duration::from_millis(args.batch_wait_ms),
+            search_backlog: None,
+            max_hold: Duration::from_millis(args.batch_hold_ms),
+        },
+        max_in_flight: args.max_in_flight as usize,
+        max_queue: args.max_queue as usize,
+        search_threads: args.search_threads.map(usize::from),
+        search_lanes: args.search_lanes.map(usize::from),
+        grace: Duration::from_secs(args.grace_s),
+        no_model: args.no_model,
+        reduction: args.reduce.choice(),
+        model: args.model.options(),
+        metrics_addr: args.metrics_addr,
+        addr: args.addr,
+        index: args.index,
+    };
+    serve(opts, |at| {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", at.addr)?;
+        if let Some(m) = at.metrics {
+            writeln!(out, "metrics on http://{m}/metrics")?;
+        }
+        out.flush()?;
+        Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Tessera's engine as a library: everything the `tessera` binary does,
+//! callable from another program (a test, a Ray worker, a service of your
+//! own) without going through the command line.
+//!
+//! - [`model`]: which model encodes ([`model::ModelOptions`]), the default
+//!   model, the one that built an index.
+//! - [`retrieve`]: an [`Engine`] (index + encoder) and the one retriever
+//!   dispatch ([`retrieve::rank`]) over ColBERT, BM25 and hybrid.
+//! - [`ingest`]: dump readers' options, resumable encoding, index builds
+//!   from a dump or from vectors; [`corpus`] reads the dumps, [`embeddings`]
+//!   is the on-disk vectors folder, [`reduction`] the dimension reductions
+//!   applied at build and search time.
+//! - [`cache`]: the dataset encodings and indexes `eval` and the trainers
+//!   share.
+//! - [`server`]: the gRPC service.
+//!
+//! Errors are one type, [`EngineError`]; long jobs draw progress bars on
+//! stderr ([`progress`]).
+//!
+//! ```no_run
+//! use tessera_engine::model::ModelOptions;
+//! use tessera_engine::retrieve::{Engine, Retriever};
+//!
+//! # fn main() -> tessera_engine::Result<()> {
+//! let engine = Engine::open("my.idx".as_ref(), &ModelOptions::default(), Retriever::Hybrid)?;
+//! let queries = engine.encode_queries(&["what causes tides?"])?;
+//! let params = tessera_index::SearchParams { k: 10, ..Default::default() };
+//! for hit in engine.rank(Retriever::Hybrid, "what causes tides?", queries.first(), &params)? {
+//!     println!("{}\t{:.3}", hit.id, hit.score);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod cache;
+pub mod corpus;
+pub mod disk;
+pub mod embeddings;
+pub mod error;
+pub mod fit;
+pub mod ingest;
+pub mod input;
+pub mod model;
+pub mod progress;
+pub mod reduction;
+pub mod retrieve;
+pub mod server;
+
+pub use error::{EngineError, Result};
+pub use retrieve::{Engine, Retriever};

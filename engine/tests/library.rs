@@ -1,0 +1,177 @@
+//! The engine as a library, in-process: build an index from a dump and from
+//! documents held in memory, search it with each retriever, add to it —
+//! and the binary, run on the same index, answers the same.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{ids, sample, search_json, tiny};
+use tessera_engine::ingest::{
+    add_from_input, build_from_documents, build_from_input, Input, RecordOptions, TextDocument,
+};
+use tessera_engine::model::ModelOptions;
+use tessera_engine::retrieve::{Engine, Retriever};
+use tessera_index::{BuildOptions, Filter, SearchParams};
+use tessera_training::{DeviceChoice, PrecisionChoice};
+
+/// The tiny test model on one CPU thread, in fp32 (as the CLI tests run it).
+fn model() -> ModelOptions {
+    ModelOptions {
+        model: Some(PathBuf::from(tiny())),
+        device: DeviceChoice::Cpu,
+        threads: Some(1),
+        precision: Some(PrecisionChoice::Fp32),
+        ..ModelOptions::default()
+    }
+}
+
+fn params(k: usize) -> SearchParams {
+    SearchParams {
+        k,
+        ..SearchParams::default()
+    }
+}
+
+fn search(engine: &Engine, r: Retriever, query: &str, p: &SearchParams) -> Vec<String> {
+    let vectors = engine.encode_queries(&[query]).unwrap();
+    engine
+        .rank(r, query, vectors.first(), p)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect()
+}
+
+#[test]
+fn a_dump_built_and_searched_in_process_ranks_as_the_binary_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("s.idx");
+    let input = Input {
+        input: PathBuf::from(sample()),
+        records: RecordOptions::default(),
+    };
+    let built = build_from_input(
+        &model(),
+        &input,
+        &idx,
+        BuildOptions::default(),
+        false,
+        1024,
+        None,
+    )
+    .unwrap();
+    assert_eq!(built.stats.docs, 40);
+    assert!(!dir.path().join(".s.idx.encoding").exists());
+
+    // The model recorded in the index is the one loaded (no model given).
+    let recorded = ModelOptions {
+        model: None,
+        ..model()
+    };
+    let engine = Engine::open(&idx, &recorded, Retriever::Colbert).unwrap();
+    assert!(engine.model_dir.as_ref().unwrap().ends_with("tiny-bert"));
+    let q = "ocean tides and the moon";
+    let p = params(5);
+    let vectors = engine.encode_queries(&[q]).unwrap();
+    let hits = engine
+        .rank(Retriever::Colbert, q, vectors.first(), &p)
+        .unwrap();
+    assert_eq!(hits.len(), 5);
+    assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    // The binary over the same index: the same ranking.
+    let cli = search_json(&idx, q, &["-k", "5"]);
+    assert_eq!(
+        ids(&cli),
+        hits.iter().map(|h| h.id.clone()).collect::<Vec<_>>()
+    );
+
+    // BM25 finds the one document about tides first; hybrid fills k.
+    assert_eq!(
+        search(&engine, Retriever::Bm25, "tides moon", &p)[0],
+        "doc01"
+    );
+    assert_eq!(
+        search(&engine, Retriever::Hybrid, "tides moon", &params(3)).len(),
+        3
+    );
+    // Filters apply before ranking.
+    let filter: Filter = serde_json::from_str(r#"{"range": {"field": "n", "gte": 30}}"#).unwrap();
+    let filtered = SearchParams {
+        filter: Some(filter),
+        ..params(10)
+    };
+    let vectors = engine.encode_queries(&["tides moon"]).unwrap();
+    let hits = engine
+        .rank(Retriever::Hybrid, "tides moon", vectors.first(), &filtered)
+        .unwrap();
+    assert!(!hits.is_empty());
+    for h in &hits {
+        let d = engine.index.hit_document(h).unwrap();
+        assert!(d.metadata["n"].as_i64().unwrap() >= 30, "{}", h.id);
+    }
+}
+
+fn write_jsonl(path: &Path, docs: &[(&str, &str)]) {
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|(id, text)| serde_json::json!({"_id": id, "title": "", "text": text}).to_string())
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn documents_from_an_iterator_build_an_index_that_takes_additions() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("mem.idx");
+    let opts = model();
+    let encoder = opts.load().unwrap();
+    let texts = [
+        (
+            "tides",
+            "The Moon's gravity pulls the oceans and raises the tides.",
+        ),
+        ("seasons", "The tilt of the Earth's axis makes the seasons."),
+        (
+            "eclipse",
+            "A solar eclipse happens when the Moon hides the Sun.",
+        ),
+        ("empty", ""),
+    ];
+    let docs = texts.iter().map(|(id, text)| TextDocument {
+        id: id.to_string(),
+        text: text.to_string(),
+        metadata: serde_json::json!({"len": text.len()}),
+        ..TextDocument::default()
+    });
+    let stats = build_from_documents(&encoder, docs, &idx, BuildOptions::default()).unwrap();
+    assert_eq!(stats.docs, 4);
+    drop(encoder);
+
+    let engine = Engine::open(&idx, &opts, Retriever::Hybrid).unwrap();
+    assert_eq!(engine.index.num_docs(), 4);
+    let hits = search(&engine, Retriever::Bm25, "seasons axis tilt", &params(2));
+    assert_eq!(hits[0], "seasons");
+    drop(engine);
+
+    // An addition from a dump is encoded with the index's own model and
+    // appended whole; an id the index holds already is refused, nothing added.
+    let more = dir.path().join("more.jsonl");
+    write_jsonl(&more, &[("comets", "Comets grow tails near the Sun.")]);
+    let input = Input {
+        input: more.clone(),
+        records: RecordOptions::default(),
+    };
+    let added = add_from_input(&idx, &opts, &input).unwrap();
+    assert_eq!(added.state.docs, 1);
+    assert_eq!(added.already_there, 0);
+    write_jsonl(&more, &[("tides", "A second document with an old id.")]);
+    let e = add_from_input(&idx, &opts, &input).unwrap_err();
+    assert!(e.chain().contains("tides"), "{}", e.chain());
+    let engine = Engine::open(&idx, &opts, Retriever::Bm25).unwrap();
+    assert_eq!(engine.index.num_docs(), 5);
+    assert_eq!(
+        search(&engine, Retriever::Bm25, "comets tails", &params(1)),
+        ["comets"]
+    );
+}
