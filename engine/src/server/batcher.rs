@@ -23,7 +23,7 @@ use tessera_index::TokenVectors;
 use tessera_training::Encoder;
 use tokio::sync::oneshot;
 
-use super::metrics::Metrics;
+use crate::server::metrics::Metrics;
 
 /// What to encode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +254,7 @@ fn run_batch(encoder: &Encoder, kind: Kind, batch: Vec<Job>, metrics: &Metrics) 
             return;
         }
         Err(panic) => {
-            let msg = super::service::panic_message(&panic);
+            let msg = super::status::panic_message(&panic);
             tracing::error!(panic = %msg, texts = n, "the encoder panicked");
             for j in live {
                 let _ = j

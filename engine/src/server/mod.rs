@@ -1,15 +1,26 @@
-//! The gRPC search service behind `tessera serve`: [`run`] (binding,
-//! loading, draining: [`serve`]), [`service`] (the `tessera.v1.Tessera`
-//! handlers), [`batcher`] (the encoder thread and its micro-batching),
-//! [`admission`] (in-flight and queue bounds) and [`metrics`] (Prometheus
-//! text on `--metrics-addr`).
+//! The gRPC search service behind `tessera serve`, laid out by concern:
+//! [`run`] (binding, loading, draining: [`serve`]); [`service`] (the thin
+//! `tessera.v1.Tessera` impl and the frame of every call: deadline,
+//! admission, metrics, log line); [`handlers`] (search, documents, admin);
+//! [`validate`] (requests → plans, field-named `INVALID_ARGUMENT`);
+//! [`convert`] (library types → protobuf); [`status`] (the one mapping from
+//! errors to gRPC statuses); [`state`] (limits, readiness, shared state);
+//! [`lanes`] (the search pools); [`batcher`] (the encoder thread and its
+//! micro-batching); [`admission`] (in-flight and queue bounds); [`metrics`]
+//! (Prometheus text on `--metrics-addr`).
 
 pub mod admission;
 pub mod batcher;
+pub mod convert;
+pub mod handlers;
+pub mod lanes;
 pub mod metrics;
 pub mod run;
 pub mod service;
+pub mod state;
+pub mod status;
+pub mod validate;
 
 pub use batcher::BatchConfig;
 pub use run::{serve, Listening, ServeOptions};
-pub use service::Limits;
+pub use state::Limits;

@@ -13,13 +13,15 @@ use tessera_index::Index;
 use tessera_proto::v1::tessera_server::TesseraServer;
 use tonic_health::ServingStatus;
 
-use super::admission::Admission;
-use super::batcher::{BatchConfig, Batcher};
-use super::metrics::{self, Metrics};
-use super::service::{Faults, Limits, Ready, SearchLanes, Service, State};
+use super::lanes::SearchLanes;
+use super::service::Service;
+use super::state::{Faults, Limits, Ready, State};
 use crate::error::{Context, Result};
 use crate::model::{absolute, ModelOptions};
 use crate::reduction::ReductionChoice;
+use crate::server::admission::Admission;
+use crate::server::batcher::{BatchConfig, Batcher};
+use crate::server::metrics::{self, Metrics};
 
 /// How `tessera serve` runs: the index, the addresses, the limits of a
 /// call, admission, batching and the search pools.

@@ -1,0 +1,139 @@
+//! `Search`: encode the planned queries in micro-batches, rank each on a
+//! search lane through the engine's one retriever dispatch.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera_index::{Hit, Index};
+use tessera_proto::v1 as pb;
+use tonic::Status;
+
+use crate::retrieve::Retriever;
+use crate::server::batcher::Kind;
+use crate::server::convert::*;
+use crate::server::state::*;
+use crate::server::status::*;
+use crate::server::validate::*;
+
+/// Ranks one planned query on the current thread (the search pool),
+/// through the engine's one retriever dispatch.
+pub(crate) fn rank(index: &Index, p: &Plan) -> Result<(Vec<Hit>, f64, f64), Status> {
+    let retriever = match p.retriever {
+        pb::Retriever::Bm25 => Retriever::Bm25,
+        pb::Retriever::Hybrid => Retriever::Hybrid,
+        _ => Retriever::Colbert,
+    };
+    crate::retrieve::rank(index, retriever, &p.text, p.vectors.as_ref(), &p.params)
+        .map(|r| (r.hits, r.candidate_ms, r.rerank_ms))
+        .map_err(|e| engine_status(e, "searching"))
+}
+
+pub(crate) async fn search(
+    st: Arc<State>,
+    req: pb::SearchRequest,
+    deadline: Instant,
+    start: Instant,
+) -> Result<pb::SearchResponse, Status> {
+    let ready = st.ready()?;
+    let limits = &st.limits;
+    if req.queries.is_empty() {
+        return Err(invalid("queries", "at least one query is needed"));
+    }
+    if req.queries.len() > limits.max_queries {
+        return Err(invalid(
+            "queries",
+            format!(
+                "{} queries is above the server's limit of {} per call",
+                req.queries.len(),
+                limits.max_queries
+            ),
+        ));
+    }
+    let index = ready.snapshot();
+    let mut plans = req
+        .queries
+        .into_iter()
+        .enumerate()
+        .map(|(i, q)| plan(i, q, &index, limits))
+        .collect::<Result<Vec<_>, _>>()?;
+    let admitted_ms = start.elapsed().as_secs_f64() * 1e3;
+    let (mut queue_ms, mut encode_ms) = (admitted_ms, 0.0);
+    let todo: Vec<usize> = (0..plans.len())
+        .filter(|&i| plans[i].needs_encoding())
+        .collect();
+    if !todo.is_empty() {
+        let batcher = ready.batcher.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this server has no model loaded (BM25 only): send vectors or use RETRIEVER_BM25",
+            )
+        })?;
+        let texts = todo.iter().map(|&i| plans[i].text.clone()).collect();
+        let enc = batcher
+            .encode(Kind::Queries, texts, deadline)
+            .await
+            .map_err(encode_status)?;
+        queue_ms += enc.queue_ms;
+        encode_ms = enc.encode_ms;
+        for (&i, v) in todo.iter().zip(enc.vectors) {
+            if v.is_empty() {
+                return Err(invalid(format!("queries[{i}].text"), "no token to encode"));
+            }
+            plans[i].vectors = Some(v);
+        }
+    }
+    let generation = index.manifest().generation;
+    let metrics = st.metrics.clone();
+    let faults = st.faults.clone();
+    let results = ready
+        .lanes
+        .run(deadline, move || {
+            let mut out = Vec::with_capacity(plans.len());
+            for p in plans {
+                std::thread::sleep(faults.search_delay);
+                if faults.panic_text.as_deref() == Some(p.text.as_str()) {
+                    panic!("injected fault: panic-text");
+                }
+                if Instant::now() >= deadline {
+                    return Err(Status::deadline_exceeded(
+                        "deadline passed during the search",
+                    ));
+                }
+                let t = Instant::now();
+                let (hits, candidates_ms, rerank_ms) = rank(&index, &p)?;
+                metrics.search.observe(t.elapsed().as_secs_f64());
+                let query_tokens = p.vectors.as_ref().map_or(0, |v| v.len()) as u32;
+                out.push(pb::QueryResult {
+                    hits: hits
+                        .into_iter()
+                        .map(|h| to_hit(&index, h, &p.fields))
+                        .collect(),
+                    id: p.id,
+                    timings: Some(pb::Timings {
+                        queue_ms,
+                        encode_ms: if p.retriever == pb::Retriever::Bm25 {
+                            0.0
+                        } else {
+                            encode_ms
+                        },
+                        candidates_ms,
+                        rerank_ms,
+                        total_ms: 0.0,
+                    }),
+                    query_tokens,
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+    let total_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut results = results;
+    for r in &mut results {
+        if let Some(t) = &mut r.timings {
+            t.total_ms = total_ms;
+        }
+    }
+    Ok(pb::SearchResponse {
+        results,
+        generation,
+    })
+}

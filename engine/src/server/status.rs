@@ -1,0 +1,56 @@
+//! The one mapping from errors to gRPC statuses: field-named
+//! `INVALID_ARGUMENT`, index and encoder errors, panics.
+
+use crate::error::EngineError;
+use tessera_index::IndexError;
+use tonic::Status;
+
+use crate::server::batcher::EncodeError;
+
+/// Text of a caught panic.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+pub(crate) fn invalid(field: impl std::fmt::Display, msg: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {msg}"))
+}
+
+/// An index error from ranking or updating: the caller's fault or ours.
+pub(crate) fn index_status(e: IndexError, what: &str) -> Status {
+    match e {
+        IndexError::InvalidParameter(_)
+        | IndexError::DimMismatch { .. }
+        | IndexError::InvalidDocument { .. } => Status::invalid_argument(format!("{what}: {e}")),
+        IndexError::Locked { .. } => Status::aborted(format!("{what}: {e}")),
+        e => {
+            tracing::error!(error = %e, "{what} failed");
+            Status::internal(format!("{what}: {e}"))
+        }
+    }
+}
+
+pub(crate) fn encode_status(e: EncodeError) -> Status {
+    match e {
+        EncodeError::Expired => {
+            Status::deadline_exceeded("deadline passed before the query was encoded")
+        }
+        EncodeError::Closed => Status::unavailable("the encoder is shutting down"),
+        EncodeError::Failed(m) => Status::internal(format!("encoding failed: {m}")),
+    }
+}
+
+/// An engine error from ranking: index errors by [`index_status`], the
+/// rest `INTERNAL`.
+pub(crate) fn engine_status(e: EngineError, what: &str) -> Status {
+    match e {
+        EngineError::Index(e) => index_status(e, what),
+        e => {
+            tracing::error!(error = %e.chain(), "{what} failed");
+            Status::internal(format!("{what}: {}", e.chain()))
+        }
+    }
+}
