@@ -37,6 +37,7 @@ pub mod corpus;
 pub mod disk;
 pub mod embeddings;
 pub mod error;
+pub mod evaluate;
 pub mod fit;
 pub mod ingest;
 pub mod input;

@@ -1,27 +1,24 @@
 //! `tessera eval`: BEIR-style evaluation of a retriever on a dataset split,
 //! of any TREC run file, and side-by-side comparison of reports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde::{Deserialize, Serialize};
-use tessera_eval::beir::{Dataset, Query};
 use tessera_eval::metrics::default_measures;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
-use tessera_index::{Analyzer, CodecKind, Index};
+use tessera_index::Analyzer;
 
 use crate::cli::args::ModelArgs;
 use crate::cli::args::{parse_analyzer, RankArgs, RecordArgs, ReductionArgs};
-use tessera_engine::cache::{cached_encoding, cached_index, dataset_name, encoding_key};
+use tessera_engine::cache::dataset_name;
+use tessera_engine::evaluate::{
+    evaluate_datasets, fidelity, group, report_of, write_json, CombinedReport, DatasetSpec,
+    EvalOptions, Report,
+};
 use tessera_engine::model::absolute;
-use tessera_engine::progress;
-use tessera_engine::retrieve::{Engine, Retriever};
-
-mod fidelity;
 
 /// Evaluate retrieval quality (nDCG@10, Recall@100, MAP@100, MRR@10) the
 /// way trec_eval does, on one BEIR dataset or several in one run.
@@ -114,73 +111,6 @@ pub struct EvalArgs {
     pub model: ModelArgs,
 }
 
-/// A JSON evaluation report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub tessera: String,
-    pub name: String,
-    pub dataset: Option<String>,
-    pub split: Option<String>,
-    pub retriever: Option<String>,
-    pub candidates: Option<String>,
-    pub index: Option<String>,
-    pub model: Option<String>,
-    pub run: Option<String>,
-    pub k: Option<usize>,
-    pub queries: usize,
-    /// Measure → mean, in the order measured.
-    pub measures: Vec<(String, f64)>,
-    /// Query → measure → value.
-    pub per_query: BTreeMap<String, BTreeMap<String, f64>>,
-    pub timing: Option<Timing>,
-    /// Recall@10 against exhaustive MaxSim over the same (compressed) index.
-    pub recall10_vs_exact: Option<f64>,
-    /// Recall@10 against exact MaxSim over the unquantised f32 vectors.
-    #[serde(default)]
-    pub recall10_vs_f32: Option<f64>,
-    /// Given as --zero-shot: a collection the model was not trained on.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub zero_shot: bool,
-    /// With --against-exact: nDCG@10 of exact MaxSim and what each stage
-    /// of the search loses against it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fidelity: Option<fidelity::Fidelity>,
-}
-
-/// Several datasets' reports and their mean (`tessera eval --dataset A
-/// --dataset B`).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CombinedReport {
-    pub tessera: String,
-    pub name: String,
-    pub retriever: Option<String>,
-    /// Measure → mean over datasets (each dataset weighs the same, as BEIR
-    /// papers average).
-    pub mean: Vec<(String, f64)>,
-    /// With --zero-shot collections: the mean over the --dataset ones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub in_domain_mean: Option<Vec<(String, f64)>>,
-    /// With --zero-shot collections: the mean over them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zero_shot_mean: Option<Vec<(String, f64)>>,
-    pub reports: Vec<Report>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Timing {
-    pub encode_s: f64,
-    pub search_s: f64,
-    pub total_s: f64,
-    pub queries_per_s: f64,
-    /// Per-query search latency (query encoding excluded), milliseconds.
-    #[serde(default)]
-    pub search_p50_ms: f64,
-    #[serde(default)]
-    pub search_p99_ms: f64,
-    /// Index build time when this evaluation built it.
-    pub index_build_s: Option<f64>,
-}
-
 pub fn run(args: EvalArgs) -> Result<()> {
     let measures: Vec<Measure> = if args.measures.is_empty() {
         default_measures()
@@ -213,50 +143,41 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.datasets.is_empty() && args.zero_shot.is_empty() {
         bail!("give --dataset DIR, --run FILE --qrels FILE, or --compare A.json B.json");
     }
-    // (folder, split, zero-shot)
-    let specs: Vec<(PathBuf, String, bool)> = args
+    let specs: Vec<DatasetSpec> = args
         .datasets
         .iter()
         .map(|s| (s, false))
         .chain(args.zero_shot.iter().map(|s| (s, true)))
-        .map(|(s, zs)| {
+        .map(|(s, zero_shot)| {
             let (dir, split) = dataset_spec(s, &args.split);
-            (dir, split, zs)
+            DatasetSpec {
+                dir,
+                split,
+                zero_shot,
+            }
         })
         .collect();
-    if specs.len() > 1 && args.index.is_some() {
-        bail!("--index names one dataset's index: give a single --dataset with it");
+    let opts = EvalOptions {
+        index: args.index.clone(),
+        exact_index: args.exact_index.clone(),
+        codec: args.codec.clone(),
+        analyzer: args.analyzer,
+        retriever: args.rank.retriever(),
+        params: args.rank.params(args.k as usize)?,
+        against_exact: args.against_exact,
+        measures,
+        records: args.records.options(),
+        reduction: args.reduce.choice(),
+        model: args.model.options(),
+    };
+    let done = evaluate_datasets(&opts, &specs, args.out.clone())?;
+    match &done.combined {
+        None => print_table(&done.reports.iter().collect::<Vec<_>>(), None),
+        Some((combined, path)) => {
+            print_table(&done.reports.iter().collect::<Vec<_>>(), Some(combined));
+            eprintln!("combined report: {}", path.display());
+        }
     }
-    if specs.len() == 1 {
-        let (dir, split, zs) = &specs[0];
-        let out = args.out.clone();
-        let report = eval_dataset(&args, dir, split, &measures, out, *zs)?;
-        print_table(&[&report], None);
-        return Ok(());
-    }
-    // Several datasets: one report each, beside the combined one.
-    let combined_out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("eval-runs").join(format!("combined-{}.json", args.rank.retriever()))
-    });
-    let stem = combined_out
-        .file_stem()
-        .map_or("combined".into(), |s| s.to_string_lossy().into_owned());
-    let mut reports = Vec::new();
-    for (dir, split, zs) in &specs {
-        let name = dataset_name(
-            &dir.canonicalize()
-                .with_context(|| dir.display().to_string())?,
-        );
-        let out = args
-            .out
-            .as_ref()
-            .map(|_| combined_out.with_file_name(format!("{stem}-{name}-{split}.json")));
-        reports.push(eval_dataset(&args, dir, split, &measures, out, *zs)?);
-    }
-    let combined = combine(&reports, &combined_out, args.rank.retriever());
-    write_json(&combined_out, &combined)?;
-    print_table(&reports.iter().collect::<Vec<_>>(), Some(&combined));
-    eprintln!("combined report: {}", combined_out.display());
     Ok(())
 }
 
@@ -270,311 +191,6 @@ fn dataset_spec(s: &str, default_split: &str) -> (PathBuf, String) {
         }
     }
     (PathBuf::from(s), default_split.to_owned())
-}
-
-/// The mean over `reports` of each measure the first report has.
-fn mean_of(reports: &[&Report]) -> Vec<(String, f64)> {
-    reports[0]
-        .measures
-        .iter()
-        .map(|(m, _)| {
-            let vals: Vec<f64> = reports
-                .iter()
-                .filter_map(|r| r.measures.iter().find(|(n, _)| n == m).map(|(_, v)| *v))
-                .collect();
-            (
-                m.clone(),
-                vals.iter().sum::<f64>() / vals.len().max(1) as f64,
-            )
-        })
-        .collect()
-}
-
-/// The reports of one side (zero-shot or not).
-fn group<'a>(reports: &[&'a Report], zero_shot: bool) -> Vec<&'a Report> {
-    reports
-        .iter()
-        .copied()
-        .filter(|r| r.zero_shot == zero_shot)
-        .collect()
-}
-
-/// The mean over datasets of each measure the first report has and, when
-/// some are zero-shot and some not, each side's mean.
-fn combine(reports: &[Report], out: &Path, retriever: Retriever) -> CombinedReport {
-    let all: Vec<&Report> = reports.iter().collect();
-    let mean = mean_of(&all);
-    let (ind, zs) = (group(&all, false), group(&all, true));
-    let split = !ind.is_empty() && !zs.is_empty();
-    CombinedReport {
-        tessera: env!("CARGO_PKG_VERSION").into(),
-        name: out
-            .file_stem()
-            .map_or("combined".into(), |s| s.to_string_lossy().into_owned()),
-        retriever: Some(retriever.to_string()),
-        mean,
-        in_domain_mean: split.then(|| mean_of(&ind)),
-        zero_shot_mean: split.then(|| mean_of(&zs)),
-        reports: reports.to_vec(),
-    }
-}
-
-fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
-    Report {
-        tessera: env!("CARGO_PKG_VERSION").into(),
-        name,
-        dataset: None,
-        split: None,
-        retriever: None,
-        candidates: None,
-        index: None,
-        model: None,
-        run: None,
-        k: None,
-        queries: e.per_query.len(),
-        measures: e
-            .measures
-            .iter()
-            .zip(&e.mean)
-            .map(|(m, v)| (m.to_string(), *v))
-            .collect(),
-        per_query: e
-            .per_query
-            .iter()
-            .map(|(q, vals)| {
-                (
-                    q.clone(),
-                    e.measures
-                        .iter()
-                        .zip(vals)
-                        .map(|(m, v)| (m.to_string(), *v))
-                        .collect(),
-                )
-            })
-            .collect(),
-        timing: None,
-        recall10_vs_exact: None,
-        recall10_vs_f32: None,
-        zero_shot: false,
-        fidelity: None,
-    }
-}
-
-/// Judged documents missing from the index and judged queries missing from
-/// queries.jsonl are counted and reported, not silently dropped: such a
-/// document stays relevant (it lowers recall, as trec_eval counts it);
-/// such a query cannot be searched and is left out of the averages.
-fn warn_missing(dir: &Path, split: &str, qrels: &Qrels, queries: &[Query], index: &Index) {
-    let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
-    let missing_q: Vec<&str> = qrels
-        .judgements
-        .keys()
-        .map(String::as_str)
-        .filter(|q| !have.contains(q))
-        .collect();
-    if !missing_q.is_empty() {
-        eprintln!(
-            "warning: {}: qrels/{split}.tsv judges {} queries that queries.jsonl lacks (e.g. {}); they are not evaluated",
-            dir.display(),
-            missing_q.len(),
-            missing_q.iter().take(3).copied().collect::<Vec<_>>().join(", ")
-        );
-    }
-    let mut docs: Vec<&str> = qrels
-        .judgements
-        .values()
-        .flat_map(|j| j.keys().map(String::as_str))
-        .filter(|d| !index.contains(d))
-        .collect();
-    docs.sort_unstable();
-    docs.dedup();
-    if !docs.is_empty() {
-        eprintln!(
-            "warning: {}: qrels/{split}.tsv names {} documents that are not in the index (e.g. {}); \
-             they count as judged but can never be retrieved",
-            dir.display(),
-            docs.len(),
-            docs.iter().take(3).copied().collect::<Vec<_>>().join(", ")
-        );
-    }
-}
-
-fn eval_dataset(
-    args: &EvalArgs,
-    dir: &Path,
-    split: &str,
-    measures: &[Measure],
-    out: Option<PathBuf>,
-    zero_shot: bool,
-) -> Result<Report> {
-    let t_all = Instant::now();
-    let dataset = Dataset::open(dir)?;
-    let canonical = dir
-        .canonicalize()
-        .with_context(|| dir.display().to_string())?;
-    let dname = dataset_name(&canonical);
-    let mut qrels = dataset.qrels(split)?;
-    let queries = dataset.queries(&qrels)?;
-    ensure!(
-        !queries.is_empty(),
-        "{}: no queries of split {split:?} in queries.jsonl",
-        dir.display(),
-    );
-    let retriever = args.rank.retriever();
-    let mut index_build_s = None;
-    let mut exact_index = args.exact_index.clone();
-    let index_dir = match &args.index {
-        Some(i) => i.clone(),
-        None => {
-            let model_dir = args.model.options().model_dir()?;
-            let key = encoding_key(
-                &dataset,
-                &canonical,
-                &model_dir,
-                &args.records.options(),
-                args.model.options().resolved_precision()?,
-            )?;
-            // A reduction is checked against the model's width before the
-            // corpus is encoded (and the model loaded for it encodes).
-            let encoder = match &args.reduce.reduction {
-                Some(_) => Some(args.model.options().load_dir(&model_dir)?),
-                None => None,
-            };
-            let reduction = args
-                .reduce
-                .choice()
-                .load(encoder.as_ref().map(|e| e.dim()))?;
-            let enc = cached_encoding(
-                &args.model.options(),
-                &args.records.options(),
-                &dataset,
-                &dname,
-                key,
-                &model_dir,
-                encoder.as_ref(),
-            )?;
-            drop(encoder);
-            let (idx, built) = cached_index(
-                &enc,
-                &dname,
-                key,
-                &args.codec,
-                args.analyzer,
-                reduction.as_ref(),
-            )?;
-            index_build_s = built;
-            if args.against_exact && retriever != Retriever::Bm25 {
-                exact_index = Some(if args.codec == "f32" {
-                    idx.clone()
-                } else {
-                    cached_index(&enc, &dname, key, "f32", args.analyzer, reduction.as_ref())?.0
-                });
-            }
-            idx
-        }
-    };
-    let mut engine = Engine::open(&index_dir, &args.model.options(), retriever)?;
-    if args.index.is_some() {
-        args.reduce
-            .choice()
-            .check_index(&engine.index, &index_dir)?;
-    }
-    warn_missing(dir, split, &qrels, &queries, &engine.index);
-    let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
-    qrels.judgements.retain(|q, _| have.contains(q.as_str()));
-    let params = args.rank.params(args.k as usize)?;
-
-    // Encode every query, then search every query (timed apart).
-    let pb = progress::bar(Some(queries.len() as u64), "queries");
-    pb.set_prefix(format!("searching {dname}"));
-    let (run, timing) = engine.run_queries(&queries, retriever, &params, &pb)?;
-    pb.finish_and_clear();
-    let (encode_s, search_s) = (timing.encode_s, timing.search_s);
-    let (p50, p99) = stats::p50_p99(&timing.latencies_ms);
-
-    let mut fid = None;
-    if args.against_exact && retriever != Retriever::Bm25 {
-        let f32_index = match &exact_index {
-            Some(f32_dir) => {
-                let i = Index::open(f32_dir)
-                    .with_context(|| format!("opening index {}", f32_dir.display()))?;
-                ensure!(
-                    i.codec().kind == CodecKind::F32,
-                    "{}: --exact-index must be an f32 index (it is {})",
-                    f32_dir.display(),
-                    i.codec().kind
-                );
-                Some(i)
-            }
-            None => {
-                eprintln!(
-                    "note: exact f32 MaxSim needs the unquantised vectors: \
-                     pass --exact-index F32_INDEX with --index"
-                );
-                None
-            }
-        };
-        let f = fidelity::measure(
-            &mut engine,
-            f32_index,
-            &queries,
-            &qrels,
-            retriever,
-            &params,
-            (&run, &timing.latencies_ms),
-        )?;
-        fid = Some(f);
-    }
-
-    let e = evaluate(&qrels, &run, measures, true);
-    let cand = match retriever {
-        Retriever::Bm25 => None,
-        _ => Some(format!("{:?}", args.rank.candidates).to_lowercase()),
-    };
-    let name = match &cand {
-        Some(c) if c != "plaid" => format!("{dname}-{split}-{retriever}-{c}"),
-        _ => format!("{dname}-{split}-{retriever}"),
-    };
-    let out = out.unwrap_or_else(|| PathBuf::from("eval-runs").join(format!("{name}.json")));
-    let run_path = out.with_extension("trec");
-    if let Some(p) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(p).with_context(|| p.display().to_string())?;
-    }
-    run.write(&run_path, &format!("tessera-{retriever}"))?;
-    let mut report = report_of(&e, name);
-    report.dataset = Some(dir.display().to_string());
-    report.split = Some(split.to_owned());
-    report.retriever = Some(retriever.to_string());
-    report.candidates = cand;
-    report.index = Some(index_dir.display().to_string());
-    report.model = engine.model_dir.as_ref().map(|p| p.display().to_string());
-    report.run = Some(run_path.display().to_string());
-    report.k = Some(args.k as usize);
-    report.timing = Some(Timing {
-        encode_s,
-        search_s,
-        total_s: t_all.elapsed().as_secs_f64(),
-        queries_per_s: queries.len() as f64 / (encode_s + search_s).max(1e-9),
-        search_p50_ms: p50,
-        search_p99_ms: p99,
-        index_build_s,
-    });
-    if let Some(at) = fid.as_ref().and_then(|f| f.at.last()) {
-        report.recall10_vs_exact = Some(at.recall10_vs_exhaustive);
-        report.recall10_vs_f32 = at.recall10_vs_f32;
-    }
-    report.fidelity = fid;
-    report.zero_shot = zero_shot;
-    write_json(&out, &report)?;
-    eprintln!("report: {}  run: {}", out.display(), run_path.display());
-    Ok(report)
-}
-
-fn write_json<T: Serialize>(path: &Path, r: &T) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(r)?)
-        .with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
 }
 
 /// The results table: a row per report and, for several datasets, their

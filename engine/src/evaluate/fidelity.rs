@@ -12,14 +12,14 @@
 
 use std::collections::HashSet;
 
-use anyhow::Result;
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use tessera_eval::beir::Query;
 use tessera_eval::{evaluate, stats, Measure, Qrels, Run};
 use tessera_index::{Candidates, Index, SearchParams};
 
-use tessera_engine::progress;
-use tessera_engine::retrieve::{Engine, Retriever};
+use crate::progress;
+use crate::retrieve::{Engine, Retriever};
 
 /// Paired difference of one ranking's nDCG@10 against exact f32 MaxSim.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
