@@ -252,7 +252,7 @@ fn files_fingerprint(dir: &Path) -> Result<String> {
 }
 
 /// Feeds the bytes of the file at `path` to `h`: all of them, or — unless
-/// `whole`, for a file over [`FULL_HASH_BYTES`] — its first and last 4 MiB.
+/// `whole`, for a file over 64 MiB — its first and last 4 MiB.
 pub fn hash_file(path: &Path, h: &mut impl std::hash::Hasher, whole: bool) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let ctx = || path.display().to_string();

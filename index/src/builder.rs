@@ -32,7 +32,7 @@ use crate::io::{write_array, FileEntry};
 use crate::kmeans;
 use crate::linalg::norm2;
 use crate::manifest::{Manifest, ReductionEntry, SegmentEntry, FORMAT_NAME, FORMAT_VERSION};
-use crate::reduction::Reduction;
+use crate::projection::Projection;
 use crate::segment::SegmentWriter;
 use crate::text::Analyzer;
 use crate::vectors::TokenVectors;
@@ -154,7 +154,7 @@ pub struct BuildOptions {
     /// same vectors, options and seed give the same index.
     pub seed: u64,
     /// Optional reduction applied to every vector before coding.
-    pub reduction: Option<Reduction>,
+    pub reduction: Option<Projection>,
     /// Replace an existing index at the output path (atomically).
     pub overwrite: bool,
     /// Free-form facts stored in the manifest (e.g. which model built it).

@@ -12,7 +12,7 @@ use crate::error::{IndexError, Result};
 use crate::filter::{lookup, FieldValue};
 use crate::io::{file_crc, Mapped};
 use crate::manifest::Manifest;
-use crate::reduction::Reduction;
+use crate::projection::Projection;
 use crate::segment::Segment;
 
 /// A stored document, as returned with hits.
@@ -32,7 +32,7 @@ pub struct Index {
     manifest: Manifest,
     codec: Codec,
     centroids: Mapped,
-    reduction: Option<Reduction>,
+    reduction: Option<Projection>,
     segments: Vec<Segment>,
     ids: HashMap<String, (u32, u32)>,
     columns: Vec<Mutex<HashMap<String, Column>>>,
@@ -158,7 +158,7 @@ impl Index {
                 let f = file(&r.file)?;
                 let v: &[f32] = f.slice()?;
                 Some(
-                    Reduction::from_floats(r.in_dim, r.out_dim, v, r.query_mean)
+                    Projection::from_floats(r.in_dim, r.out_dim, v, r.query_mean)
                         .map_err(|e| IndexError::corrupt(f.path(), e.to_string()))?,
                 )
             }

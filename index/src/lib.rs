@@ -12,7 +12,7 @@
 //! * [`writer`]: append, delete (tombstones), compact — each an atomic
 //!   manifest swap.
 //! * [`codec`]: f32, f16, int8 and PLAID residual codecs; [`kmeans`];
-//!   [`reduction`]; [`maxsim`] kernels.
+//!   [`projection`] (a reduction applied before coding); [`maxsim`](mod@maxsim) kernels.
 //! * [`text`]: the per-segment tantivy index (stored fields, BM25);
 //!   [`search::rrf`] fuses rankings.
 //! * [`manifest`], [`segment`], [`io`]: the on-disk format (`index/FORMAT.md`).
@@ -27,7 +27,7 @@ pub mod kmeans;
 pub mod linalg;
 pub mod manifest;
 pub mod maxsim;
-pub mod reduction;
+pub mod projection;
 pub mod search;
 pub mod segment;
 pub mod synthetic;
@@ -46,7 +46,7 @@ pub use error::{IndexError, Result};
 pub use filter::Filter;
 pub use index::{Index, StoredDoc, VerifyReport};
 pub use maxsim::maxsim;
-pub use reduction::Reduction;
+pub use projection::Projection;
 pub use search::{recall_at, Candidates, Fusion, Hit, SearchParams, SearchStats};
 pub use text::Analyzer;
 pub use vectors::TokenVectors;

@@ -317,7 +317,7 @@ fn reduction_is_recorded_and_applied_to_queries() {
     for i in 0..16 {
         m[i * 32 + i] = 1.0;
     }
-    let r = Reduction::new(32, 16, m, None).unwrap();
+    let r = Projection::new(32, 16, m, None).unwrap();
     let o = BuildOptions {
         reduction: Some(r),
         ..opts("f32")

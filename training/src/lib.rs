@@ -1,19 +1,22 @@
 //! # tessera-training
 //!
-//! Tessera's model on libtorch (through `tch`): everything that turns text
-//! into ColBERT token vectors, and — in later milestones — trains the pieces
-//! that shape them.
+//! Tessera's model on libtorch (through `tch`) and its training: everything
+//! that turns text into ColBERT token vectors, and the trainers that shape
+//! them.
 //!
-//! * [`config`]: the BERT `config.json` and per-model ColBERT settings.
-//! * [`weights`]: reading checkpoint tensors (safetensors, PyTorch zip).
-//! * [`bert`]: the BERT backbone, Hugging Face-compatible by construction.
-//! * [`heads`]: projection heads (identity, linear).
-//! * [`checkpoint`]: recognising and loading Hugging Face, Stanford ColBERT,
-//!   PyLate and Tessera model directories.
-//! * [`tokenize`]: ColBERT tokenisation (markers by id, `[MASK]` augmentation).
-//! * [`encoder`]: the batched encoder used by indexing and search.
-//! * [`device`]: `--device cpu|cuda|auto`.
-//! * [`precision`]: `--precision fp32|bf16|auto` (mixed-precision inference).
+//! The model: [`config`] (BERT `config.json`, ColBERT settings), [`weights`]
+//! (safetensors, PyTorch zip), [`bert`] (the backbone, Hugging
+//! Face-compatible by construction), [`heads`] (identity, linear, FFN, GLU,
+//! any with a residual path), [`checkpoint`] (Hugging Face, Stanford
+//! ColBERT, PyLate and Tessera model folders), [`tokenize`] (ColBERT
+//! markers, `[MASK]` augmentation), [`encoder`] (the batched encoder of
+//! indexing and search), [`device`], [`precision`] (fp32, bf16),
+//! [`builtin`] (the default model) and [`export`] (the PyLate layout).
+//!
+//! Training: [`states`] (the cache of backbone states frozen-mode training
+//! reads), [`train`] (batches, losses, AdamW, schedules, validation by
+//! exact MaxSim, checkpoint selection, plots) and [`reduce`] (PCA and
+//! orthogonal Matryoshka reductions).
 //!
 //! It does not know about gRPC, indexes or datasets: the `engine` crate
 //! composes it with those.

@@ -1,6 +1,6 @@
 //! The command-line layer: flags ([`args`] for the groups several commands
 //! share) and one module per subcommand ([`commands`]), mirroring
-//! `tessera --help`. Shared printing lives in [`print`]; no command module
+//! `tessera --help`. Shared printing lives in [`print`](mod@print); no command module
 //! imports another.
 
 pub mod args;

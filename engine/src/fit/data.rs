@@ -382,7 +382,7 @@ impl PseudoFrom {
         }
     }
 
-    /// What [`Self::usable`] asks of a document, for an error message.
+    /// What `usable` asks of a document, for an error message.
     pub fn requirement(self) -> String {
         match self {
             Self::Spans => format!("the {} words a pseudo-query needs", PSEUDO_WORDS.0),

@@ -12,6 +12,9 @@ use crate::error::{bail, ensure, Result};
 use crate::model::absolute;
 
 pub mod data;
+pub mod heads;
+pub mod plan;
+pub mod reduce;
 pub mod report;
 pub mod robust;
 

@@ -93,7 +93,7 @@ pub fn zero_shot_devs(
 const PCA_DOCS: usize = 2000;
 
 /// The `k` principal directions (uncentred) of the cached document states
-/// `sides` — up to [`PCA_DOCS`] documents each, spread evenly — as a
+/// `sides` — up to 2,000 documents each, spread evenly — as a
 /// `[k, d]` projection ([`tessera_training::heads::start`]).
 pub fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tensor> {
     let dim = sides.first().map_or(0, |c| c.dim());

@@ -1,5 +1,5 @@
 //! The `tessera.v1.Tessera` service: request validation, admission,
-//! deadlines, encoding through the [`Batcher`], ranking on the search pool,
+//! deadlines, encoding through the [`Batcher`](super::batcher::Batcher), ranking on the search pool,
 //! updates through the index's atomic writer, and one log line and metric
 //! sample per call.
 

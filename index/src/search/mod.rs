@@ -19,8 +19,8 @@
 //! leaves fewer than `k`, the passing documents are scored exhaustively.
 //!
 //! The candidate generators and fusion live in their own modules:
-//! [`plaid`] (centroid scoring, probing, the approximate passes), [`hnsw`]
-//! (the centroid graph) and [`fusion`] (BM25 and hybrid ranking).
+//! `plaid` (centroid scoring, probing, the approximate passes), `hnsw`
+//! (the centroid graph) and `fusion` (BM25 and hybrid ranking).
 
 use std::time::Instant;
 

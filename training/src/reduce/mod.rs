@@ -305,10 +305,10 @@ impl Reduction {
     }
 
     /// What the index applies at `r` (checked against the nested set).
-    pub fn to_index(&self, r: usize) -> Result<tessera_index::Reduction> {
+    pub fn to_index(&self, r: usize) -> Result<tessera_index::Projection> {
         self.check_r(r)?;
         let c = self.meta.centring;
-        let red = tessera_index::Reduction::new(
+        let red = tessera_index::Projection::new(
             self.meta.in_dim,
             r,
             self.matrix(r),

@@ -77,7 +77,7 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub measures: Vec<String>,
     /// Where to write the JSON report (default
-    /// eval-runs/<dataset>-<split>-<retriever>.json; the run file goes next
+    /// eval-runs/DATASET-SPLIT-RETRIEVER.json; the run file goes next
     /// to it with .trec). With several datasets, the combined report; the
     /// per-dataset ones go beside it.
     #[arg(long, value_name = "FILE")]

@@ -1,15 +1,17 @@
-//! Linear dimension reduction applied before coding: `y = R · (x − mean)`,
-//! renormalised to unit length. The trained reductions come from the
-//! `training` crate; the index only applies a given matrix and records it so
-//! queries are reduced the same way — with the same mean, or with a mean of
-//! their own where the reduction centres queries and documents differently.
+//! The projection an index applies before coding: `y = R · (x − mean)`,
+//! renormalised to unit length. A *reduction* (a nested set of output
+//! sizes, trained or fitted: `tessera_training::reduce::Reduction`) gives
+//! one projection per size; the index only applies the one it was built
+//! with and records it, so queries are projected the same way — with the
+//! same mean, or with a mean of their own where the reduction centres
+//! queries and documents differently.
 
 use crate::error::{IndexError, Result};
 use crate::linalg::{gemm_abt, normalise};
 
 /// An `out_dim × in_dim` projection and the mean subtracted first.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reduction {
+pub struct Projection {
     pub in_dim: usize,
     pub out_dim: usize,
     /// Row-major `out_dim × in_dim`.
@@ -21,7 +23,7 @@ pub struct Reduction {
     pub query_mean: Option<Vec<f32>>,
 }
 
-impl Reduction {
+impl Projection {
     pub fn new(
         in_dim: usize,
         out_dim: usize,
@@ -140,18 +142,18 @@ mod tests {
     #[test]
     fn projects_and_normalises() {
         // Keep the first two of three coordinates.
-        let r = Reduction::new(3, 2, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0], None).unwrap();
+        let r = Projection::new(3, 2, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0], None).unwrap();
         let y = r.apply(&[3.0, 4.0, 100.0]);
         assert!((y[0] - 0.6).abs() < 1e-6 && (y[1] - 0.8).abs() < 1e-6);
-        assert!(Reduction::new(3, 2, vec![0.0; 5], None).is_err());
-        let back = Reduction::from_floats(3, 2, &r.to_floats(), false).unwrap();
+        assert!(Projection::new(3, 2, vec![0.0; 5], None).is_err());
+        let back = Projection::from_floats(3, 2, &r.to_floats(), false).unwrap();
         assert_eq!(back, r);
     }
 
     #[test]
     fn queries_can_have_their_own_mean() {
         let mean = vec![1.0, 1.0, 0.0];
-        let r = Reduction::new(3, 2, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0], Some(mean))
+        let r = Projection::new(3, 2, vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0], Some(mean))
             .unwrap()
             .with_query_mean(vec![0.0; 3])
             .unwrap();
@@ -160,10 +162,10 @@ mod tests {
         assert!((d[0] - 0.6).abs() < 1e-6 && (d[1] - 0.8).abs() < 1e-6);
         let q = r.apply_query(&[4.0, 3.0, 7.0]);
         assert!((q[0] - 0.8).abs() < 1e-6 && (q[1] - 0.6).abs() < 1e-6);
-        let back = Reduction::from_floats(3, 2, &r.to_floats(), true).unwrap();
+        let back = Projection::from_floats(3, 2, &r.to_floats(), true).unwrap();
         assert_eq!(back, r);
         // The layout says how many means it holds.
-        assert!(Reduction::from_floats(3, 2, &r.to_floats(), false).is_err());
+        assert!(Projection::from_floats(3, 2, &r.to_floats(), false).is_err());
         assert!(r.clone().with_query_mean(vec![f32::NAN; 3]).is_err());
     }
 }
