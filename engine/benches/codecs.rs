@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tessera_index::*;
-use tessera_training::{DeviceChoice, Encoder, EncoderOptions, TextKind};
+use tessera_model::{DeviceChoice, Encoder, EncoderOptions, TextKind};
 
 fn read_jsonl(path: &PathBuf, n: usize) -> Vec<serde_json::Value> {
     let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -52,7 +52,7 @@ fn main() {
         }
     }
     let model = model
-        .or_else(tessera_training::default_model_dir)
+        .or_else(tessera_model::default_model_dir)
         .expect("run scripts/setup");
     let enc = Encoder::load(
         &model,

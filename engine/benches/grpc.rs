@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use tessera_eval::stats::{p50_p99, percentile, percentiles};
 use tessera_index::{Index, SearchParams};
+use tessera_model::{DeviceChoice, Encoder, EncoderOptions};
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
-use tessera_training::{DeviceChoice, Encoder, EncoderOptions};
 
 struct Args {
     bin: PathBuf,
@@ -124,7 +124,7 @@ fn main() {
             .expect("index records its model"),
     );
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tessera_training::device::set_threads(threads);
+    tessera_model::device::set_threads(threads);
     let encoder = Encoder::load(
         &model,
         EncoderOptions {

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use tessera_eval::beir::Dataset;
 use tessera_index::{Analyzer, BuildOptions};
-use tessera_training::reduce::Reduction;
-use tessera_training::Precision;
+use tessera_model::reduction::Reduction;
+use tessera_model::Precision;
 
 use crate::embeddings::load_state;
 use crate::error::{Context, Result};
@@ -62,7 +62,7 @@ pub fn encoding_key(
 }
 
 pub fn cache_root() -> Result<PathBuf> {
-    Ok(tessera_training::tessera_home()
+    Ok(tessera_model::tessera_home()
         .context("cannot locate the cache: set TESSERA_HOME")?
         .join("cache"))
 }
@@ -76,7 +76,7 @@ pub fn cached_encoding(
     name: &str,
     key: u64,
     model_dir: &Path,
-    preloaded: Option<&tessera_training::Encoder>,
+    preloaded: Option<&tessera_model::Encoder>,
 ) -> Result<PathBuf> {
     let dir = cache_root()?
         .join("encodings")

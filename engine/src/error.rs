@@ -1,7 +1,8 @@
 //! The one error type of the engine library.
 //!
-//! Errors of the crates below ([`tessera_index`], [`tessera_training`],
-//! [`tessera_eval`]) pass through unchanged; errors the engine finds itself
+//! Errors of the crates below ([`tessera_index`], [`tessera_model`] — whose
+//! error type `tessera_training` shares — and [`tessera_eval`]) pass
+//! through unchanged; errors the engine finds itself
 //! are [`EngineError::Invalid`] (bad input or state, the message names the
 //! file, line or field); [`Context`] adds what was being done, as a cause
 //! chain: `{:#}` through `anyhow` or [`EngineError::chain`] prints
@@ -15,15 +16,16 @@ pub enum EngineError {
     /// An index could not be opened, built, searched or changed.
     #[error(transparent)]
     Index(#[from] tessera_index::IndexError),
-    /// The model could not be loaded, run or trained.
+    /// The model could not be loaded, run or trained (the training crate
+    /// shares the model's error type).
     #[error(transparent)]
-    Training(#[from] tessera_training::TrainingError),
+    Model(#[from] tessera_model::ModelError),
     /// A dataset, run or judgement file could not be read.
     #[error(transparent)]
     Eval(#[from] tessera_eval::EvalError),
     /// A tensor operation failed.
     #[error(transparent)]
-    Tensor(#[from] tessera_training::tch::TchError),
+    Tensor(#[from] tessera_model::tch::TchError),
     /// An I/O error (the [`Context`] around it names the file).
     #[error(transparent)]
     Io(#[from] std::io::Error),

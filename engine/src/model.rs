@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{bail, Context, Result};
-use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, Precision, PrecisionChoice};
+use tessera_model::{device, DeviceChoice, Encoder, EncoderOptions, Precision, PrecisionChoice};
 
 /// How to load and run the model: which one, where, in what precision,
 /// with how many threads (the `--model`, `--device`, `--precision`,
@@ -165,7 +165,7 @@ impl ModelOptions {
 
 /// The installed backbone (all-MiniLM-L6-v2, `$TESSERA_HOME/models/default`).
 fn backbone() -> Result<PathBuf> {
-    tessera_training::tessera_home()
+    tessera_model::tessera_home()
         .map(|h| h.join("models/default"))
         .filter(|d| d.exists())
         .context(
@@ -181,7 +181,7 @@ pub fn default_model() -> Result<PathBuf> {
         return Ok(m.into());
     }
     let bb = backbone()?;
-    tessera_training::builtin::install(&bb)
+    tessera_model::builtin::install(&bb)
         .with_context(|| format!("installing the default model beside {}", bb.display()))
 }
 
@@ -199,10 +199,10 @@ pub fn resolve_model(p: &Path) -> Result<PathBuf> {
         return Ok(p.to_owned());
     }
     match p.to_str() {
-        Some(tessera_training::builtin::RAW) => backbone(),
-        Some(tessera_training::builtin::NAME) => {
+        Some(tessera_model::builtin::RAW) => backbone(),
+        Some(tessera_model::builtin::NAME) => {
             let bb = backbone()?;
-            Ok(tessera_training::builtin::install(&bb)?)
+            Ok(tessera_model::builtin::install(&bb)?)
         }
         _ => Ok(p.to_owned()),
     }
@@ -223,7 +223,7 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
     let own = files_fingerprint(dir)?;
     // A Tessera head names its backbone's folder: that folder's files count
     // too (one level: a backbone is a plain model folder).
-    Ok(match tessera_training::checkpoint::backbone_dir(dir) {
+    Ok(match tessera_model::checkpoint::backbone_dir(dir) {
         Ok(b) if b != dir => format!("{own}-{}", files_fingerprint(&b)?),
         _ => own,
     })

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use tessera_index::{BuildOptions, Index};
-use tessera_training::reduce::Reduction;
+use tessera_model::reduction::Reduction;
 
 use crate::error::{ensure, Context, Result};
 use crate::model::absolute;

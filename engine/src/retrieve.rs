@@ -11,7 +11,7 @@ use std::time::Instant;
 use tessera_eval::beir::Query;
 use tessera_eval::Run;
 use tessera_index::{Hit, Index, SearchParams, TokenVectors};
-use tessera_training::Encoder;
+use tessera_model::Encoder;
 
 use crate::error::{Context, Result};
 use crate::model::ModelOptions;

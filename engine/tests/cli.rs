@@ -272,7 +272,7 @@ fn the_default_model_is_the_committed_head_and_raw_selects_the_backbone() {
     assert_eq!(dim(&["--model", "tessera-minilm"]), 128);
     assert_eq!(dim(&["--model", "raw"]), 384);
     // Installed beside the backbone, naming it.
-    let home = tessera_training::tessera_home().unwrap();
+    let home = tessera_model::tessera_home().unwrap();
     let own: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(home.join("models/tessera-minilm-v4/tessera.json")).unwrap(),
     )
@@ -284,7 +284,7 @@ fn the_default_model_is_the_committed_head_and_raw_selects_the_backbone() {
             .ends_with("models/default"),
         "{own}"
     );
-    let record = tessera_training::builtin::training_record();
+    let record = tessera_model::builtin::training_record();
     assert_eq!(record["config"]["spec"]["kind"], "glu");
 }
 

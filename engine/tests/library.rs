@@ -13,7 +13,7 @@ use tessera_engine::ingest::{
 use tessera_engine::model::ModelOptions;
 use tessera_engine::retrieve::{Engine, Retriever};
 use tessera_index::{BuildOptions, Filter, SearchParams};
-use tessera_training::{DeviceChoice, PrecisionChoice};
+use tessera_model::{DeviceChoice, PrecisionChoice};
 
 /// The tiny test model on one CPU thread, in fp32 (as the CLI tests run it).
 fn model() -> ModelOptions {

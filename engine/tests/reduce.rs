@@ -12,8 +12,8 @@ use common::{
     err, ids, index_info, model64_fixture, ok, reduced_fixture, run, search_json, tiny,
     toy_dataset, train_reduce, TOPICS,
 };
-use tessera_training::reduce::{Method, Reduction, Side};
-use tessera_training::tch::{Kind, Tensor};
+use tessera_model::reduction::{Method, Reduction, Side};
+use tessera_model::tch::{Kind, Tensor};
 
 /// `tessera index build` of `corpus` into `out` with `model` (f16, CPU).
 fn index_build(

@@ -17,7 +17,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tessera_training::{device, DeviceChoice, Encoder, EncoderOptions, PrecisionChoice, TextKind};
+use tessera_model::{device, DeviceChoice, Encoder, EncoderOptions, PrecisionChoice, TextKind};
 
 struct Args {
     corpus: PathBuf,
@@ -93,7 +93,7 @@ fn main() {
     let model = args
         .model
         .clone()
-        .or_else(tessera_training::default_model_dir)
+        .or_else(tessera_model::default_model_dir)
         .expect("no model: pass --model or run scripts/setup");
     let options = EncoderOptions {
         device: args.device,

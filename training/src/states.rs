@@ -16,7 +16,7 @@
 //! opened. The states are the tokens the encoder keeps (document
 //! punctuation dropped, query `[MASK]` augmentation kept), unnormalised —
 //! a head is applied to them and its output normalised, exactly as
-//! [`crate::Encoder`] does per text.
+//! [`tessera_model::Encoder`] does per text.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -179,8 +179,9 @@ impl StateCache {
         }
         let text =
             std::fs::read_to_string(&meta_path).map_err(|e| TrainingError::io(&meta_path, e))?;
-        let meta: StatesMeta = serde_json::from_str(&text)
-            .map_err(|e| TrainingError::config(&meta_path, crate::config::json_message(&e)))?;
+        let meta: StatesMeta = serde_json::from_str(&text).map_err(|e| {
+            TrainingError::config(&meta_path, tessera_model::config::json_message(&e))
+        })?;
         if meta.format != FORMAT || meta.dim == 0 {
             return Err(TrainingError::config(
                 &meta_path,

@@ -6,12 +6,12 @@ mod common;
 
 use std::path::Path;
 
-use tessera_training::heads::LinearLayer;
-use tessera_training::tch::{self, Device, Kind, Tensor};
-use tessera_training::{
-    CheckpointLayout, ColbertModel, DeviceChoice, Encoder, EncoderOptions, HeadKind,
-    ProjectionHead, TrainingError,
+use tessera_model::heads::LinearLayer;
+use tessera_model::tch::{self, Device, Kind, Tensor};
+use tessera_model::{
+    CheckpointLayout, ColbertModel, DeviceChoice, Encoder, EncoderOptions, HeadKind, ProjectionHead,
 };
+use tessera_training::TrainingError;
 
 use common::tiny;
 
@@ -25,7 +25,7 @@ fn cpu() -> EncoderOptions {
     EncoderOptions {
         device: DeviceChoice::Cpu,
         batch_size: 4,
-        precision: tessera_training::PrecisionChoice::Fp32,
+        precision: tessera_model::PrecisionChoice::Fp32,
     }
 }
 
@@ -55,7 +55,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-fn vectors(item: &tessera_training::EncodedText) -> Tensor {
+fn vectors(item: &tessera_model::EncodedText) -> Tensor {
     Tensor::from_slice(item.vectors.as_slice()).view([item.vectors.len() as i64, -1])
 }
 
@@ -119,7 +119,7 @@ fn stanford_checkpoint_loads_with_markers_masks_and_linear_head() {
         let mut v = vec![101, 2];
         v.extend(
             enc.tokenizer()
-                .encode_batch(&[DOC], tessera_training::TextKind::Document)
+                .encode_batch(&[DOC], tessera_model::TextKind::Document)
                 .unwrap()[0]
                 .ids[2..]
                 .iter(),
@@ -218,7 +218,7 @@ fn tessera_head_file_is_loaded() {
 
 #[test]
 fn an_ffn_head_with_a_shortcut_is_built_from_its_spec_and_applied() {
-    use tessera_training::heads::{blocks, HeadKind, HeadSpec};
+    use tessera_model::heads::{blocks, HeadKind, HeadSpec};
     let dir = tempfile::tempdir().unwrap();
     copy_tiny(
         dir.path(),
@@ -429,13 +429,13 @@ fn bf16_vectors_stay_close_to_fp32_and_unit_length() {
     let bf16 = Encoder::load(
         &tiny(),
         EncoderOptions {
-            precision: tessera_training::PrecisionChoice::Bf16,
+            precision: tessera_model::PrecisionChoice::Bf16,
             ..cpu()
         },
     )
     .unwrap();
-    assert_eq!(fp32.precision(), tessera_training::Precision::Fp32);
-    assert_eq!(bf16.precision(), tessera_training::Precision::Bf16);
+    assert_eq!(fp32.precision(), tessera_model::Precision::Fp32);
+    assert_eq!(bf16.precision(), tessera_model::Precision::Bf16);
     let (a, b) = (
         fp32.encode_documents(&texts).unwrap(),
         bf16.encode_documents(&texts).unwrap(),

@@ -7,9 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use tessera_training::tch::{Device, Kind, Tensor};
-use tessera_training::tokenize::ColbertTokenizer;
-use tessera_training::{ColbertModel, ColbertSettings, Encoder, EncoderOptions, TextKind};
+use tessera_model::tch::{Device, Kind, Tensor};
+use tessera_model::tokenize::ColbertTokenizer;
+use tessera_model::{ColbertModel, ColbertSettings, Encoder, EncoderOptions, TextKind};
 
 const TOL: f64 = 1e-4;
 
@@ -79,7 +79,7 @@ fn check_backbone(model_dir: &Path, reference_dir: &Path) {
         mask[row * width..row * width + seq.len()].fill(1);
     }
     let shape = [r.input_ids.len() as i64, width as i64];
-    let out = tessera_training::tch::no_grad(|| {
+    let out = tessera_model::tch::no_grad(|| {
         model.bert.forward(
             &Tensor::from_slice(&ids).view(shape),
             &Tensor::from_slice(&mask).view(shape),
@@ -90,7 +90,7 @@ fn check_backbone(model_dir: &Path, reference_dir: &Path) {
         let diff = max_abs_diff(&got, &r.hidden[i]);
         assert!(diff <= TOL, "sentence {i}: max |Δ| = {diff:e}");
         // Unbatched (no padding at all) must agree too.
-        let alone = tessera_training::tch::no_grad(|| {
+        let alone = tessera_model::tch::no_grad(|| {
             let ids = Tensor::from_slice(seq).view([1, -1]);
             model.bert.forward(&ids, &ids.ones_like())
         });
@@ -107,7 +107,7 @@ fn tiny_bert_backbone_matches_transformers() {
 
 #[test]
 fn minilm_backbone_matches_transformers() {
-    let dir = tessera_training::default_model_dir()
+    let dir = tessera_model::default_model_dir()
         .filter(|d| d.join("model.safetensors").is_file())
         .expect("the default MiniLM model is not installed: run scripts/setup");
     check_backbone(&dir, &fixtures().join("minilm"));
@@ -160,9 +160,9 @@ fn encoder_outputs_are_normalised_reference_states_without_punctuation() {
     let dir = fixtures().join("tiny-bert");
     let r = reference(&dir);
     let options = EncoderOptions {
-        device: tessera_training::DeviceChoice::Cpu,
+        device: tessera_model::DeviceChoice::Cpu,
         batch_size: 2, // several batches, with padding, out of order
-        precision: tessera_training::PrecisionChoice::Fp32,
+        precision: tessera_model::PrecisionChoice::Fp32,
     };
     let enc = Encoder::load(&dir, options).unwrap();
     let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
@@ -191,23 +191,23 @@ fn encoder_outputs_are_normalised_reference_states_without_punctuation() {
 /// vector of the reference sentences within the stated cosine of fp32.
 #[test]
 fn minilm_bf16_token_vectors_match_fp32() {
-    let dir = tessera_training::default_model_dir()
+    let dir = tessera_model::default_model_dir()
         .filter(|d| d.join("model.safetensors").is_file())
         .expect("the default MiniLM model is not installed: run scripts/setup");
     let r = reference(&fixtures().join("minilm"));
     let texts: Vec<&str> = r.sentences.iter().map(String::as_str).collect();
     let load = |precision| {
         let options = EncoderOptions {
-            device: tessera_training::DeviceChoice::Cpu,
+            device: tessera_model::DeviceChoice::Cpu,
             batch_size: 4,
             precision,
         };
         Encoder::load(&dir, options).unwrap()
     };
-    let a = load(tessera_training::PrecisionChoice::Fp32)
+    let a = load(tessera_model::PrecisionChoice::Fp32)
         .encode_documents(&texts)
         .unwrap();
-    let b = load(tessera_training::PrecisionChoice::Bf16)
+    let b = load(tessera_model::PrecisionChoice::Bf16)
         .encode_documents(&texts)
         .unwrap();
     let (mut min_cos, mut sum, mut n) = (1.0f32, 0.0f64, 0usize);

@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tessera_training::heads::{blocks, HeadSpec};
+use tessera_model::heads::{blocks, HeadSpec};
+use tessera_model::tch::{Device, Tensor};
+use tessera_model::{
+    ColbertModel, DeviceChoice, Encoder, EncoderOptions, HeadKind, ProjectionHead, TextKind,
+};
 use tessera_training::states::{StateCache, StatesWriter};
-use tessera_training::tch::{Device, Tensor};
 use tessera_training::train::{
     self, score, Backbone, DevLog, Example, Hooks, Mode, Source, Texts, TrainConfig, Trainee,
-};
-use tessera_training::{
-    ColbertModel, DeviceChoice, Encoder, EncoderOptions, HeadKind, ProjectionHead, TextKind,
 };
 
 use common::tiny;
@@ -27,7 +27,7 @@ fn encoder() -> Encoder {
         EncoderOptions {
             device: DeviceChoice::Cpu,
             batch_size: 8,
-            precision: tessera_training::PrecisionChoice::Fp32,
+            precision: tessera_model::PrecisionChoice::Fp32,
         },
     )
     .unwrap()
@@ -189,7 +189,7 @@ fn distance(head: &[(String, Tensor)], start: &HashMap<String, Tensor>) -> f64 {
             f64::try_from(
                 (t - &start[n])
                     .square()
-                    .sum(tessera_training::tch::Kind::Float),
+                    .sum(tessera_model::tch::Kind::Float),
             )
             .unwrap()
         })
@@ -494,7 +494,7 @@ fn pylate_export_reloads_to_the_same_vectors() {
             .save_tessera(&src, 32)
             .unwrap();
         let out = dir.path().join(format!("pylate{i}"));
-        let r = tessera_training::export::export_pylate(&src, &out);
+        let r = tessera_model::export::export_pylate(&src, &out);
         if spec.kind == HeadKind::Glu {
             let e = r.unwrap_err().to_string();
             assert!(e.contains("head.json") && e.contains("GLU"), "{e}");
@@ -504,11 +504,11 @@ fn pylate_export_reloads_to_the_same_vectors() {
         let opts = EncoderOptions {
             device: DeviceChoice::Cpu,
             batch_size: 4,
-            precision: tessera_training::PrecisionChoice::Fp32,
+            precision: tessera_model::PrecisionChoice::Fp32,
         };
         let a = Encoder::load(&src, opts).unwrap();
         let b = Encoder::load(&out, opts).unwrap();
-        assert_eq!(b.layout(), tessera_training::CheckpointLayout::PyLate);
+        assert_eq!(b.layout(), tessera_model::CheckpointLayout::PyLate);
         let texts = [
             "what causes tides",
             "the moon pulls the sea, and the sea rises.",
@@ -543,18 +543,18 @@ fn bf16_autocast_training_stays_close_to_f32_and_reaches_the_f32_weights() {
     let f32_out = m.bert.forward(&ids, &mask).detach();
     m.bert.set_training_bf16(true);
     let out = m.bert.forward(&ids, &mask);
-    assert_eq!(out.kind(), tessera_training::tch::Kind::Float);
+    assert_eq!(out.kind(), tessera_model::tch::Kind::Float);
     let diff = (&out - &f32_out).abs().max().double_value(&[]);
     assert!(diff < 0.1, "bf16 autocast differs from f32 by {diff}");
-    out.sum(tessera_training::tch::Kind::Float).backward();
+    out.sum(tessera_model::tch::Kind::Float).backward();
     let vars = m.vs.variables();
     let w = &vars["encoder.layer.0.intermediate.dense.weight"];
-    assert_eq!(w.kind(), tessera_training::tch::Kind::Float);
+    assert_eq!(w.kind(), tessera_model::tch::Kind::Float);
     assert!(
         w.grad().defined()
             && w.grad()
                 .abs()
-                .sum(tessera_training::tch::Kind::Float)
+                .sum(tessera_model::tch::Kind::Float)
                 .double_value(&[])
                 > 0.0
     );

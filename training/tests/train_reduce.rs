@@ -8,12 +8,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use tessera_model::reduction::{Centring, Method, Reduction, Side};
+use tessera_model::tch::{Device, Kind, Tensor};
 use tessera_training::reduce::train::{
     check_resumable, read_checkpoint, train, DimScore, ReduceCheckpoint, ReduceConfig, ReduceDev,
     ReduceHooks, VectorSource,
 };
-use tessera_training::reduce::{pca, Centring, Covariance, Method, Reduction, Side};
-use tessera_training::tch::{Device, Kind, Tensor};
+use tessera_training::reduce::{pca, Covariance};
 use tessera_training::train::loss;
 use tessera_training::train::optim::Decay;
 use tessera_training::train::score::Projected;
@@ -28,7 +29,7 @@ static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// `n` texts of `len` unit vectors each: document `i`'s tokens around a
 /// topic direction, its query a noisy subset of them.
 fn data(seed: i64) -> (Projected, Projected, Vec<Example>) {
-    tessera_training::tch::manual_seed(seed);
+    tessera_model::tch::manual_seed(seed);
     let n = 24;
     let topics = Tensor::randn([n, K], (Kind::Float, Device::Cpu));
     // Anisotropic noise: most variance in few directions, so PCA at r = 4
@@ -234,7 +235,7 @@ fn orthogonal_reduction_trains_stays_orthogonal_and_resumes_exactly() {
     let c = run(&cfg, &c_dir, true);
     assert_eq!(c.summary_steps, 40);
     let end = |d: &Path| {
-        tessera_training::weights::WeightFile::read(&d.join("checkpoint/params.safetensors"))
+        tessera_model::weights::WeightFile::read(&d.join("checkpoint/params.safetensors"))
             .unwrap()
             .tensors
     };

@@ -15,8 +15,8 @@ use tessera_engine::model::ModelOptions;
 use tessera_engine::reduction::ReductionChoice;
 use tessera_engine::retrieve::Retriever;
 use tessera_index::{Analyzer, Candidates, Filter, Fusion, SearchParams};
+use tessera_model::{DeviceChoice, PrecisionChoice};
 use tessera_training::train::optim::Decay;
-use tessera_training::{DeviceChoice, PrecisionChoice};
 
 /// `--model`, `--device`, `--precision`, `--threads`, `--batch-size`.
 #[derive(Args, Debug, Clone)]

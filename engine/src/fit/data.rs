@@ -13,10 +13,10 @@ use rand::{Rng, SeedableRng};
 use tessera_eval::beir::{Dataset, Query};
 use tessera_eval::{Qrels, Run};
 use tessera_index::SearchParams;
+use tessera_model::{Encoder, TextKind};
 use tessera_training::states::{StateCache, StatesWriter};
 use tessera_training::train::score::DevSet;
 use tessera_training::train::{Example, Source, Texts};
-use tessera_training::{Encoder, TextKind};
 
 use super::DataOptions;
 use crate::corpus::{CorpusOptions, CorpusReader};

@@ -16,14 +16,14 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use tessera_eval::Run;
-use tessera_training::heads::blocks::Activation;
-use tessera_training::heads::HeadSpec;
+use tessera_model::heads::blocks::Activation;
+use tessera_model::heads::HeadSpec;
+use tessera_model::{ColbertModel, ColbertSettings, HeadKind, TextKind};
 use tessera_training::train::score::score_dev;
 use tessera_training::train::select::Selection;
 use tessera_training::train::{
     self, Backbone, DevLog, Example, Mode, Source, Texts, TrainConfig, Trainee,
 };
-use tessera_training::{ColbertModel, ColbertSettings, HeadKind, TextKind};
 
 use crate::corpus::CorpusOptions;
 use crate::fit::data::{crops, read_texts, side};
@@ -31,7 +31,7 @@ use crate::fit::report::{draw_curves, write_model};
 use crate::fit::{peak_rss_mib, pool_metrics, prepare, read_dataset, robust, Prep};
 use crate::model::absolute;
 use crate::progress;
-use tessera_training::tch as tch_tensor;
+use tessera_model::tch as tch_tensor;
 
 use crate::error::{bail, ensure, err, Context, EngineError, Result};
 use crate::fit::{DataOptions, ScheduleOptions};
@@ -212,7 +212,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
             spec = loaded;
             let wp = dir.join("head.safetensors");
             let tensors = if wp.is_file() {
-                tessera_training::weights::WeightFile::read(&wp)?.tensors
+                tessera_model::weights::WeightFile::read(&wp)?.tensors
             } else {
                 HashMap::new()
             };
@@ -371,7 +371,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
     progress::note(format!(
         "training {} ({} parameters) for {} steps on {}",
         train::describe(&spec),
-        tessera_training::heads::blocks::parameter_count(&spec),
+        tessera_model::heads::blocks::parameter_count(&spec),
         cfg.steps,
         sources
             .iter()
@@ -402,7 +402,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
             tokenizer: encoder.tokenizer(),
         }
     });
-    let mut head = tessera_training::heads::blocks::init(&spec, device, args.seed as i64);
+    let mut head = tessera_model::heads::blocks::init(&spec, device, args.seed as i64);
     // Fitted on resume too: L2-SP pulls towards this start (the checkpoint
     // then replaces the weights).
     if args.start == "pca" {
@@ -418,11 +418,11 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
             "--start pca fits the backbone's states: frozen mode only"
         );
         let p = robust::principal_projection(&cached, spec.out_dim)?;
-        tessera_training::heads::start::start_at_projection(&spec, &mut head, &p)
+        tessera_model::heads::start::start_at_projection(&spec, &mut head, &p)
             .map_err(|m| err!("--start pca: {m}"))?;
     }
     if let Some(mut tensors) = init {
-        for (name, shape) in tessera_training::heads::blocks::parameter_shapes(&spec) {
+        for (name, shape) in tessera_model::heads::blocks::parameter_shapes(&spec) {
             let t = tensors
                 .remove(&name)
                 .with_context(|| format!("--init-head: head.safetensors lacks tensor {name}"))?;
@@ -451,7 +451,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
     };
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
-    let backbone_ref = tessera_training::checkpoint::backbone_dir(&absolute(&model_dir))?;
+    let backbone_ref = tessera_model::checkpoint::backbone_dir(&absolute(&model_dir))?;
     let keep_validated = matches!(select, Selection::Robust { .. });
     let mut validate = |t: &Trainee<'_>, step: usize| -> tessera_training::Result<Option<DevLog>> {
         if devs.is_empty() {

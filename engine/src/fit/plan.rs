@@ -12,7 +12,7 @@ use tessera_eval::beir::Dataset;
 use tessera_eval::stats::percentile;
 use tessera_eval::{evaluate, Measure, Run};
 use tessera_index::{BuildOptions, CodecKind, Index, SearchParams};
-use tessera_training::reduce::Reduction;
+use tessera_model::reduction::Reduction;
 
 use crate::error::{bail, ensure, Context, Result};
 use crate::model::ModelOptions;

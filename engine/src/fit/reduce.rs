@@ -11,11 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use tessera_model::reduction::{check_dims, Centring, Method, Reduction};
+use tessera_model::tch::{Device, Tensor};
 use tessera_training::reduce::train::{
     self as rtrain, DimScore, ReduceConfig, ReduceDev, ReduceHooks, VectorDev, VectorSource,
 };
-use tessera_training::reduce::{check_dims, pca, Centring, Covariance, Method, Reduction};
-use tessera_training::tch::{Device, Tensor};
+use tessera_training::reduce::{pca, Covariance};
 use tessera_training::train::score::{project_by, Projected};
 use tessera_training::train::{loss, plot, Texts};
 
@@ -111,7 +112,7 @@ const PSEUDO_SEED: u64 = 1;
 
 /// The model's vectors of every text of a cached side.
 fn project_all(
-    encoder: &tessera_training::Encoder,
+    encoder: &tessera_model::Encoder,
     texts: &Texts,
     device: Device,
 ) -> Result<Projected> {
@@ -282,7 +283,7 @@ pub fn train_reduction(args: &ReduceTrainOptions) -> Result<()> {
                 0,
                 n,
                 stride as i64,
-                (tessera_training::tch::Kind::Int64, device),
+                (tessera_model::tch::Kind::Int64, device),
             );
             rows.index_select(0, &idx)
         } else {

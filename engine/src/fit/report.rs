@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use tessera_eval::{evaluate, Measure, Qrels, Run};
+use tessera_model::{ColbertSettings, ProjectionHead};
 use tessera_training::train::{self, plot, Trainee};
-use tessera_training::{ColbertSettings, ProjectionHead};
 
 use super::data::DatasetData;
 
-use tessera_training::tch as tch_tensor;
+use tessera_model::tch as tch_tensor;
 
 /// nDCG@10 and Recall@100 of scored dev pools (positions of dataset
 /// `name`'s queries and documents) against `qrels`.
@@ -69,7 +69,7 @@ pub fn write_model(
     backbone: &Path,
     hidden: i64,
 ) -> tessera_training::Result<()> {
-    use tessera_training::TrainingError;
+    use tessera_model::ModelError as TrainingError;
     let io = |p: &Path, e| TrainingError::Io {
         path: p.to_owned(),
         source: e,

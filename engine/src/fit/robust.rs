@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{bail, ensure, Context, Result};
 use tessera_eval::Qrels;
+use tessera_model::tch::{Device, Tensor};
+use tessera_model::{Encoder, TextKind};
 use tessera_training::reduce::Covariance;
 use tessera_training::states::StateCache;
-use tessera_training::tch::{Device, Tensor};
 use tessera_training::train::score::DevSet;
-use tessera_training::{Encoder, TextKind};
 
 use super::data::{read_splits, side, DatasetData, DevSets};
 use crate::model::absolute;
@@ -94,7 +94,7 @@ const PCA_DOCS: usize = 2000;
 
 /// The `k` principal directions (uncentred) of the cached document states
 /// `sides` — up to 2,000 documents each, spread evenly — as a
-/// `[k, d]` projection ([`tessera_training::heads::start`]).
+/// `[k, d]` projection ([`tessera_model::heads::start`]).
 pub fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tensor> {
     let dim = sides.first().map_or(0, |c| c.dim());
     let mut moments = Covariance::new(dim);
@@ -112,7 +112,7 @@ pub fn principal_projection(sides: &[&StateCache], k: i64) -> Result<Tensor> {
         tokens >= k as u64,
         "--start pca: the training documents have {tokens} tokens, fewer than the {k} directions asked"
     );
-    tessera_training::heads::start::principal_directions(&moments.second_moment(), k)
+    tessera_model::heads::start::principal_directions(&moments.second_moment(), k)
         .map_err(crate::error::EngineError::msg)
 }
 

@@ -54,7 +54,7 @@ pub fn build_from_input(
     opts: BuildOptions,
     resume: bool,
     checkpoint_every: usize,
-    preloaded: Option<tessera_training::Encoder>,
+    preloaded: Option<tessera_model::Encoder>,
 ) -> Result<Built> {
     let t = Instant::now();
     let work = work_dir(out)?;

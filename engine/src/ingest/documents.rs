@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use tessera_index::{BuildOptions, BuildStats, Document, IndexBuilder, TokenVectors};
-use tessera_training::Encoder;
+use tessera_model::Encoder;
 
 use crate::error::Result;
 use crate::model::model_info;

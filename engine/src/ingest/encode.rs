@@ -9,8 +9,8 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use tessera_training::tokenize::TokenizedText;
-use tessera_training::{Encoder, TextKind};
+use tessera_model::tokenize::TokenizedText;
+use tessera_model::{Encoder, TextKind};
 
 use crate::corpus::{
     compression_of, BadRecord, CorpusOptions, CorpusReader, Format, Problem, Record,
@@ -261,7 +261,7 @@ struct Group {
 /// A group with its model output.
 struct Encoded {
     group: Group,
-    output: tessera_training::EncodeOutput,
+    output: tessera_model::EncodeOutput,
 }
 
 /// Stage 1: reads, validates (duplicate ids against `seen`) and tokenises
@@ -270,7 +270,7 @@ struct Encoded {
 fn read_groups(
     reader: &mut CorpusReader,
     mut seen: HashSet<String>,
-    tokenizer: &tessera_training::tokenize::ColbertTokenizer,
+    tokenizer: &tessera_model::tokenize::ColbertTokenizer,
     group: usize,
     out: &mpsc::SyncSender<Result<Group>>,
 ) {

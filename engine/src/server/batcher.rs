@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_index::TokenVectors;
-use tessera_training::Encoder;
+use tessera_model::Encoder;
 use tokio::sync::oneshot;
 
 use crate::server::metrics::Metrics;

@@ -21,16 +21,16 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use super::{
-    cayley, inverse_cayley, orthogonality_error, reduce, Centring, Method, Reduction,
-    ReductionMeta, Side,
-};
+use super::{cayley, inverse_cayley};
 use crate::error::{Result, TrainingError};
 use crate::train::optim::{self, AdamW, Decay, Group};
 use crate::train::score::{score_items, Projected};
 use crate::train::{
     draw, due, loss, step_rng, write_checkpoint_dir, Checkpoint, DevRecord, DrawPlan, Example,
     Records,
+};
+use tessera_model::reduction::{
+    check_dims, orthogonality_error, reduce, Centring, Method, Reduction, ReductionMeta, Side,
 };
 
 /// Everything that decides what a run learns (saved with checkpoints).
@@ -82,7 +82,7 @@ pub struct ReduceConfig {
 
 impl ReduceConfig {
     pub fn validate(&self) -> std::result::Result<(), String> {
-        super::check_dims(&self.dims, self.in_dim).map_err(|m| format!("--dims: {m}"))?;
+        check_dims(&self.dims, self.in_dim).map_err(|m| format!("--dims: {m}"))?;
         if self.batch_size < 1 {
             return Err("--batch-queries must be at least 1".into());
         }
@@ -369,7 +369,7 @@ pub fn train(
         check_resumable(out, &st, cfg)?;
         let ck = crate::train::checkpoint_dir(out);
         let path = ck.join(CK_PARAMS);
-        let saved = crate::weights::WeightFile::read(&path)?;
+        let saved = tessera_model::weights::WeightFile::read(&path)?;
         {
             let _g = tch::no_grad_guard();
             // Copied in their own kinds (X and B are f64: a resumed run

@@ -5,7 +5,7 @@
 //! * [`l2_sp`]: L2-SP (Li et al., 2018), `Σ ‖θ − θ₀‖²` over the head's
 //!   parameters, pulling them towards where they started (a general head
 //!   such as the backbone's principal directions,
-//!   [`crate::heads::start`]).
+//!   [`tessera_model::heads::start`]).
 //! * [`raw_scores`]: MaxSim of a batch over the backbone's own states,
 //!   normalised — the untrained model's ranking. A KL term from these
 //!   scores to the head's over each query's batch documents ("learning

@@ -35,12 +35,12 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::bert::BertModel;
 use crate::error::{Result, TrainingError};
-use crate::heads::{blocks, HeadSpec};
 use crate::states::StateCache;
-use crate::tokenize::{ColbertTokenizer, TextKind, TokenizedText};
 use optim::{AdamW, Decay, Group};
+use tessera_model::bert::BertModel;
+use tessera_model::heads::{blocks, HeadSpec};
+use tessera_model::tokenize::{ColbertTokenizer, TextKind, TokenizedText};
 
 /// `frozen`: only the head trains, on cached backbone states; `full`: the
 /// backbone is fine-tuned with the head.
@@ -731,7 +731,7 @@ pub(crate) fn read_checkpoint_state<T: serde::de::DeserializeOwned>(
     let text = std::fs::read_to_string(&path).map_err(|e| TrainingError::io(&path, e))?;
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| TrainingError::config(&path, crate::config::json_message(&e)))
+        .map_err(|e| TrainingError::config(&path, tessera_model::config::json_message(&e)))
 }
 
 /// Checks that a checkpoint can resume `cfg`: same head spec, mode and
@@ -776,7 +776,7 @@ pub fn check_resumable(dir: &Path, state: &CheckpointState, cfg: &TrainConfig) -
 
 /// A short name of a spec: `ffn-d2-w2-gelu+res`.
 pub fn describe(spec: &HeadSpec) -> String {
-    use crate::heads::HeadKind;
+    use tessera_model::heads::HeadKind;
     let mut s = spec.kind.to_string();
     match spec.kind {
         HeadKind::Ffn => {
@@ -950,7 +950,7 @@ pub fn train(
 }
 
 fn load_into(path: &Path, named: &HashMap<String, Tensor>) -> Result<()> {
-    let mut w = crate::weights::WeightFile::read(path)?;
+    let mut w = tessera_model::weights::WeightFile::read(path)?;
     let _g = tch::no_grad_guard();
     for (n, t) in named {
         let src = w.take(n, &t.size())?;
@@ -1113,7 +1113,7 @@ impl<S: Serialize + Clone + StepOf, D: DevRecord> Records<S, D> {
         state: Checkpoint<C, S, D>,
     ) -> Result<usize> {
         let path = checkpoint_dir(out).join(CK_OPTIM);
-        let moments = crate::weights::WeightFile::read(&path)?;
+        let moments = tessera_model::weights::WeightFile::read(&path)?;
         opt.load_state(moments.tensors, state.step as i64)
             .map_err(|m| TrainingError::config(&path, m))?;
         self.steps = state.steps;

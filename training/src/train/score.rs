@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 use super::{loss, Texts, Trainee};
-use crate::tokenize::TextKind;
+use tessera_model::tokenize::TextKind;
 
 /// Texts with the head applied: all their kept token vectors in one
 /// `[tokens + 1, k]` tensor (the last row zeros, for padding) and each

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{ArgGroup, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tessera_training::{device, EncodedText, Encoder, TextKind};
+use tessera_model::{device, EncodedText, Encoder, TextKind};
 
 use crate::cli::args::ModelArgs;
 use tessera_engine::input::{check_text, read_lines};

@@ -30,7 +30,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         Some(m) => m,
         None => tessera_engine::model::default_model()?,
     };
-    tessera_training::export::export_pylate(&src, &args.out)
+    tessera_model::export::export_pylate(&src, &args.out)
         .with_context(|| format!("exporting {}", src.display()))?;
     eprintln!(
         "exported {} to {} (PyLate layout)",

@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use tessera_engine::fit::heads::{train_heads, HeadsOptions};
-use tessera_training::heads::blocks::Activation;
+use tessera_model::heads::blocks::Activation;
+use tessera_model::HeadKind;
 use tessera_training::train::select::Selection;
 use tessera_training::train::Mode;
-use tessera_training::HeadKind;
 
 use crate::cli::args::{DataArgs, ModelArgs, ScheduleArgs};
 

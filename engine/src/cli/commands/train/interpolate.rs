@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
-use tessera_training::heads::{HeadSpec, ProjectionHead};
-use tessera_training::weights::WeightFile;
+use tessera_model::heads::{HeadSpec, ProjectionHead};
+use tessera_model::weights::WeightFile;
 
 /// Interpolate two trained heads in weight space (WiSE-FT): the weights
 /// (1 − α)·FROM + α·TO, written as a model folder.
@@ -41,7 +41,7 @@ pub struct InterpolateArgs {
 /// A model folder's head: its spec, tensors and `tessera.json`.
 struct Head {
     spec: HeadSpec,
-    tensors: HashMap<String, tessera_training::tch::Tensor>,
+    tensors: HashMap<String, tessera_model::tch::Tensor>,
     settings: serde_json::Value,
 }
 
@@ -80,15 +80,14 @@ pub fn run(args: InterpolateArgs) -> Result<()> {
         from.settings == to.settings,
         "--from and --to sit on other backbones or ColBERT settings (their tessera.json differ)"
     );
-    let tensors =
-        tessera_training::heads::start::interpolate(&from.tensors, &to.tensors, args.alpha)
-            .map_err(|m| {
-                anyhow::anyhow!(
-                    "--from {} and --to {}: {m}",
-                    args.from.display(),
-                    args.to.display()
-                )
-            })?;
+    let tensors = tessera_model::heads::start::interpolate(&from.tensors, &to.tensors, args.alpha)
+        .map_err(|m| {
+            anyhow::anyhow!(
+                "--from {} and --to {}: {m}",
+                args.from.display(),
+                args.to.display()
+            )
+        })?;
     let head = ProjectionHead::from_spec(to.spec.clone(), tensors, &args.out)?;
     std::fs::create_dir_all(&args.out).with_context(|| args.out.display().to_string())?;
     head.save_tessera(&args.out, to.spec.in_dim)?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use tessera_engine::fit::reduce::{train_reduction, ReduceTrainOptions};
 use tessera_engine::fit::PseudoFrom;
-use tessera_training::reduce::Method;
+use tessera_model::reduction::Method;
 
 use crate::cli::args::{DataArgs, ModelArgs, ScheduleArgs};
 

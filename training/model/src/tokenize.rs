@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
 
 use crate::config::ColbertSettings;
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 
 /// Which side of the late interaction a text is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,12 +55,12 @@ impl ColbertTokenizer {
     /// Loads `tokenizer.json` and resolves special tokens and markers to ids.
     pub fn from_file(path: &Path, settings: ColbertSettings, max_positions: usize) -> Result<Self> {
         if !path.is_file() {
-            return Err(TrainingError::MissingFile {
+            return Err(ModelError::MissingFile {
                 path: path.to_owned(),
                 what: "tokenizer not found",
             });
         }
-        let err = |message: String| TrainingError::Tokenizer {
+        let err = |message: String| ModelError::Tokenizer {
             path: path.to_owned(),
             message,
         };
@@ -141,13 +141,13 @@ impl ColbertTokenizer {
     pub fn encode_batch(&self, texts: &[&str], kind: TextKind) -> Result<Vec<TokenizedText>> {
         let max_len = self.max_len(kind);
         let cut: Vec<&str> = texts.iter().map(|t| cut_to_fit(t, max_len)).collect();
-        let encodings =
-            self.inner
-                .encode_batch(cut, false)
-                .map_err(|e| TrainingError::Tokenizer {
-                    path: PathBuf::from("tokenizer.json"),
-                    message: e.to_string(),
-                })?;
+        let encodings = self
+            .inner
+            .encode_batch(cut, false)
+            .map_err(|e| ModelError::Tokenizer {
+                path: PathBuf::from("tokenizer.json"),
+                message: e.to_string(),
+            })?;
         Ok(encodings
             .iter()
             .map(|enc| self.assemble(enc.get_ids(), kind))

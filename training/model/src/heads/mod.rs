@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{json_message, read_text};
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 use crate::weights::WeightFile;
 
 /// What a head does to each token state.
@@ -171,8 +171,7 @@ impl ProjectionHead {
         params: HashMap<String, Tensor>,
         origin: &Path,
     ) -> Result<Self> {
-        spec.validate()
-            .map_err(|m| TrainingError::config(origin, m))?;
+        spec.validate().map_err(|m| ModelError::config(origin, m))?;
         Self::with_params(spec, params, origin)
     }
 
@@ -188,12 +187,12 @@ impl ProjectionHead {
         for (name, shape) in blocks::parameter_shapes(&spec) {
             let t = params
                 .remove(&name)
-                .ok_or_else(|| TrainingError::MissingTensor {
+                .ok_or_else(|| ModelError::MissingTensor {
                     path: origin.to_owned(),
                     name: name.clone(),
                 })?;
             if t.size() != shape {
-                return Err(TrainingError::TensorShape {
+                return Err(ModelError::TensorShape {
                     path: origin.to_owned(),
                     name,
                     expected: shape,
@@ -224,7 +223,7 @@ impl ProjectionHead {
         let mut dim = input_dim;
         for (i, l) in layers.iter().enumerate() {
             if l.in_dim() != dim {
-                return Err(TrainingError::config(
+                return Err(ModelError::config(
                     origin,
                     format!(
                         "head layer {i} expects {}-dim input but receives {dim}-dim vectors",
@@ -234,7 +233,7 @@ impl ProjectionHead {
             }
             if let Some(b) = &l.bias {
                 if b.size() != [l.out_dim()] {
-                    return Err(TrainingError::config(
+                    return Err(ModelError::config(
                         origin,
                         format!("head layer {i} bias has shape {:?}", b.size()),
                     ));
@@ -304,9 +303,9 @@ impl ProjectionHead {
     pub fn load_tessera(dir: &Path, input_dim: i64) -> Result<Self> {
         let spec_path = dir.join("head.json");
         let spec: HeadSpec = serde_json::from_str(&read_text(&spec_path)?)
-            .map_err(|e| TrainingError::config(&spec_path, json_message(&e)))?;
+            .map_err(|e| ModelError::config(&spec_path, json_message(&e)))?;
         if spec.in_dim != input_dim {
-            return Err(TrainingError::config(
+            return Err(ModelError::config(
                 &spec_path,
                 format!(
                     "field in_dim is {} but the backbone produces {input_dim}-dim states",
@@ -315,7 +314,7 @@ impl ProjectionHead {
             ));
         }
         spec.validate()
-            .map_err(|m| TrainingError::config(&spec_path, m))?;
+            .map_err(|m| ModelError::config(&spec_path, m))?;
         if spec.is_block() {
             let w = WeightFile::read(&dir.join("head.safetensors"))?;
             return Self::with_params(spec, w.tensors, &w.path);
@@ -323,7 +322,7 @@ impl ProjectionHead {
         match spec.kind {
             HeadKind::Identity => {
                 if spec.out_dim != spec.in_dim {
-                    return Err(TrainingError::config(
+                    return Err(ModelError::config(
                         &spec_path,
                         "an identity head needs out_dim == in_dim",
                     ));
@@ -362,7 +361,7 @@ impl ProjectionHead {
             }
             let json = serde_json::to_string_pretty(&b.spec).expect("HeadSpec serialises");
             let path = dir.join("head.json");
-            return std::fs::write(&path, json).map_err(|e| TrainingError::io(&path, e));
+            return std::fs::write(&path, json).map_err(|e| ModelError::io(&path, e));
         }
         let (kind, bias) = match self.layers.as_slice() {
             [] => (HeadKind::Identity, false),
@@ -370,7 +369,7 @@ impl ProjectionHead {
                 (HeadKind::Linear, l.bias.is_some())
             }
             _ => {
-                return Err(TrainingError::InvalidInput(
+                return Err(ModelError::InvalidInput(
                     "a head of several Dense layers (or one with an activation or a residual) \
                      cannot be saved as head.json"
                         .into(),
@@ -391,7 +390,7 @@ impl ProjectionHead {
         }
         let json = serde_json::to_string_pretty(&spec).expect("HeadSpec serialises");
         let path = dir.join("head.json");
-        std::fs::write(&path, json).map_err(|e| TrainingError::io(&path, e))
+        std::fs::write(&path, json).map_err(|e| ModelError::io(&path, e))
     }
 }
 

@@ -12,7 +12,7 @@ use tessera_index::TokenVectors;
 use crate::checkpoint::{CheckpointLayout, ColbertModel};
 use crate::config::ColbertSettings;
 use crate::device::DeviceChoice;
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 use crate::precision::{Precision, PrecisionChoice};
 use crate::tokenize::{ColbertTokenizer, TextKind, TokenizedText};
 
@@ -91,7 +91,7 @@ impl Encoder {
             max_positions,
         )?;
         if options.batch_size == 0 {
-            return Err(TrainingError::InvalidInput(
+            return Err(ModelError::InvalidInput(
                 "batch size must be at least 1".into(),
             ));
         }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
 
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 
 /// Named tensors read from one file, with their origin kept for messages.
 pub struct WeightFile {
@@ -25,7 +25,7 @@ impl WeightFile {
     /// Reads every tensor of `path`, choosing the format by extension.
     pub fn read(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(TrainingError::MissingFile {
+            return Err(ModelError::MissingFile {
                 path: path.to_owned(),
                 what: "weights file not found",
             });
@@ -35,10 +35,10 @@ impl WeightFile {
         // errors; a file too short to be either format is caught first so the
         // message says what is wrong rather than quoting a C++ backtrace.
         let len = std::fs::metadata(path)
-            .map_err(|e| TrainingError::io(path, e))?
+            .map_err(|e| ModelError::io(path, e))?
             .len();
         if len < 8 {
-            return Err(TrainingError::Weights {
+            return Err(ModelError::Weights {
                 path: path.to_owned(),
                 message: format!("file is {len} bytes, too short to hold tensors"),
             });
@@ -47,7 +47,7 @@ impl WeightFile {
             "safetensors" => Tensor::read_safetensors(path),
             "bin" | "pt" | "pth" => Tensor::loadz_multi(path),
             _ => {
-                return Err(TrainingError::Weights {
+                return Err(ModelError::Weights {
                     path: path.to_owned(),
                     message: "unknown weight format (expected .safetensors or .bin)".into(),
                 })
@@ -63,7 +63,7 @@ impl WeightFile {
             } else {
                 first_line(&text)
             };
-            TrainingError::Weights {
+            ModelError::Weights {
                 path: path.to_owned(),
                 message,
             }
@@ -93,12 +93,12 @@ impl WeightFile {
         let t = self
             .tensors
             .remove(name)
-            .ok_or_else(|| TrainingError::MissingTensor {
+            .ok_or_else(|| ModelError::MissingTensor {
                 path: self.path.clone(),
                 name: name.to_owned(),
             })?;
         if t.size() != shape {
-            return Err(TrainingError::TensorShape {
+            return Err(ModelError::TensorShape {
                 path: self.path.clone(),
                 name: name.to_owned(),
                 expected: shape.to_vec(),
@@ -182,7 +182,7 @@ mod tests {
             &std::env::var_os("CARGO_MANIFEST_DIR")
                 .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
         )
-        .join("tests/fixtures/ordered-dict.bin");
+        .join("../tests/fixtures/ordered-dict.bin");
         let e = WeightFile::read(&path)
             .err()
             .expect("OrderedDict is unreadable");

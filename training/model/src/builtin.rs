@@ -1,6 +1,6 @@
 //! The default model: a projection head trained by `tessera train heads`
 //! (see `docs/experiments/projection-heads.md`), committed in
-//! `training/models/default-head/` and built into the binary, over the
+//! `training/model/models/default-head/` and built into the binary, over the
 //! all-MiniLM-L6-v2 backbone that `scripts/setup` installs. [`install`]
 //! writes it next to that backbone as a Tessera model folder whose
 //! `tessera.json` names the backbone, so every command finds a stable path
@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 
 /// The name that selects the default model (`--model tessera-minilm`).
 pub const NAME: &str = "tessera-minilm";
@@ -49,7 +49,7 @@ const FILES: [(&str, &[u8]); 4] = [
 pub fn install(backbone: &Path) -> Result<PathBuf> {
     let parent = backbone.parent().unwrap_or(Path::new("."));
     let dir = parent.join(INSTALL_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| TrainingError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
     for (name, bytes) in FILES {
         let content = if name == "tessera.json" {
             let mut v: serde_json::Value =
@@ -65,8 +65,8 @@ pub fn install(backbone: &Path) -> Result<PathBuf> {
         }
         // Another process may install at the same time: write aside, rename.
         let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-        std::fs::write(&tmp, &content).map_err(|e| TrainingError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| TrainingError::io(&path, e))?;
+        std::fs::write(&tmp, &content).map_err(|e| ModelError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| ModelError::io(&path, e))?;
     }
     Ok(dir)
 }

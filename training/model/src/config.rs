@@ -15,7 +15,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 
 /// Activation functions named by `hidden_act`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,9 +102,9 @@ impl BertConfig {
 
     /// Parses `text` as the content of `path` (used in error messages).
     pub fn from_json(path: &Path, text: &str) -> Result<Self> {
-        let raw: RawBertConfig = serde_json::from_str(text)
-            .map_err(|e| TrainingError::config(path, json_message(&e)))?;
-        let err = |m: String| TrainingError::config(path, m);
+        let raw: RawBertConfig =
+            serde_json::from_str(text).map_err(|e| ModelError::config(path, json_message(&e)))?;
+        let err = |m: String| ModelError::config(path, m);
         for (name, v) in [
             ("vocab_size", raw.vocab_size),
             ("hidden_size", raw.hidden_size),
@@ -216,7 +216,7 @@ impl ColbertSettings {
             }
             let text = read_text(&own)?;
             let parsed: Own = serde_json::from_str(&text)
-                .map_err(|e| TrainingError::config(&own, json_message(&e)))?;
+                .map_err(|e| ModelError::config(&own, json_message(&e)))?;
             if let Some(s) = parsed.colbert {
                 s.validate(&own)?;
                 return Ok((s, "tessera.json"));
@@ -240,15 +240,15 @@ impl ColbertSettings {
 
     fn from_pylate(path: &Path) -> Result<Option<Self>> {
         let text = read_text(path)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainingError::config(path, json_message(&e)))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::config(path, json_message(&e)))?;
         let (Some(q), Some(d)) = (v.get("query_prefix"), v.get("document_prefix")) else {
             return Ok(None);
         };
         let string = |field: &str, x: &serde_json::Value| {
-            x.as_str().map(str::to_owned).ok_or_else(|| {
-                TrainingError::config(path, format!("field {field} must be a string"))
-            })
+            x.as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ModelError::config(path, format!("field {field} must be a string")))
         };
         let mut s = Self {
             query_marker: Some(string("query_prefix", q)?),
@@ -274,8 +274,8 @@ impl ColbertSettings {
 
     fn from_stanford_metadata(path: &Path) -> Result<Self> {
         let text = read_text(path)?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainingError::config(path, json_message(&e)))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::config(path, json_message(&e)))?;
         let mut s = Self::stanford();
         if let Some(t) = v.get("query_token_id").and_then(|x| x.as_str()) {
             s.query_marker = Some(t.to_owned());
@@ -305,7 +305,7 @@ impl ColbertSettings {
             ("doc_maxlen", self.doc_maxlen),
         ] {
             if n < 4 {
-                return Err(TrainingError::config(
+                return Err(ModelError::config(
                     path,
                     format!("field {name} must be at least 4, got {n}"),
                 ));
@@ -319,7 +319,7 @@ fn usize_field(path: &Path, v: &serde_json::Value, field: &str) -> Result<Option
     match v.get(field) {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-            TrainingError::config(
+            ModelError::config(
                 path,
                 format!("field {field} must be a non-negative integer"),
             )
@@ -333,29 +333,28 @@ fn bool_field(path: &Path, v: &serde_json::Value, field: &str) -> Result<Option<
         Some(x) => x
             .as_bool()
             .map(Some)
-            .ok_or_else(|| TrainingError::config(path, format!("field {field} must be a boolean"))),
+            .ok_or_else(|| ModelError::config(path, format!("field {field} must be a boolean"))),
     }
 }
 
 /// Reads a UTF-8 text file, naming the file on failure.
-pub(crate) fn read_text(path: &Path) -> Result<String> {
+pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            TrainingError::MissingFile {
+            ModelError::MissingFile {
                 path: path.to_owned(),
                 what: "file not found",
             }
         } else {
-            TrainingError::io(path, e)
+            ModelError::io(path, e)
         }
     })?;
-    String::from_utf8(bytes)
-        .map_err(|e| TrainingError::config(path, format!("not valid UTF-8 ({e})")))
+    String::from_utf8(bytes).map_err(|e| ModelError::config(path, format!("not valid UTF-8 ({e})")))
 }
 
 /// serde_json's message without its backticks, e.g.
 /// `missing field hidden_size (line 3, column 1)`.
-pub(crate) fn json_message(e: &serde_json::Error) -> String {
+pub fn json_message(e: &serde_json::Error) -> String {
     let msg = e.to_string().replace('`', "");
     // serde_json appends " at line L column C"; restate it in parentheses.
     match msg.rfind(" at line ") {

@@ -15,7 +15,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::ColbertModel;
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 use crate::heads::{blocks::Activation, HeadKind};
 
 struct Dense {
@@ -43,7 +43,7 @@ pub fn export_pylate(src: &Path, out: &Path) -> Result<()> {
     let hidden = model.bert.config().hidden_size;
     let origin = src.join("head.json");
     let not = |why: &str| {
-        TrainingError::config(
+        ModelError::config(
             &origin,
             format!("this head has no PyLate Dense form: {why}; only identity, linear and FFN heads without LayerNorm or a whole-stack residual export"),
         )
@@ -107,11 +107,11 @@ pub fn export_pylate(src: &Path, out: &Path) -> Result<()> {
             });
         }
     }
-    std::fs::create_dir_all(out).map_err(|e| TrainingError::io(out, e))?;
+    std::fs::create_dir_all(out).map_err(|e| ModelError::io(out, e))?;
     let copy = |name: &str, to: &str| -> Result<()> {
         let from = model.backbone_dir.join(name);
         let dst = out.join(to);
-        std::fs::copy(&from, &dst).map_err(|e| TrainingError::io(&from, e))?;
+        std::fs::copy(&from, &dst).map_err(|e| ModelError::io(&from, e))?;
         Ok(())
     };
     copy("config.json", "config.json")?;
@@ -127,7 +127,7 @@ pub fn export_pylate(src: &Path, out: &Path) -> Result<()> {
     for (i, d) in stack.iter().enumerate() {
         let dir_name = format!("{}_Dense", i + 1);
         let dir = out.join(&dir_name);
-        std::fs::create_dir_all(&dir).map_err(|e| TrainingError::io(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| ModelError::io(&dir, e))?;
         let cfg = serde_json::json!({
             "in_features": d.in_features,
             "out_features": d.out_features,
@@ -137,7 +137,7 @@ pub fn export_pylate(src: &Path, out: &Path) -> Result<()> {
         });
         let cp = dir.join("config.json");
         std::fs::write(&cp, serde_json::to_vec_pretty(&cfg).expect("json"))
-            .map_err(|e| TrainingError::io(&cp, e))?;
+            .map_err(|e| ModelError::io(&cp, e))?;
         let mut named = vec![("linear.weight", d.weight.shallow_clone())];
         if let Some(b) = &d.bias {
             named.push(("linear.bias", b.shallow_clone()));
@@ -153,7 +153,7 @@ pub fn export_pylate(src: &Path, out: &Path) -> Result<()> {
     let write = |name: &str, v: &serde_json::Value| -> Result<()> {
         let p = out.join(name);
         std::fs::write(&p, serde_json::to_vec_pretty(v).expect("json"))
-            .map_err(|e| TrainingError::io(&p, e))
+            .map_err(|e| ModelError::io(&p, e))
     };
     write("modules.json", &serde_json::Value::from(modules))?;
     let s = &model.settings;

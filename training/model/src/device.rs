@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use tch::Device;
 
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 
 /// The user's device request, as given to `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,7 +37,7 @@ impl DeviceChoice {
             Self::Cpu => Ok(Device::Cpu),
             Self::Auto => Ok(Device::cuda_if_available()),
             Self::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
-            Self::Cuda => Err(TrainingError::Device(
+            Self::Cuda => Err(ModelError::Device(
                 "CUDA was requested but is not available: build with TESSERA_CUDA=1 against a \
                  CUDA libtorch and run on a machine with an NVIDIA GPU, or use --device cpu"
                     .into(),

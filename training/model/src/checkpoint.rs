@@ -18,7 +18,7 @@ use tch::{nn, Device};
 
 use crate::bert::BertModel;
 use crate::config::{json_message, read_text, BertConfig, ColbertSettings};
-use crate::error::{Result, TrainingError};
+use crate::error::{ModelError, Result};
 use crate::heads::blocks::Activation;
 use crate::heads::{LinearLayer, ProjectionHead};
 use crate::weights::WeightFile;
@@ -60,7 +60,7 @@ impl ColbertModel {
     /// Loads the model in `dir` onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(TrainingError::MissingFile {
+            return Err(ModelError::MissingFile {
                 path: dir.to_owned(),
                 what: "model directory not found",
             });
@@ -130,13 +130,13 @@ pub fn backbone_dir(dir: &Path) -> Result<PathBuf> {
         return Ok(dir.to_owned());
     }
     let v: serde_json::Value = serde_json::from_str(&read_text(&own)?)
-        .map_err(|e| TrainingError::config(&own, json_message(&e)))?;
+        .map_err(|e| ModelError::config(&own, json_message(&e)))?;
     match v.get("backbone") {
         None | Some(serde_json::Value::Null) => Ok(dir.to_owned()),
         Some(serde_json::Value::String(p)) => {
             let path = dir.join(p);
             if !path.join("config.json").is_file() {
-                return Err(TrainingError::config(
+                return Err(ModelError::config(
                     &own,
                     format!(
                         "field backbone names {}, which holds no config.json",
@@ -146,7 +146,7 @@ pub fn backbone_dir(dir: &Path) -> Result<PathBuf> {
             }
             Ok(path)
         }
-        Some(_) => Err(TrainingError::config(&own, "field backbone must be a path")),
+        Some(_) => Err(ModelError::config(&own, "field backbone must be a path")),
     }
 }
 
@@ -160,7 +160,7 @@ fn weights_file(dir: &Path) -> Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin);
     }
-    Err(TrainingError::MissingFile {
+    Err(ModelError::MissingFile {
         path: st,
         what: "no model.safetensors or pytorch_model.bin",
     })
@@ -197,13 +197,13 @@ fn pylate_dense_layers(dir: &Path) -> Result<Option<Vec<LinearLayer>>> {
         return Ok(None);
     }
     let modules: Vec<StModule> = serde_json::from_str(&read_text(&modules_path)?)
-        .map_err(|e| TrainingError::config(&modules_path, json_message(&e)))?;
+        .map_err(|e| ModelError::config(&modules_path, json_message(&e)))?;
     let mut layers = Vec::new();
     for m in modules.iter().filter(|m| m.kind.ends_with(".Dense")) {
         let sub = dir.join(&m.path);
         let cfg_path = sub.join("config.json");
         let cfg: DenseConfig = serde_json::from_str(&read_text(&cfg_path)?)
-            .map_err(|e| TrainingError::config(&cfg_path, json_message(&e)))?;
+            .map_err(|e| ModelError::config(&cfg_path, json_message(&e)))?;
         let activation = match cfg.activation_function.as_deref() {
             None => None,
             Some(a) => match a.rsplit('.').next().unwrap_or(a) {
@@ -212,7 +212,7 @@ fn pylate_dense_layers(dir: &Path) -> Result<Option<Vec<LinearLayer>>> {
                 "ReLU" => Some(Activation::Relu),
                 "SiLU" => Some(Activation::Silu),
                 _ => {
-                    return Err(TrainingError::config(
+                    return Err(ModelError::config(
                         &cfg_path,
                         format!(
                             "field activation_function {a:?} is not supported \
