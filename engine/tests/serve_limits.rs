@@ -1,0 +1,354 @@
+//! `tessera serve` under bad input and pressure: every malformed request is
+//! INVALID_ARGUMENT naming its field and leaves the server healthy;
+//! deadlines, overload, loading and graceful shutdown answer as documented.
+
+mod common;
+mod serve_harness;
+
+use std::time::{Duration, Instant};
+
+use tessera_proto::v1 as pb;
+use tessera_proto::TesseraClient;
+use tonic::Code;
+
+use serve_harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_invalid_argument_naming_the_field_and_never_hurt_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    let server = Server::start(
+        &index,
+        &[
+            "--max-k",
+            "50",
+            "--max-message-mb",
+            "1",
+            "--max-document-bytes",
+            "1000",
+        ],
+        "panic-text=boom",
+    );
+    server.wait_serving().await;
+    let mut c = server.client().await;
+    let one = |q: pb::Query| search_req(vec![q]);
+    let vq = |data: Vec<u8>, n: u32| pb::Query {
+        vectors: Some(pb::TokenVectors {
+            data,
+            num_tokens: n,
+        }),
+        ..text_query("", 5)
+    };
+    expect_invalid(c.search(search_req(vec![])).await, "queries: at least one");
+    expect_invalid(
+        c.search(one(text_query("   ", 5))).await,
+        "queries[0].text: empty query text",
+    );
+    // Caps are checked before any work, naming the field and the cap.
+    expect_invalid(
+        c.search(one(text_query(&"tides ".repeat(3000), 5))).await,
+        "queries[0].text: 18000 bytes is above the server's --max-query-bytes 16384",
+    );
+    expect_invalid(
+        c.search(one(text_query("tides", 0))).await,
+        "queries[0].k: must be at least 1",
+    );
+    expect_invalid(
+        c.search(search_req(vec![
+            text_query("tides", 5),
+            text_query("tides", 51),
+        ]))
+        .await,
+        "queries[1].k: 51 is above the server's --max-k 50",
+    );
+    expect_invalid(
+        c.search(one(vq(vec![0; 4 * 31], 1))).await,
+        "queries[0].vectors.data: 124 bytes is not a multiple of 4 × dim = 128",
+    );
+    expect_invalid(
+        c.search(one(vq(vec![0; 4 * 64], 3))).await,
+        "queries[0].vectors.num_tokens: says 3 but data holds 2 tokens",
+    );
+    let mut nan = vec![0.1f32; 64];
+    nan[40] = f32::NAN;
+    expect_invalid(
+        c.search(one(pb::Query {
+            vectors: Some(tessera_proto::pack_vectors(&nan, 2)),
+            ..text_query("", 5)
+        }))
+        .await,
+        "token 1, dim 8 is not finite",
+    );
+    let mut inf = vec![0.1f32; 32];
+    inf[0] = f32::INFINITY;
+    expect_invalid(
+        c.search(one(pb::Query {
+            vectors: Some(tessera_proto::pack_vectors(&inf, 1)),
+            ..text_query("", 5)
+        }))
+        .await,
+        "is not finite",
+    );
+    expect_invalid(
+        c.search(one(pb::Query {
+            retriever: 9,
+            ..text_query("tides", 5)
+        }))
+        .await,
+        "queries[0].retriever: unknown value 9",
+    );
+    expect_invalid(
+        c.search(one(pb::Query {
+            retriever: pb::Retriever::Bm25 as i32,
+            ..text_query("", 5)
+        }))
+        .await,
+        "BM25 and hybrid need words",
+    );
+    expect_invalid(
+        c.search(one(pb::Query {
+            candidates: Some(pb::CandidateParams {
+                generator: 7,
+                ..Default::default()
+            }),
+            ..text_query("tides", 5)
+        }))
+        .await,
+        "queries[0].candidates.generator: unknown value 7",
+    );
+    expect_invalid(
+        c.search(one(pb::Query {
+            candidates: Some(pb::CandidateParams {
+                n_probe: Some(0),
+                ..Default::default()
+            }),
+            ..text_query("tides", 5)
+        }))
+        .await,
+        "queries[0].candidates.n_probe: must be at least 1",
+    );
+    expect_invalid(
+        c.search(one(pb::Query {
+            filter: "{\"eq\": ".into(),
+            ..text_query("tides", 5)
+        }))
+        .await,
+        "queries[0].filter: malformed filter",
+    );
+    expect_invalid(
+        c.search(one(pb::Query {
+            filter: r#"{"eq": {"field": "colour", "value": "red"}}"#.into(),
+            ..text_query("tides", 5)
+        }))
+        .await,
+        "no document has the field \"colour\"; metadata fields in this index: n, topic",
+    );
+    let big = "tides ".repeat(300_000);
+    expect_invalid(
+        c.search(one(text_query(&big, 5))).await,
+        "exceeds the server's --max-message-mb limit of 1048576 bytes",
+    );
+    // Updates validate too, and fail whole.
+    let bad_meta = vec![pb::AddDocumentsRequest {
+        documents: vec![
+            pb::NewDocument {
+                id: "ok1".into(),
+                text: "fine".into(),
+                ..Default::default()
+            },
+            pb::NewDocument {
+                id: "bad".into(),
+                text: "x".into(),
+                metadata_json: "[1, 2]".into(),
+                ..Default::default()
+            },
+        ],
+        skip_existing: false,
+    }];
+    let e = c
+        .add_documents(tokio_stream::iter(bad_meta))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("documents[1].metadata_json")
+            && e.message().contains("nothing was added"),
+        "{}",
+        e.message()
+    );
+    let e = c
+        .add_documents(tokio_stream::iter(vec![pb::AddDocumentsRequest {
+            documents: vec![pb::NewDocument {
+                id: "v".into(),
+                vectors: Some(pb::TokenVectors {
+                    data: vec![0; 8],
+                    num_tokens: 1,
+                }),
+                ..Default::default()
+            }],
+            skip_existing: false,
+        }]))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().contains("documents[0].vectors.data"),
+        "{}",
+        e.message()
+    );
+    // A document past --max-document-bytes, and ids against the dump
+    // reader's rule (no whitespace, no control characters: a run file
+    // could not name them), are refused naming the field.
+    let long = "word ".repeat(300);
+    for (id, text, needles) in [
+        (
+            "long",
+            long.as_str(),
+            &["documents[0].text: title and text are 1500 bytes, above the server's --max-document-bytes 1000"][..],
+        ),
+        ("two words", "x", &["documents[0].id", "whitespace"][..]),
+        ("nul\0id", "x", &["documents[0].id", "control character"][..]),
+    ] {
+        let e = c
+            .add_documents(tokio_stream::iter(vec![pb::AddDocumentsRequest {
+                documents: vec![pb::NewDocument {
+                    id: id.into(),
+                    text: text.into(),
+                    ..Default::default()
+                }],
+                skip_existing: false,
+            }]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            needles.iter().all(|n| e.message().contains(n)),
+            "{id:?}: {}",
+            e.message()
+        );
+    }
+    let r = c
+        .get_documents(pb::GetDocumentsRequest {
+            ids: vec!["ok1".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.results[0].found, "a failed add left a document behind");
+
+    // A panic inside a handler is INTERNAL, and the server carries on.
+    let e = c.search(one(text_query("boom", 5))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert!(e.message().contains("injected fault"), "{}", e.message());
+    let r = c
+        .search(one(text_query("tides", 3)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].hits.len(), 3);
+    assert!(server.log_text().contains("a search panicked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadlines_overload_loading_and_graceful_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    // Health is NOT_SERVING while the index loads, and calls are refused.
+    let server = Server::start(
+        &index,
+        &["--max-in-flight", "1", "--max-queue", "1", "--grace-s", "5"],
+        "search-delay-ms=300,load-delay-ms=1500",
+    );
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let t = Instant::now();
+    loop {
+        match server.health("").await {
+            Ok(s) => {
+                assert_eq!(s, not_serving);
+                break;
+            }
+            Err(_) => assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "health never answered"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = server.client().await;
+    let e = c
+        .search(search_req(vec![text_query("tides", 3)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("loading"));
+    server.wait_serving().await;
+
+    // A deadline shorter than the work: DEADLINE_EXCEEDED.
+    let mut req = tonic::Request::new(search_req(vec![text_query("tides", 3)]));
+    req.set_timeout(Duration::from_millis(100));
+    let e = c.search(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // More concurrent calls than in-flight + queue: some RESOURCE_EXHAUSTED
+    // at once (with a retry hint), the rest served, nothing else.
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = c.search(search_req(vec![text_query("tides", 3)])).await;
+            (r.map(|_| ()), t.elapsed())
+        }));
+    }
+    let (mut served, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(()), _) => served += 1,
+            (Err(e), took) if e.code() == Code::ResourceExhausted => {
+                assert!(e.metadata().get("retry-after-ms").is_some());
+                assert!(
+                    took < Duration::from_millis(250),
+                    "a refusal must be immediate, took {took:?}"
+                );
+                refused += 1;
+            }
+            (Err(e), _) => panic!("unexpected error under overload: {e:?}"),
+        }
+    }
+    assert!(
+        served >= 1 && refused >= 1,
+        "served {served}, refused {refused}"
+    );
+    assert_eq!(served + refused, 6);
+
+    // SIGTERM: the call in flight finishes; new calls are refused.
+    let mut c2 = c.clone();
+    let inflight =
+        tokio::spawn(async move { c2.search(search_req(vec![text_query("tides", 3)])).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.terminate();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let late = async {
+        let mut fresh = TesseraClient::connect(server.url())
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        fresh.search(search_req(vec![text_query("tides", 3)])).await
+    }
+    .await;
+    assert_eq!(late.unwrap_err().code(), Code::Unavailable);
+    let r = inflight
+        .await
+        .unwrap()
+        .expect("the call in flight finishes");
+    assert_eq!(r.into_inner().results[0].hits.len(), 3);
+    let mut server = server;
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "server did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}: {}", server.log_text());
+}
