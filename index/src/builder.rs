@@ -17,105 +17,25 @@
 //!    previous complete one; staging folders start with `.` and never open.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::chunk::{encode_chunk, read_chunk, write_chunk, Chunk};
 use crate::codec::{Buckets, Codec, CodecKind};
+use crate::document::Document;
 use crate::error::{IndexError, Result};
 use crate::io::{write_array, FileEntry};
 use crate::kmeans;
 use crate::linalg::norm2;
+use crate::lock::{collect_garbage, WriteLock};
 use crate::manifest::{Manifest, ReductionEntry, SegmentEntry, FORMAT_NAME, FORMAT_VERSION};
 use crate::projection::Projection;
 use crate::segment::SegmentWriter;
 use crate::text::Analyzer;
-use crate::vectors::TokenVectors;
-use crate::writer::{collect_garbage, WriteLock};
-
-/// One document for the builder.
-#[derive(Debug, Clone)]
-pub struct Document {
-    /// External id, unique in the index.
-    pub id: String,
-    /// Token vectors (before any reduction).
-    pub vectors: TokenVectors,
-    pub title: String,
-    pub text: String,
-    /// Arbitrary JSON; numeric and string fields can be filtered on.
-    pub metadata: serde_json::Value,
-}
-
-#[derive(Serialize)]
-struct StoredRef<'a> {
-    title: &'a str,
-    text: &'a str,
-    metadata: &'a serde_json::Value,
-}
-
-/// The one rule for document ids, on every write path (dump readers, the
-/// gRPC service, the library): not empty, no whitespace and no control
-/// characters (NUL included) — an id must fit on one line of a TREC run
-/// file as one field. The error says what is wrong.
-pub fn check_id(id: &str) -> std::result::Result<(), String> {
-    if id.is_empty() {
-        return Err("the id is empty".into());
-    }
-    if id.contains(char::is_whitespace) {
-        return Err(format!(
-            "id {id:?} contains whitespace (run files could not name it)"
-        ));
-    }
-    if id.contains(char::is_control) {
-        return Err(format!("id {id:?} contains a control character"));
-    }
-    Ok(())
-}
-
-impl Document {
-    /// What every write path requires of a document: a valid id that is
-    /// not `taken`, at least one vector, the `expected` width (with words
-    /// saying where it comes from), finite values.
-    pub(crate) fn check(&self, taken: bool, expected: Option<(usize, &str)>) -> Result<()> {
-        let invalid = |m: String| IndexError::InvalidDocument {
-            id: self.id.clone(),
-            message: m,
-        };
-        check_id(&self.id).map_err(invalid)?;
-        if taken {
-            return Err(invalid("duplicate id".into()));
-        }
-        // A document without vectors is allowed (an empty text): it is
-        // stored and filterable, in no IVF list, and scores 0.
-        if let Some((dim, source)) = expected {
-            if self.vectors.dim() != dim {
-                return Err(invalid(format!(
-                    "vectors are {}-dim, {source} {dim}",
-                    self.vectors.dim()
-                )));
-            }
-        }
-        if self.vectors.as_slice().iter().any(|x| !x.is_finite()) {
-            return Err(invalid("non-finite vector value".into()));
-        }
-        Ok(())
-    }
-
-    /// The stored `{title, text, metadata}` JSON.
-    pub(crate) fn stored_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&StoredRef {
-            title: &self.title,
-            text: &self.text,
-            metadata: &self.metadata,
-        })
-        .expect("stored document serialises")
-    }
-}
 
 /// Build settings.
 #[derive(Debug, Clone)]
@@ -216,16 +136,6 @@ pub struct BuildStats {
     pub index_bytes: u64,
     pub spilled_chunks: usize,
     pub seconds: f64,
-}
-
-/// Buffered documents, in memory or spilled.
-#[derive(Debug, Default)]
-struct Chunk {
-    vectors: Vec<f32>,
-    lens: Vec<u32>,
-    /// `(id, stored JSON)` per document.
-    docs: Vec<(String, Vec<u8>)>,
-    bytes: usize,
 }
 
 /// Streams documents into a new index.
@@ -748,115 +658,6 @@ impl Drop for IndexBuilder {
         // opens as an index.
         let _ = std::fs::remove_dir_all(&self.staging);
     }
-}
-
-/// Assigns, encodes and appends the documents of `chunk` to `writer`.
-pub(crate) fn encode_chunk(
-    chunk: &ChunkView<'_>,
-    codec: &Codec,
-    centroids: &[f32],
-    dim: usize,
-    assign_probe: usize,
-    writer: &mut SegmentWriter,
-) -> Result<()> {
-    let codes = kmeans::assign_probing(chunk.vectors, centroids, dim, assign_probe);
-    let bpt = codec.bytes_per_token();
-    let mut bytes = vec![0u8; codes.len() * bpt];
-    bytes
-        .par_chunks_mut(bpt * 1024)
-        .zip(chunk.vectors.par_chunks(dim * 1024))
-        .zip(codes.par_chunks(1024))
-        .for_each_init(Vec::new, |buf: &mut Vec<u8>, ((out, vs), cs)| {
-            buf.clear();
-            for (v, &c) in vs.chunks_exact(dim).zip(cs) {
-                codec.encode(v, &centroids[c as usize * dim..(c as usize + 1) * dim], buf);
-            }
-            out.copy_from_slice(buf);
-        });
-    let mut tok = 0usize;
-    for (len, (id, stored)) in chunk.lens.iter().zip(chunk.docs) {
-        let n = *len as usize;
-        writer.add(
-            id,
-            stored,
-            &codes[tok..tok + n],
-            &bytes[tok * bpt..(tok + n) * bpt],
-        )?;
-        tok += n;
-    }
-    Ok(())
-}
-
-/// Borrowed view of buffered documents.
-pub(crate) struct ChunkView<'a> {
-    pub vectors: &'a [f32],
-    pub lens: &'a [u32],
-    pub docs: &'a [(String, Vec<u8>)],
-}
-
-impl Chunk {
-    fn view(&self) -> ChunkView<'_> {
-        ChunkView {
-            vectors: &self.vectors,
-            lens: &self.lens,
-            docs: &self.docs,
-        }
-    }
-}
-
-fn write_chunk(path: &Path, c: &Chunk) -> Result<()> {
-    let f = std::fs::File::create(path).map_err(|e| IndexError::io(path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
-    let io = |e| IndexError::io(path, e);
-    w.write_all(&(c.lens.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(bytemuck::cast_slice(&c.lens)).map_err(io)?;
-    w.write_all(bytemuck::cast_slice(&c.vectors)).map_err(io)?;
-    for (id, stored) in &c.docs {
-        w.write_all(&(id.len() as u64).to_le_bytes()).map_err(io)?;
-        w.write_all(id.as_bytes()).map_err(io)?;
-        w.write_all(&(stored.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        w.write_all(stored).map_err(io)?;
-    }
-    w.flush().map_err(io)
-}
-
-fn read_chunk(path: &Path, dim: usize) -> Result<Chunk> {
-    let f = std::fs::File::open(path).map_err(|e| IndexError::io(path, e))?;
-    let mut r = BufReader::with_capacity(1 << 20, f);
-    let io = |e| IndexError::io(path, e);
-    let mut u64buf = [0u8; 8];
-    let mut read_u64 = |r: &mut BufReader<std::fs::File>| -> Result<usize> {
-        r.read_exact(&mut u64buf).map_err(io)?;
-        Ok(u64::from_le_bytes(u64buf) as usize)
-    };
-    let n = read_u64(&mut r)?;
-    let mut lens = vec![0u32; n];
-    r.read_exact(bytemuck::cast_slice_mut(&mut lens))
-        .map_err(io)?;
-    let tokens: usize = lens.iter().map(|&l| l as usize).sum();
-    let mut vectors = vec![0f32; tokens * dim];
-    r.read_exact(bytemuck::cast_slice_mut(&mut vectors))
-        .map_err(io)?;
-    let mut docs = Vec::with_capacity(n);
-    for _ in 0..n {
-        let l = read_u64(&mut r)?;
-        let mut id = vec![0u8; l];
-        r.read_exact(&mut id).map_err(io)?;
-        let l = read_u64(&mut r)?;
-        let mut stored = vec![0u8; l];
-        r.read_exact(&mut stored).map_err(io)?;
-        let id = String::from_utf8(id)
-            .map_err(|_| IndexError::corrupt(path, "chunk id is not UTF-8"))?;
-        docs.push((id, stored));
-    }
-    Ok(Chunk {
-        vectors,
-        lens,
-        docs,
-        bytes: 0,
-    })
 }
 
 /// Removes staging folders of builds of `name` whose process is gone (killed

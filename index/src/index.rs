@@ -36,7 +36,7 @@ pub struct Index {
     segments: Vec<Segment>,
     ids: HashMap<String, (u32, u32)>,
     columns: Vec<Mutex<HashMap<String, Column>>>,
-    pub(crate) hnsw: std::sync::OnceLock<crate::search::CentroidGraph>,
+    pub(crate) hnsw: std::sync::OnceLock<crate::hnsw::CentroidGraph>,
     /// The centroids quantised to 8 bits for the integer centroid-score
     /// kernel, made on first use.
     pub(crate) centroids_i8: std::sync::OnceLock<crate::linalg::QuantRows>,

@@ -18,13 +18,17 @@
 //! * [`manifest`], [`segment`], [`io`]: the on-disk format (`index/FORMAT.md`).
 
 pub mod builder;
+mod chunk;
 pub mod codec;
+pub mod document;
 pub mod error;
 pub mod filter;
+pub mod hnsw;
 pub mod index;
 pub mod io;
 pub mod kmeans;
 pub mod linalg;
+pub mod lock;
 pub mod manifest;
 pub mod maxsim;
 pub mod projection;
@@ -40,8 +44,9 @@ pub mod writer;
 /// a change in how an index is built invalidates them.
 pub const BUILD_RECIPE: u32 = 4;
 
-pub use builder::{check_id, BuildOptions, BuildStats, Document, IndexBuilder, Phase, Progress};
+pub use builder::{BuildOptions, BuildStats, IndexBuilder, Phase, Progress};
 pub use codec::CodecKind;
+pub use document::{check_id, Document};
 pub use error::{IndexError, Result};
 pub use filter::Filter;
 pub use index::{Index, StoredDoc, VerifyReport};

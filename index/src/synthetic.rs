@@ -8,7 +8,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::builder::Document;
+use crate::document::Document;
 use crate::linalg::normalise;
 use crate::vectors::TokenVectors;
 

@@ -19,8 +19,8 @@
 //! leaves fewer than `k`, the passing documents are scored exhaustively.
 //!
 //! The candidate generators and fusion live in their own modules:
-//! `plaid` (centroid scoring, probing, the approximate passes), `hnsw`
-//! (the centroid graph) and `fusion` (BM25 and hybrid ranking).
+//! `plaid` (centroid scoring, probing, the approximate passes, over
+//! cells from the centroids or from [`crate::hnsw`]) and `fusion` (BM25 and hybrid ranking).
 
 use std::time::Instant;
 
@@ -34,11 +34,10 @@ use crate::maxsim::Scratch;
 use crate::vectors::TokenVectors;
 
 mod fusion;
-mod hnsw;
 mod plaid;
 
+pub use crate::hnsw::CentroidGraph;
 pub use fusion::{linear_fusion, rrf, Fusion, RRF_K};
-pub use hnsw::CentroidGraph;
 
 /// How candidates are generated before exact re-ranking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
