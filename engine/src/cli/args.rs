@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use tessera_engine::corpus::Format;
-use tessera_engine::fit::{DataOptions, ScheduleOptions};
+use tessera_engine::fit::{DataOptions, ScheduleOptions, TrainerOptions};
 use tessera_engine::ingest::RecordOptions;
 use tessera_engine::input::check_text;
 use tessera_engine::model::ModelOptions;
@@ -456,5 +456,70 @@ pub fn parse_analyzer(s: &str) -> Result<Analyzer, String> {
         Ok(Analyzer::Legacy) => Err("legacy is only read, not built (en, simple)".into()),
         Ok(a) => Ok(a),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The run options both trainers share (`train heads`, `train reduce`);
+/// each command sets its own defaults.
+#[derive(Args, Debug, Clone)]
+pub struct TrainerArgs {
+    /// Optimiser steps (0: only evaluate the starting point on dev; pca and
+    /// truncate reductions only fit).
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Queries per step (each with up to --positives judged documents and
+    /// --negatives mined negatives; the batch's other documents are
+    /// in-batch negatives).
+    #[arg(long, default_value_t = 32)]
+    pub batch_queries: usize,
+    /// Mined hard negatives per query per step.
+    #[arg(long, default_value_t = 1)]
+    pub negatives: usize,
+    /// Judged positives per query per step (at most): each is a loss row of
+    /// its own, with the query's other positives left out of its softmax.
+    /// More than 1 uses more of a dataset with many judgements per query
+    /// (NFCorpus: about 43) in the same number of steps.
+    #[arg(long, default_value_t = 1)]
+    pub positives: usize,
+    /// Learning rate (AdamW): of the head, or of a reduction's free matrix
+    /// and mean.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Softmax temperature of the contrastive loss (on MaxSim sums).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Seed of the batches drawn, and of a head's initialisation and
+    /// unsupervised crops or a reduction's size at each step
+    /// (pseudo-queries are drawn with one seed whatever this is).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Validate on dev every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Continue the run in --out from its checkpoint (refused if the
+    /// settings or data differ, but for --steps, --warmup, --eval-every and
+    /// --checkpoint-every).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl TrainerArgs {
+    /// The library's options for these flags.
+    pub fn options(&self) -> TrainerOptions {
+        TrainerOptions {
+            steps: self.steps,
+            batch_queries: self.batch_queries,
+            negatives: self.negatives,
+            positives: self.positives,
+            lr: self.lr,
+            temperature: self.temperature,
+            seed: self.seed,
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume,
+        }
     }
 }

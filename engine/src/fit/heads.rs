@@ -34,13 +34,15 @@ use crate::progress;
 use tessera_model::tch as tch_tensor;
 
 use crate::error::{bail, ensure, err, Context, EngineError, Result};
-use crate::fit::{DataOptions, ScheduleOptions};
+use crate::fit::{DataOptions, ScheduleOptions, TrainerOptions};
 use crate::model::ModelOptions;
 
 /// What `tessera train heads` trains, on what, for how long, and where the
 /// model folder goes (each field is the flag of the same name).
 #[derive(Debug, Clone)]
 pub struct HeadsOptions {
+    /// Steps, batches, learning rate, seed, validation and checkpoints.
+    pub trainer: TrainerOptions,
     /// A BEIR dataset folder with a train split (repeat for several).
     pub datasets: Vec<PathBuf>,
     /// The data options the trainers share.
@@ -68,29 +70,12 @@ pub struct HeadsOptions {
     pub bias: bool,
     /// frozen (cached backbone states; only the head trains) or full.
     pub mode: Mode,
-    /// Optimiser steps (0: only evaluate the initial head on dev, e.g. the
-    /// identity baseline on the same candidate pools).
-    pub steps: usize,
-    /// Queries per step (each with a positive and --negatives hard negatives;
-    /// every other document of the batch is an in-batch negative).
-    pub batch_queries: usize,
-    /// Mined hard negatives per query per step.
-    pub negatives: usize,
-    /// Judged positives per query per step (at most): each is a loss row of
-    /// its own, with the query's other positives left out of its softmax.
-    /// More than 1 uses more of a dataset with many judgements per query
-    /// (NFCorpus: about 43) in the same number of steps.
-    pub positives: usize,
-    /// Learning rate of the head.
-    pub lr: f64,
     /// Learning rate of the backbone (full mode).
     pub backbone_lr: f64,
     /// AdamW's decoupled weight decay on the head's (and backbone's) weights.
     pub weight_decay: f64,
     /// The learning-rate schedule and clipping.
     pub sched: ScheduleOptions,
-    /// Softmax temperature of the contrastive loss (on MaxSim sums).
-    pub temperature: f64,
     /// Teacher scores for distillation: a TREC run file per --dataset, in
     /// order (scores of a larger model over each train query's candidates).
     pub teachers: Vec<PathBuf>,
@@ -101,15 +86,6 @@ pub struct HeadsOptions {
     pub distill_temperature: f64,
     /// Teacher candidates per query.
     pub distill_candidates: usize,
-    /// Seed of the head's initialisation, the batches drawn and the
-    /// unsupervised crops.
-    pub seed: u64,
-    /// Validate on dev every N steps (0: only at the end).
-    pub eval_every: usize,
-    /// Checkpoint every N steps (0: only at the end).
-    pub checkpoint_every: usize,
-    /// Continue the run in --out from its checkpoint.
-    pub resume: bool,
     /// Train with ColBERT's markers (`[unused0]` for queries, `[unused1]` for
     /// documents); recorded in the model so encoding follows.
     pub markers: bool,
@@ -234,17 +210,17 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
     let cfg = TrainConfig {
         spec: spec.clone(),
         mode: args.mode,
-        steps: args.steps,
-        batch_size: args.batch_queries,
-        negatives: args.negatives,
-        positives: args.positives,
-        lr: args.lr,
+        steps: args.trainer.steps,
+        batch_size: args.trainer.batch_queries,
+        negatives: args.trainer.negatives,
+        positives: args.trainer.positives,
+        lr: args.trainer.lr,
         backbone_lr: args.backbone_lr,
         weight_decay: args.weight_decay,
-        warmup: args.sched.warmup(args.steps),
+        warmup: args.sched.warmup(args.trainer.steps),
         decay: args.sched.schedule,
         clip: args.sched.clip,
-        temperature: args.temperature,
+        temperature: args.trainer.temperature,
         distill_weight: if args.teachers.is_empty() {
             0.0
         } else {
@@ -254,9 +230,9 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
         distill_candidates: args.distill_candidates,
         l2_sp: args.l2_sp,
         raw_kl: args.raw_kl,
-        seed: args.seed,
-        eval_every: args.eval_every,
-        checkpoint_every: args.checkpoint_every,
+        seed: args.trainer.seed,
+        eval_every: args.trainer.eval_every,
+        checkpoint_every: args.trainer.checkpoint_every,
         data: args.data.describe(
             &args.datasets,
             serde_json::json!({
@@ -272,7 +248,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
         ),
     };
     cfg.validate().map_err(EngineError::msg)?;
-    let resume = if args.resume {
+    let resume = if args.trainer.resume {
         let st = train::read_checkpoint(&args.out)?
             .with_context(|| format!("--resume: {} holds no checkpoint", args.out.display()))?;
         train::check_resumable(&args.out, &st, &cfg)?;
@@ -335,7 +311,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
         let texts = read_texts(dump, &CorpusOptions::default(), args.unsupervised_docs)
             .with_context(|| format!("--unsupervised-corpus {}", dump.display()))?
             .texts;
-        let pairs = crops(&texts, args.seed);
+        let pairs = crops(&texts, args.trainer.seed);
         ensure!(
             !pairs.is_empty(),
             "--unsupervised-corpus {}: no document has the 8 words two crops need",
@@ -402,7 +378,7 @@ pub fn train_heads(args: &HeadsOptions) -> Result<()> {
             tokenizer: encoder.tokenizer(),
         }
     });
-    let mut head = tessera_model::heads::blocks::init(&spec, device, args.seed as i64);
+    let mut head = tessera_model::heads::blocks::init(&spec, device, args.trainer.seed as i64);
     // Fitted on resume too: L2-SP pulls towards this start (the checkpoint
     // then replaces the weights).
     if args.start == "pca" {

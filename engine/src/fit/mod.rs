@@ -93,3 +93,31 @@ impl DataOptions {
         v
     }
 }
+
+/// The run options both trainers share (`train heads`, `train reduce`):
+/// how long, in what batches, how fast, with what seed, and how often to
+/// validate and checkpoint. The commands give each trainer its own
+/// defaults.
+#[derive(Debug, Clone)]
+pub struct TrainerOptions {
+    /// Optimiser steps (0: only evaluate the starting point on dev).
+    pub steps: usize,
+    /// Queries per step.
+    pub batch_queries: usize,
+    /// Mined hard negatives per query per step.
+    pub negatives: usize,
+    /// Judged positives per query per step (at most).
+    pub positives: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Softmax temperature of the contrastive loss.
+    pub temperature: f64,
+    /// Seed of the batches drawn (and of what else the trainer draws).
+    pub seed: u64,
+    /// Validate every N steps (0: only at the end).
+    pub eval_every: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Continue the run from its checkpoint.
+    pub resume: bool,
+}

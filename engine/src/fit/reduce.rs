@@ -27,13 +27,15 @@ use crate::model::absolute;
 use crate::progress;
 
 use crate::error::{bail, ensure, err, Context, EngineError, Result};
-use crate::fit::{DataOptions, ScheduleOptions};
+use crate::fit::{DataOptions, ScheduleOptions, TrainerOptions};
 use crate::model::ModelOptions;
 
 /// What `tessera train reduce` fits or trains, on what, and where the
 /// reduction folder goes (each field is the flag of the same name).
 #[derive(Debug, Clone)]
 pub struct ReduceTrainOptions {
+    /// Steps, batches, learning rate, seed, validation and checkpoints.
+    pub trainer: TrainerOptions,
     /// A BEIR dataset folder (repeat for several): its train split trains,
     /// its dev split validates.
     pub datasets: Vec<PathBuf>,
@@ -48,39 +50,12 @@ pub struct ReduceTrainOptions {
     /// Document tokens the PCA covariance is computed from (evenly strided
     /// over the training corpora; 0: all).
     pub pca_tokens: usize,
-    /// Optimiser steps (orthogonal and linear; pca and truncate only fit).
-    pub steps: usize,
-    /// Queries per step (each with --positives of its judged documents,
-    /// --negatives mined negatives, and the other queries' documents).
-    pub batch_queries: usize,
-    /// Mined hard negatives per query per step.
-    pub negatives: usize,
-    /// Judged positives per query per step (at most): each is a row of the
-    /// contrastive term (the query's other positives left out of its
-    /// softmax), and each joins the candidates the distillation ranks.
-    pub positives: usize,
-    /// Learning rate (AdamW, no weight decay) of X and the mean.
-    pub lr: f64,
     /// The learning-rate schedule and clipping.
     pub sched: ScheduleOptions,
     /// Temperature of the teacher and student softmax over candidates.
     pub distill_temperature: f64,
     /// Weight of the contrastive loss on the labels (0: distillation only).
     pub contrastive_weight: f64,
-    /// Temperature of the contrastive loss.
-    pub temperature: f64,
-    /// Seed of the batches and of the size drawn at each step (pseudo-queries
-    /// are drawn with one seed whatever this is).
-    pub seed: u64,
-    /// Validate every size on the dev pools every N steps (0: only at the
-    /// end); the best mean over the sizes is kept.
-    pub eval_every: usize,
-    /// Checkpoint every N steps (0: only at the end).
-    pub checkpoint_every: usize,
-    /// Continue the run in --out from its checkpoint (refused if the
-    /// settings or data differ, but for --steps, --warmup, --eval-every and
-    /// --checkpoint-every).
-    pub resume: bool,
     /// Parametrise U = U_pca · cayley(X) from X = 0 (well conditioned at
     /// the start) instead of X = cayley⁻¹(U_pca).
     pub relative: bool,
@@ -146,20 +121,20 @@ pub fn train_reduction(args: &ReduceTrainOptions) -> Result<()> {
     let cfg = ReduceConfig {
         in_dim: k,
         dims: args.dims.clone(),
-        steps: if trains { args.steps } else { 0 },
-        batch_size: args.batch_queries,
-        negatives: args.negatives,
-        positives: args.positives,
-        lr: args.lr,
-        warmup: args.sched.warmup(args.steps),
+        steps: if trains { args.trainer.steps } else { 0 },
+        batch_size: args.trainer.batch_queries,
+        negatives: args.trainer.negatives,
+        positives: args.trainer.positives,
+        lr: args.trainer.lr,
+        warmup: args.sched.warmup(args.trainer.steps),
         decay: args.sched.schedule,
         clip: args.sched.clip,
         distill_temperature: args.distill_temperature,
         contrastive_weight: args.contrastive_weight,
-        temperature: args.temperature,
-        seed: args.seed,
-        eval_every: args.eval_every,
-        checkpoint_every: args.checkpoint_every,
+        temperature: args.trainer.temperature,
+        seed: args.trainer.seed,
+        eval_every: args.trainer.eval_every,
+        checkpoint_every: args.trainer.checkpoint_every,
         relative: args.relative,
         free: args.method == Method::Linear,
         centring: Centring {
@@ -177,7 +152,7 @@ pub fn train_reduction(args: &ReduceTrainOptions) -> Result<()> {
         ),
     };
     cfg.validate().map_err(EngineError::msg)?;
-    let resume = if args.resume {
+    let resume = if args.trainer.resume {
         let st = rtrain::read_checkpoint(&args.out)?
             .with_context(|| format!("--resume: {} holds no checkpoint", args.out.display()))?;
         rtrain::check_resumable(&args.out, &st, &cfg)?;

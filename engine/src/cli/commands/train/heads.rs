@@ -11,7 +11,7 @@ use tessera_model::HeadKind;
 use tessera_training::train::select::Selection;
 use tessera_training::train::Mode;
 
-use crate::cli::args::{DataArgs, ModelArgs, ScheduleArgs};
+use crate::cli::args::{DataArgs, ModelArgs, ScheduleArgs, TrainerArgs};
 
 /// Train a projection head — linear, FFN, GLU, any with a residual path —
 /// on BEIR train splits (and/or self-supervised pairs from a dump), keeping
@@ -70,26 +70,6 @@ pub struct HeadsArgs {
     /// frozen (cached backbone states; only the head trains) or full.
     #[arg(long, default_value = "frozen", value_parser = parse_mode)]
     pub mode: Mode,
-    /// Optimiser steps (0: only evaluate the initial head on dev, e.g. the
-    /// identity baseline on the same candidate pools).
-    #[arg(long, default_value_t = 300)]
-    pub steps: usize,
-    /// Queries per step (each with a positive and --negatives hard negatives;
-    /// every other document of the batch is an in-batch negative).
-    #[arg(long, default_value_t = 32)]
-    pub batch_queries: usize,
-    /// Mined hard negatives per query per step.
-    #[arg(long, default_value_t = 1)]
-    pub negatives: usize,
-    /// Judged positives per query per step (at most): each is a loss row of
-    /// its own, with the query's other positives left out of its softmax.
-    /// More than 1 uses more of a dataset with many judgements per query
-    /// (NFCorpus: about 43) in the same number of steps.
-    #[arg(long, default_value_t = 1)]
-    pub positives: usize,
-    /// Learning rate of the head.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
     /// Learning rate of the backbone (full mode).
     #[arg(long, default_value_t = 2e-5)]
     pub backbone_lr: f64,
@@ -97,10 +77,9 @@ pub struct HeadsArgs {
     #[arg(long, default_value_t = 0.01)]
     pub weight_decay: f64,
     #[command(flatten)]
+    pub trainer: TrainerArgs,
+    #[command(flatten)]
     pub sched: ScheduleArgs,
-    /// Softmax temperature of the contrastive loss (on MaxSim sums).
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
     /// Teacher scores for distillation: a TREC run file per --dataset, in
     /// order (scores of a larger model over each train query's candidates).
     #[arg(long = "teacher", value_name = "RUN")]
@@ -115,19 +94,6 @@ pub struct HeadsArgs {
     /// Teacher candidates per query.
     #[arg(long, default_value_t = 8)]
     pub distill_candidates: usize,
-    /// Seed of the head's initialisation, the batches drawn and the
-    /// unsupervised crops.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Validate on dev every N steps (0: only at the end).
-    #[arg(long, default_value_t = 100)]
-    pub eval_every: usize,
-    /// Checkpoint every N steps (0: only at the end).
-    #[arg(long, default_value_t = 100)]
-    pub checkpoint_every: usize,
-    /// Continue the run in --out from its checkpoint.
-    #[arg(long)]
-    pub resume: bool,
     /// Train with ColBERT's markers (`[unused0]` for queries, `[unused1]` for
     /// documents); recorded in the model so encoding follows.
     #[arg(long)]
@@ -218,23 +184,13 @@ impl HeadsArgs {
             residual: self.residual,
             bias: self.bias,
             mode: self.mode,
-            steps: self.steps,
-            batch_queries: self.batch_queries,
-            negatives: self.negatives,
-            positives: self.positives,
-            lr: self.lr,
             backbone_lr: self.backbone_lr,
             weight_decay: self.weight_decay,
             sched: self.sched.options(),
-            temperature: self.temperature,
             teachers: self.teachers,
             distill_weight: self.distill_weight,
             distill_temperature: self.distill_temperature,
             distill_candidates: self.distill_candidates,
-            seed: self.seed,
-            eval_every: self.eval_every,
-            checkpoint_every: self.checkpoint_every,
-            resume: self.resume,
             markers: self.markers,
             query_augmentation: self.query_augmentation,
             init_head: self.init_head,
@@ -246,6 +202,7 @@ impl HeadsArgs {
             select_margin: self.select_margin,
             out: self.out,
             model: self.model.options(),
+            trainer: self.trainer.options(),
         }
     }
 }

@@ -9,7 +9,7 @@ use tessera_engine::fit::reduce::{train_reduction, ReduceTrainOptions};
 use tessera_engine::fit::PseudoFrom;
 use tessera_model::reduction::Method;
 
-use crate::cli::args::{DataArgs, ModelArgs, ScheduleArgs};
+use crate::cli::args::{DataArgs, ModelArgs, ScheduleArgs, TrainerArgs};
 
 fn parse_pseudo_from(s: &str) -> Result<PseudoFrom, String> {
     s.parse()
@@ -42,6 +42,14 @@ fn parse_method(s: &str) -> Result<Method, String> {
     rotation at 32 dims on the experiment's dev sets, without training.\n\
     The folder holds reduction.json + reduction.safetensors, metrics.jsonl, dev.png/svg (a curve\n\
     per dim) and a checkpoint (--resume continues an interrupted run).")]
+#[command(
+    mut_arg("steps", |a| a.default_value("200")),
+    mut_arg("batch_queries", |a| a.default_value("16")),
+    mut_arg("negatives", |a| a.default_value("16")),
+    mut_arg("lr", |a| a.default_value("0.003")),
+    mut_arg("eval_every", |a| a.default_value("50")),
+    mut_arg("checkpoint_every", |a| a.default_value("50"))
+)]
 pub struct TrainReduceArgs {
     /// A BEIR dataset folder (repeat for several): its train split trains,
     /// its dev split validates.
@@ -66,24 +74,8 @@ pub struct TrainReduceArgs {
     /// over the training corpora; 0: all).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub pca_tokens: usize,
-    /// Optimiser steps (orthogonal and linear; pca and truncate only fit).
-    #[arg(long, default_value_t = 200)]
-    pub steps: usize,
-    /// Queries per step (each with --positives of its judged documents,
-    /// --negatives mined negatives, and the other queries' documents).
-    #[arg(long, default_value_t = 16)]
-    pub batch_queries: usize,
-    /// Mined hard negatives per query per step.
-    #[arg(long, default_value_t = 16)]
-    pub negatives: usize,
-    /// Judged positives per query per step (at most): each is a row of the
-    /// contrastive term (the query's other positives left out of its
-    /// softmax), and each joins the candidates the distillation ranks.
-    #[arg(long, default_value_t = 1)]
-    pub positives: usize,
-    /// Learning rate (AdamW, no weight decay) of X and the mean.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
+    #[command(flatten)]
+    pub trainer: TrainerArgs,
     #[command(flatten)]
     pub sched: ScheduleArgs,
     /// Temperature of the teacher and student softmax over candidates.
@@ -92,25 +84,6 @@ pub struct TrainReduceArgs {
     /// Weight of the contrastive loss on the labels (0: distillation only).
     #[arg(long, default_value_t = 1.0)]
     pub contrastive_weight: f64,
-    /// Temperature of the contrastive loss.
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f64,
-    /// Seed of the batches and of the size drawn at each step (pseudo-queries
-    /// are drawn with one seed whatever this is).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Validate every size on the dev pools every N steps (0: only at the
-    /// end); the best mean over the sizes is kept.
-    #[arg(long, default_value_t = 50)]
-    pub eval_every: usize,
-    /// Checkpoint every N steps (0: only at the end).
-    #[arg(long, default_value_t = 50)]
-    pub checkpoint_every: usize,
-    /// Continue the run in --out from its checkpoint (refused if the
-    /// settings or data differ, but for --steps, --warmup, --eval-every and
-    /// --checkpoint-every).
-    #[arg(long)]
-    pub resume: bool,
     /// Parametrise U = U_pca · cayley(X) from X = 0 (well conditioned at
     /// the start) instead of X = cayley⁻¹(U_pca).
     #[arg(long)]
@@ -151,19 +124,9 @@ impl TrainReduceArgs {
             method: self.method,
             dims: self.dims,
             pca_tokens: self.pca_tokens,
-            steps: self.steps,
-            batch_queries: self.batch_queries,
-            negatives: self.negatives,
-            positives: self.positives,
-            lr: self.lr,
             sched: self.sched.options(),
             distill_temperature: self.distill_temperature,
             contrastive_weight: self.contrastive_weight,
-            temperature: self.temperature,
-            seed: self.seed,
-            eval_every: self.eval_every,
-            checkpoint_every: self.checkpoint_every,
-            resume: self.resume,
             relative: self.relative,
             pseudo_queries: self.pseudo_queries,
             pseudo_from: self.pseudo_from,
@@ -171,6 +134,7 @@ impl TrainReduceArgs {
             centre_documents: self.centre_documents,
             out: self.out,
             model: self.model.options(),
+            trainer: self.trainer.options(),
         }
     }
 }
