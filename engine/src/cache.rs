@@ -47,13 +47,7 @@ pub fn encoding_key(
     crate::model::hash_file(&corpus, &mut h, true)?;
     absolute(model).hash(&mut h);
     crate::model::model_fingerprint(model).ok().hash(&mut h);
-    // The key of the reading options is the text it has always been, so
-    // encodings made by earlier versions stay valid.
-    format!(
-        "RecordArgs {{ format: {:?}, id_field: {:?}, text_fields: {:?}, skip_invalid: {:?} }}",
-        records.format, records.id_field, records.text_fields, records.skip_invalid
-    )
-    .hash(&mut h);
+    records_key(records).hash(&mut h);
     // fp32 encodings keep the key they had before precision was a choice.
     if precision != Precision::Fp32 {
         precision.as_str().hash(&mut h);
@@ -61,6 +55,16 @@ pub fn encoding_key(
     Ok(h.finish())
 }
 
+/// The cache key of how records are read: the text it has always been, so
+/// that encodings made by earlier versions stay valid.
+pub fn records_key(records: &RecordOptions) -> String {
+    format!(
+        "RecordArgs {{ format: {:?}, id_field: {:?}, text_fields: {:?}, skip_invalid: {:?} }}",
+        records.format, records.id_field, records.text_fields, records.skip_invalid
+    )
+}
+
+/// `$TESSERA_HOME/cache`.
 pub fn cache_root() -> Result<PathBuf> {
     Ok(tessera_model::tessera_home()
         .context("cannot locate the cache: set TESSERA_HOME")?

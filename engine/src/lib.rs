@@ -11,7 +11,9 @@
 //!   is the on-disk vectors folder, [`reduction`] the dimension reductions
 //!   applied at build and search time.
 //! - [`cache`]: the dataset encodings and indexes `eval` and the trainers
-//!   share.
+//!   share; [`bm25`]: text-only indexes for runs that rank by BM25 alone.
+//! - [`evaluate`]: BEIR evaluation and its reports; [`fit`]: training
+//!   heads and reductions, and the budget planner.
 //! - [`server`]: the gRPC service.
 //!
 //! Errors are one type, [`EngineError`]; long jobs draw progress bars on
@@ -32,6 +34,7 @@
 //! # }
 //! ```
 
+pub mod bm25;
 pub mod cache;
 pub mod corpus;
 pub mod disk;

@@ -67,6 +67,18 @@ fn batch_search_writes_a_run_and_eval_scores_it() {
     assert_eq!(r["measures"][0][0], "nDCG@10");
     assert_eq!(r["measures"][0][1], 1.0);
     assert!(report.with_extension("trec").exists());
+    // BM25 alone needs no vectors: the corpus's text was indexed, nothing
+    // was encoded.
+    assert!(home.join("cache/text").exists());
+    assert!(!home.join("cache/encodings").exists());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("BM25 needs no vectors"));
+    // A ColBERT run encodes and indexes the corpus once (and caches it)...
+    let a = args("colbert", &dir.path().join("first.json"));
+    ok(&run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &envs,
+        None,
+    ));
 
     // The second run reuses the cached index.
     let report2 = dir.path().join("colbert.json");

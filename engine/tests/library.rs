@@ -12,7 +12,7 @@ use tessera_engine::ingest::{
 };
 use tessera_engine::model::ModelOptions;
 use tessera_engine::retrieve::{Engine, Retriever};
-use tessera_index::{BuildOptions, Filter, SearchParams};
+use tessera_index::{Analyzer, BuildOptions, Filter, SearchParams};
 use tessera_model::{DeviceChoice, PrecisionChoice};
 
 /// The tiny test model on one CPU thread, in fp32 (as the CLI tests run it).
@@ -174,4 +174,44 @@ fn documents_from_an_iterator_build_an_index_that_takes_additions() {
         search(&engine, Retriever::Bm25, "comets tails", &params(1)),
         ["comets"]
     );
+}
+
+#[test]
+fn bm25_over_a_text_only_index_ranks_as_over_the_full_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = Input {
+        input: PathBuf::from(sample()),
+        records: RecordOptions::default(),
+    };
+    let full = dir.path().join("full.idx");
+    build_from_input(
+        &model(),
+        &input,
+        &full,
+        BuildOptions::default(),
+        false,
+        1024,
+        None,
+    )
+    .unwrap();
+    let text = dir.path().join("text");
+    let built = tessera_engine::bm25::build_text_index(&input, &text, Analyzer::En).unwrap();
+    assert_eq!(built.docs, 40);
+    let engine = Engine::open(&full, &model(), Retriever::Bm25).unwrap();
+    let only = tessera_engine::bm25::TextOnly::open(&text, Analyzer::En).unwrap();
+    assert_eq!(only.len(), engine.index.num_docs());
+    for q in [
+        "tides moon",
+        "volcanoes and lava",
+        "the",
+        "honey bees pollinate flowers",
+    ] {
+        let want: Vec<(String, f32)> = engine
+            .rank(Retriever::Bm25, q, None, &params(10))
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.id, h.score))
+            .collect();
+        assert_eq!(only.search(q, 10).unwrap(), want, "{q}");
+    }
 }

@@ -307,7 +307,13 @@ pub fn report_of(e: &tessera_eval::Evaluation, name: String) -> Report {
 /// queries.jsonl are counted and reported, not silently dropped: such a
 /// document stays relevant (it lowers recall, as trec_eval counts it);
 /// such a query cannot be searched and is left out of the averages.
-pub fn warn_missing(dir: &Path, split: &str, qrels: &Qrels, queries: &[Query], index: &Index) {
+pub fn warn_missing(
+    dir: &Path,
+    split: &str,
+    qrels: &Qrels,
+    queries: &[Query],
+    in_index: &dyn Fn(&str) -> bool,
+) {
     let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
     let missing_q: Vec<&str> = qrels
         .judgements
@@ -327,7 +333,7 @@ pub fn warn_missing(dir: &Path, split: &str, qrels: &Qrels, queries: &[Query], i
         .judgements
         .values()
         .flat_map(|j| j.keys().map(String::as_str))
-        .filter(|d| !index.contains(d))
+        .filter(|d| !in_index(d))
         .collect();
     docs.sort_unstable();
     docs.dedup();
@@ -344,7 +350,7 @@ pub fn warn_missing(dir: &Path, split: &str, qrels: &Qrels, queries: &[Query], i
 
 /// Evaluates the options' retriever on split `split` of the BEIR dataset
 /// in `dir`: encodes and indexes its corpus (cached) unless an index is
-/// given, ranks every judged query, scores the run, and writes the run and
+/// given — for BM25 alone, indexes only its text ([`crate::bm25`]) — ranks every judged query, scores the run, and writes the run and
 /// the JSON report (to `out`, default `eval-runs/NAME.json`).
 pub fn evaluate_dataset(
     opts: &EvalOptions,
@@ -370,7 +376,16 @@ pub fn evaluate_dataset(
     let retriever = opts.retriever;
     let mut index_build_s = None;
     let mut exact_index = opts.exact_index.clone();
+    // BM25 alone over no given index needs no vectors: a text-only index
+    // of the corpus, no model, no encoding.
+    let text_only = retriever == Retriever::Bm25 && opts.index.is_none();
     let index_dir = match &opts.index {
+        None if text_only => {
+            let (dir, built) =
+                crate::bm25::cached_text_index(&dataset, &opts.records, opts.analyzer)?;
+            index_build_s = built;
+            dir
+        }
         Some(i) => i.clone(),
         None => {
             let model_dir = opts.model.model_dir()?;
@@ -417,11 +432,22 @@ pub fn evaluate_dataset(
             idx
         }
     };
-    let mut engine = Engine::open(&index_dir, &opts.model, retriever)?;
-    if opts.index.is_some() {
-        opts.reduction.check_index(&engine.index, &index_dir)?;
-    }
-    warn_missing(dir, split, &qrels, &queries, &engine.index);
+    let (mut engine, text) = if text_only {
+        let t = crate::bm25::TextOnly::open(&index_dir, opts.analyzer)?;
+        (None, Some(t))
+    } else {
+        let engine = Engine::open(&index_dir, &opts.model, retriever)?;
+        if opts.index.is_some() {
+            opts.reduction.check_index(&engine.index, &index_dir)?;
+        }
+        (Some(engine), None)
+    };
+    let contains = |id: &str| match (&engine, &text) {
+        (Some(e), _) => e.index.contains(id),
+        (None, Some(t)) => t.contains(id),
+        (None, None) => false,
+    };
+    warn_missing(dir, split, &qrels, &queries, &contains);
     let have: HashSet<&str> = queries.iter().map(|q| q.id.as_str()).collect();
     qrels.judgements.retain(|q, _| have.contains(q.as_str()));
     let params = opts.params.clone();
@@ -429,7 +455,11 @@ pub fn evaluate_dataset(
     // Encode every query, then search every query (timed apart).
     let pb = progress::bar(Some(queries.len() as u64), "queries");
     pb.set_prefix(format!("searching {dname}"));
-    let (run, timing) = engine.run_queries(&queries, retriever, &params, &pb)?;
+    let (run, timing) = match (&engine, &text) {
+        (Some(e), _) => e.run_queries(&queries, retriever, &params, &pb)?,
+        (None, Some(t)) => t.run_queries(&queries, params.k, &pb)?,
+        (None, None) => unreachable!("an engine or a text index is open"),
+    };
     pb.finish_and_clear();
     let (encode_s, search_s) = (timing.encode_s, timing.search_s);
     let (p50, p99) = stats::p50_p99(&timing.latencies_ms);
@@ -456,8 +486,11 @@ pub fn evaluate_dataset(
                 None
             }
         };
+        let engine = engine
+            .as_mut()
+            .context("exact MaxSim needs the index's vectors")?;
         let f = fidelity::measure(
-            &mut engine,
+            engine,
             f32_index,
             &queries,
             &qrels,
@@ -489,7 +522,10 @@ pub fn evaluate_dataset(
     report.retriever = Some(retriever.to_string());
     report.candidates = cand;
     report.index = Some(index_dir.display().to_string());
-    report.model = engine.model_dir.as_ref().map(|p| p.display().to_string());
+    report.model = engine
+        .as_ref()
+        .and_then(|e| e.model_dir.as_ref())
+        .map(|p| p.display().to_string());
     report.run = Some(run_path.display().to_string());
     report.k = Some(opts.params.k);
     report.timing = Some(Timing {
