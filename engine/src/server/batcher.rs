@@ -254,7 +254,7 @@ fn run_batch(encoder: &Encoder, kind: Kind, batch: Vec<Job>, metrics: &Metrics) 
             return;
         }
         Err(panic) => {
-            let msg = super::status::panic_message(&panic);
+            let msg = super::panic::panic_message(&panic);
             tracing::error!(panic = %msg, texts = n, "the encoder panicked");
             for j in live {
                 let _ = j

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tonic::Status;
 
-use crate::server::status::*;
+use crate::server::panic::panic_message;
 
 /// The search pools ("lanes"). One call's queries run on one lane at a
 /// time, using all its threads; calls wait for a free lane in arrival

@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::server::handlers::admin::*;
 use crate::server::handlers::documents::*;
 use crate::server::handlers::search::*;
+use crate::server::panic::panic_message;
 use crate::server::state::*;
 use crate::server::status::*;
 use crate::server::validate::*;
