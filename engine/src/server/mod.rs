@@ -5,7 +5,7 @@
 //! [`validate`] (requests → plans, field-named `INVALID_ARGUMENT`);
 //! [`convert`] (library types → protobuf); [`status`] (the one mapping from
 //! errors to gRPC statuses); [`state`] (limits, readiness, shared state);
-//! [`lanes`] (the search pools); [`panic`] (a caught panic's text); [`batcher`] (the encoder thread and its
+//! [`lanes`] (the search pools); [`panic`](mod@panic) (a caught panic's text); [`batcher`] (the encoder thread and its
 //! micro-batching); [`admission`] (in-flight and queue bounds); [`metrics`]
 //! (Prometheus text on `--metrics-addr`).
 
