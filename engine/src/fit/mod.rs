@@ -17,6 +17,7 @@ pub mod plan;
 pub mod reduce;
 pub mod report;
 pub mod robust;
+pub mod summary;
 
 pub use data::{
     add_pseudo_queries, prepare, read_dataset, DatasetData, DevSets, Prep, PseudoFrom, PSEUDO_WORDS,
