@@ -17,6 +17,7 @@ use tessera_model::reduction::Reduction;
 use crate::error::{bail, ensure, Context, Result};
 use crate::model::ModelOptions;
 use crate::progress;
+use crate::retrieve::Retriever;
 
 /// What `tessera reduce plan` measures: the dataset and split, the budget
 /// in bytes per token, the dims, codecs, centroid counts and search
@@ -461,7 +462,9 @@ pub fn plan_budget(args: &PlanOptions) -> Result<Planned> {
             let mut lat = Vec::with_capacity(queries.len() * args.rounds as usize);
             for (q, v) in queries.iter().zip(&qvecs) {
                 let t = Instant::now();
-                let hits = index.search(v, &params)?;
+                let hits =
+                    crate::retrieve::rank(&index, Retriever::Colbert, &q.text, Some(v), &params)?
+                        .hits;
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
                 run.results.insert(
                     q.id.clone(),
@@ -515,9 +518,9 @@ pub fn plan_budget(args: &PlanOptions) -> Result<Planned> {
         progress::note(format!("timing round {} of {}", round + 1, args.rounds));
         for (i, probe, lat) in timed.iter_mut() {
             let params = search_params(*probe);
-            for v in &qvecs {
+            for (q, v) in queries.iter().zip(&qvecs) {
                 let t = Instant::now();
-                indexes[*i].search(v, &params)?;
+                crate::retrieve::rank(&indexes[*i], Retriever::Colbert, &q.text, Some(v), &params)?;
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
         }
