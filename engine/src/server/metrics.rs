@@ -208,6 +208,7 @@ impl Metrics {
 /// makes the body.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
+    keys: Option<super::auth::AccessKeys>,
     render: impl Fn() -> String + Send + Sync + 'static,
 ) {
     let render = std::sync::Arc::new(render);
@@ -216,6 +217,7 @@ pub async fn serve_http(
             continue;
         };
         let render = render.clone();
+        let keys = keys.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut n = 0;
@@ -236,7 +238,24 @@ pub async fn serve_http(
             }
             let head = String::from_utf8_lossy(&buf[..n]);
             let line = head.lines().next().unwrap_or("");
-            let (status, ctype, body) = if line.starts_with("GET /metrics ") {
+            // With API keys, metrics follow the read role.
+            let allowed = keys.as_ref().is_none_or(|k| {
+                let bearer = head.lines().find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.trim()
+                        .eq_ignore_ascii_case("authorization")
+                        .then(|| value.trim().strip_prefix("Bearer ").map(str::trim))
+                        .flatten()
+                });
+                bearer.and_then(|b| k.role_of(b.as_bytes())).is_some()
+            });
+            let (status, ctype, body) = if !allowed {
+                (
+                    "401 Unauthorized",
+                    "text/plain",
+                    "a valid API key is required\n".to_owned(),
+                )
+            } else if line.starts_with("GET /metrics ") {
                 ("200 OK", "text/plain; version=0.0.4", render())
             } else {
                 (

@@ -1,5 +1,6 @@
 //! The gRPC search service behind `tessera serve`, laid out by concern:
-//! [`run`] (binding, loading, draining: [`serve`]); [`service`] (the thin
+//! [`run`] (binding, loading, draining: [`serve`]); [`auth`] (API keys and
+//! their roles); [`service`] (the thin
 //! `tessera.v1.Tessera` impl and the frame of every call: deadline,
 //! admission, metrics, log line); [`handlers`] (search, documents, admin);
 //! [`validate`] (requests → plans, field-named `INVALID_ARGUMENT`);
@@ -10,6 +11,7 @@
 //! (Prometheus text on `--metrics-addr`).
 
 pub mod admission;
+pub mod auth;
 pub mod batcher;
 pub mod convert;
 pub mod handlers;
@@ -22,6 +24,7 @@ pub mod state;
 pub mod status;
 pub mod validate;
 
+pub use auth::AccessKeys;
 pub use batcher::BatchConfig;
 pub use run::{serve, Listening, ServeOptions};
 pub use state::Limits;

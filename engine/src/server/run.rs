@@ -13,6 +13,7 @@ use tessera_index::Index;
 use tessera_proto::v1::tessera_server::TesseraServer;
 use tonic_health::ServingStatus;
 
+use super::auth::{AccessKeys, Role};
 use super::lanes::SearchLanes;
 use super::service::Service;
 use super::state::{Faults, Limits, Ready, State};
@@ -53,6 +54,9 @@ pub struct ServeOptions {
     pub reduction: ReductionChoice,
     /// The model (`threads` unset: half the CPUs).
     pub model: ModelOptions,
+    /// API keys every call but health must present (`None`: no
+    /// authentication; keep the server on a loopback address then).
+    pub keys: Option<AccessKeys>,
 }
 
 /// Where the server listens, once it does.
@@ -107,11 +111,19 @@ async fn run(
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
     if !local.ip().is_loopback() {
-        tracing::warn!(
-            addr = %local,
-            "serving on a non-loopback address without TLS or authentication: \
-             anyone who reaches it can search, add and delete documents"
-        );
+        if args.keys.is_none() {
+            tracing::warn!(
+                addr = %local,
+                "serving on a non-loopback address without API keys or TLS: \
+                 anyone who reaches it can search, add and delete documents"
+            );
+        } else {
+            tracing::warn!(
+                addr = %local,
+                "serving on a non-loopback address without TLS: API keys cross \
+                 the network in plaintext (terminate TLS in a proxy in front)"
+            );
+        }
     }
     let max_message_bytes = args.limits.max_message_bytes;
     let metrics = Arc::new(Metrics::default());
@@ -120,6 +132,7 @@ async fn run(
         Admission::new(args.max_in_flight, args.max_queue),
         metrics.clone(),
         Faults::from_env(),
+        args.keys.clone(),
     ));
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_not_serving::<TesseraServer<Service>>().await;
@@ -147,7 +160,7 @@ async fn run(
             .with_context(|| format!("cannot listen on --metrics-addr {maddr}"))?;
         metrics_local = Some(l.local_addr()?);
         let st = state.clone();
-        tokio::spawn(metrics::serve_http(l, move || {
+        tokio::spawn(metrics::serve_http(l, args.keys.clone(), move || {
             st.metrics.render(&st.gauges())
         }));
     }
@@ -234,8 +247,14 @@ async fn run(
     };
     let server = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1,
+            read_role(args.keys.clone()),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            reflection_v1alpha,
+            read_role(args.keys.clone()),
+        ))
         .add_service(svc)
         .serve_with_incoming_shutdown(
             // No Nagle: a response must not wait for the client's delayed ACK.
@@ -329,5 +348,19 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// An interceptor that lets a call through with a key of the read role
+/// (every call, without keys).
+fn read_role(
+    keys: Option<AccessKeys>,
+) -> impl FnMut(tonic::Request<()>) -> std::result::Result<tonic::Request<()>, tonic::Status> + Clone
+{
+    move |req: tonic::Request<()>| {
+        if let Some(k) = &keys {
+            k.check(req.metadata(), Role::Read)?;
+        }
+        Ok(req)
     }
 }

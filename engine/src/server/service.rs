@@ -61,6 +61,11 @@ impl Service {
         let start = Instant::now();
         let st = &self.state;
         let result = async {
+            // Who may call comes first: nothing about the server's state
+            // is said to a caller without a valid key.
+            if let Some(keys) = &st.keys {
+                keys.check(meta, crate::server::auth::role_for(method))?;
+            }
             if st.draining.load(Ordering::Acquire) {
                 return Err(Status::unavailable("the server is shutting down"));
             }

@@ -157,6 +157,8 @@ impl Ready {
 
 /// Shared by every call.
 pub struct State {
+    /// API keys every call but health must present (`None`: open).
+    pub keys: Option<crate::server::auth::AccessKeys>,
     pub ready: OnceLock<Ready>,
     pub draining: AtomicBool,
     pub admission: Admission,
@@ -171,8 +173,10 @@ impl State {
         admission: Admission,
         metrics: Arc<Metrics>,
         faults: Faults,
+        keys: Option<crate::server::auth::AccessKeys>,
     ) -> Self {
         Self {
+            keys,
             ready: OnceLock::new(),
             draining: AtomicBool::new(false),
             admission,

@@ -47,6 +47,10 @@ pub struct QueryArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// A file holding the API key to send (`authorization: Bearer KEY`), for
+    /// a server started with --api-keys. Default: $TESSERA_API_KEY.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
 }
 
 fn retriever(r: RetrieverArg) -> pb::Retriever {
@@ -97,6 +101,26 @@ fn status_error(s: tonic::Status, addr: &str) -> anyhow::Error {
     anyhow::anyhow!("{addr}: {:?}: {}", s.code(), s.message())
 }
 
+/// `Bearer KEY` from `--api-key-file`, else `$TESSERA_API_KEY`, else none.
+fn api_key(
+    file: Option<&std::path::Path>,
+) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>> {
+    let key = match file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--api-key-file {}", f.display()))?,
+        ),
+        None => std::env::var("TESSERA_API_KEY").ok(),
+    };
+    let Some(key) = key.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    let value = format!("Bearer {key}")
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the API key holds characters a header cannot carry"))?;
+    Ok(Some(value))
+}
+
 pub fn run(args: QueryArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -115,9 +139,13 @@ async fn query(args: QueryArgs) -> Result<()> {
         .with_context(|| format!("cannot connect to {url} (is `tessera serve` running?)"))?;
     let mut client = TesseraClient::new(channel).max_decoding_message_size(usize::MAX);
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let bearer = api_key(args.api_key_file.as_deref())?;
     let call = |queries: Vec<pb::Query>| {
         let mut req = tonic::Request::new(pb::SearchRequest { queries });
         req.set_timeout(timeout);
+        if let Some(b) = &bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
         req
     };
     if let Some(queries) = args.input.batch()? {

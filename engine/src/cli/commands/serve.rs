@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use tessera_engine::server::{serve, BatchConfig, Limits, ServeOptions};
+use tessera_engine::server::{serve, AccessKeys, BatchConfig, Limits, ServeOptions};
 use tessera_index::SearchParams;
 
 use crate::cli::args::{ModelArgs, PlaidArgs, ReductionArgs};
@@ -26,15 +26,16 @@ use crate::cli::args::{ModelArgs, PlaidArgs, ReductionArgs};
     SIGINT/SIGTERM drain: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in \
     flight get --grace-s seconds to finish. --n-probe, --probe-budget, --n-approx and \
     --rerank-budget are the search settings of every call that sets none of its own.\n\n\
-    The server has no TLS and no authentication: anyone who reaches the port can add and \
-    delete documents. Keep it on a loopback address, or behind a proxy that provides both; \
-    any other address gets a warning.")]
+    Run it securely: give it --api-keys (a read and an admin role; without keys anyone \
+    who reaches the port can add and delete documents) and keep it on a loopback address \
+    or behind a proxy that terminates TLS (the server has no TLS of its own); any other \
+    address gets a warning.")]
 pub struct ServeArgs {
     /// The index folder.
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
-    /// Address to listen on (port 0: any free port). The server has no TLS
-    /// or authentication: a non-loopback address gets a warning.
+    /// Address to listen on (port 0: any free port). The server has no TLS:
+    /// a non-loopback address gets a warning.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
     /// Serve Prometheus metrics at http://ADDR/metrics.
@@ -108,10 +109,29 @@ pub struct ServeArgs {
     /// Serve without a model: queries must bring vectors or use BM25.
     #[arg(long)]
     pub no_model: bool,
+    /// A file of API keys, one `read KEY` or `admin KEY` per line (keys of
+    /// 16 characters or more): every call but health then needs
+    /// `authorization: Bearer KEY` — read for Search, GetDocuments,
+    /// IndexInfo, reflection and metrics; admin also for AddDocuments,
+    /// DeleteDocuments and Compact. Default: $TESSERA_API_KEYS (the same
+    /// entries, comma- or newline-separated), else no keys.
+    #[arg(long, value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
     #[command(flatten)]
     pub reduce: ReductionArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// `--api-keys FILE`, else `$TESSERA_API_KEYS`, else none.
+fn api_keys(file: Option<&std::path::Path>) -> Result<Option<AccessKeys>> {
+    if let Some(f) = file {
+        return Ok(Some(AccessKeys::from_file(f)?));
+    }
+    match std::env::var("TESSERA_API_KEYS") {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(AccessKeys::parse(&v, "$TESSERA_API_KEYS")?)),
+        _ => Ok(None),
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -148,6 +168,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         no_model: args.no_model,
         reduction: args.reduce.choice(),
         model: args.model.options(),
+        keys: api_keys(args.api_keys.as_deref())?,
         metrics_addr: args.metrics_addr,
         addr: args.addr,
         index: args.index,
