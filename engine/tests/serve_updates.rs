@@ -189,3 +189,56 @@ async fn searches_never_fail_or_see_half_an_update_while_documents_change() {
     drop(server);
     ok(&tessera(&["index", "verify", index.to_str().unwrap()]));
 }
+
+/// A change another writer commits (here the CLI, while the server runs)
+/// is what the server's next call answers from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_by_another_writer_is_seen_by_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    let server = Server::start(&index, &[], "");
+    server.wait_serving().await;
+    let mut c = server.client().await;
+    let get = |c: &mut tessera_proto::TesseraClient<tonic::transport::Channel>| {
+        let mut c = c.clone();
+        async move {
+            c.get_documents(pb::GetDocumentsRequest {
+                ids: vec!["doc01".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results[0]
+                .found
+        }
+    };
+    assert!(get(&mut c).await);
+    let before = c
+        .index_info(pb::IndexInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    ok(&tessera(&[
+        "index",
+        "delete",
+        "--index",
+        index.to_str().unwrap(),
+        "--ids",
+        "doc01",
+    ]));
+    assert!(!get(&mut c).await, "the deleted document is gone");
+    let after = c
+        .index_info(pb::IndexInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.num_docs, before.num_docs - 1);
+    assert!(after.generation > before.generation);
+    let hits = c
+        .search(search_req(vec![text_query("tides moon", 40)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hits.results[0].hits.iter().all(|h| h.id != "doc01"));
+    drop(server);
+}

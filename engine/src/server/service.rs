@@ -69,7 +69,8 @@ impl Service {
             if st.draining.load(Ordering::Acquire) {
                 return Err(Status::unavailable("the server is shutting down"));
             }
-            st.ready()?;
+            // A change another writer committed is seen before answering.
+            st.ready()?.refresh().await?;
             let limit = st.limits.max_message_bytes;
             if size > limit {
                 return Err(invalid(

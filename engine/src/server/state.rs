@@ -100,6 +100,17 @@ pub struct Ready {
     pub lanes: SearchLanes,
     /// Serialises updates (the index's file lock guards other processes).
     pub(crate) writer: tokio::sync::Mutex<()>,
+    /// The manifest file as the current snapshot saw it.
+    stamp: std::sync::Mutex<Option<ManifestStamp>>,
+}
+
+/// What tells one manifest file from the next: its modification time and
+/// length (a writer replaces the file whole, by a rename).
+type ManifestStamp = (std::time::SystemTime, u64);
+
+fn manifest_stamp(dir: &std::path::Path) -> Option<ManifestStamp> {
+    let m = std::fs::metadata(dir.join(tessera_index::manifest::MANIFEST)).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 impl Ready {
@@ -111,6 +122,7 @@ impl Ready {
         lanes: SearchLanes,
     ) -> Self {
         Self {
+            stamp: std::sync::Mutex::new(manifest_stamp(&dir)),
             dir,
             model_dir,
             index: RwLock::new(index),
@@ -126,6 +138,43 @@ impl Ready {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Notices a change another writer (the CLI, a second server) committed
+    /// since the current snapshot: one `stat` of the manifest per call; when
+    /// the file changed, the index is reopened (off the async threads, with
+    /// no update of ours in flight) and a newer generation published, so
+    /// the call answers from what is on disk.
+    pub(crate) async fn refresh(&self) -> Result<(), Status> {
+        let seen = |s: &Self| s.stamp.lock().map(|g| *g).unwrap_or(None);
+        let now = manifest_stamp(&self.dir);
+        if now.is_none() || now == seen(self) {
+            return Ok(());
+        }
+        let _w = self.writer.lock().await;
+        let now = manifest_stamp(&self.dir);
+        if now.is_none() || now == seen(self) {
+            return Ok(());
+        }
+        let dir = self.dir.clone();
+        let fresh =
+            blocking(move || Index::open(&dir).map_err(|e| index_status(e, "reopening the index")))
+                .await?;
+        if fresh.manifest().generation > self.snapshot().manifest().generation {
+            tracing::info!(
+                generation = fresh.manifest().generation,
+                "another writer changed the index; serving its new generation"
+            );
+            let fresh = Arc::new(fresh);
+            match self.index.write() {
+                Ok(mut g) => *g = fresh,
+                Err(p) => *p.into_inner() = fresh,
+            }
+        }
+        if let Ok(mut g) = self.stamp.lock() {
+            *g = now;
+        }
+        Ok(())
     }
 
     /// Runs one change of the index (`change` gets its folder) off the
@@ -150,6 +199,9 @@ impl Ready {
         match self.index.write() {
             Ok(mut g) => *g = fresh.clone(),
             Err(p) => *p.into_inner() = fresh.clone(),
+        }
+        if let Ok(mut g) = self.stamp.lock() {
+            *g = manifest_stamp(&self.dir);
         }
         Ok((out, fresh))
     }
