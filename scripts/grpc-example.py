@@ -10,8 +10,10 @@ into a temporary folder at start, so this script always matches the API.
 Needs: pip install grpcio grpcio-tools (scripts/setup puts them in .venv).
 """
 import argparse
+import collections
 import importlib
 import json
+import os
 import pathlib
 import sys
 import tempfile
@@ -42,6 +44,53 @@ def load_stubs(out_dir):
             importlib.import_module("tessera.v1.tessera_pb2_grpc"))
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer KEY` to every call (servers run with --api-keys)."""
+
+    def __init__(self, key):
+        self.metadata = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        md = list(details.metadata or []) + [self.metadata]
+        return details._replace(metadata=md) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, md, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, cont, details, request):
+        return cont(self._with_key(details), request)
+
+    def intercept_unary_stream(self, cont, details, request):
+        return cont(self._with_key(details), request)
+
+    def intercept_stream_unary(self, cont, details, requests):
+        return cont(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, cont, details, requests):
+        return cont(self._with_key(details), requests)
+
+
+class _Details(collections.namedtuple(
+        "_Details", ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"]),
+        grpc.ClientCallDetails):
+    pass
+
+
+def api_key(path):
+    """The API key: the file's first line, else $TESSERA_API_KEY, else None."""
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    return os.environ.get("TESSERA_API_KEY", "").strip() or None
+
+
+def channel_for(addr, key_file):
+    """A plaintext channel to `addr` that sends the API key, if there is one."""
+    channel = grpc.insecure_channel(addr)
+    key = api_key(key_file)
+    return grpc.intercept_channel(channel, _Bearer(key)) if key else channel
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +99,8 @@ def main():
     ap.add_argument("-k", type=int, default=10, help="hits to return")
     ap.add_argument("--retriever", choices=["colbert", "bm25", "hybrid"], default="colbert")
     ap.add_argument("--timeout", type=float, default=30.0, help="deadline, seconds")
+    ap.add_argument("--api-key-file", metavar="FILE",
+                    help="file holding the API key (default: $TESSERA_API_KEY)")
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
 
@@ -57,7 +108,7 @@ def main():
         pb2, pb2_grpc = load_stubs(tmp)
         retriever = {"colbert": pb2.RETRIEVER_COLBERT, "bm25": pb2.RETRIEVER_BM25,
                      "hybrid": pb2.RETRIEVER_HYBRID}[args.retriever]
-        with grpc.insecure_channel(args.addr) as channel:
+        with channel_for(args.addr, args.api_key_file) as channel:
             stub = pb2_grpc.TesseraStub(channel)
             request = pb2.SearchRequest(queries=[pb2.Query(
                 id="q1", text=args.query, k=args.k, retriever=retriever,

@@ -16,7 +16,9 @@ The same with grpcurl, for those who have it:
 Needs: pip install grpcio grpcio-reflection (scripts/setup puts them in .venv).
 """
 import argparse
+import collections
 import json
+import os
 import sys
 
 import grpc
@@ -26,11 +28,60 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer KEY` to every call (servers run with --api-keys)."""
+
+    def __init__(self, key):
+        self.metadata = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        md = list(details.metadata or []) + [self.metadata]
+        return details._replace(metadata=md) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, md, details.credentials,
+            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, cont, details, request):
+        return cont(self._with_key(details), request)
+
+    def intercept_unary_stream(self, cont, details, request):
+        return cont(self._with_key(details), request)
+
+    def intercept_stream_unary(self, cont, details, requests):
+        return cont(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, cont, details, requests):
+        return cont(self._with_key(details), requests)
+
+
+class _Details(collections.namedtuple(
+        "_Details", ["method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"]),
+        grpc.ClientCallDetails):
+    pass
+
+
+def api_key(path):
+    """The API key: the file's first line, else $TESSERA_API_KEY, else None."""
+    if path:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip() or None
+    return os.environ.get("TESSERA_API_KEY", "").strip() or None
+
+
+def channel_for(addr, key_file):
+    """A plaintext channel to `addr` that sends the API key, if there is one."""
+    channel = grpc.insecure_channel(addr)
+    key = api_key(key_file)
+    return grpc.intercept_channel(channel, _Bearer(key)) if key else channel
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--addr", default="127.0.0.1:50051")
     ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--api-key-file", metavar="FILE",
+                    help="file holding the API key (default: $TESSERA_API_KEY)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list services")
     d = sub.add_parser("describe", help="describe a service or message")
@@ -40,7 +91,7 @@ def main():
     c.add_argument("request", nargs="?", default="{}", help="request as JSON")
     args = ap.parse_args()
 
-    with grpc.insecure_channel(args.addr) as channel:
+    with channel_for(args.addr, args.api_key_file) as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         pool = descriptor_pool.DescriptorPool(db)
         if args.cmd == "list":

@@ -143,6 +143,38 @@ async fn each_role_is_allowed_and_refused_where_it_should_be() {
     let kf = key_file.to_string_lossy().into_owned();
     with_file.extend(["--api-key-file", &kf]);
     assert!(run(&with_file, &[], None).status.success());
+
+    // The Python example and the reflection-only client send a key too;
+    // reflection follows the read role.
+    let py = python();
+    let script = |name: &str, args: &[&str], key: Option<&str>| {
+        let mut c = std::process::Command::new(&py);
+        c.arg(common::root().join("scripts").join(name))
+            .args(["--addr", &addr])
+            .args(args)
+            .env_remove("TESSERA_API_KEY");
+        if let Some(k) = key {
+            c.env("TESSERA_API_KEY", k);
+        }
+        c.output().unwrap()
+    };
+    let listed = script("grpc-reflect.py", &["list"], Some(READ));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("tessera.v1.Tessera"));
+    assert!(!script("grpc-reflect.py", &["list"], None).status.success());
+    let found = script("grpc-example.py", &["-k", "2", "ocean tides"], Some(READ));
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let refused = script("grpc-example.py", &["-k", "2", "ocean tides"], None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("UNAUTHENTICATED"));
     drop(server);
 }
 
