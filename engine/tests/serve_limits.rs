@@ -352,3 +352,52 @@ async fn deadlines_overload_loading_and_graceful_shutdown() {
     };
     assert!(status.success(), "{status:?}: {}", server.log_text());
 }
+
+/// Bytes that are not the method's protobuf message are INVALID_ARGUMENT
+/// (the caller's fault), unary and streaming, and the server stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_protobuf_is_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    let server = Server::start(&index, &[], "");
+    server.wait_serving().await;
+    let code = r#"
+import sys, grpc
+ch = grpc.insecure_channel(sys.argv[1])
+raw = dict(request_serializer=lambda b: b, response_deserializer=lambda b: b)
+calls = [
+    lambda: ch.unary_unary("/tessera.v1.Tessera/Search", **raw)(b"\xff\xff\xff\xff", timeout=20),
+    lambda: ch.stream_unary("/tessera.v1.Tessera/AddDocuments", **raw)(iter([b"\x0a\xff\xff"]), timeout=20),
+]
+for call in calls:
+    try:
+        call()
+        print("OK")
+    except grpc.RpcError as e:
+        print(e.code().name, e.details())
+"#;
+    let out = std::process::Command::new(python())
+        .args(["-c", code, &server.addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for l in lines {
+        assert!(l.starts_with("INVALID_ARGUMENT"), "{l}");
+        assert!(l.contains("decode"), "{l}");
+    }
+    // Still serving, still answering.
+    let mut c = server.client().await;
+    let r = c
+        .search(search_req(vec![text_query("ocean tides", 2)]))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().results[0].hits.len(), 2);
+    assert_eq!(server.health("").await.unwrap(), 1);
+}

@@ -246,6 +246,7 @@ async fn run(
         }
     };
     let server = tonic::transport::Server::builder()
+        .layer(tower::ServiceBuilder::new().map_response(decode_errors_are_invalid_argument))
         .add_service(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             reflection_v1,
@@ -363,4 +364,22 @@ fn read_role(
         }
         Ok(req)
     }
+}
+
+/// A request whose protobuf does not decode is the caller's fault:
+/// `INVALID_ARGUMENT`, not the `INTERNAL` the codec answers with (the
+/// message, prost's "failed to decode Protobuf message: …", is kept).
+fn decode_errors_are_invalid_argument<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers();
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let undecodable = headers
+        .get("grpc-message")
+        .is_some_and(|v| v.as_bytes().starts_with(b"failed%20to%20decode%20Protobuf"));
+    if internal && undecodable {
+        resp.headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+    resp
 }

@@ -70,10 +70,16 @@ pub(crate) async fn add_documents(
                 ))
             }
             Ok(Err(s)) => {
+                // A message that does not decode is the caller's fault.
+                let code = if s.message().starts_with("failed to decode Protobuf") {
+                    tonic::Code::InvalidArgument
+                } else {
+                    s.code()
+                };
                 return Err(Status::new(
-                    s.code(),
+                    code,
                     format!("receiving documents: {}; nothing was added", s.message()),
-                ))
+                ));
             }
             Ok(Ok(None)) => break,
             Ok(Ok(Some(m))) => m,
