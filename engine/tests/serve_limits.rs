@@ -401,3 +401,55 @@ for call in calls:
     assert_eq!(r.into_inner().results[0].hits.len(), 2);
     assert_eq!(server.health("").await.unwrap(), 1);
 }
+
+/// Pre-encoded queries are capped in tokens, per query and per call,
+/// before any vector is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_encoded_queries_are_capped_in_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    let one = encoded_query("ocean tides and the moon");
+    let n = one.num_tokens;
+    let server = Server::start(
+        &index,
+        &[
+            "--max-query-tokens",
+            &(n + 1).to_string(),
+            "--max-call-tokens",
+            &(2 * n + 1).to_string(),
+        ],
+        "",
+    );
+    server.wait_serving().await;
+    let mut c = server.client().await;
+    let vq = |v: pb::TokenVectors| pb::Query {
+        vectors: Some(v),
+        k: 3,
+        retriever: pb::Retriever::Colbert as i32,
+        ..Default::default()
+    };
+    // One query within both caps: answered.
+    let r = c.search(search_req(vec![vq(one.clone())])).await.unwrap();
+    assert_eq!(r.into_inner().results[0].hits.len(), 3);
+    // A query of twice the tokens: over the per-query cap, named.
+    let mut long = one.clone();
+    long.data.extend_from_slice(&one.data);
+    long.num_tokens = 2 * n;
+    expect_invalid(
+        c.search(search_req(vec![vq(long)])).await,
+        "queries[0].vectors.num_tokens",
+    );
+    // Three queries within the per-query cap, over the per-call one.
+    let e = c
+        .search(search_req(vec![
+            vq(one.clone()),
+            vq(one.clone()),
+            vq(one.clone()),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("--max-call-tokens"), "{e:?}");
+    // The server still answers.
+    c.search(search_req(vec![vq(one)])).await.unwrap();
+}

@@ -30,6 +30,10 @@ pub struct Limits {
     pub max_add_docs: usize,
     /// Bytes of one query's text, at most (checked before any work).
     pub max_query_bytes: usize,
+    /// Tokens of one pre-encoded query, at most.
+    pub max_query_tokens: usize,
+    /// Tokens of all pre-encoded queries of one Search call, at most.
+    pub max_call_tokens: usize,
     /// Bytes of one added document's title and text together, at most.
     pub max_document_bytes: usize,
     /// Encoded size of one request message, at most (bytes).

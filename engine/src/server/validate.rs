@@ -126,6 +126,15 @@ pub(crate) fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Re
     }
     let vectors = match &q.vectors {
         Some(v) if retriever != pb::Retriever::Bm25 => {
+            if v.num_tokens as usize > limits.max_query_tokens {
+                return Err(invalid(
+                    f("vectors.num_tokens"),
+                    format!(
+                        "{} tokens is above the server's --max-query-tokens {}",
+                        v.num_tokens, limits.max_query_tokens
+                    ),
+                ));
+            }
             Some(unpack(&f("vectors"), v, index.query_dim())?)
         }
         _ => None,

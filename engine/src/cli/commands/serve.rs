@@ -71,6 +71,14 @@ pub struct ServeArgs {
     /// for MaxSim, and BM25 at most 1,024 distinct terms).
     #[arg(long, default_value_t = 16_384, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_query_bytes: u32,
+    /// Tokens of one pre-encoded query, at most (more: INVALID_ARGUMENT
+    /// naming the query; a text query keeps its first 32 tokens anyway).
+    #[arg(long, default_value_t = 512, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_query_tokens: u32,
+    /// Tokens of all pre-encoded queries of one Search call together, at
+    /// most (more: INVALID_ARGUMENT, before any is read).
+    #[arg(long, default_value_t = 32_768, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_call_tokens: u32,
     /// Bytes of one added document's title and text, at most (larger:
     /// INVALID_ARGUMENT naming the document, nothing added).
     #[arg(long, default_value_t = 1 << 20, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..))]
@@ -142,6 +150,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_ids: 100_000,
             max_add_docs: args.max_add_docs as usize,
             max_query_bytes: args.max_query_bytes as usize,
+            max_query_tokens: args.max_query_tokens as usize,
+            max_call_tokens: args.max_call_tokens as usize,
             max_document_bytes: args.max_document_bytes as usize,
             max_message_bytes: args.max_message_mb as usize * (1 << 20),
             default_timeout: Duration::from_millis(args.default_timeout_ms.max(1)),

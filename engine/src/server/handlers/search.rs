@@ -50,6 +50,22 @@ pub(crate) async fn search(
         ));
     }
     let index = ready.snapshot();
+    // The call's pre-encoded tokens together, before any is unpacked.
+    let tokens: u64 = req
+        .queries
+        .iter()
+        .filter_map(|q| q.vectors.as_ref())
+        .map(|v| u64::from(v.num_tokens))
+        .sum();
+    if tokens > limits.max_call_tokens as u64 {
+        return Err(invalid(
+            "queries",
+            format!(
+                "{tokens} pre-encoded tokens in one call is above the server's --max-call-tokens {}",
+                limits.max_call_tokens
+            ),
+        ));
+    }
     let mut plans = req
         .queries
         .into_iter()
