@@ -66,11 +66,17 @@ impl Record {
 
     /// What the encoder sees: title and text, blank-separated.
     pub fn encoded_text(&self) -> String {
-        match (self.title.trim().is_empty(), self.text.trim().is_empty()) {
-            (true, _) => self.text.clone(),
-            (false, true) => self.title.clone(),
-            (false, false) => format!("{} {}", self.title, self.text),
-        }
+        encoded_text(&self.title, &self.text)
+    }
+}
+
+/// What the encoder sees of a document: its title and text,
+/// blank-separated (either alone when the other is blank).
+pub fn encoded_text(title: &str, text: &str) -> String {
+    match (title.trim().is_empty(), text.trim().is_empty()) {
+        (true, _) => text.to_owned(),
+        (false, true) => title.to_owned(),
+        (false, false) => format!("{title} {text}"),
     }
 }
 

@@ -24,14 +24,9 @@ pub struct TextDocument {
 }
 
 impl TextDocument {
-    /// What the encoder sees: title and text, blank-separated (as for the
-    /// records of a dump).
+    /// What the encoder sees (as for the records of a dump).
     fn encoded_text(&self) -> String {
-        match (self.title.trim().is_empty(), self.text.trim().is_empty()) {
-            (true, _) => self.text.clone(),
-            (false, true) => self.title.clone(),
-            (false, false) => format!("{} {}", self.title, self.text),
-        }
+        crate::corpus::encoded_text(&self.title, &self.text)
     }
 }
 
@@ -63,15 +58,13 @@ pub fn build_from_documents(
             .collect();
         let mut encoded = encoder.encode_documents(&nonempty)?.items.into_iter();
         for (d, t) in group.drain(..).zip(&texts) {
-            let vectors = if t.trim().is_empty() {
-                TokenVectors::new(encoder.dim(), Vec::new())?
-            } else {
-                let item = encoded.next().expect("one encoding per non-empty text");
-                if item.empty {
-                    TokenVectors::new(encoder.dim(), Vec::new())?
-                } else {
-                    item.vectors
-                }
+            // Blank texts were not encoded; texts of only punctuation or
+            // special characters encode to nothing: both get no tokens.
+            let item = (!t.trim().is_empty())
+                .then(|| encoded.next().expect("one encoding per non-empty text"));
+            let vectors = match item {
+                Some(item) if !item.empty => item.vectors,
+                _ => TokenVectors::new(encoder.dim(), Vec::new())?,
             };
             builder.add(Document {
                 id: d.id,
