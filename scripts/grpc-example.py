@@ -6,6 +6,8 @@ into a temporary folder at start, so this script always matches the API.
 
     scripts/grpc-example.py --addr 127.0.0.1:50051 "coffee and diabetes" -k 5
     scripts/grpc-example.py --addr 127.0.0.1:50051 --retriever bm25 --json "tides"
+    TESSERA_API_KEY=... scripts/grpc-example.py --addr search.example.com:50051 \
+        --tls-ca ca.pem "dietary fibre"
 
 Needs: pip install grpcio grpcio-tools (scripts/setup puts them in .venv).
 """
@@ -18,7 +20,7 @@ import tempfile
 
 import grpc
 
-from grpc_auth import channel_for
+from grpc_auth import add_arguments, channel_for
 from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -54,8 +56,7 @@ def main():
     ap.add_argument("-k", type=int, default=10, help="hits to return")
     ap.add_argument("--retriever", choices=["colbert", "bm25", "hybrid"], default="colbert")
     ap.add_argument("--timeout", type=float, default=30.0, help="deadline, seconds")
-    ap.add_argument("--api-key-file", metavar="FILE",
-                    help="file holding the API key (default: $TESSERA_API_KEY)")
+    add_arguments(ap)
     ap.add_argument("--json", action="store_true", help="print JSON")
     args = ap.parse_args()
 
@@ -63,7 +64,7 @@ def main():
         pb2, pb2_grpc = load_stubs(tmp)
         retriever = {"colbert": pb2.RETRIEVER_COLBERT, "bm25": pb2.RETRIEVER_BM25,
                      "hybrid": pb2.RETRIEVER_HYBRID}[args.retriever]
-        with channel_for(args.addr, args.api_key_file) as channel:
+        with channel_for(args) as channel:
             stub = pb2_grpc.TesseraStub(channel)
             request = pb2.SearchRequest(queries=[pb2.Query(
                 id="q1", text=args.query, k=args.k, retriever=retriever,

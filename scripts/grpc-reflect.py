@@ -21,7 +21,7 @@ import sys
 
 import grpc
 
-from grpc_auth import channel_for
+from grpc_auth import add_arguments, channel_for
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -35,8 +35,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--addr", default="127.0.0.1:50051")
     ap.add_argument("--timeout", type=float, default=30.0)
-    ap.add_argument("--api-key-file", metavar="FILE",
-                    help="file holding the API key (default: $TESSERA_API_KEY)")
+    add_arguments(ap)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list services")
     d = sub.add_parser("describe", help="describe a service or message")
@@ -46,7 +45,7 @@ def main():
     c.add_argument("request", nargs="?", default="{}", help="request as JSON")
     args = ap.parse_args()
 
-    with channel_for(args.addr, args.api_key_file) as channel:
+    with channel_for(args) as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         pool = descriptor_pool.DescriptorPool(db)
         if args.cmd == "list":

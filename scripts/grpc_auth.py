@@ -1,6 +1,7 @@
-"""API keys for Tessera's Python gRPC clients: a channel that sends
-`authorization: Bearer KEY` on every call, for servers run with
-`tessera serve --api-keys`. Shared by grpc-example.py and grpc-reflect.py.
+"""Access for Tessera's Python gRPC clients: TLS (for servers run with
+`tessera serve --tls-cert/--tls-key`, and client certificates for
+`--tls-client-ca`) and a channel that sends `authorization: Bearer KEY` on
+every call (for `--api-keys`). Shared by grpc-example.py and grpc-reflect.py.
 """
 import collections
 import os
@@ -47,8 +48,33 @@ def api_key(path):
     return os.environ.get("TESSERA_API_KEY", "").strip() or None
 
 
-def channel_for(addr, key_file):
-    """A plaintext channel to `addr` that sends the API key, if there is one."""
-    channel = grpc.insecure_channel(addr)
-    key = api_key(key_file)
+def add_arguments(ap):
+    """The access flags, the same in every client script."""
+    ap.add_argument("--api-key-file", metavar="FILE",
+                    help="file holding the API key (default: $TESSERA_API_KEY)")
+    ap.add_argument("--tls-ca", metavar="FILE",
+                    help="speak TLS and trust this CA (PEM) for the server's certificate")
+    ap.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), for --tls-client-ca")
+    ap.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel_for(args):
+    """A channel to `args.addr`: TLS when a --tls-* flag is given, else
+    plaintext; sending the API key, if there is one."""
+    if args.tls_ca or args.tls_cert:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise SystemExit("--tls-cert and --tls-key go together")
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(args.tls_ca) if args.tls_ca else None,
+            private_key=_read(args.tls_key) if args.tls_key else None,
+            certificate_chain=_read(args.tls_cert) if args.tls_cert else None)
+        channel = grpc.secure_channel(args.addr, creds)
+    else:
+        channel = grpc.insecure_channel(args.addr)
+    key = api_key(args.api_key_file)
     return grpc.intercept_channel(channel, _Bearer(key)) if key else channel

@@ -205,73 +205,89 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped; `render`
-/// makes the body.
+/// makes the body. With `tls`, connections are TLS (the gRPC port's
+/// certificate, and its client-certificate rule).
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     keys: Option<super::auth::AccessKeys>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     render: impl Fn() -> String + Send + Sync + 'static,
 ) {
     let render = std::sync::Arc::new(render);
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else {
+        let Ok((sock, _)) = listener.accept().await else {
             continue;
         };
         let render = render.clone();
         let keys = keys.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut n = 0;
-            // Read the request head (bounded), then answer and close.
-            while n < buf.len() {
-                match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    sock.read(&mut buf[n..]),
-                )
-                .await
-                {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(m)) => n += m,
-                }
-                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    break;
+            let limit = std::time::Duration::from_secs(5);
+            match tls {
+                None => answer(sock, keys, render).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(sock)) = tokio::time::timeout(limit, acceptor.accept(sock)).await {
+                        answer(sock, keys, render).await;
+                    }
                 }
             }
-            let head = String::from_utf8_lossy(&buf[..n]);
-            let line = head.lines().next().unwrap_or("");
-            // With API keys, metrics follow the read role.
-            let allowed = keys.as_ref().is_none_or(|k| {
-                let bearer = head.lines().find_map(|l| {
-                    let (name, value) = l.split_once(':')?;
-                    name.trim()
-                        .eq_ignore_ascii_case("authorization")
-                        .then(|| value.trim().strip_prefix("Bearer ").map(str::trim))
-                        .flatten()
-                });
-                bearer.and_then(|b| k.role_of(b.as_bytes())).is_some()
-            });
-            let (status, ctype, body) = if !allowed {
-                (
-                    "401 Unauthorized",
-                    "text/plain",
-                    "a valid API key is required\n".to_owned(),
-                )
-            } else if line.starts_with("GET /metrics ") {
-                ("200 OK", "text/plain; version=0.0.4", render())
-            } else {
-                (
-                    "404 Not Found",
-                    "text/plain",
-                    "try GET /metrics\n".to_owned(),
-                )
-            };
-            let resp = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
-            let _ = sock.shutdown().await;
         });
     }
+}
+
+/// Reads one request head (bounded in size and time), answers, closes.
+async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut sock: S,
+    keys: Option<super::auth::AccessKeys>,
+    render: std::sync::Arc<impl Fn() -> String>,
+) {
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    while n < buf.len() {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf[n..]))
+            .await
+        {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(m)) => n += m,
+        }
+        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let line = head.lines().next().unwrap_or("");
+    // With API keys, metrics follow the read role.
+    let allowed = keys.as_ref().is_none_or(|k| {
+        let bearer = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().strip_prefix("Bearer ").map(str::trim))
+                .flatten()
+        });
+        bearer.and_then(|b| k.role_of(b.as_bytes())).is_some()
+    });
+    let (status, ctype, body) = if !allowed {
+        (
+            "401 Unauthorized",
+            "text/plain",
+            "a valid API key is required\n".to_owned(),
+        )
+    } else if line.starts_with("GET /metrics ") {
+        ("200 OK", "text/plain; version=0.0.4", render())
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "try GET /metrics\n".to_owned(),
+        )
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //! errors to gRPC statuses); [`state`] (limits, readiness, shared state);
 //! [`lanes`] (the search pools); [`panic`](mod@panic) (a caught panic's text); [`batcher`] (the encoder thread and its
 //! micro-batching); [`admission`] (in-flight and queue bounds); [`metrics`]
-//! (Prometheus text on `--metrics-addr`).
+//! (Prometheus text on `--metrics-addr`); [`tls`] (certificates, and who
+//! may listen where).
 
 pub mod admission;
 pub mod auth;
@@ -22,9 +23,11 @@ pub mod run;
 pub mod service;
 pub mod state;
 pub mod status;
+pub mod tls;
 pub mod validate;
 
 pub use auth::AccessKeys;
 pub use batcher::BatchConfig;
 pub use run::{serve, Listening, ServeOptions};
 pub use state::Limits;
+pub use tls::TlsFiles;

@@ -17,6 +17,7 @@ use super::auth::{AccessKeys, Role};
 use super::lanes::SearchLanes;
 use super::service::Service;
 use super::state::{Faults, Limits, Ready, State};
+use super::tls::{check_exposure, TlsFiles};
 use crate::error::{Context, Result};
 use crate::model::{absolute, ModelOptions};
 use crate::reduction::ReductionChoice;
@@ -57,6 +58,11 @@ pub struct ServeOptions {
     /// API keys every call but health must present (`None`: no
     /// authentication; keep the server on a loopback address then).
     pub keys: Option<AccessKeys>,
+    /// Certificate and key for TLS on the gRPC and metrics ports.
+    pub tls: Option<TlsFiles>,
+    /// Listen on a non-loopback address without TLS or keys (a proxy in
+    /// front provides them).
+    pub insecure: bool,
 }
 
 /// Where the server listens, once it does.
@@ -106,24 +112,24 @@ async fn run(
     // loader below while health says NOT_SERVING.
     tessera_index::manifest::Manifest::load(&args.index)
         .with_context(|| format!("opening index {}", args.index.display()))?;
+    let tls = args.tls.as_ref().map(TlsFiles::load).transpose()?;
+    check_exposure(args.addr, tls.is_some(), args.keys.is_some(), args.insecure)?;
+    if let Some(m) = args.metrics_addr {
+        check_exposure(m, tls.is_some(), args.keys.is_some(), args.insecure)
+            .context("--metrics-addr")?;
+    }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let local = listener.local_addr()?;
-    if !local.ip().is_loopback() {
-        if args.keys.is_none() {
-            tracing::warn!(
-                addr = %local,
-                "serving on a non-loopback address without API keys or TLS: \
-                 anyone who reaches it can search, add and delete documents"
-            );
-        } else {
-            tracing::warn!(
-                addr = %local,
-                "serving on a non-loopback address without TLS: API keys cross \
-                 the network in plaintext (terminate TLS in a proxy in front)"
-            );
-        }
+    if !local.ip().is_loopback() && (tls.is_none() || args.keys.is_none()) {
+        tracing::warn!(
+            addr = %local,
+            tls = tls.is_some(),
+            api_keys = args.keys.is_some(),
+            "--insecure: serving on a non-loopback address without TLS or API keys; \
+             the proxy in front must provide what is missing"
+        );
     }
     let max_message_bytes = args.limits.max_message_bytes;
     let metrics = Arc::new(Metrics::default());
@@ -160,9 +166,13 @@ async fn run(
             .with_context(|| format!("cannot listen on --metrics-addr {maddr}"))?;
         metrics_local = Some(l.local_addr()?);
         let st = state.clone();
-        tokio::spawn(metrics::serve_http(l, args.keys.clone(), move || {
-            st.metrics.render(&st.gauges())
-        }));
+        let acceptor = tls.as_ref().map(|t| t.metrics_acceptor()).transpose()?;
+        tokio::spawn(metrics::serve_http(
+            l,
+            args.keys.clone(),
+            acceptor,
+            move || st.metrics.render(&st.gauges()),
+        ));
     }
     listening(Listening {
         addr: local,
@@ -245,7 +255,13 @@ async fn run(
             let _ = drained_tx.send(());
         }
     };
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        builder = builder
+            .tls_config(t.grpc())
+            .context("configuring TLS for the gRPC port")?;
+    }
+    let server = builder
         .layer(tower::ServiceBuilder::new().map_response(decode_errors_are_invalid_argument))
         .add_service(health)
         .add_service(tonic::service::interceptor::InterceptedService::new(

@@ -21,9 +21,11 @@ use crate::cli::print::write_hit;
     tessera query --addr 127.0.0.1:50051 \"coffee reduces the risk of diabetes\"\n  \
     tessera query --addr 127.0.0.1:50051 --retriever hybrid -k 5 --json \"vitamin D and bone density\"\n  \
     tessera query --queries queries.jsonl --run-out run.trec -k 100\n  \
+    TESSERA_API_KEY=r-0123456789abcdef tessera query --addr search.example.com:50051 --tls-ca ca.pem \"dietary fibre\"\n  \
     tessera eval --run run.trec --qrels qrels/dev.tsv")]
 pub struct QueryArgs {
-    /// The server, HOST:PORT (or an http:// URL).
+    /// The server, HOST:PORT (or an http:// or https:// URL). HOST:PORT
+    /// means https with any --tls-* flag, else plaintext.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: String,
     #[command(flatten)]
@@ -51,6 +53,20 @@ pub struct QueryArgs {
     /// a server started with --api-keys. Default: $TESSERA_API_KEY.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<std::path::PathBuf>,
+    /// Speak TLS and trust this CA (PEM) for the server's certificate (with
+    /// https:// and no CA: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM), for a server run with --tls-client-ca.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The name the server's certificate must carry, when it is not the
+    /// host of --addr.
+    #[arg(long, value_name = "NAME")]
+    pub tls_domain: Option<String>,
 }
 
 fn retriever(r: RetrieverArg) -> pb::Retriever {
@@ -87,13 +103,43 @@ impl QueryArgs {
     }
 }
 
-/// The endpoint URL of `addr`.
-pub fn endpoint(addr: &str) -> String {
+/// The endpoint URL of `addr` (`https` for a bare HOST:PORT when `tls`).
+pub fn endpoint(addr: &str, tls: bool) -> String {
     if addr.contains("://") {
         addr.to_owned()
+    } else if tls {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     }
+}
+
+/// The TLS settings of the client, when it speaks TLS.
+fn client_tls(args: &QueryArgs, url: &str) -> Result<Option<tonic::transport::ClientTlsConfig>> {
+    let any = args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_domain.is_some();
+    if !any && !url.starts_with("https://") {
+        return Ok(None);
+    }
+    let read = |p: &std::path::Path, flag: &str| {
+        std::fs::read(p).with_context(|| format!("{flag} {}", p.display()))
+    };
+    let mut config = tonic::transport::ClientTlsConfig::new();
+    config = match &args.tls_ca {
+        Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(read(
+            ca, "--tls-ca",
+        )?)),
+        None => config.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config = config.identity(tonic::transport::Identity::from_pem(
+            read(cert, "--tls-cert")?,
+            read(key, "--tls-key")?,
+        ));
+    }
+    if let Some(d) = &args.tls_domain {
+        config = config.domain_name(d.clone());
+    }
+    Ok(Some(config))
 }
 
 /// A gRPC status as an error that says which call failed and how.
@@ -130,10 +176,17 @@ pub fn run(args: QueryArgs) -> Result<()> {
 }
 
 async fn query(args: QueryArgs) -> Result<()> {
-    let url = endpoint(&args.addr);
-    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+    let tls = args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_domain.is_some();
+    let url = endpoint(&args.addr, tls);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .with_context(|| format!("--addr {:?} is not a valid address", args.addr))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(config) = client_tls(&args, &url)? {
+        endpoint = endpoint
+            .tls_config(config)
+            .context("configuring TLS (are --tls-ca, --tls-cert and --tls-key PEM files?)")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {url} (is `tessera serve` running?)"))?;

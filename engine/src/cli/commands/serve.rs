@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
-use tessera_engine::server::{serve, AccessKeys, BatchConfig, Limits, ServeOptions};
+use tessera_engine::server::{serve, AccessKeys, BatchConfig, Limits, ServeOptions, TlsFiles};
 use tessera_index::SearchParams;
 
 use crate::cli::args::{ModelArgs, PlaidArgs, ReductionArgs};
@@ -17,6 +17,8 @@ use crate::cli::args::{ModelArgs, PlaidArgs, ReductionArgs};
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:\n  \
     tessera serve --index scifact.idx\n  \
+    TESSERA_API_KEYS='read r-0123456789abcdef,admin a-0123456789abcdef' \\\n    \
+    tessera serve --index scifact.idx --addr 0.0.0.0:50051 --tls-cert server.pem --tls-key server.key\n  \
     tessera serve --index scifact.idx --addr 127.0.0.1:50051 --metrics-addr 127.0.0.1:9100\n  \
     tessera serve --index small.idx --n-probe 16 --probe-budget 256 --n-approx 256 --rerank-budget 768\n  \
     tessera query --addr 127.0.0.1:50051 \"coffee and diabetes\"\n  \
@@ -26,19 +28,20 @@ use crate::cli::args::{ModelArgs, PlaidArgs, ReductionArgs};
     SIGINT/SIGTERM drain: health goes NOT_SERVING, new calls get UNAVAILABLE, calls in \
     flight get --grace-s seconds to finish. --n-probe, --probe-budget, --n-approx and \
     --rerank-budget are the search settings of every call that sets none of its own.\n\n\
-    Run it securely: give it --api-keys (a read and an admin role; without keys anyone \
-    who reaches the port can add and delete documents) and keep it on a loopback address \
-    or behind a proxy that terminates TLS (the server has no TLS of its own); any other \
-    address gets a warning.")]
+    Run it securely: on any address but loopback, serve refuses to start without TLS \
+    (--tls-cert/--tls-key, optionally --tls-client-ca to require client certificates) \
+    and API keys (--api-keys or $TESSERA_API_KEYS: a read and an admin role; without keys \
+    anyone who reaches the port can add and delete documents). --insecure lifts the \
+    refusal when a proxy in front terminates TLS and checks callers.")]
 pub struct ServeArgs {
     /// The index folder.
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
-    /// Address to listen on (port 0: any free port). The server has no TLS:
-    /// a non-loopback address gets a warning.
+    /// Address to listen on (port 0: any free port). A non-loopback address
+    /// needs TLS and API keys, or --insecure.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub addr: SocketAddr,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve Prometheus metrics at http://ADDR/metrics (https with TLS).
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Calls running at once, at most.
@@ -125,6 +128,20 @@ pub struct ServeArgs {
     /// entries, comma- or newline-separated), else no keys.
     #[arg(long, value_name = "FILE")]
     pub api_keys: Option<PathBuf>,
+    /// The server's TLS certificate chain (PEM, leaf first); with
+    /// --tls-key, both ports speak TLS only.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM bundle).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Listen on a non-loopback address without TLS or API keys: only
+    /// behind a proxy that terminates TLS and checks callers.
+    #[arg(long)]
+    pub insecure: bool,
     #[command(flatten)]
     pub reduce: ReductionArgs,
     #[command(flatten)]
@@ -179,15 +196,26 @@ pub fn run(args: ServeArgs) -> Result<()> {
         reduction: args.reduce.choice(),
         model: args.model.options(),
         keys: api_keys(args.api_keys.as_deref())?,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
+        insecure: args.insecure,
         metrics_addr: args.metrics_addr,
         addr: args.addr,
         index: args.index,
     };
+    let tls = opts.tls.is_some();
     serve(opts, |at| {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", at.addr)?;
         if let Some(m) = at.metrics {
-            writeln!(out, "metrics on http://{m}/metrics")?;
+            let scheme = if tls { "https" } else { "http" };
+            writeln!(out, "metrics on {scheme}://{m}/metrics")?;
         }
         out.flush()?;
         Ok(())
