@@ -141,7 +141,7 @@ pub fn rank(
     Ok(match retriever {
         Retriever::Bm25 => {
             let t = Instant::now();
-            let hits = index.search_text(text, p.k, p.filter.as_ref())?;
+            let hits = index.search_text_until(text, p.k, p.filter.as_ref(), &p.stop)?;
             Ranked {
                 hits,
                 candidate_ms: t.elapsed().as_secs_f64() * 1e3,

@@ -453,3 +453,120 @@ async fn pre_encoded_queries_are_capped_in_tokens() {
     // The server still answers.
     c.search(search_req(vec![vq(one)])).await.unwrap();
 }
+
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at ")".
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// A search that runs past its deadline, or whose client goes away, stops
+/// at its next block of work: the server's CPU use stops within 100 ms.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_stops_burning_cpu_at_its_deadline_or_when_its_client_leaves() {
+    use tessera_index::synthetic::Synthetic;
+    // Seconds of exact MaxSim: 4,000 documents of 60 tokens against a
+    // query of 2,048 tokens, exhaustively.
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("big.idx");
+    let syn = Synthetic {
+        dim: 64,
+        topics: 16,
+        min_len: 60,
+        max_len: 60,
+        noise: 0.5,
+        seed: 7,
+    };
+    let mut b = tessera_index::IndexBuilder::create(
+        &index,
+        tessera_index::BuildOptions {
+            num_centroids: Some(64),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for d in syn.documents(0, 4000) {
+        b.add(d).unwrap();
+    }
+    b.finish(&mut |_| {}).unwrap();
+    let server = Server::start(
+        &index,
+        &[
+            "--no-model",
+            "--max-query-tokens",
+            "4096",
+            "--max-timeout-ms",
+            "600000",
+        ],
+        "",
+    );
+    server.wait_serving().await;
+    let pid = server.child.id();
+    let q = syn.queries(4000, 1).remove(0);
+    let mut flat = Vec::new();
+    for _ in 0..64 {
+        flat.extend_from_slice(q.as_slice());
+    }
+    let tokens = flat.len() / 64;
+    let query = pb::Query {
+        vectors: Some(tessera_proto::pack_vectors(&flat, tokens)),
+        candidates: Some(pb::CandidateParams {
+            generator: pb::CandidateGenerator::Exhaustive as i32,
+            ..Default::default()
+        }),
+        ..text_query("", 10)
+    };
+    let idle = |label: &'static str| async move {
+        // CPU used from 100 ms after the end to 800 ms after it: nothing
+        // but an idle runtime (10 ms is one clock tick).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let a = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let used = cpu_seconds(pid) - a;
+        assert!(
+            used <= 0.03,
+            "{label}: the server used {used:.2} CPU seconds after the search should have stopped"
+        );
+    };
+
+    // The deadline: 300 ms for seconds of work.
+    let mut c = server.client().await;
+    let before = cpu_seconds(pid);
+    let mut req = tonic::Request::new(search_req(vec![query.clone()]));
+    req.set_timeout(Duration::from_millis(300));
+    let e = c.search(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    idle("deadline").await;
+    assert!(cpu_seconds(pid) - before > 0.2, "the search did run");
+
+    // The client goes away: the call is dropped 300 ms in, with a long
+    // deadline left.
+    let mut c2 = c.clone();
+    let q2 = query.clone();
+    let call = tokio::spawn(async move {
+        let mut req = tonic::Request::new(search_req(vec![q2]));
+        req.set_timeout(Duration::from_secs(120));
+        c2.search(req).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call.abort();
+    let _ = call.await;
+    idle("client gone").await;
+
+    // The lanes are free again: a small search answers.
+    let small = pb::Query {
+        vectors: Some(tessera_proto::pack_vectors(
+            q.as_slice(),
+            q.as_slice().len() / 64,
+        )),
+        ..text_query("", 3)
+    };
+    let r = c.search(search_req(vec![small])).await.unwrap();
+    assert_eq!(r.into_inner().results[0].hits.len(), 3);
+}

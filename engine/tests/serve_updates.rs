@@ -242,3 +242,73 @@ async fn a_change_by_another_writer_is_seen_by_the_next_call() {
     assert!(hits.results[0].hits.iter().all(|h| h.id != "doc01"));
     drop(server);
 }
+
+/// A damaged file is an error naming it, everywhere: `tessera search`
+/// fails; `serve` stays up with health NOT_SERVING and answers every call
+/// UNAVAILABLE with the file's name; a damaged manifest is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_file_is_named_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    let seg = std::fs::read_dir(&index)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let docs = seg.join("docs.bin");
+    let mut bytes = std::fs::read(&docs).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&docs, &bytes).unwrap();
+
+    let o = tessera(&["search", "--index", index.to_str().unwrap(), "tides"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("docs.bin") && err.contains("checksum"),
+        "{err}"
+    );
+
+    let server = Server::start(&index, &[], "");
+    let t = std::time::Instant::now();
+    let status = loop {
+        let mut c = server.client().await;
+        match c.search(search_req(vec![text_query("tides", 3)])).await {
+            Err(s) if s.message().contains("still loading") => {}
+            other => break other,
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let e = status.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("docs.bin"), "{e:?}");
+    assert_eq!(
+        server.health("").await.unwrap(),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    assert!(server.log_text().contains("docs.bin"));
+    drop(server);
+
+    // The manifest's own checksum: a tombstone slipped in is refused.
+    bytes[mid] ^= 0x20;
+    std::fs::write(&docs, &bytes).unwrap();
+    let manifest = index.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("\"deleted\": []", "\"deleted\": [0]"),
+    )
+    .unwrap();
+    let o = tessera(&["index", "verify", index.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("manifest.json") && err.contains("checksum mismatch"),
+        "{err}"
+    );
+}

@@ -41,6 +41,10 @@ pub enum IndexError {
     /// Another writer holds the index.
     #[error("{}: {message}", path.display())]
     Locked { path: PathBuf, message: String },
+    /// A search was stopped (its [`crate::Stop`]): past its deadline, or
+    /// cancelled.
+    #[error("{}", if *deadline { "search stopped: deadline passed" } else { "search stopped: cancelled" })]
+    Stopped { deadline: bool },
 }
 
 /// Result alias for this crate.

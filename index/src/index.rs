@@ -63,9 +63,11 @@ pub struct VerifyReport {
 }
 
 impl Index {
-    /// Opens the index in `dir`: reads the manifest, checks the format
-    /// version, every file's size and every array's internal consistency, and
-    /// maps the files. Fails with an error naming the file on anything
+    /// Opens the index in `dir`: reads the manifest (checking its own
+    /// checksum), checks the format version, every file's size and CRC-32
+    /// and every array's internal consistency, and maps the files. The CRCs
+    /// read every byte once (in parallel); a file this process verified
+    /// before and that has not changed since is not read again. Fails with an error naming the file on anything
     /// missing, truncated or foreign; never panics on file contents.
     pub fn open(dir: &Path) -> Result<Self> {
         // A writer may swap the manifest and remove the files of the

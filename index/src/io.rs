@@ -87,7 +87,9 @@ pub struct Mapped {
 }
 
 impl Mapped {
-    /// Maps `path`, failing unless it is exactly `entry.bytes` long.
+    /// Maps `path`, failing unless it is exactly `entry.bytes` long and its
+    /// CRC-32 is `entry.crc32` (checked once per process for a file that
+    /// has not changed since; see [`check_file`]).
     pub fn open(path: &Path, entry: &FileEntry) -> Result<Self> {
         let file = File::open(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -112,10 +114,23 @@ impl Mapped {
             // above, and all reads go through bounds-checked slices.
             Some(unsafe { Mmap::map(&file) }.map_err(|e| IndexError::io(path, e))?)
         };
-        Ok(Self {
+        let mapped = Self {
             path: path.to_owned(),
             map,
-        })
+        };
+        let id = FileId::of(&file, entry);
+        if !verified(&id) {
+            let got = parallel_crc(mapped.bytes());
+            if got != entry.crc32 {
+                return Err(IndexError::Checksum {
+                    path: path.to_owned(),
+                    expected: entry.crc32,
+                    actual: got,
+                });
+            }
+            remember(id);
+        }
+        Ok(mapped)
     }
 
     pub fn path(&self) -> &Path {
@@ -143,6 +158,129 @@ impl Mapped {
             )
         })
     }
+}
+
+/// A file as verified: device, inode, size, modification time and the
+/// CRC it was checked against. A file that still has all of these was
+/// verified earlier by this process and is not read again (the index's
+/// files never change in place; a copy or rewrite changes the inode or the
+/// time).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    crc32: u32,
+}
+
+impl FileId {
+    fn of(file: &File, entry: &FileEntry) -> Option<Self> {
+        let m = file.metadata().ok()?;
+        let mtime_ns = m
+            .modified()
+            .ok()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos() as i128;
+        #[cfg(unix)]
+        let (dev, ino) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        };
+        #[cfg(not(unix))]
+        let (dev, ino) = (0, 0);
+        // Without an inode to tell files apart, always verify.
+        (ino != 0).then_some(Self {
+            dev,
+            ino,
+            len: m.len(),
+            mtime_ns,
+            crc32: entry.crc32,
+        })
+    }
+}
+
+static VERIFIED: std::sync::Mutex<Option<std::collections::HashSet<FileId>>> =
+    std::sync::Mutex::new(None);
+
+fn verified(id: &Option<FileId>) -> bool {
+    let Some(id) = id else { return false };
+    VERIFIED
+        .lock()
+        .map(|g| g.as_ref().is_some_and(|s| s.contains(id)))
+        .unwrap_or(false)
+}
+
+fn remember(id: Option<FileId>) {
+    if let (Some(id), Ok(mut g)) = (id, VERIFIED.lock()) {
+        g.get_or_insert_with(Default::default).insert(id);
+    }
+}
+
+/// Forgets which files this process has verified, so that the next
+/// [`crate::Index::open`] reads and checks every file again (what a fresh
+/// process does; the open-time benchmark measures it this way).
+pub fn forget_verified() {
+    if let Ok(mut g) = VERIFIED.lock() {
+        *g = None;
+    }
+}
+
+/// Checks a file's size and CRC against its manifest entry (once per
+/// process for an unchanged file), for files read by other means than a
+/// map (the text index's).
+pub fn check_file(path: &Path, entry: &FileEntry) -> Result<()> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            IndexError::corrupt(path, "missing file")
+        } else {
+            IndexError::io(path, e)
+        }
+    })?;
+    let id = FileId::of(&file, entry);
+    if verified(&id) {
+        return Ok(());
+    }
+    let got = file_crc(path)?;
+    if got.bytes != entry.bytes {
+        return Err(IndexError::corrupt(
+            path,
+            format!("size is {} bytes, manifest says {}", got.bytes, entry.bytes),
+        ));
+    }
+    if got.crc32 != entry.crc32 {
+        return Err(IndexError::Checksum {
+            path: path.to_owned(),
+            expected: entry.crc32,
+            actual: got.crc32,
+        });
+    }
+    remember(id);
+    Ok(())
+}
+
+/// CRC-32 of `bytes`, computed in 8 MiB blocks on the rayon pool and
+/// combined.
+fn parallel_crc(bytes: &[u8]) -> u32 {
+    use rayon::prelude::*;
+    const BLOCK: usize = 8 << 20;
+    if bytes.len() <= BLOCK {
+        return crc32fast::hash(bytes);
+    }
+    let parts: Vec<crc32fast::Hasher> = bytes
+        .par_chunks(BLOCK)
+        .map(|c| {
+            let mut h = crc32fast::Hasher::new();
+            h.update(c);
+            h
+        })
+        .collect();
+    let mut all = crc32fast::Hasher::new();
+    for p in &parts {
+        all.combine(p);
+    }
+    all.finalize()
 }
 
 /// CRC-32 of a whole file, streamed.

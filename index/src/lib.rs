@@ -8,7 +8,8 @@
 //! * [`index`]: open a validated, memory-mapped snapshot; [`index::Index::verify`]
 //!   recomputes checksums.
 //! * [`search`]: exhaustive, PLAID-style and HNSW candidate generation with
-//!   exact MaxSim re-ranking on `rayon`; metadata [`filter`]s.
+//!   exact MaxSim re-ranking on `rayon`; metadata [`filter`]s; [`stop`]
+//!   (deadlines and cancellation).
 //! * [`writer`]: append, delete (tombstones), compact — each an atomic
 //!   manifest swap.
 //! * [`codec`]: f32, f16, int8 and PLAID residual codecs; [`kmeans`];
@@ -34,6 +35,7 @@ pub mod maxsim;
 pub mod projection;
 pub mod search;
 pub mod segment;
+pub mod stop;
 pub mod synthetic;
 pub mod text;
 pub mod vectors;
@@ -53,6 +55,7 @@ pub use index::{Index, StoredDoc, VerifyReport};
 pub use maxsim::maxsim;
 pub use projection::Projection;
 pub use search::{recall_at, Candidates, Fusion, Hit, SearchParams, SearchStats};
+pub use stop::Stop;
 pub use text::Analyzer;
 pub use vectors::TokenVectors;
 pub use writer::{append, compact, delete};

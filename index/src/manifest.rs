@@ -1,5 +1,11 @@
 //! `manifest.json`: the one file that says what an index is.
 //!
+//! It carries a checksum of its own (`"checksum": "crc32:…"`, over the
+//! rest of the document as written), so a damaged manifest — a flipped
+//! digit in a tombstone list, a size, a CRC — is an error at open, not a
+//! different index. Manifests written before the checksum existed open
+//! without one; their next commit adds it.
+//!
 //! Everything else in the directory is immutable once written; a commit
 //! writes new files, then atomically replaces the manifest (see
 //! [`crate::io::write_atomic`]). A reader that loaded generation `g` keeps
@@ -101,8 +107,7 @@ impl Manifest {
                 IndexError::io(&path, e)
             }
         })?;
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| IndexError::corrupt(&path, format!("invalid manifest: {e}")))?;
+        let m = Self::parse(&bytes).map_err(|e| IndexError::corrupt(&path, e))?;
         m.check(&path)?;
         Ok(m)
     }
@@ -177,11 +182,56 @@ impl Manifest {
         self.segments.iter().map(|s| s.tokens).sum()
     }
 
+    /// Parses manifest bytes, checking the checksum they carry.
+    fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
+        let obj = doc
+            .as_object_mut()
+            .ok_or("invalid manifest: not a JSON object")?;
+        // A newer format may hash differently: say so before the checksum.
+        if let Some(v) = obj.get("version").and_then(|v| v.as_u64()) {
+            if v != u64::from(FORMAT_VERSION) {
+                return Err(format!(
+                    "format version {v} is not supported (this build reads version {FORMAT_VERSION})"
+                ));
+            }
+        }
+        let stated = obj.remove(CHECKSUM_FIELD);
+        if let Some(stated) = stated {
+            let want = checksum(&doc);
+            if stated.as_str() != Some(want.as_str()) {
+                return Err(format!(
+                    "checksum mismatch (manifest says {stated}, its contents hash to {want:?}): \
+                     the file was changed or damaged after it was written"
+                ));
+            }
+        }
+        serde_json::from_value(doc).map_err(|e| format!("invalid manifest: {e}"))
+    }
+
+    /// The manifest's JSON as written: pretty-printed, with its checksum.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut doc = serde_json::to_value(self).expect("manifest serialises");
+        let sum = checksum(&doc);
+        if let Some(o) = doc.as_object_mut() {
+            o.insert(CHECKSUM_FIELD.into(), serde_json::Value::String(sum));
+        }
+        serde_json::to_vec_pretty(&doc).expect("manifest serialises")
+    }
+
     /// Writes the manifest atomically into `dir`.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).expect("manifest serialises");
-        crate::io::write_atomic(&dir.join(MANIFEST), &json)
+        crate::io::write_atomic(&dir.join(MANIFEST), &self.to_json())
     }
+}
+
+const CHECKSUM_FIELD: &str = "checksum";
+
+/// `crc32:XXXXXXXX` of the document (without its checksum) as pretty JSON.
+fn checksum(doc: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec_pretty(doc).expect("JSON serialises");
+    format!("crc32:{:08x}", crc32fast::hash(&bytes))
 }
 
 /// A plain file or folder name: no separators, no `..`, not hidden.

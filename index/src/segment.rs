@@ -264,28 +264,10 @@ impl Segment {
                 "manifest lists no text index files",
             ));
         }
+        // tantivy trusts its files (it can panic on damaged ones), so they
+        // are checksummed before tantivy reads them.
         for (name, fe) in entry.files.iter().filter(|(k, _)| k.starts_with("text/")) {
-            let path = dir.join(name);
-            let len = std::fs::metadata(&path)
-                .map_err(|_| IndexError::corrupt(&path, "missing file"))?
-                .len();
-            if len != fe.bytes {
-                return Err(IndexError::corrupt(
-                    &path,
-                    format!("size is {len} bytes, manifest says {}", fe.bytes),
-                ));
-            }
-            // tantivy trusts its files (it can panic on damaged ones), so
-            // they are checksummed before tantivy reads them. They hold only
-            // text, a small part of an index.
-            let got = crate::io::file_crc(&path)?;
-            if got.crc32 != fe.crc32 {
-                return Err(IndexError::Checksum {
-                    path,
-                    expected: fe.crc32,
-                    actual: got.crc32,
-                });
-            }
+            crate::io::check_file(&dir.join(name), fe)?;
         }
         seg.text = Some(TextReader::open(&dir, entry.docs, analyzer)?);
         seg.live = vec![true; entry.docs as usize];

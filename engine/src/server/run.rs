@@ -77,8 +77,9 @@ pub struct Listening {
 /// Runs the gRPC service until SIGINT/SIGTERM (then drains for
 /// [`ServeOptions::grace`]). `listening` is called once the ports are
 /// bound, before the index has loaded (health says NOT_SERVING until it
-/// has). An index or model that fails to load ends the process with
-/// status 1.
+/// has). An index or model that fails to load (a damaged file, a missing
+/// model) keeps health NOT_SERVING and every call `UNAVAILABLE` with the
+/// reason, until the server is stopped.
 pub fn serve(opts: ServeOptions, listening: impl FnOnce(Listening) -> Result<()>) -> Result<()> {
     if opts.reduction.reduction.is_some() {
         // Refused before listening: the index must carry this reduction.
@@ -223,14 +224,8 @@ async fn run(
                         "index loaded; serving"
                     );
                 }
-                Ok(Err(e)) => {
-                    eprintln!("error: {}", e.chain());
-                    std::process::exit(1);
-                }
-                Err(e) => {
-                    eprintln!("error: loading the index failed: {e}");
-                    std::process::exit(1);
-                }
+                Ok(Err(e)) => fail(&st, e.chain()),
+                Err(e) => fail(&st, format!("loading the index failed: {e}")),
             }
         });
     }
@@ -298,6 +293,15 @@ async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The index or the model could not be loaded: the server stays up with
+/// health NOT_SERVING, logs the reason, and answers every call
+/// `UNAVAILABLE` with it — an orchestrator sees an unready server and why.
+fn fail(st: &State, why: String) {
+    tracing::error!(reason = %why, "cannot serve the index; health stays NOT_SERVING");
+    eprintln!("error: {why}");
+    let _ = st.failed.set(why);
 }
 
 /// Opens the index and starts the encoder thread.

@@ -216,6 +216,9 @@ pub struct State {
     /// API keys every call but health must present (`None`: open).
     pub keys: Option<crate::server::auth::AccessKeys>,
     pub ready: OnceLock<Ready>,
+    /// Why the index or the model could not be loaded (then health stays
+    /// NOT_SERVING and every call is `UNAVAILABLE` with this reason).
+    pub failed: OnceLock<String>,
     pub draining: AtomicBool,
     pub admission: Admission,
     pub metrics: Arc<Metrics>,
@@ -234,6 +237,7 @@ impl State {
         Self {
             keys,
             ready: OnceLock::new(),
+            failed: OnceLock::new(),
             draining: AtomicBool::new(false),
             admission,
             metrics,
@@ -242,11 +246,13 @@ impl State {
         }
     }
 
-    /// The loaded index and model; `UNAVAILABLE` while they load.
+    /// The loaded index and model; `UNAVAILABLE` while they load, or with
+    /// the reason when they could not be loaded.
     pub fn ready(&self) -> Result<&Ready, Status> {
-        self.ready
-            .get()
-            .ok_or_else(|| Status::unavailable("the index is still loading; retry shortly"))
+        self.ready.get().ok_or_else(|| match self.failed.get() {
+            Some(why) => Status::unavailable(format!("the index cannot be served: {why}")),
+            None => Status::unavailable("the index is still loading; retry shortly"),
+        })
     }
 
     /// Refuses more ids in one call than `--max-ids` allows.

@@ -18,6 +18,12 @@ pub(crate) fn index_status(e: IndexError, what: &str) -> Status {
         | IndexError::DimMismatch { .. }
         | IndexError::InvalidDocument { .. } => Status::invalid_argument(format!("{what}: {e}")),
         IndexError::Locked { .. } => Status::aborted(format!("{what}: {e}")),
+        IndexError::Stopped { deadline: true } => Status::deadline_exceeded(format!("{what}: {e}")),
+        IndexError::Stopped { deadline: false } => Status::cancelled(format!("{what}: {e}")),
+        IndexError::Corrupt { .. } | IndexError::Checksum { .. } => {
+            tracing::error!(error = %e, "{what}: the index is damaged");
+            Status::data_loss(format!("{what}: {e}"))
+        }
         e => {
             tracing::error!(error = %e, "{what} failed");
             Status::internal(format!("{what}: {e}"))

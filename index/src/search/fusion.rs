@@ -14,6 +14,19 @@ impl Index {
     /// BM25 top `k` for free text `query` over titles and texts (tantivy),
     /// filtered before ranking.
     pub fn search_text(&self, query: &str, k: usize, filter: Option<&Filter>) -> Result<Vec<Hit>> {
+        self.search_text_until(query, k, filter, &crate::Stop::never())
+    }
+
+    /// [`Index::search_text`] that gives up when `stop` says so (checked
+    /// per segment).
+    pub fn search_text_until(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+        stop: &crate::Stop,
+    ) -> Result<Vec<Hit>> {
+        stop.check()?;
         if k == 0 {
             return Err(IndexError::InvalidParameter("k must be at least 1".into()));
         }
@@ -27,6 +40,7 @@ impl Index {
         let stats = (self.segments().len() > 1)
             .then(|| crate::text::CorpusStats::new(self.segments().iter().map(|s| s.text())));
         for (si, seg) in self.segments().iter().enumerate() {
+            stop.check()?;
             let mask = match &allowed {
                 Some(a) => Some(std::sync::Arc::new(a[si].clone())),
                 None if !seg.entry.deleted.is_empty() => Some(std::sync::Arc::new(
@@ -73,7 +87,7 @@ impl Index {
             },
         )?;
         let t = Instant::now();
-        let sparse = self.search_text(text, depth, p.filter.as_ref())?;
+        let sparse = self.search_text_until(text, depth, p.filter.as_ref(), &p.stop)?;
         stats.text_ms = ms(t);
         let hits = match p.fusion {
             Fusion::Rrf { c } => rrf(&[dense, sparse], p.k, c),

@@ -107,6 +107,9 @@ pub struct SearchParams {
     pub filter: Option<Filter>,
     /// Hybrid search: how the two rankings are fused.
     pub fusion: Fusion,
+    /// When to give up (a deadline, a caller gone): checked between blocks
+    /// of work; a stopped search returns [`crate::IndexError::Stopped`].
+    pub stop: crate::Stop,
 }
 
 impl Default for SearchParams {
@@ -125,6 +128,7 @@ impl Default for SearchParams {
             hnsw_ef: 64,
             filter: None,
             fusion: Fusion::default(),
+            stop: crate::Stop::never(),
         }
     }
 }
@@ -216,12 +220,17 @@ impl Index {
         let q = self.prepare_query(query.as_slice());
         let allowed = self.allowed(p.filter.as_ref());
         let mut stats = SearchStats::default();
+        p.stop.check()?;
         let hits = match p.candidates {
-            Candidates::Exhaustive => {
-                self.rank_exact(&q, self.all_docs(allowed.as_ref()), p.k, &mut stats)
-            }
+            Candidates::Exhaustive => self.rank_exact(
+                &q,
+                self.all_docs(allowed.as_ref()),
+                p.k,
+                &p.stop,
+                &mut stats,
+            )?,
             Candidates::Plaid | Candidates::Hnsw => {
-                self.search_ivf(&q, p, allowed.as_ref(), &mut stats)
+                self.search_ivf(&q, p, allowed.as_ref(), &mut stats)?
             }
         };
         Ok((hits, stats))
@@ -370,23 +379,41 @@ impl Index {
         q: &[f32],
         docs: Vec<(usize, u32)>,
         k: usize,
+        stop: &crate::Stop,
         stats: &mut SearchStats,
-    ) -> Vec<Hit> {
+    ) -> Result<Vec<Hit>> {
         let t = Instant::now();
         stats.exact_docs = docs.len();
-        let mut scored = self.score_exact(q, &docs);
+        let mut scored = self.score_exact_until(q, &docs, stop)?;
         top_k(&mut scored, k);
         stats.exact_ms = ms(t);
-        self.hits(scored)
+        Ok(self.hits(scored))
     }
 
-    /// Exact MaxSim of each of `docs`, in parallel.
-    pub(crate) fn score_exact(&self, q: &[f32], docs: &[(usize, u32)]) -> Vec<(f32, usize, u32)> {
-        docs.par_iter()
+    /// Exact MaxSim of each of `docs`, in parallel, checking `stop` before
+    /// each document (an atomic load and a clock read: nanoseconds against
+    /// a document's microseconds) and giving up at the first refusal.
+    fn score_exact_until(
+        &self,
+        q: &[f32],
+        docs: &[(usize, u32)],
+        stop: &crate::Stop,
+    ) -> Result<Vec<(f32, usize, u32)>> {
+        let scored: Option<Vec<_>> = docs
+            .par_iter()
             .map_init(Scratch::default, |scratch, &(s, d)| {
-                (self.score_doc(q, s, d, scratch), s, d)
+                stop.check()
+                    .ok()
+                    .map(|()| (self.score_doc(q, s, d, scratch), s, d))
             })
-            .collect()
+            .collect();
+        match scored {
+            Some(v) => Ok(v),
+            None => Err(stop
+                .check()
+                .err()
+                .unwrap_or(IndexError::Stopped { deadline: false })),
+        }
     }
 }
 

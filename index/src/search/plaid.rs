@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::error::Result;
 use crate::index::Index;
 use crate::linalg::{
     dot, dot_block, dot_block_i8, int8_kernel_enabled, norm2, prefetch_line, quantize_scores,
@@ -22,12 +23,13 @@ impl Index {
         p: &SearchParams,
         allowed: Option<&Allowed>,
         stats: &mut SearchStats,
-    ) -> Vec<Hit> {
+    ) -> Result<Vec<Hit>> {
+        let stop = &p.stop;
         let n_candidates = p.exact_candidates(q.len() / self.dim());
         if let Some(a) = allowed {
             let passing: usize = a.iter().map(|s| s.iter().filter(|&&x| x).count()).sum();
             if passing <= n_candidates {
-                return self.rank_exact(q, self.all_docs(allowed), p.k, stats);
+                return self.rank_exact(q, self.all_docs(allowed), p.k, stop, stats);
             }
         }
         let dim = self.dim();
@@ -45,6 +47,7 @@ impl Index {
         let second_pass = p.n_approx > n_candidates;
         let mut pass = self.centroid_pass(q, plaid.then_some(n), p.centroid_threshold, second_pass);
         stats.centroid_ms = ms(t);
+        stop.check()?;
         let t = Instant::now();
         let tops: Vec<Vec<(f32, u32)>> = if plaid {
             std::mem::take(&mut pass.tops)
@@ -77,6 +80,7 @@ impl Index {
         let mut cells = vec![false; k];
         let mut cands: Vec<(f32, usize, u32)> = Vec::new();
         for (si, seg) in self.segments().iter().enumerate() {
+            stop.check()?;
             let mut score = vec![0.0f32; seg.num_docs()];
             let mut last = vec![u32::MAX; seg.num_docs()];
             for (i, top) in tops.iter().enumerate() {
@@ -105,14 +109,14 @@ impl Index {
         stats.candidates = cands.len();
         if allowed.is_some() && cands.len() < p.k {
             stats.probe_ms = ms(t);
-            return self.rank_exact(q, self.all_docs(allowed), p.k, stats);
+            return self.rank_exact(q, self.all_docs(allowed), p.k, stop, stats);
         }
         top_k(&mut cands, p.n_approx.max(n_candidates));
         stats.probe_ms = ms(t);
         if !second_pass {
             TABLE.with(|t| *t.borrow_mut() = std::mem::take(&mut pass.table));
             let best = cands.into_iter().map(|(_, s, d)| (s, d)).collect();
-            return self.rank_exact(q, best, p.k, stats);
+            return self.rank_exact(q, best, p.k, stop, stats);
         }
 
         // Second approximate pass over the survivors: every token's
@@ -121,6 +125,7 @@ impl Index {
         // — contribute 0). The per-token gathers are the cost here, and
         // i8 rows keep the table in L2. Approximate scores only choose
         // which documents get the exact re-rank.
+        stop.check()?;
         let t = Instant::now();
         let blocks = nq.div_ceil(I8_LANES);
         let scale = pass.scale;
@@ -156,7 +161,7 @@ impl Index {
         TABLE.with(|t| *t.borrow_mut() = std::mem::take(&mut pass.table));
         stats.approx_ms = ms(t);
         let best = approx.into_iter().map(|(_, s, d)| (s, d)).collect();
-        self.rank_exact(q, best, p.k, stats)
+        self.rank_exact(q, best, p.k, stop, stats)
     }
 }
 

@@ -28,6 +28,15 @@ pub(crate) fn rank(index: &Index, p: &Plan) -> Result<(Vec<Hit>, f64, f64), Stat
         .map_err(|e| engine_status(e, "searching"))
 }
 
+/// Cancels a search when the call that started it is dropped.
+struct CancelOnDrop(tessera_index::Stop);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
 pub(crate) async fn search(
     st: Arc<State>,
     req: pb::SearchRequest,
@@ -96,6 +105,15 @@ pub(crate) async fn search(
             }
             plans[i].vectors = Some(v);
         }
+    }
+    // The search stops at the deadline, or as soon as this call is
+    // dropped (cut off at its deadline, or its client went away): the
+    // guard cancels it, and the lane's threads are free within one block
+    // of work.
+    let stop = tessera_index::Stop::new(Some(deadline));
+    let _cancel_on_drop = CancelOnDrop(stop.clone());
+    for p in &mut plans {
+        p.params.stop = stop.clone();
     }
     let generation = index.manifest().generation;
     let metrics = st.metrics.clone();
