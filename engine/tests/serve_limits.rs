@@ -7,6 +7,7 @@ mod serve_harness;
 
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
 use tonic::Code;
@@ -569,4 +570,71 @@ async fn a_search_stops_burning_cpu_at_its_deadline_or_when_its_client_leaves() 
     };
     let r = c.search(search_req(vec![small])).await.unwrap();
     assert_eq!(r.into_inner().results[0].hits.len(), 3);
+}
+
+/// What one call may hold: the documents of an AddDocuments call together
+/// (--max-add-mb) and the answer of a Search or GetDocuments
+/// (--max-response-mb) are capped, INVALID_ARGUMENT naming the field and
+/// the flag, nothing added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cannot_hold_more_than_its_caps() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = build_index(dir.path());
+    let server = Server::start(&index, &["--max-add-mb", "1", "--max-response-mb", "1"], "");
+    server.wait_serving().await;
+    let mut c = server.client().await;
+
+    // Two documents of 600 KB each, in two stream messages: each under
+    // --max-document-bytes, together over --max-add-mb.
+    let doc = |id: &str| pb::AddDocumentsRequest {
+        documents: vec![pb::NewDocument {
+            id: id.into(),
+            text: "tides ".repeat(100_000),
+            ..Default::default()
+        }],
+        skip_existing: false,
+    };
+    let e = c
+        .add_documents(tokio_stream::iter(vec![doc("big1"), doc("big2")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().starts_with("documents:") && e.message().contains("--max-add-mb"),
+        "{e:?}"
+    );
+    let info = c.index_info(pb::IndexInfoRequest {}).await.unwrap();
+    assert_eq!(info.into_inner().num_docs, 40, "nothing was added");
+
+    // GetDocuments of one document 20,000 times: a ~10 MB answer.
+    let e = c
+        .get_documents(pb::GetDocumentsRequest {
+            ids: vec!["doc01".to_owned(); 20_000],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().starts_with("ids:") && e.message().contains("--max-response-mb"),
+        "{e:?}"
+    );
+
+    // Search: 200 queries asking for every hit's text.
+    let q = pb::Query {
+        fields: Some(pb::Fields {
+            title: true,
+            text: true,
+            metadata: true,
+        }),
+        ..text_query("ocean tides moon", 40)
+    };
+    let e = match c.search(search_req(vec![q.clone(); 200])).await {
+        Ok(r) => panic!("answered {} bytes", r.into_inner().encoded_len()),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("--max-response-mb"), "{e:?}");
+    // A few such queries are fine.
+    let r = c.search(search_req(vec![q; 2])).await.unwrap();
+    assert_eq!(r.into_inner().results[1].hits.len(), 40);
 }

@@ -38,6 +38,13 @@ pub struct Limits {
     pub max_document_bytes: usize,
     /// Encoded size of one request message, at most (bytes).
     pub max_message_bytes: usize,
+    /// Encoded size of all the documents of one AddDocuments call, at most
+    /// (bytes): what the call holds in memory until it commits.
+    pub max_add_bytes: usize,
+    /// Encoded size of one response, at most (bytes): a Search asking for
+    /// the texts of many hits, or a GetDocuments of many large documents,
+    /// is refused once its answer passes it.
+    pub max_response_bytes: usize,
     /// Deadline of a call whose client sets none.
     pub default_timeout: Duration,
     /// Longest deadline honoured.

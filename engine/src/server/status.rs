@@ -11,6 +11,19 @@ pub(crate) fn invalid(field: impl std::fmt::Display, msg: impl std::fmt::Display
     Status::invalid_argument(format!("{field}: {msg}"))
 }
 
+/// A response that would pass `--max-response-mb`: the request asked for
+/// too much at once.
+pub(crate) fn response_too_large(field: &str, limit: usize) -> Status {
+    invalid(
+        field,
+        format!(
+            "the answer passes the server's --max-response-mb of {} MiB; ask for fewer \
+             documents, hits or fields per call",
+            limit >> 20
+        ),
+    )
+}
+
 /// An index error from ranking or updating: the caller's fault or ours.
 pub(crate) fn index_status(e: IndexError, what: &str) -> Status {
     match e {

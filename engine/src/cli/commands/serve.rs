@@ -90,6 +90,16 @@ pub struct ServeArgs {
     /// past twice this the transport refuses with OUT_OF_RANGE unread).
     #[arg(long, default_value_t = 16, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_message_mb: u32,
+    /// All the documents of one AddDocuments call together, at most, MiB
+    /// (more: INVALID_ARGUMENT, nothing added): what a call holds in
+    /// memory until it commits.
+    #[arg(long, default_value_t = 64, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_add_mb: u32,
+    /// One response, at most, MiB: a Search or GetDocuments whose answer
+    /// (hits with their texts, documents) passes it is refused with
+    /// INVALID_ARGUMENT.
+    #[arg(long, default_value_t = 64, value_name = "MB", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_response_mb: u32,
     /// Deadline of calls whose client sets none, ms.
     #[arg(long, default_value_t = 30_000, value_name = "MS")]
     pub default_timeout_ms: u64,
@@ -171,6 +181,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_call_tokens: args.max_call_tokens as usize,
             max_document_bytes: args.max_document_bytes as usize,
             max_message_bytes: args.max_message_mb as usize * (1 << 20),
+            max_add_bytes: args.max_add_mb as usize * (1 << 20),
+            max_response_bytes: args.max_response_mb as usize * (1 << 20),
             default_timeout: Duration::from_millis(args.default_timeout_ms.max(1)),
             max_timeout: Duration::from_millis(args.max_timeout_ms.max(1)),
             max_candidates: args.max_candidates.max(1) as usize,

@@ -22,6 +22,7 @@ pub(crate) fn get_documents(
     let ready = st.ready()?;
     st.check_ids(req.ids.len())?;
     let index = ready.snapshot();
+    let mut bytes = 0usize;
     let results = req
         .ids
         .into_iter()
@@ -42,7 +43,14 @@ pub(crate) fn get_documents(
                 document: None,
             },
         })
-        .collect();
+        .map(|r| {
+            bytes += r.encoded_len();
+            if bytes > st.limits.max_response_bytes {
+                return Err(response_too_large("ids", st.limits.max_response_bytes));
+            }
+            Ok(r)
+        })
+        .collect::<Result<_, _>>()?;
     Ok(pb::GetDocumentsResponse { results })
 }
 
@@ -62,6 +70,7 @@ pub(crate) async fn add_documents(
     let mut skipped = Vec::new();
     let mut skip_existing = None;
     let mut pos = 0usize;
+    let mut call_bytes = 0usize;
     loop {
         let msg = match tokio::time::timeout_at(deadline.into(), stream.message()).await {
             Err(_) => {
@@ -89,6 +98,16 @@ pub(crate) async fn add_documents(
             return Err(invalid(
                 "request",
                 format!("stream message of {size} bytes exceeds the --max-message-mb limit of {} bytes; nothing was added", st.limits.max_message_bytes),
+            ));
+        }
+        call_bytes += size;
+        if call_bytes > st.limits.max_add_bytes {
+            return Err(invalid(
+                "documents",
+                format!(
+                    "the call's documents pass {} bytes (--max-add-mb); send them in several calls; nothing was added",
+                    st.limits.max_add_bytes
+                ),
             ));
         }
         let skip = *skip_existing.get_or_insert(msg.skip_existing);

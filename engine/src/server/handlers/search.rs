@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prost::Message;
 use tessera_index::{Hit, Index};
 use tessera_proto::v1 as pb;
 use tonic::Status;
@@ -118,11 +119,13 @@ pub(crate) async fn search(
     let generation = index.manifest().generation;
     let metrics = st.metrics.clone();
     let faults = st.faults.clone();
+    let max_response = limits.max_response_bytes;
     let results = ready
         .lanes
         .run(deadline, move || {
             let mut out = Vec::with_capacity(plans.len());
-            for p in plans {
+            let mut bytes = 0usize;
+            for (i, p) in plans.into_iter().enumerate() {
                 std::thread::sleep(faults.search_delay);
                 if faults.panic_text.as_deref() == Some(p.text.as_str()) {
                     panic!("injected fault: panic-text");
@@ -136,11 +139,16 @@ pub(crate) async fn search(
                 let (hits, candidates_ms, rerank_ms) = rank(&index, &p)?;
                 metrics.search.observe(t.elapsed().as_secs_f64());
                 let query_tokens = p.vectors.as_ref().map_or(0, |v| v.len()) as u32;
+                let hits: Vec<pb::Hit> = hits
+                    .into_iter()
+                    .map(|h| to_hit(&index, h, &p.fields))
+                    .collect();
+                bytes += hits.iter().map(Message::encoded_len).sum::<usize>();
+                if bytes > max_response {
+                    return Err(response_too_large(&format!("queries[{i}]"), max_response));
+                }
                 out.push(pb::QueryResult {
-                    hits: hits
-                        .into_iter()
-                        .map(|h| to_hit(&index, h, &p.fields))
-                        .collect(),
+                    hits,
                     id: p.id,
                     timings: Some(pb::Timings {
                         queue_ms,
