@@ -1,8 +1,8 @@
-"""Dev-pool nDCG@10 against r for the nineteenth session's runs (a plot outside tessera).
+"""Dev-pool nDCG@10 against r for the margin-MSE run's runs (a plot outside tessera).
 
 Usage: python a-margin-mse-objective-and-how-plot.py RUNS_DIR OUT_STEM
-RUNS_DIR holds the runs of commands-a-margin-mse-objective-and-how.txt (runs/red19) and the eighteenth
-session's seed-1 defaults at RUNS_DIR/../red18/defaults-s1; each run's best dev record
+RUNS_DIR holds the runs of commands-a-margin-mse-objective-and-how.txt (runs/red19) and the k-means-seeds
+run's seed-1 defaults at RUNS_DIR/../red18/defaults-s1; each run's best dev record
 (by the mean over r, as `train reduce` picks it) is read from its metrics.jsonl
 (run_metrics.py, beside this file).
 Writes OUT_STEM.png and OUT_STEM.svg. Needs matplotlib.
@@ -17,7 +17,7 @@ from run_metrics import best_dev
 
 runs_dir, out = sys.argv[1], sys.argv[2]
 rows = [
-    ("pca-a1", "PCA (the issue's formula)", "k", "-"),
+    ("pca-a1", "PCA (the goal's formula)", "k", "-"),
     ("pca-q1-d1.4", "PCA, documents α 1.4", "tab:blue", "--"),
     ("pca-q1-d2", "PCA, documents α 2", "tab:blue", ":"),
     ("pca-c0-0.5", "PCA centred q 0 / d 0.5", "tab:green", "-"),
@@ -39,7 +39,7 @@ ax.set_ylim(0.40, 0.59)
 ax.set_xticks([16, 32, 48, 64, 96])
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8, loc="lower right")
-ax.set_title("v4, nineteenth session: margin-MSE and the documents' renormalisation")
+ax.set_title("v4: margin-MSE and the documents' renormalisation")
 fig.tight_layout()
 fig.savefig(f"{out}.png", dpi=110)
 fig.savefig(f"{out}.svg")

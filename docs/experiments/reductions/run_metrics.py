@@ -1,4 +1,4 @@
-"""Reading a `tessera train reduce` run's metrics.jsonl, for the session plots (outside tessera)."""
+"""Reading a `tessera train reduce` run's metrics.jsonl, for the experiment plots (outside tessera)."""
 import json
 
 

@@ -1,4 +1,4 @@
-"""Dev-pool nDCG@10 at r = 32, twentieth session (a plot outside tessera).
+"""Dev-pool nDCG@10 at r = 32, evaluated-queries run (a plot outside tessera).
 
 Left: against the training step, for the rotation fitted on the dev queries and on the
 train queries. Right: against the number of train queries it is fitted on (25, 50 and
@@ -6,8 +6,8 @@ train queries. Right: against the number of train queries it is fitted on (25, 5
 as `train reduce` picks it).
 
 Usage: python the-recipe-fitted-on-the-evaluated-plot.py RUNS_DIR OUT_STEM
-RUNS_DIR holds the runs of commands-the-recipe-fitted-on-the-evaluated.txt (runs/red20) and the eighteenth
-session's seed-1 defaults at RUNS_DIR/../red18/defaults-s1. Each dev record of a run's
+RUNS_DIR holds the runs of commands-the-recipe-fitted-on-the-evaluated.txt (runs/red20) and the k-means-seeds
+run's seed-1 defaults at RUNS_DIR/../red18/defaults-s1. Each dev record of a run's
 metrics.jsonl is placed at the step of the training record before it (0 for the first;
 run_metrics.py, beside this file).
 Writes OUT_STEM.png and OUT_STEM.svg. Needs matplotlib.
@@ -60,7 +60,7 @@ bx.set_ylim(0.53, 0.585)
 bx.grid(alpha=0.3)
 bx.legend(fontsize=7.5, loc="upper left")
 bx.set_title("four times the train queries")
-fig.suptitle("v4, twentieth session: the rotation at r = 32 (dev pools)")
+fig.suptitle("v4: the rotation at r = 32 (dev pools)")
 fig.tight_layout()
 fig.savefig(f"{out}.png", dpi=110)
 fig.savefig(f"{out}.svg")

@@ -1,4 +1,4 @@
-"""Train-query subsets of SciFact and NFCorpus for the twentieth session's curve (outside tessera).
+"""Train-query subsets of SciFact and NFCorpus for the evaluated-queries run's curve (outside tessera).
 
 Usage: python the-recipe-fitted-on-the-evaluated-subsets.py SHARED_DATASETS OUT_DIR
 For each fraction f in 25 and 50 writes OUT_DIR/f{f}/{scifact,nfcorpus}/: corpus.jsonl,
