@@ -1,8 +1,8 @@
 //! Memory under maximal requests (`scripts/bench-limits`): starts `tessera
 //! serve` on 127.0.0.1 (random port) over a copy of an index, with its
 //! default limits, and drives it with a bounded load in which every call is
-//! as large as those limits allow — a BM25 and a hybrid query of
-//! `--max-query-bytes` of distinct words, a Search of pre-encoded queries
+//! as large as those limits allow — a BM25 and a hybrid query of 1,024
+//! distinct words (the most BM25 terms a query may have, 8 KiB), a Search of pre-encoded queries
 //! filling `--max-call-tokens` up to the message limit with `k` =
 //! `--max-k`, an AddDocuments of documents of `--max-document-bytes` up to
 //! `--max-add-mb`, a GetDocuments of `--max-ids` ids with their texts —
@@ -10,7 +10,8 @@
 //! peak, and every call's outcome by kind.
 //!
 //!   limits --bin target/release/tessera --index DIR [--clients 16]
-//!          [--requests 120] [--max-seconds 180] [-- extra serve args…]
+//!          [--requests 120] [--max-seconds 180] [--kinds bm25,hybrid,vectors,get,add]
+//!          [-- extra serve args…]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -45,11 +46,14 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// `bytes` of distinct pseudo-words (each a different BM25 term).
-fn words(bytes: usize, seed: u64) -> String {
+/// Up to `bytes` of pseudo-words, at most `max_words` of them (each a
+/// different BM25 term).
+fn words(bytes: usize, max_words: usize, seed: u64) -> String {
     let mut s = String::with_capacity(bytes);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    while s.len() + 9 < bytes {
+    let mut n = 0;
+    while s.len() + 9 < bytes && n < max_words {
+        n += 1;
         for _ in 0..7 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -61,13 +65,24 @@ fn words(bytes: usize, seed: u64) -> String {
     s
 }
 
-/// The calls, in turn; every tenth is an add (each writes ~63 MB).
-fn kind(i: usize) -> &'static str {
-    if i % 10 == 9 {
-        "add"
+/// The calls, in turn; every tenth is an add (each writes ~63 MB), when
+/// adds are among `kinds`.
+fn kind(i: usize, kinds: &[String]) -> String {
+    let adds = kinds.iter().any(|k| k == "add");
+    let rest: Vec<&String> = kinds.iter().filter(|k| *k != "add").collect();
+    if adds && (rest.is_empty() || i % 10 == 9) {
+        "add".into()
     } else {
-        ["bm25", "hybrid", "vectors", "get"][i % 4]
+        rest[i % rest.len()].clone()
     }
+}
+
+/// A request with a deadline long enough for a maximal call under load
+/// (the server's --max-timeout-ms is 10 minutes).
+fn long<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(Duration::from_secs(300));
+    r
 }
 
 fn main() {
@@ -75,6 +90,9 @@ fn main() {
     let mut index = PathBuf::new();
     let (mut clients, mut requests, mut max_seconds) = (16usize, 120usize, 180.0f64);
     let mut serve_args = Vec::new();
+    let mut kinds: Vec<String> = ["bm25", "hybrid", "vectors", "get", "add"]
+        .map(String::from)
+        .to_vec();
     let mut it = std::env::args().skip(1);
     while let Some(x) = it.next() {
         let mut v = || it.next().unwrap_or_else(|| panic!("{x} needs a value"));
@@ -84,6 +102,7 @@ fn main() {
             "--clients" => clients = v().parse().expect("--clients"),
             "--requests" => requests = v().parse().expect("--requests"),
             "--max-seconds" => max_seconds = v().parse().expect("--max-seconds"),
+            "--kinds" => kinds = v().split(',').map(str::to_owned).collect(),
             "--bench" => {}
             "--" => serve_args = it.by_ref().collect(),
             o => panic!("unknown argument {o}"),
@@ -100,7 +119,7 @@ fn main() {
         .args(["--addr", "127.0.0.1:0"])
         .args(&serve_args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("serve.log")).unwrap())
         .spawn()
         .expect("tessera serve starts");
     let line = BufReader::new(child.stdout.take().unwrap())
@@ -108,7 +127,11 @@ fn main() {
         .next()
         .unwrap()
         .unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap().to_owned();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
     let url = format!("http://{addr}");
     let pid = child.id();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -134,12 +157,14 @@ fn main() {
                         .await
                         .unwrap()
                         .into_inner();
-                    let ids: Vec<String> =
-                        r.results[0].hits.iter().map(|h| h.id.clone()).collect();
+                    let ids: Vec<String> = r.results[0].hits.iter().map(|h| h.id.clone()).collect();
                     break (info.into_inner().query_dim as usize, ids);
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(120), "server never became ready");
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "server never became ready"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
@@ -186,6 +211,7 @@ fn main() {
                 .max_encoding_message_size(usize::MAX);
             let (next, outcomes) = (next.clone(), outcomes.clone());
             let (vq, get_ids) = (vq.clone(), get_ids.clone());
+            let kinds = kinds.clone();
             let deadline = t0 + Duration::from_secs_f64(max_seconds);
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -193,9 +219,14 @@ fn main() {
                     if i >= requests || Instant::now() >= deadline {
                         break;
                     }
-                    let kind = kind(i);
+                    let kind = kind(i, &kinds);
+                    let kind = kind.as_str();
                     let text = |r: pb::Retriever| pb::Query {
-                        text: words(max_query_bytes, i as u64),
+                        text: words(
+                            max_query_bytes,
+                            tessera_index::text::MAX_QUERY_TERMS,
+                            i as u64,
+                        ),
                         k: max_k,
                         retriever: r as i32,
                         ..Default::default()
@@ -208,7 +239,7 @@ fn main() {
                                 pb::Retriever::Hybrid
                             };
                             let q = text(r);
-                            c.search(pb::SearchRequest { queries: vec![q] })
+                            c.search(long(pb::SearchRequest { queries: vec![q] }))
                                 .await
                                 .map(|_| ())
                         }
@@ -219,9 +250,9 @@ fn main() {
                                 retriever: pb::Retriever::Colbert as i32,
                                 ..Default::default()
                             };
-                            c.search(pb::SearchRequest {
+                            c.search(long(pb::SearchRequest {
                                 queries: vec![q; n_vec],
-                            })
+                            }))
                             .await
                             .map(|_| ())
                         }
@@ -230,18 +261,25 @@ fn main() {
                                 .map(|d| pb::AddDocumentsRequest {
                                     documents: vec![pb::NewDocument {
                                         id: format!("limits-{i}-{d}"),
-                                        text: words(max_doc_bytes - 64, (i * 1000 + d) as u64),
+                                        text: words(
+                                            max_doc_bytes - 64,
+                                            usize::MAX,
+                                            (i * 1000 + d) as u64,
+                                        ),
                                         ..Default::default()
                                     }],
                                     skip_existing: false,
                                 })
                                 .collect();
-                            c.add_documents(tokio_stream::iter(msgs)).await.map(|_| ())
+                            // Each add indexes ~63 MB of text: give it time.
+                            let mut req = tonic::Request::new(tokio_stream::iter(msgs));
+                            req.set_timeout(Duration::from_secs(300));
+                            c.add_documents(req).await.map(|_| ())
                         }
                         _ => c
-                            .get_documents(pb::GetDocumentsRequest {
+                            .get_documents(long(pb::GetDocumentsRequest {
                                 ids: (*get_ids).clone(),
-                            })
+                            }))
                             .await
                             .map(|_| ()),
                     };
@@ -269,6 +307,15 @@ fn main() {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
+    // Errors the server logged, for the record.
+    let log = std::fs::read_to_string(tmp.path().join("serve.log")).unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("error"))
+        .take(10)
+    {
+        eprintln!("server: {l}");
+    }
 
     println!(
         "{} calls in {secs:.1} s from {clients} clients; per call: {n_vec} pre-encoded queries of \

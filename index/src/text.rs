@@ -246,9 +246,14 @@ impl TextWriter {
         let (schema, fields) = schema(analyzer);
         let index = tantivy::Index::create_in_dir(&dir, schema).map_err(|e| text_err(&dir, e))?;
         analyzer.register(&index);
-        let writer = index
+        let writer: IndexWriter = index
             .writer_with_num_threads(1, 50_000_000)
             .map_err(|e| text_err(&dir, e))?;
+        // `finish` merges everything into one tantivy segment itself; a
+        // background merge started by tantivy's default policy (after
+        // eight flushes, i.e. a segment of much text) would take segments
+        // from under that merge and fail it.
+        writer.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
         Ok(Self {
             dir,
             writer,

@@ -7,7 +7,8 @@
 //! [`convert`] (library types → protobuf); [`status`] (the one mapping from
 //! errors to gRPC statuses); [`state`] (limits, readiness, shared state);
 //! [`lanes`] (the search pools); [`panic`](mod@panic) (a caught panic's text); [`batcher`] (the encoder thread and its
-//! micro-batching); [`admission`] (in-flight and queue bounds); [`metrics`]
+//! micro-batching); [`admission`] (in-flight and queue bounds); [`receiving`] (a bound on
+//! calls read at once); [`metrics`]
 //! (Prometheus text on `--metrics-addr`); [`tls`] (certificates, and who
 //! may listen where).
 
@@ -19,6 +20,7 @@ pub mod handlers;
 pub mod lanes;
 pub mod metrics;
 pub mod panic;
+pub mod receiving;
 pub mod run;
 pub mod service;
 pub mod state;

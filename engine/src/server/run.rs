@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 
 use super::auth::{AccessKeys, Role};
 use super::lanes::SearchLanes;
+use super::receiving::Receiving;
 use super::service::Service;
 use super::state::{Faults, Limits, Ready, State};
 use super::tls::{check_exposure, TlsFiles};
@@ -267,7 +268,10 @@ async fn run(
             reflection_v1alpha,
             read_role(args.keys.clone()),
         ))
-        .add_service(svc)
+        // Calls past admission's in-flight and queue bounds (with room for
+        // admission to refuse some itself) are refused before their
+        // messages are read.
+        .add_service(Receiving::new(svc, 2 * args.max_in_flight + args.max_queue))
         .serve_with_incoming_shutdown(
             // No Nagle: a response must not wait for the client's delayed ACK.
             tokio_stream::StreamExt::map(
