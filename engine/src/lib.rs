@@ -14,7 +14,8 @@
 //!   share; [`bm25`]: text-only indexes for runs that rank by BM25 alone.
 //! - [`evaluate`]: BEIR evaluation and its reports; [`fit`]: training
 //!   heads and reductions, and the budget planner.
-//! - [`server`]: the gRPC service.
+//! - [`server`]: the gRPC service; [`shard`]: document-partitioned shard
+//!   sets (routing, the shard-set manifest, the exact merge).
 //!
 //! Errors are one type, [`EngineError`]; long jobs draw progress bars on
 //! stderr ([`progress`]).
@@ -49,6 +50,7 @@ pub mod progress;
 pub mod reduction;
 pub mod retrieve;
 pub mod server;
+pub mod shard;
 
 pub use error::{EngineError, Result};
 pub use retrieve::{Engine, Retriever};

@@ -215,3 +215,140 @@ fn bm25_over_a_text_only_index_ranks_as_over_the_full_index() {
         assert_eq!(only.search(q, 10).unwrap(), want, "{q}");
     }
 }
+
+/// The sample corpus as documents held in memory.
+fn sample_documents() -> Vec<TextDocument> {
+    std::fs::read_to_string(sample())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            TextDocument {
+                id: v["_id"].as_str().unwrap().into(),
+                title: v["title"].as_str().unwrap_or("").into(),
+                text: v["text"].as_str().unwrap_or("").into(),
+                metadata: v["metadata"].clone(),
+            }
+        })
+        .collect()
+}
+
+/// `(id, score)` best first, ties by id (a shard set and one index break
+/// ties between equal scores differently).
+fn ranked(hits: impl IntoIterator<Item = tessera_index::Hit>) -> Vec<(String, f32)> {
+    let mut v: Vec<(String, f32)> = hits.into_iter().map(|h| (h.id, h.score)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+fn close(a: &[(String, f32)], b: &[(String, f32)], tol: f32) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.0 == y.0 && (x.1 - y.1).abs() <= tol)
+}
+
+/// A collection split into four shards by document id ranks as one index
+/// over the same documents: exhaustive MaxSim top-k equal (f32 vectors),
+/// BM25 scores equal (the shards share the collection's statistics),
+/// hybrid fused after the merge equal. Shards that disagree are refused.
+#[test]
+fn four_shards_rank_as_one_index() {
+    use tessera_engine::shard::{shard_of, ShardSet, Shards};
+    let dir = tempfile::tempdir().unwrap();
+    let docs = sample_documents();
+    let encoder = model().load().unwrap();
+    let f32_opts = || BuildOptions {
+        codec: tessera_index::CodecKind::F32,
+        ..BuildOptions::default()
+    };
+    let one = dir.path().join("one.idx");
+    build_from_documents(&encoder, docs.clone(), &one, f32_opts()).unwrap();
+    let set = dir.path().join("set");
+    let names: Vec<String> = (0..4).map(|s| format!("shard-{s}")).collect();
+    for (s, name) in names.iter().enumerate() {
+        let part: Vec<TextDocument> = docs
+            .iter()
+            .filter(|d| shard_of(&d.id, 4) == s as u32)
+            .cloned()
+            .collect();
+        assert!(!part.is_empty(), "shard {s} is empty");
+        build_from_documents(&encoder, part, &set.join(name), f32_opts()).unwrap();
+    }
+    let written = ShardSet::write(&set, &names).unwrap();
+    assert_eq!(written.shards.iter().map(|s| s.docs).sum::<u64>(), 40);
+    let shards = Shards::open(&set).unwrap();
+
+    let recorded = ModelOptions {
+        model: None,
+        ..model()
+    };
+    let engine = Engine::open(&one, &recorded, Retriever::Colbert).unwrap();
+    let index = tessera_index::Index::open(&one).unwrap();
+    let exhaustive = |k| SearchParams {
+        k,
+        candidates: tessera_index::Candidates::Exhaustive,
+        ..SearchParams::default()
+    };
+    for q in [
+        "ocean tides and the moon",
+        "how do plants make sugar",
+        "volcano eruptions",
+    ] {
+        let v = engine.encode_queries(&[q]).unwrap();
+        let p = exhaustive(20);
+        let want = ranked(index.search(&v[0], &p).unwrap());
+        let got = ranked(
+            shards
+                .rank(Retriever::Colbert, q, v.first(), &p)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.hit),
+        );
+        assert!(close(&got, &want, 1e-4), "{q}: {got:?} vs {want:?}");
+
+        let want = ranked(index.search_text(q, 20, None).unwrap());
+        let got = ranked(
+            shards
+                .rank(Retriever::Bm25, q, None, &p)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.hit),
+        );
+        assert!(!want.is_empty());
+        assert!(close(&got, &want, 1e-5), "BM25 {q}: {got:?} vs {want:?}");
+
+        let p = exhaustive(10);
+        let want = ranked(index.search_hybrid(&v[0], q, &p).unwrap());
+        let got = ranked(
+            shards
+                .rank(Retriever::Hybrid, q, v.first(), &p)
+                .unwrap()
+                .into_iter()
+                .map(|h| h.hit),
+        );
+        // The same documents in the same order; the fused scores agree to
+        // 1e-3 only because the test model's MaxSim scores all lie within
+        // about 0.001 of each other, and min-max normalisation magnifies
+        // their f32 rounding a thousandfold.
+        assert!(close(&got, &want, 1e-3), "hybrid {q}: {got:?} vs {want:?}");
+    }
+
+    // A shard built with another codec is refused, naming it.
+    let odd = dir.path().join("odd");
+    for (s, name) in names.iter().enumerate() {
+        let part: Vec<TextDocument> = docs
+            .iter()
+            .filter(|d| shard_of(&d.id, 4) == s as u32)
+            .cloned()
+            .collect();
+        let opts = if s == 2 {
+            BuildOptions::default()
+        } else {
+            f32_opts()
+        };
+        build_from_documents(&encoder, part, &odd.join(name), opts).unwrap();
+    }
+    let e = ShardSet::write(&odd, &names).unwrap_err().to_string();
+    assert!(e.contains("shard 2") && e.contains("does not match"), "{e}");
+}

@@ -381,6 +381,52 @@ impl Bm25StatisticsProvider for CorpusStats {
     }
 }
 
+/// BM25 statistics for one query's terms, as plain numbers that can be
+/// summed across indexes (the shards of a document-partitioned collection)
+/// and sent over a network: documents, tokens of the indexed body field,
+/// and each term's document frequency. Summed over every shard and given
+/// to each shard's search, they make its BM25 scores those of one index
+/// holding every shard's documents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TermStats {
+    /// Documents (live or not: tantivy's BM25 counts every stored one).
+    pub docs: u64,
+    /// Tokens of the body field over those documents.
+    pub tokens: u64,
+    /// Document frequency of each analysed query term.
+    pub doc_freq: BTreeMap<String, u64>,
+}
+
+impl TermStats {
+    /// Adds another index's statistics for the same query.
+    pub fn add(&mut self, other: &TermStats) {
+        self.docs += other.docs;
+        self.tokens += other.tokens;
+        for (t, n) in &other.doc_freq {
+            *self.doc_freq.entry(t.clone()).or_default() += n;
+        }
+    }
+}
+
+impl Bm25StatisticsProvider for TermStats {
+    fn total_num_tokens(&self, _field: Field) -> tantivy::Result<u64> {
+        Ok(self.tokens)
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(self.docs)
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        Ok(term
+            .value()
+            .as_str()
+            .and_then(|t| self.doc_freq.get(t))
+            .copied()
+            .unwrap_or(0))
+    }
+}
+
 pub struct TextReader {
     dir: PathBuf,
     reader: IndexReader,
@@ -436,6 +482,33 @@ impl TextReader {
         })
     }
 
+    /// This text index's BM25 statistics for `query`'s terms. Indexes
+    /// whose BM25 has no single body field (built before it existed) have
+    /// none to share.
+    pub fn term_stats(&self, query: &str) -> Result<TermStats> {
+        let body = self.body.ok_or_else(|| {
+            text_err(
+                &self.dir,
+                "a legacy text index (no body field) cannot share BM25 statistics; rebuild it",
+            )
+        })?;
+        let searcher = self.reader.searcher();
+        let mut out = TermStats {
+            docs: Bm25StatisticsProvider::total_num_docs(&searcher)
+                .map_err(|e| text_err(&self.dir, e))?,
+            tokens: searcher
+                .total_num_tokens(body)
+                .map_err(|e| text_err(&self.dir, e))?,
+            doc_freq: BTreeMap::new(),
+        };
+        for (t, _) in query_terms(self.analyzer, query)? {
+            let df = Bm25StatisticsProvider::doc_freq(&searcher, &Term::from_field_text(body, &t))
+                .map_err(|e| text_err(&self.dir, e))?;
+            out.doc_freq.insert(t, df);
+        }
+        Ok(out)
+    }
+
     /// BM25 top `k` for free text `query`, as `(local id, score)`. Query
     /// syntax errors are forgiven (lenient parsing). With `allowed`, only
     /// those local ids are collected (the filter runs before ranking).
@@ -448,7 +521,7 @@ impl TextReader {
         query: &str,
         k: usize,
         allowed: Option<Arc<Vec<bool>>>,
-        stats: Option<&CorpusStats>,
+        stats: Option<&dyn Bm25StatisticsProvider>,
     ) -> Result<Vec<(u32, f32)>> {
         guard(&self.dir, || self.search_inner(query, k, allowed, stats))
     }
@@ -458,7 +531,7 @@ impl TextReader {
         query: &str,
         k: usize,
         allowed: Option<Arc<Vec<bool>>>,
-        stats: Option<&CorpusStats>,
+        stats: Option<&dyn Bm25StatisticsProvider>,
     ) -> Result<Vec<(u32, f32)>> {
         let q: Box<dyn Query> = match self.body {
             Some(body) => {
@@ -489,7 +562,7 @@ impl TextReader {
         let searcher = self.reader.searcher();
         let top = TopDocs::with_limit(k.max(1)).order_by_score();
         let own = &searcher as &dyn Bm25StatisticsProvider;
-        let stats = stats.map_or(own, |s| s as &dyn Bm25StatisticsProvider);
+        let stats = stats.unwrap_or(own);
         let hits = match allowed {
             None => searcher.search_with_statistics_provider(&q, &top, stats),
             Some(a) => {

@@ -26,6 +26,29 @@ impl Index {
         filter: Option<&Filter>,
         stop: &crate::Stop,
     ) -> Result<Vec<Hit>> {
+        self.search_text_with(query, k, filter, stop, None)
+    }
+
+    /// This index's BM25 statistics for `query`'s terms, summed over its
+    /// segments (see [`crate::text::TermStats`]).
+    pub fn term_stats(&self, query: &str) -> Result<crate::text::TermStats> {
+        let mut all = crate::text::TermStats::default();
+        for seg in self.segments() {
+            all.add(&seg.text().term_stats(query)?);
+        }
+        Ok(all)
+    }
+
+    /// [`Index::search_text_until`] scoring with `stats` — the statistics of
+    /// a whole collection this index is one shard of — instead of its own.
+    pub fn search_text_with(
+        &self,
+        query: &str,
+        k: usize,
+        filter: Option<&Filter>,
+        stop: &crate::Stop,
+        stats: Option<&crate::text::TermStats>,
+    ) -> Result<Vec<Hit>> {
         stop.check()?;
         if k == 0 {
             return Err(IndexError::InvalidParameter("k must be at least 1".into()));
@@ -37,8 +60,13 @@ impl Index {
         let mut all: Vec<(f32, usize, u32)> = Vec::new();
         // One set of BM25 statistics for all segments, so their scores
         // compare (an appended segment's own would be tiny).
-        let stats = (self.segments().len() > 1)
+        let own = (stats.is_none() && self.segments().len() > 1)
             .then(|| crate::text::CorpusStats::new(self.segments().iter().map(|s| s.text())));
+        let stats: Option<&dyn tantivy::query::Bm25StatisticsProvider> = match (stats, &own) {
+            (Some(s), _) => Some(s),
+            (None, Some(o)) => Some(o),
+            (None, None) => None,
+        };
         for (si, seg) in self.segments().iter().enumerate() {
             stop.check()?;
             let mask = match &allowed {
@@ -48,7 +76,7 @@ impl Index {
                 )),
                 None => None,
             };
-            for (doc, score) in seg.text().search(query, k, mask, stats.as_ref())? {
+            for (doc, score) in seg.text().search(query, k, mask, stats)? {
                 if (doc as usize) < seg.num_docs() && seg.is_live(doc) {
                     all.push((score, si, doc));
                 }
