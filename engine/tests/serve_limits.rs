@@ -544,7 +544,8 @@ async fn a_search_stops_burning_cpu_at_its_deadline_or_when_its_client_leaves() 
     let e = c.search(req).await.unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     idle("deadline").await;
-    assert!(cpu_seconds(pid) - before > 0.2, "the search did run");
+    // It did run (at least two clock ticks, even on a busy machine).
+    assert!(cpu_seconds(pid) - before >= 0.02, "the search did not run");
 
     // The client goes away: the call is dropped 300 ms in, with a long
     // deadline left.
