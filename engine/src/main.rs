@@ -42,6 +42,7 @@ enum Command {
     Train(cli::commands::train::TrainArgs),
     Export(cli::commands::export::ExportArgs),
     Reduce(cli::commands::reduce::ReduceArgs),
+    Shards(cli::commands::shards::ShardsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => cli::commands::train::run(args),
         Command::Export(args) => cli::commands::export::run(args),
         Command::Reduce(args) => cli::commands::reduce::run(args),
+        Command::Shards(args) => cli::commands::shards::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -141,7 +141,13 @@ pub fn rank(
     Ok(match retriever {
         Retriever::Bm25 => {
             let t = Instant::now();
-            let hits = index.search_text_until(text, p.k, p.filter.as_ref(), &p.stop)?;
+            let hits = index.search_text_with(
+                text,
+                p.k,
+                p.filter.as_ref(),
+                &p.stop,
+                p.bm25_stats.as_deref(),
+            )?;
             Ranked {
                 hits,
                 candidate_ms: t.elapsed().as_secs_f64() * 1e3,

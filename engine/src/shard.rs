@@ -257,7 +257,10 @@ impl Shards {
     }
 
     fn sparse(&self, text: &str, p: &SearchParams, k: usize) -> Result<Vec<ShardHit>> {
-        let stats = self.term_stats(text)?;
+        let stats = match &p.bm25_stats {
+            Some(s) => (**s).clone(),
+            None => self.term_stats(text)?,
+        };
         let mut all = Vec::new();
         for (shard, ix) in self.indexes.iter().enumerate() {
             all.extend(
@@ -268,6 +271,72 @@ impl Shards {
         }
         Ok(merge(all, k))
     }
+}
+
+/// What [`split_dump`] wrote.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// One BEIR `corpus.jsonl` part per shard, in shard order.
+    pub parts: Vec<PathBuf>,
+    /// Documents in each part.
+    pub docs: Vec<u64>,
+    /// Records skipped as invalid (with `skip_invalid`), by problem.
+    pub skipped: std::collections::BTreeMap<String, u64>,
+}
+
+/// Routes the records of a dump to `shards` parts by [`shard_of`] their
+/// id, written as BEIR JSONL (`_id`, `title`, `text`, `metadata`) to
+/// `out/part-NNN.jsonl` — each part then builds with `tessera index build`
+/// on any machine. A bad record stops the split naming its line, unless
+/// `input.records.skip_invalid`.
+pub fn split_dump(input: &crate::ingest::Input, shards: u32, out: &Path) -> Result<Split> {
+    use std::io::Write;
+    if shards == 0 {
+        bail!("--shards must be at least 1");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut reader = crate::corpus::CorpusReader::open(&input.input, input.corpus_options())?;
+    let parts: Vec<PathBuf> = (0..shards)
+        .map(|s| out.join(format!("part-{s:03}.jsonl")))
+        .collect();
+    let mut writers = parts
+        .iter()
+        .map(|p| {
+            std::fs::File::create(p)
+                .map(|f| std::io::BufWriter::with_capacity(1 << 20, f))
+                .with_context(|| format!("creating {}", p.display()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut docs = vec![0u64; shards as usize];
+    let mut skipped = std::collections::BTreeMap::new();
+    while let Some(r) = reader.next_record() {
+        let rec = match r? {
+            Ok(rec) => rec,
+            Err(bad) if input.records.skip_invalid => {
+                *skipped.entry(bad.problem.to_string()).or_default() += 1;
+                continue;
+            }
+            Err(bad) => bail!("{bad}"),
+        };
+        let s = shard_of(&rec.id, shards) as usize;
+        let line = serde_json::json!({
+            "_id": rec.id, "title": rec.title, "text": rec.text, "metadata": rec.metadata,
+        });
+        writeln!(writers[s], "{line}")
+            .with_context(|| format!("writing {}", parts[s].display()))?;
+        docs[s] += 1;
+    }
+    for (w, p) in writers.into_iter().zip(&parts) {
+        w.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(Split {
+        parts,
+        docs,
+        skipped,
+    })
 }
 
 /// The best `k` of the shards' hits: by score, ties by id.

@@ -430,3 +430,91 @@ fn gpu_check_dry_run_runs_every_step_on_the_cpu() {
         ));
     }
 }
+
+/// `tessera shards split` routes every document of a dump to the part its
+/// id hashes to; parts built as indexes make a shard set whose manifest
+/// counts every document, and a shard built differently is refused.
+#[test]
+fn a_dump_splits_into_shards_that_make_a_shard_set() {
+    use tessera_engine::shard::{shard_of, ShardSet};
+    let dir = tempfile::tempdir().unwrap();
+    let parts = dir.path().join("parts");
+    let sample = common::sample();
+    let o = tessera(&[
+        "shards",
+        "split",
+        "--input",
+        sample.as_str(),
+        "--shards",
+        "3",
+        "--out",
+        parts.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("split 40 documents into 3 parts"),
+        "{}",
+        stdout(&o)
+    );
+    let set = dir.path().join("set");
+    let mut names = Vec::new();
+    for s in 0..3u32 {
+        let part = parts.join(format!("part-{s:03}.jsonl"));
+        for line in std::fs::read_to_string(&part).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(shard_of(v["_id"].as_str().unwrap(), 3), s);
+        }
+        let name = format!("shard-{s:03}");
+        let out = set.join(&name);
+        let mut args = tiny_args(
+            "index",
+            &[
+                "--input",
+                part.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        args.insert(1, "build".into());
+        if s == 2 {
+            args.extend(["--codec".into(), "f32".into()]);
+        }
+        let o = tessera(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        names.push(name);
+    }
+    let mut manifest: Vec<String> = vec!["shards".into(), "manifest".into(), "--dir".into()];
+    manifest.push(set.to_str().unwrap().into());
+    manifest.extend(names.iter().cloned());
+    // Shard 2 has another codec: refused, named.
+    let o = tessera(&manifest);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("shard 2") && stderr(&o).contains("does not match"),
+        "{}",
+        stderr(&o)
+    );
+    // Rebuilt like the others, the set is written.
+    let out = set.join("shard-002");
+    std::fs::remove_dir_all(&out).unwrap();
+    let part = parts.join("part-002.jsonl");
+    let mut args = tiny_args(
+        "index",
+        &[
+            "--input",
+            part.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    args.insert(1, "build".into());
+    assert!(tessera(&args).status.success());
+    let o = tessera(&manifest);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("3 shards, 40 documents"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(ShardSet::load(&set).unwrap().shards.len(), 3);
+}

@@ -213,6 +213,22 @@ impl pb::tessera_server::Tessera for Service {
         .await
     }
 
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<pb::PrepareResponse>, Status> {
+        let size = request.get_ref().encoded_len();
+        let info = CallInfo {
+            queries: request.get_ref().texts.len(),
+            k: 0,
+        };
+        let (meta, _, req) = request.into_parts();
+        self.call("Prepare", &meta, size, info, true, |st, deadline, _| {
+            prepare(st, req, deadline)
+        })
+        .await
+    }
+
     async fn index_info(
         &self,
         request: Request<pb::IndexInfoRequest>,

@@ -204,6 +204,23 @@ pub(crate) fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Re
         }
         params.filter = Some(filter);
     }
+    if let Some(b) = q.bm25_stats {
+        if b.doc_freq.len() > tessera_index::text::MAX_QUERY_TERMS {
+            return Err(invalid(
+                f("bm25_stats.doc_freq"),
+                format!(
+                    "{} terms, above the {} a query may have",
+                    b.doc_freq.len(),
+                    tessera_index::text::MAX_QUERY_TERMS
+                ),
+            ));
+        }
+        params.bm25_stats = Some(std::sync::Arc::new(tessera_index::text::TermStats {
+            docs: b.docs,
+            tokens: b.tokens,
+            doc_freq: b.doc_freq.into_iter().collect(),
+        }));
+    }
     Ok(Plan {
         id: q.id,
         text: q.text,

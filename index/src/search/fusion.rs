@@ -115,7 +115,13 @@ impl Index {
             },
         )?;
         let t = Instant::now();
-        let sparse = self.search_text_until(text, depth, p.filter.as_ref(), &p.stop)?;
+        let sparse = self.search_text_with(
+            text,
+            depth,
+            p.filter.as_ref(),
+            &p.stop,
+            p.bm25_stats.as_deref(),
+        )?;
         stats.text_ms = ms(t);
         let hits = match p.fusion {
             Fusion::Rrf { c } => rrf(&[dense, sparse], p.k, c),

@@ -110,6 +110,9 @@ pub struct SearchParams {
     /// When to give up (a deadline, a caller gone): checked between blocks
     /// of work; a stopped search returns [`crate::IndexError::Stopped`].
     pub stop: crate::Stop,
+    /// BM25 statistics of a whole collection this index is one shard of
+    /// (its own when `None`).
+    pub bm25_stats: Option<std::sync::Arc<crate::text::TermStats>>,
 }
 
 impl Default for SearchParams {
@@ -129,6 +132,7 @@ impl Default for SearchParams {
             filter: None,
             fusion: Fusion::default(),
             stop: crate::Stop::never(),
+            bm25_stats: None,
         }
     }
 }

@@ -10,4 +10,5 @@ pub mod reduce;
 pub mod score;
 pub mod search;
 pub mod serve;
+pub mod shards;
 pub mod train;

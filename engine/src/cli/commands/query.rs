@@ -99,6 +99,7 @@ impl QueryArgs {
                 text: fields,
                 metadata: fields,
             }),
+            bm25_stats: None,
         }
     }
 }

@@ -179,3 +179,78 @@ pub(crate) async fn search(
         generation,
     })
 }
+
+/// `Prepare`: what a front end over shards needs before fanning a query
+/// out — the texts encoded once, and this index's BM25 statistics for
+/// their terms.
+pub(crate) async fn prepare(
+    st: Arc<State>,
+    req: pb::PrepareRequest,
+    deadline: Instant,
+) -> Result<pb::PrepareResponse, Status> {
+    let ready = st.ready()?;
+    let limits = &st.limits;
+    if req.texts.len() > limits.max_queries {
+        return Err(invalid(
+            "texts",
+            format!(
+                "{} texts is above the server's limit of {} per call",
+                req.texts.len(),
+                limits.max_queries
+            ),
+        ));
+    }
+    for (i, t) in req.texts.iter().enumerate() {
+        if t.len() > limits.max_query_bytes {
+            return Err(invalid(
+                format!("texts[{i}]"),
+                format!(
+                    "{} bytes is above the server's --max-query-bytes {}",
+                    t.len(),
+                    limits.max_query_bytes
+                ),
+            ));
+        }
+    }
+    let index = ready.snapshot();
+    let mut results: Vec<pb::Prepared> = req
+        .texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let bm25_stats = if req.bm25_stats {
+                let s = index.term_stats(t).map_err(|e| match e {
+                    tessera_index::IndexError::InvalidParameter(m) => {
+                        invalid(format!("texts[{i}]"), m)
+                    }
+                    e => index_status(e, "reading BM25 statistics"),
+                })?;
+                Some(pb::Bm25Stats {
+                    docs: s.docs,
+                    tokens: s.tokens,
+                    doc_freq: s.doc_freq.into_iter().collect(),
+                })
+            } else {
+                None
+            };
+            Ok(pb::Prepared {
+                vectors: None,
+                bm25_stats,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    if req.vectors && !req.texts.is_empty() {
+        let batcher = ready.batcher.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this server has no model loaded: it cannot encode")
+        })?;
+        let enc = batcher
+            .encode(Kind::Queries, req.texts.clone(), deadline)
+            .await
+            .map_err(encode_status)?;
+        for (r, v) in results.iter_mut().zip(enc.vectors) {
+            let n = v.len();
+            r.vectors = Some(tessera_proto::pack_vectors(v.as_slice(), n));
+        }
+    }
+    Ok(pb::PrepareResponse { results })
+}
