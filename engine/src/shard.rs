@@ -273,6 +273,79 @@ impl Shards {
     }
 }
 
+/// A shard set with the model that encodes its queries: what `tessera
+/// search` opens when `--index` names a shard set.
+pub struct ShardSearch {
+    pub shards: Shards,
+    /// The model (`None` for BM25 alone).
+    pub encoder: Option<tessera_model::Encoder>,
+}
+
+impl ShardSearch {
+    /// Opens the shard set in `dir` and (unless BM25) the model that built
+    /// its shards (or `model.model`).
+    pub fn open(
+        dir: &Path,
+        model: &crate::model::ModelOptions,
+        retriever: Retriever,
+    ) -> Result<ShardSearch> {
+        let shards = Shards::open(dir)?;
+        let encoder = if retriever == Retriever::Bm25 {
+            None
+        } else {
+            let first = dir.join(&shards.set.shards[0].path);
+            Some(model.load_for_index(&shards.indexes[0], &first)?.0)
+        };
+        Ok(ShardSearch { shards, encoder })
+    }
+
+    /// Encodes queries (nothing for BM25).
+    pub fn encode_queries(&self, texts: &[&str]) -> Result<Vec<TokenVectors>> {
+        match &self.encoder {
+            None => Ok(Vec::new()),
+            Some(e) => Ok(e
+                .encode_queries(texts)?
+                .items
+                .into_iter()
+                .map(|i| i.vectors)
+                .collect()),
+        }
+    }
+
+    /// The stored fields of a hit.
+    pub fn document(&self, h: &ShardHit) -> tessera_index::StoredDoc {
+        self.shards.indexes[h.shard]
+            .hit_document(&h.hit)
+            .unwrap_or_default()
+    }
+
+    /// Ranks a file of queries into a run (as [`crate::retrieve::Engine::run_queries`]).
+    pub fn run_queries(
+        &self,
+        queries: &[tessera_eval::beir::Query],
+        retriever: Retriever,
+        p: &SearchParams,
+        pb: &indicatif::ProgressBar,
+    ) -> Result<tessera_eval::Run> {
+        let mut run = tessera_eval::Run::default();
+        for chunk in queries.chunks(64) {
+            let texts: Vec<&str> = chunk.iter().map(|q| q.text.as_str()).collect();
+            let vecs = self.encode_queries(&texts)?;
+            for (i, q) in chunk.iter().enumerate() {
+                let hits = self.shards.rank(retriever, &q.text, vecs.get(i), p)?;
+                run.results.insert(
+                    q.id.clone(),
+                    hits.into_iter()
+                        .map(|h| (h.hit.id, h.hit.score as f64))
+                        .collect(),
+                );
+                pb.inc(1);
+            }
+        }
+        Ok(run)
+    }
+}
+
 /// What [`split_dump`] wrote.
 #[derive(Debug, Clone)]
 pub struct Split {

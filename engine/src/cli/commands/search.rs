@@ -18,10 +18,12 @@ use crate::cli::print::write_hit;
 #[command(after_help = "Examples:\n  \
     tessera search --index scifact.idx \"coffee reduces the risk of diabetes\"\n  \
     tessera search --index scifact.idx --retriever hybrid -k 5 --json \"vitamin D and bone density\"\n  \
-    tessera search --index scifact.idx --queries queries.jsonl --run-out run.trec -k 1000\n\n\
-    The model that built the index is used unless --model names another.")]
+    tessera search --index scifact.idx --queries queries.jsonl --run-out run.trec -k 1000\n  \
+    tessera search --index set/ \"coffee and diabetes\"   # a shard set: every shard, merged\n\n\
+    The model that built the index is used unless --model names another. --index may name a \
+    shard set (a folder with shards.json, see `tessera shards --help`).")]
 pub struct SearchArgs {
-    /// The index folder.
+    /// The index folder (or a shard set's folder).
     #[arg(long, value_name = "DIR")]
     pub index: PathBuf,
     #[command(flatten)]
@@ -38,6 +40,9 @@ pub struct SearchArgs {
 }
 
 pub fn run(args: SearchArgs) -> Result<()> {
+    if tessera_engine::shard::ShardSet::is_shard_set(&args.index) {
+        return run_shards(args);
+    }
     let retriever = args.rank.retriever();
     let engine = Engine::open(&args.index, &args.model.options(), retriever)?;
     args.reduce
@@ -61,15 +66,53 @@ pub fn run(args: SearchArgs) -> Result<()> {
     let vecs = engine.encode_queries(&[query])?;
     let hits = engine.rank(retriever, query, vecs.first(), &params)?;
     let took = t.elapsed().as_secs_f64() * 1e3;
-    let mut w = std::io::stdout().lock();
     let docs: Vec<_> = hits
         .iter()
         .map(|h| engine.index.hit_document(h).unwrap_or_default())
         .collect();
+    print_hits(&args, query, &hits, &docs, took)
+}
+
+/// `--index` names a shard set (a folder with shards.json): every shard is
+/// searched and the answers merged (see `tessera shards --help`).
+fn run_shards(args: SearchArgs) -> Result<()> {
+    let retriever = args.rank.retriever();
+    let set =
+        tessera_engine::shard::ShardSearch::open(&args.index, &args.model.options(), retriever)?;
+    let params = args.rank.params(args.input.k as usize)?;
+    if let Some(queries) = args.input.batch()? {
+        let t = Instant::now();
+        let pb = progress::bar(Some(queries.len() as u64), "queries");
+        pb.set_prefix("searching");
+        let run = set.run_queries(&queries, retriever, &params, &pb)?;
+        pb.finish_and_clear();
+        let name = format!("tessera-{}", retriever);
+        return args.input.write_run(&run, &name, queries.len(), t);
+    }
+    let query = args.input.text()?;
+    let t = Instant::now();
+    let vecs = set.encode_queries(&[query])?;
+    let found = set.shards.rank(retriever, query, vecs.first(), &params)?;
+    let took = t.elapsed().as_secs_f64() * 1e3;
+    let docs: Vec<_> = found.iter().map(|h| set.document(h)).collect();
+    let hits: Vec<_> = found.into_iter().map(|h| h.hit).collect();
+    print_hits(&args, query, &hits, &docs, took)
+}
+
+/// Prints one query's hits, as text or JSON.
+fn print_hits(
+    args: &SearchArgs,
+    query: &str,
+    hits: &[tessera_index::Hit],
+    docs: &[tessera_index::StoredDoc],
+    took: f64,
+) -> Result<()> {
+    let retriever = args.rank.retriever();
+    let mut w = std::io::stdout().lock();
     if args.json {
         let rows: Vec<_> = hits
             .iter()
-            .zip(&docs)
+            .zip(docs)
             .enumerate()
             .map(|(i, (h, d))| {
                 serde_json::json!({"rank": i + 1, "score": h.score, "id": h.id,
@@ -87,7 +130,7 @@ pub fn run(args: SearchArgs) -> Result<()> {
     if hits.is_empty() {
         writeln!(w, "no results")?;
     }
-    for (i, (h, d)) in hits.iter().zip(&docs).enumerate() {
+    for (i, (h, d)) in hits.iter().zip(docs).enumerate() {
         write_hit(&mut w, i + 1, h.score, &h.id, &d.title, &d.text)?;
     }
     writeln!(
