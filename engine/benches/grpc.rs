@@ -10,6 +10,8 @@
 //!        [--clients 1,4,16] [--requests 400] [--max-seconds 60] [--k 10]
 //!        [--modes text,vectors] [--json OUT] [-- extra serve args…]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -21,6 +23,8 @@ use tessera_index::{Index, SearchParams};
 use tessera_model::{DeviceChoice, Encoder, EncoderOptions};
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
+
+use common::{rss_mib, RssSampler};
 
 struct Args {
     bin: PathBuf,
@@ -79,15 +83,6 @@ fn args() -> Args {
     assert!(!a.index.as_os_str().is_empty(), "--index is required");
     assert!(!a.dataset.as_os_str().is_empty(), "--dataset is required");
     a
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -259,19 +254,7 @@ fn main() {
         ));
         for &clients in &a.clients {
             let before = batch_stats(&maddr);
-            let sampler = {
-                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let s = stop.clone();
-                let h = std::thread::spawn(move || {
-                    let mut max: f64 = 0.0;
-                    while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                        max = max.max(rss_mib(pid, "VmRSS:"));
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    max
-                });
-                (stop, h)
-            };
+            let sampler = RssSampler::start(pid, Duration::from_millis(50));
             let Load {
                 lat,
                 server,
@@ -289,8 +272,7 @@ fn main() {
                 texts.clone(),
                 vectors.clone(),
             ));
-            sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            let rss_max = sampler.1.join().unwrap();
+            let rss_max = sampler.peak();
             let after = batch_stats(&maddr);
             let batches = after.1 - before.1;
             let p = percentiles(&lat, &[0.5, 0.95, 0.99]);

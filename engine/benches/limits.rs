@@ -13,25 +13,20 @@
 //!          [--requests 120] [--max-seconds 180] [--kinds bm25,hybrid,vectors,get,add]
 //!          [-- extra serve args…]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tessera_proto::v1 as pb;
 use tessera_proto::TesseraClient;
 
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+use common::{rss_mib, RssSampler};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -186,18 +181,7 @@ fn main() {
     let get_ids: Vec<String> = ids.iter().cycle().take(max_ids).cloned().collect();
     let (vq, get_ids) = (Arc::new(vq), Arc::new(get_ids));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut peak: f64 = 0.0;
-            while !stop.load(Ordering::Relaxed) {
-                peak = peak.max(rss_mib(pid, "VmRSS:"));
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            peak
-        })
-    };
+    let sampler = RssSampler::start(pid, Duration::from_millis(20));
     let outcomes: Arc<Mutex<BTreeMap<(String, String), usize>>> = Arc::default();
     let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
@@ -300,8 +284,7 @@ fn main() {
         }
     });
     let secs = t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.join().unwrap();
+    let peak = sampler.peak();
     let hwm = rss_mib(pid, "VmHWM:");
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

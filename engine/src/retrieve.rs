@@ -86,15 +86,7 @@ impl Engine {
 
     /// Encodes queries (nothing for BM25).
     pub fn encode_queries(&self, texts: &[&str]) -> Result<Vec<TokenVectors>> {
-        match &self.encoder {
-            None => Ok(Vec::new()),
-            Some(e) => Ok(e
-                .encode_queries(texts)?
-                .items
-                .into_iter()
-                .map(|i| i.vectors)
-                .collect()),
-        }
+        encode_with(self.encoder.as_ref(), texts)
     }
 
     /// Ranks one query given its text and (unless BM25) its vectors.
@@ -165,6 +157,19 @@ pub fn rank(
     })
 }
 
+/// Encodes query texts with `encoder`; nothing without one (BM25 alone).
+pub fn encode_with(encoder: Option<&Encoder>, texts: &[&str]) -> Result<Vec<TokenVectors>> {
+    match encoder {
+        None => Ok(Vec::new()),
+        Some(e) => Ok(e
+            .encode_queries(texts)?
+            .items
+            .into_iter()
+            .map(|i| i.vectors)
+            .collect()),
+    }
+}
+
 /// Timing of [`Engine::run_queries`].
 #[derive(Debug, Default)]
 pub struct RunTiming {
@@ -187,28 +192,46 @@ impl Engine {
         p: &SearchParams,
         pb: &indicatif::ProgressBar,
     ) -> Result<(Run, RunTiming)> {
-        let mut run = Run::default();
-        let mut timing = RunTiming::default();
-        for chunk in queries.chunks(64) {
-            let texts: Vec<&str> = chunk.iter().map(|q| q.text.as_str()).collect();
-            let t = Instant::now();
-            let vecs = self.encode_queries(&texts)?;
-            timing.encode_s += t.elapsed().as_secs_f64();
-            for (i, q) in chunk.iter().enumerate() {
-                let t = Instant::now();
-                let hits = self.rank(retriever, &q.text, vecs.get(i), p)?;
-                let secs = t.elapsed().as_secs_f64();
-                timing.search_s += secs;
-                timing.latencies_ms.push(secs * 1e3);
-                run.results.insert(
-                    q.id.clone(),
-                    hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
-                );
-                pb.inc(1);
-            }
-        }
-        Ok((run, timing))
+        run_with(
+            queries,
+            |texts| self.encode_queries(texts),
+            |text, v| self.rank(retriever, text, v, p),
+            pb,
+        )
     }
+}
+
+/// Ranks every query into a run with `encode` and `rank`, encoding 64
+/// queries at a time and timing encoding and ranking apart (what
+/// [`Engine::run_queries`] and a shard set's do). `pb` advances by one per
+/// query.
+pub fn run_with(
+    queries: &[Query],
+    encode: impl Fn(&[&str]) -> Result<Vec<TokenVectors>>,
+    rank: impl Fn(&str, Option<&TokenVectors>) -> Result<Vec<Hit>>,
+    pb: &indicatif::ProgressBar,
+) -> Result<(Run, RunTiming)> {
+    let mut run = Run::default();
+    let mut timing = RunTiming::default();
+    for chunk in queries.chunks(64) {
+        let texts: Vec<&str> = chunk.iter().map(|q| q.text.as_str()).collect();
+        let t = Instant::now();
+        let vecs = encode(&texts)?;
+        timing.encode_s += t.elapsed().as_secs_f64();
+        for (i, q) in chunk.iter().enumerate() {
+            let t = Instant::now();
+            let hits = rank(&q.text, vecs.get(i))?;
+            let secs = t.elapsed().as_secs_f64();
+            timing.search_s += secs;
+            timing.latencies_ms.push(secs * 1e3);
+            run.results.insert(
+                q.id.clone(),
+                hits.into_iter().map(|h| (h.id, h.score as f64)).collect(),
+            );
+            pb.inc(1);
+        }
+    }
+    Ok((run, timing))
 }
 
 /// Fields a filter names that no document has ([`unknown_fields`]).

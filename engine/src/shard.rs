@@ -128,10 +128,7 @@ impl ShardSet {
             agreement,
         };
         let json = serde_json::to_vec_pretty(&set).expect("the manifest serialises");
-        let path = dir.join(SHARDS_FILE);
-        let tmp = dir.join(format!(".{SHARDS_FILE}.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        tessera_index::io::write_atomic(&dir.join(SHARDS_FILE), &json)?;
         Ok(set)
     }
 
@@ -301,15 +298,7 @@ impl ShardSearch {
 
     /// Encodes queries (nothing for BM25).
     pub fn encode_queries(&self, texts: &[&str]) -> Result<Vec<TokenVectors>> {
-        match &self.encoder {
-            None => Ok(Vec::new()),
-            Some(e) => Ok(e
-                .encode_queries(texts)?
-                .items
-                .into_iter()
-                .map(|i| i.vectors)
-                .collect()),
-        }
+        crate::retrieve::encode_with(self.encoder.as_ref(), texts)
     }
 
     /// The stored fields of a hit.
@@ -326,23 +315,20 @@ impl ShardSearch {
         retriever: Retriever,
         p: &SearchParams,
         pb: &indicatif::ProgressBar,
-    ) -> Result<tessera_eval::Run> {
-        let mut run = tessera_eval::Run::default();
-        for chunk in queries.chunks(64) {
-            let texts: Vec<&str> = chunk.iter().map(|q| q.text.as_str()).collect();
-            let vecs = self.encode_queries(&texts)?;
-            for (i, q) in chunk.iter().enumerate() {
-                let hits = self.shards.rank(retriever, &q.text, vecs.get(i), p)?;
-                run.results.insert(
-                    q.id.clone(),
-                    hits.into_iter()
-                        .map(|h| (h.hit.id, h.hit.score as f64))
-                        .collect(),
-                );
-                pb.inc(1);
-            }
-        }
-        Ok(run)
+    ) -> Result<(tessera_eval::Run, crate::retrieve::RunTiming)> {
+        crate::retrieve::run_with(
+            queries,
+            |texts| self.encode_queries(texts),
+            |text, v| {
+                Ok(self
+                    .shards
+                    .rank(retriever, text, v, p)?
+                    .into_iter()
+                    .map(|h| h.hit)
+                    .collect())
+            },
+            pb,
+        )
     }
 }
 

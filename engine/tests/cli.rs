@@ -457,15 +457,10 @@ fn a_dump_splits_into_shards_that_make_a_shard_set() {
         stdout(&o)
     );
     let set = dir.path().join("set");
-    let mut names = Vec::new();
-    for s in 0..3u32 {
+    // `index build` of part `s` into shard `s` (with extra flags).
+    let build = |s: u32, extra: &[&str]| -> Output {
         let part = parts.join(format!("part-{s:03}.jsonl"));
-        for line in std::fs::read_to_string(&part).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(shard_of(v["_id"].as_str().unwrap(), 3), s);
-        }
-        let name = format!("shard-{s:03}");
-        let out = set.join(&name);
+        let out = set.join(format!("shard-{s:03}"));
         let mut args = tiny_args(
             "index",
             &[
@@ -476,12 +471,20 @@ fn a_dump_splits_into_shards_that_make_a_shard_set() {
             ],
         );
         args.insert(1, "build".into());
-        if s == 2 {
-            args.extend(["--codec".into(), "f32".into()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        tessera(&args)
+    };
+    let mut names = Vec::new();
+    for s in 0..3u32 {
+        let part = parts.join(format!("part-{s:03}.jsonl"));
+        for line in std::fs::read_to_string(&part).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(shard_of(v["_id"].as_str().unwrap(), 3), s);
         }
-        let o = tessera(&args);
+        let extra: &[&str] = if s == 2 { &["--codec", "f32"] } else { &[] };
+        let o = build(s, extra);
         assert!(o.status.success(), "{}", stderr(&o));
-        names.push(name);
+        names.push(format!("shard-{s:03}"));
     }
     let mut manifest: Vec<String> = vec!["shards".into(), "manifest".into(), "--dir".into()];
     manifest.push(set.to_str().unwrap().into());
@@ -495,20 +498,8 @@ fn a_dump_splits_into_shards_that_make_a_shard_set() {
         stderr(&o)
     );
     // Rebuilt like the others, the set is written.
-    let out = set.join("shard-002");
-    std::fs::remove_dir_all(&out).unwrap();
-    let part = parts.join("part-002.jsonl");
-    let mut args = tiny_args(
-        "index",
-        &[
-            "--input",
-            part.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
-    args.insert(1, "build".into());
-    assert!(tessera(&args).status.success());
+    std::fs::remove_dir_all(set.join("shard-002")).unwrap();
+    assert!(build(2, &[]).status.success());
     let o = tessera(&manifest);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(

@@ -266,14 +266,15 @@ fn four_shards_rank_as_one_index() {
     build_from_documents(&encoder, docs.clone(), &one, f32_opts()).unwrap();
     let set = dir.path().join("set");
     let names: Vec<String> = (0..4).map(|s| format!("shard-{s}")).collect();
-    for (s, name) in names.iter().enumerate() {
-        let part: Vec<TextDocument> = docs
-            .iter()
+    let part = |s: usize| -> Vec<TextDocument> {
+        docs.iter()
             .filter(|d| shard_of(&d.id, 4) == s as u32)
             .cloned()
-            .collect();
-        assert!(!part.is_empty(), "shard {s} is empty");
-        build_from_documents(&encoder, part, &set.join(name), f32_opts()).unwrap();
+            .collect()
+    };
+    for (s, name) in names.iter().enumerate() {
+        assert!(!part(s).is_empty(), "shard {s} is empty");
+        build_from_documents(&encoder, part(s), &set.join(name), f32_opts()).unwrap();
     }
     let written = ShardSet::write(&set, &names).unwrap();
     assert_eq!(written.shards.iter().map(|s| s.docs).sum::<u64>(), 40);
@@ -290,6 +291,10 @@ fn four_shards_rank_as_one_index() {
         candidates: tessera_index::Candidates::Exhaustive,
         ..SearchParams::default()
     };
+    let sharded =
+        |r: Retriever, q: &str, v: Option<&tessera_index::TokenVectors>, p: &SearchParams| {
+            ranked(shards.rank(r, q, v, p).unwrap().into_iter().map(|h| h.hit))
+        };
     for q in [
         "ocean tides and the moon",
         "how do plants make sugar",
@@ -298,35 +303,17 @@ fn four_shards_rank_as_one_index() {
         let v = engine.encode_queries(&[q]).unwrap();
         let p = exhaustive(20);
         let want = ranked(index.search(&v[0], &p).unwrap());
-        let got = ranked(
-            shards
-                .rank(Retriever::Colbert, q, v.first(), &p)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.hit),
-        );
+        let got = sharded(Retriever::Colbert, q, v.first(), &p);
         assert!(close(&got, &want, 1e-4), "{q}: {got:?} vs {want:?}");
 
         let want = ranked(index.search_text(q, 20, None).unwrap());
-        let got = ranked(
-            shards
-                .rank(Retriever::Bm25, q, None, &p)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.hit),
-        );
+        let got = sharded(Retriever::Bm25, q, None, &p);
         assert!(!want.is_empty());
         assert!(close(&got, &want, 1e-5), "BM25 {q}: {got:?} vs {want:?}");
 
         let p = exhaustive(10);
         let want = ranked(index.search_hybrid(&v[0], q, &p).unwrap());
-        let got = ranked(
-            shards
-                .rank(Retriever::Hybrid, q, v.first(), &p)
-                .unwrap()
-                .into_iter()
-                .map(|h| h.hit),
-        );
+        let got = sharded(Retriever::Hybrid, q, v.first(), &p);
         // The same documents in the same order; the fused scores agree to
         // 1e-3 only because the test model's MaxSim scores all lie within
         // about 0.001 of each other, and min-max normalisation magnifies
@@ -337,17 +324,12 @@ fn four_shards_rank_as_one_index() {
     // A shard built with another codec is refused, naming it.
     let odd = dir.path().join("odd");
     for (s, name) in names.iter().enumerate() {
-        let part: Vec<TextDocument> = docs
-            .iter()
-            .filter(|d| shard_of(&d.id, 4) == s as u32)
-            .cloned()
-            .collect();
         let opts = if s == 2 {
             BuildOptions::default()
         } else {
             f32_opts()
         };
-        build_from_documents(&encoder, part, &odd.join(name), opts).unwrap();
+        build_from_documents(&encoder, part(s), &odd.join(name), opts).unwrap();
     }
     let e = ShardSet::write(&odd, &names).unwrap_err().to_string();
     assert!(e.contains("shard 2") && e.contains("does not match"), "{e}");

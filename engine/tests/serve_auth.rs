@@ -16,15 +16,6 @@ use serve_harness::*;
 const READ: &str = "read-key-0123456789";
 const ADMIN: &str = "admin-key-0123456789";
 
-fn with_key<T>(msg: T, key: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(k) = key {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {k}").parse().unwrap());
-    }
-    r
-}
-
 fn metrics_get(addr: &str, key: Option<&str>) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));

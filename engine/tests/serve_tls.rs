@@ -95,16 +95,6 @@ async fn tls_channel(addr: &str, pki: &Pki, client_cert: bool) -> Result<Channel
         .map_err(|e| format!("{e:?}"))
 }
 
-fn with_key<T>(msg: T, key: Option<&str>) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    if let Some(k) = key {
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {k}").parse().unwrap());
-    }
-    r.set_timeout(Duration::from_secs(20));
-    r
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_keys() {
     let dir = tempfile::tempdir().unwrap();

@@ -369,19 +369,7 @@ impl Index {
         let mut bytes = 0;
         let mut check = |path: &Path, want: &crate::io::FileEntry| -> Result<()> {
             let got = file_crc(path)?;
-            if got.bytes != want.bytes {
-                return Err(IndexError::corrupt(
-                    path,
-                    format!("size is {} bytes, manifest says {}", got.bytes, want.bytes),
-                ));
-            }
-            if got.crc32 != want.crc32 {
-                return Err(IndexError::Checksum {
-                    path: path.to_owned(),
-                    expected: want.crc32,
-                    actual: got.crc32,
-                });
-            }
+            crate::io::check_entry(path, &got, want)?;
             files += 1;
             bytes += got.bytes;
             Ok(())

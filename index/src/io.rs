@@ -91,19 +91,10 @@ impl Mapped {
     /// CRC-32 is `entry.crc32` (checked once per process for a file that
     /// has not changed since; see [`check_file`]).
     pub fn open(path: &Path, entry: &FileEntry) -> Result<Self> {
-        let file = File::open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                IndexError::corrupt(path, "missing file")
-            } else {
-                IndexError::io(path, e)
-            }
-        })?;
+        let file = open_listed(path)?;
         let len = file.metadata().map_err(|e| IndexError::io(path, e))?.len();
         if len != entry.bytes {
-            return Err(IndexError::corrupt(
-                path,
-                format!("size is {len} bytes, manifest says {}", entry.bytes),
-            ));
+            return Err(size_error(path, len, entry));
         }
         let map = if len == 0 {
             None
@@ -118,18 +109,13 @@ impl Mapped {
             path: path.to_owned(),
             map,
         };
-        let id = FileId::of(&file, entry);
-        if !verified(&id) {
-            let got = parallel_crc(mapped.bytes());
-            if got != entry.crc32 {
-                return Err(IndexError::Checksum {
-                    path: path.to_owned(),
-                    expected: entry.crc32,
-                    actual: got,
-                });
-            }
-            remember(id);
-        }
+        verify_once(&file, entry, || {
+            let got = FileEntry {
+                bytes: len,
+                crc32: parallel_crc(mapped.bytes()),
+            };
+            check_entry(path, &got, entry)
+        })?;
         Ok(mapped)
     }
 
@@ -231,32 +217,54 @@ pub fn forget_verified() {
 /// process for an unchanged file), for files read by other means than a
 /// map (the text index's).
 pub fn check_file(path: &Path, entry: &FileEntry) -> Result<()> {
-    let file = File::open(path).map_err(|e| {
+    let file = open_listed(path)?;
+    verify_once(&file, entry, || check_entry(path, &file_crc(path)?, entry))
+}
+
+/// Runs `check` unless this process verified `file` against `entry`
+/// before and it has not changed since; remembers it once it passes.
+fn verify_once(file: &File, entry: &FileEntry, check: impl FnOnce() -> Result<()>) -> Result<()> {
+    let id = FileId::of(file, entry);
+    if verified(&id) {
+        return Ok(());
+    }
+    check()?;
+    remember(id);
+    Ok(())
+}
+
+/// Opens a file the manifest lists; a missing one is damage, not an I/O
+/// error.
+fn open_listed(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             IndexError::corrupt(path, "missing file")
         } else {
             IndexError::io(path, e)
         }
-    })?;
-    let id = FileId::of(&file, entry);
-    if verified(&id) {
-        return Ok(());
+    })
+}
+
+fn size_error(path: &Path, len: u64, want: &FileEntry) -> IndexError {
+    IndexError::corrupt(
+        path,
+        format!("size is {len} bytes, manifest says {}", want.bytes),
+    )
+}
+
+/// `Ok` when a file's measured size and CRC (`got`) are its manifest
+/// entry's (`want`), else the error naming the file.
+pub fn check_entry(path: &Path, got: &FileEntry, want: &FileEntry) -> Result<()> {
+    if got.bytes != want.bytes {
+        return Err(size_error(path, got.bytes, want));
     }
-    let got = file_crc(path)?;
-    if got.bytes != entry.bytes {
-        return Err(IndexError::corrupt(
-            path,
-            format!("size is {} bytes, manifest says {}", got.bytes, entry.bytes),
-        ));
-    }
-    if got.crc32 != entry.crc32 {
+    if got.crc32 != want.crc32 {
         return Err(IndexError::Checksum {
             path: path.to_owned(),
-            expected: entry.crc32,
+            expected: want.crc32,
             actual: got.crc32,
         });
     }
-    remember(id);
     Ok(())
 }
 

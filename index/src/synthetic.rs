@@ -125,18 +125,26 @@ fn gauss(rng: &mut StdRng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
+impl Synthetic {
+    /// The corpus of [`small_index`]: 16-dim, 8 topics, 2–12 tokens per
+    /// document, fixed seed — documents past the first `docs` extend it.
+    pub fn small_index_corpus() -> Self {
+        Synthetic {
+            dim: 16,
+            topics: 8,
+            min_len: 2,
+            max_len: 12,
+            noise: 0.5,
+            seed: 1,
+        }
+    }
+}
+
 /// Builds a small valid index of `docs` documents (16-dim, fixed seed) at
 /// `path` and returns its files, relative to `path` and sorted: the
 /// starting point of the damaged-file property test and the fuzz target.
 pub fn small_index(path: &std::path::Path, docs: usize) -> crate::Result<Vec<std::path::PathBuf>> {
-    let syn = Synthetic {
-        dim: 16,
-        topics: 8,
-        min_len: 2,
-        max_len: 12,
-        noise: 0.5,
-        seed: 1,
-    };
+    let syn = Synthetic::small_index_corpus();
     let mut b = crate::IndexBuilder::create(path, crate::BuildOptions::default())?;
     for d in syn.documents(0, docs) {
         b.add(d)?;

@@ -4,12 +4,16 @@
 //! of bounds. (The cargo-fuzz target in `index/fuzz/` drives the same code
 //! with coverage guidance.)
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use tessera_index::synthetic::small_index;
 use tessera_index::*;
+
+use common::copy_dir;
 
 fn pristine() -> &'static (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
     static P: OnceLock<(tempfile::TempDir, PathBuf, Vec<PathBuf>)> = OnceLock::new();
@@ -19,19 +23,6 @@ fn pristine() -> &'static (tempfile::TempDir, PathBuf, Vec<PathBuf>) {
         let files = small_index(&path, 40).unwrap();
         (dir, path, files)
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t);
-        } else {
-            std::fs::copy(&p, &t).unwrap();
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -6,23 +6,14 @@
 //! every search and document read exactly as the pristine index does.
 //! Never a silent wrong answer.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use tessera_index::synthetic::{small_index, Synthetic};
 use tessera_index::*;
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t);
-        } else {
-            std::fs::copy(&p, &t).unwrap();
-        }
-    }
-}
+use common::copy_dir;
 
 fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -42,14 +33,7 @@ fn files_under(root: &Path) -> Vec<PathBuf> {
 }
 
 fn synthetic() -> Synthetic {
-    Synthetic {
-        dim: 16,
-        topics: 8,
-        min_len: 2,
-        max_len: 12,
-        noise: 0.5,
-        seed: 1,
-    }
+    Synthetic::small_index_corpus()
 }
 
 /// Everything a reader can observe: MaxSim hits (exhaustive and PLAID),

@@ -87,6 +87,41 @@ pub(crate) fn unpack(
     TokenVectors::new(dim, values).map_err(|e| invalid(field, e))
 }
 
+/// Refuses more than `--max-queries` queries (or texts: `what`) in one
+/// call, naming `field`.
+pub(crate) fn check_query_count(
+    field: &str,
+    what: &str,
+    n: usize,
+    limits: &Limits,
+) -> Result<(), Status> {
+    if n > limits.max_queries {
+        return Err(invalid(
+            field,
+            format!(
+                "{n} {what} is above the server's limit of {} per call",
+                limits.max_queries
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a query text over `--max-query-bytes`, naming `field`.
+pub(crate) fn check_query_text(field: String, text: &str, limits: &Limits) -> Result<(), Status> {
+    if text.len() > limits.max_query_bytes {
+        return Err(invalid(
+            field,
+            format!(
+                "{} bytes is above the server's --max-query-bytes {}",
+                text.len(),
+                limits.max_query_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Result<Plan, Status> {
     let f = |name: &str| format!("queries[{i}].{name}");
     let retriever = match pb::Retriever::try_from(q.retriever) {
@@ -105,16 +140,7 @@ pub(crate) fn plan(i: usize, q: pb::Query, index: &Index, limits: &Limits) -> Re
             ))
         }
     };
-    if q.text.len() > limits.max_query_bytes {
-        return Err(invalid(
-            f("text"),
-            format!(
-                "{} bytes is above the server's --max-query-bytes {}",
-                q.text.len(),
-                limits.max_query_bytes
-            ),
-        ));
-    }
+    check_query_text(f("text"), &q.text, limits)?;
     if q.k == 0 {
         return Err(invalid(f("k"), "must be at least 1"));
     }

@@ -169,6 +169,18 @@ pub fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// `msg` sending `authorization: Bearer KEY` (none without a key), with a
+/// 20 s deadline.
+pub fn with_key<T>(msg: T, key: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(k) = key {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    r.set_timeout(Duration::from_secs(20));
+    r
+}
+
 /// A ColBERT (MaxSim alone) query for `text`.
 pub fn text_query(text: &str, k: u32) -> pb::Query {
     pb::Query {

@@ -7,6 +7,20 @@ use std::path::Path;
 use tessera_index::synthetic::Synthetic;
 use tessera_index::*;
 
+/// Copies an index folder (recursively), for tests that damage a copy.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
 pub fn small() -> Synthetic {
     Synthetic {
         dim: 32,

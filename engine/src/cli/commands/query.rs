@@ -115,10 +115,14 @@ pub fn endpoint(addr: &str, tls: bool) -> String {
     }
 }
 
+/// Whether any `--tls-*` flag asks for TLS.
+fn tls_flags(args: &QueryArgs) -> bool {
+    args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_domain.is_some()
+}
+
 /// The TLS settings of the client, when it speaks TLS.
 fn client_tls(args: &QueryArgs, url: &str) -> Result<Option<tonic::transport::ClientTlsConfig>> {
-    let any = args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_domain.is_some();
-    if !any && !url.starts_with("https://") {
+    if !tls_flags(args) && !url.starts_with("https://") {
         return Ok(None);
     }
     let read = |p: &std::path::Path, flag: &str| {
@@ -177,8 +181,7 @@ pub fn run(args: QueryArgs) -> Result<()> {
 }
 
 async fn query(args: QueryArgs) -> Result<()> {
-    let tls = args.tls_ca.is_some() || args.tls_cert.is_some() || args.tls_domain.is_some();
-    let url = endpoint(&args.addr, tls);
+    let url = endpoint(&args.addr, tls_flags(&args));
     let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
         .with_context(|| format!("--addr {:?} is not a valid address", args.addr))?
         .connect_timeout(Duration::from_secs(5));

@@ -84,7 +84,7 @@ fn run_shards(args: SearchArgs) -> Result<()> {
         let t = Instant::now();
         let pb = progress::bar(Some(queries.len() as u64), "queries");
         pb.set_prefix("searching");
-        let run = set.run_queries(&queries, retriever, &params, &pb)?;
+        let (run, _) = set.run_queries(&queries, retriever, &params, &pb)?;
         pb.finish_and_clear();
         let name = format!("tessera-{}", retriever);
         return args.input.write_run(&run, &name, queries.len(), t);

@@ -49,16 +49,7 @@ pub(crate) async fn search(
     if req.queries.is_empty() {
         return Err(invalid("queries", "at least one query is needed"));
     }
-    if req.queries.len() > limits.max_queries {
-        return Err(invalid(
-            "queries",
-            format!(
-                "{} queries is above the server's limit of {} per call",
-                req.queries.len(),
-                limits.max_queries
-            ),
-        ));
-    }
+    check_query_count("queries", "queries", req.queries.len(), limits)?;
     let index = ready.snapshot();
     // The call's pre-encoded tokens together, before any is unpacked.
     let tokens: u64 = req
@@ -190,27 +181,9 @@ pub(crate) async fn prepare(
 ) -> Result<pb::PrepareResponse, Status> {
     let ready = st.ready()?;
     let limits = &st.limits;
-    if req.texts.len() > limits.max_queries {
-        return Err(invalid(
-            "texts",
-            format!(
-                "{} texts is above the server's limit of {} per call",
-                req.texts.len(),
-                limits.max_queries
-            ),
-        ));
-    }
+    check_query_count("texts", "texts", req.texts.len(), limits)?;
     for (i, t) in req.texts.iter().enumerate() {
-        if t.len() > limits.max_query_bytes {
-            return Err(invalid(
-                format!("texts[{i}]"),
-                format!(
-                    "{} bytes is above the server's --max-query-bytes {}",
-                    t.len(),
-                    limits.max_query_bytes
-                ),
-            ));
-        }
+        check_query_text(format!("texts[{i}]"), t, limits)?;
     }
     let index = ready.snapshot();
     let mut results: Vec<pb::Prepared> = req
