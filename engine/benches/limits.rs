@@ -148,6 +148,7 @@ fn main() {
                                 retriever: pb::Retriever::Bm25 as i32,
                                 ..Default::default()
                             }],
+                            ..Default::default()
                         })
                         .await
                         .unwrap()
@@ -223,7 +224,7 @@ fn main() {
                                 pb::Retriever::Hybrid
                             };
                             let q = text(r);
-                            c.search(long(pb::SearchRequest { queries: vec![q] }))
+                            c.search(long(pb::SearchRequest { queries: vec![q], ..Default::default() }))
                                 .await
                                 .map(|_| ())
                         }
@@ -236,6 +237,7 @@ fn main() {
                             };
                             c.search(long(pb::SearchRequest {
                                 queries: vec![q; n_vec],
+                                ..Default::default()
                             }))
                             .await
                             .map(|_| ())

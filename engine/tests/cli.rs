@@ -497,9 +497,17 @@ fn a_dump_splits_into_shards_that_make_a_shard_set() {
         "{}",
         stderr(&o)
     );
-    // Rebuilt like the others, the set is written.
+    // Rebuilt with shard 0's codec, the set is written; a codec source
+    // that is not an index is refused, named.
     std::fs::remove_dir_all(set.join("shard-002")).unwrap();
-    assert!(build(2, &[]).status.success());
+    let o = build(2, &["--codec-from", "no-such.idx"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--codec-from no-such.idx"), "{}", stderr(&o));
+    let shard0 = set.join("shard-000");
+    let o = build(2, &["--codec-from", shard0.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let centroids = |s: &str| std::fs::read(set.join(s).join("centroids.g1.f32")).unwrap();
+    assert_eq!(centroids("shard-002"), centroids("shard-000"));
     let o = tessera(&manifest);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(

@@ -81,6 +81,35 @@ pub struct BuildOptions {
     pub info: serde_json::Value,
     /// How titles and texts are cut into BM25 terms.
     pub analyzer: Analyzer,
+    /// Centroids and residual buckets trained elsewhere (another index's,
+    /// see [`Trained::of`]) instead of training them here: indexes that
+    /// share them code every vector alike, so their scores agree — the
+    /// shards of one collection.
+    pub trained: Option<Trained>,
+}
+
+/// A codec's trained parts: centroids (`k × dim`, row-major) and, for the
+/// residual codecs, the bucket cutoffs and weights.
+#[derive(Debug, Clone)]
+pub struct Trained {
+    /// The vectors' dimension.
+    pub dim: usize,
+    pub centroids: Vec<f32>,
+    pub buckets: Option<Buckets>,
+    /// Decoded vectors are renormalised (the vectors were unit length).
+    pub renormalise: bool,
+}
+
+impl Trained {
+    /// The trained parts of an open index.
+    pub fn of(index: &crate::Index) -> Self {
+        Self {
+            dim: index.codec().dim,
+            centroids: index.centroids().to_vec(),
+            buckets: index.codec().buckets.clone(),
+            renormalise: index.codec().renormalise,
+        }
+    }
 }
 
 impl Default for BuildOptions {
@@ -98,6 +127,7 @@ impl Default for BuildOptions {
             memory_budget: 1 << 30,
             seed: 42,
             reduction: None,
+            trained: None,
             overwrite: false,
             info: serde_json::Value::Null,
             analyzer: Analyzer::default(),
@@ -356,47 +386,14 @@ impl IndexBuilder {
         Ok(())
     }
 
-    fn spill(&mut self) -> Result<()> {
-        let path = self
-            .staging
-            .join(format!("chunk-{:05}.bin", self.spilled.len()));
-        let chunk = std::mem::take(&mut self.buffer);
-        write_chunk(&path, &chunk)?;
-        tracing::debug!(path = %path.display(), docs = chunk.lens.len(), "spilled chunk");
-        self.spilled.push(path);
-        Ok(())
-    }
-
-    /// Trains, encodes and commits the index.
-    pub fn finish(mut self, progress: &mut dyn FnMut(Progress)) -> Result<BuildStats> {
-        let result = self.finish_inner(progress);
-        // The staging folder goes whatever happened (on success it was
-        // renamed, or emptied of everything but chunks).
-        let _ = std::fs::remove_dir_all(&self.staging);
-        result
-    }
-
-    fn finish_inner(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<BuildStats> {
-        if self.docs == 0 {
-            return Err(IndexError::InvalidParameter("no documents to index".into()));
-        }
-        let dim = self.out_dim();
-        let codec_kind = self.opts.codec;
-        codec_kind.validate(dim)?;
-        let total = self.seen_tokens;
-        if total == 0 && self.existing.is_none() {
-            return Err(IndexError::InvalidParameter(
-                "no document has token vectors (every text is empty)".into(),
-            ));
-        }
-        let generation = self.existing.as_ref().map_or(1, |(m, _)| m.generation + 1);
-
-        // Train.
-        progress(Progress {
-            phase: Phase::Train,
-            done: 0,
-            total: 1,
-        });
+    /// k-means centroids on the reservoir sample (refined over every token)
+    /// and, for the residual codecs, the buckets of their residuals.
+    fn train(
+        &self,
+        dim: usize,
+        codec_kind: CodecKind,
+        total: u64,
+    ) -> Result<(Vec<f32>, Option<Buckets>, bool)> {
         let k = self
             .opts
             .num_centroids
@@ -460,6 +457,84 @@ impl IndexBuilder {
             secs = t.elapsed().as_secs_f64(),
             "centroids trained"
         );
+        Ok((centroids, buckets, unit))
+    }
+
+    /// Checks centroids and buckets trained elsewhere against this build.
+    fn check_trained(
+        &self,
+        t: Trained,
+        dim: usize,
+        codec_kind: CodecKind,
+    ) -> Result<(Vec<f32>, Option<Buckets>, bool)> {
+        let bad = |why: String| Err(IndexError::InvalidParameter(format!("trained codec: {why}")));
+        if t.dim != dim {
+            return bad(format!("it codes {}-dim vectors; this build's are {dim}-dim", t.dim));
+        }
+        if t.centroids.is_empty() || t.centroids.len() % dim != 0 {
+            return bad(format!(
+                "{} centroid values are not whole {dim}-dim vectors",
+                t.centroids.len()
+            ));
+        }
+        match (codec_kind, &t.buckets) {
+            (CodecKind::Residual { nbits }, Some(b)) if b.weights.len() == 1 << nbits => {}
+            (CodecKind::Residual { nbits }, _) => {
+                return bad(format!("its buckets are not those of residual{nbits}"))
+            }
+            (_, Some(_)) => return bad(format!("it has residual buckets; this build is {codec_kind:?}")),
+            (_, None) => {}
+        }
+        tracing::info!(k = t.centroids.len() / dim, "centroids given");
+        Ok((t.centroids, t.buckets, t.renormalise))
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        let path = self
+            .staging
+            .join(format!("chunk-{:05}.bin", self.spilled.len()));
+        let chunk = std::mem::take(&mut self.buffer);
+        write_chunk(&path, &chunk)?;
+        tracing::debug!(path = %path.display(), docs = chunk.lens.len(), "spilled chunk");
+        self.spilled.push(path);
+        Ok(())
+    }
+
+    /// Trains, encodes and commits the index.
+    pub fn finish(mut self, progress: &mut dyn FnMut(Progress)) -> Result<BuildStats> {
+        let result = self.finish_inner(progress);
+        // The staging folder goes whatever happened (on success it was
+        // renamed, or emptied of everything but chunks).
+        let _ = std::fs::remove_dir_all(&self.staging);
+        result
+    }
+
+    fn finish_inner(&mut self, progress: &mut dyn FnMut(Progress)) -> Result<BuildStats> {
+        if self.docs == 0 {
+            return Err(IndexError::InvalidParameter("no documents to index".into()));
+        }
+        let dim = self.out_dim();
+        let codec_kind = self.opts.codec;
+        codec_kind.validate(dim)?;
+        let total = self.seen_tokens;
+        if total == 0 && self.existing.is_none() {
+            return Err(IndexError::InvalidParameter(
+                "no document has token vectors (every text is empty)".into(),
+            ));
+        }
+        let generation = self.existing.as_ref().map_or(1, |(m, _)| m.generation + 1);
+
+        // Train (or take what was trained elsewhere).
+        progress(Progress {
+            phase: Phase::Train,
+            done: 0,
+            total: 1,
+        });
+        let (centroids, buckets, unit) = match self.opts.trained.take() {
+            Some(t) => self.check_trained(t, dim, codec_kind)?,
+            None => self.train(dim, codec_kind, total)?,
+        };
+        let k = centroids.len() / dim;
         // The sample has served: free it before the chunks are read back.
         self.reservoir = Vec::new();
         let codec = Codec::new(codec_kind, dim, buckets.clone(), unit)?;

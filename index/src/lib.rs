@@ -46,7 +46,7 @@ pub mod writer;
 /// a change in how an index is built invalidates them.
 pub const BUILD_RECIPE: u32 = 4;
 
-pub use builder::{BuildOptions, BuildStats, IndexBuilder, Phase, Progress};
+pub use builder::{BuildOptions, BuildStats, IndexBuilder, Phase, Progress, Trained};
 pub use codec::CodecKind;
 pub use document::{check_id, Document};
 pub use error::{IndexError, Result};

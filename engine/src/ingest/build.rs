@@ -168,3 +168,15 @@ pub fn build_from_vectors(
     }
     Ok((stats, note))
 }
+
+/// Makes `opts` code vectors with the centroids and buckets of the index at
+/// `source` (and its codec) instead of training its own: the indexes built
+/// so score every vector alike — the shards of one collection. The vectors'
+/// dimension is checked when the build trains.
+pub fn share_codec(opts: &mut BuildOptions, source: &Path) -> Result<()> {
+    let index = tessera_index::Index::open(source)
+        .with_context(|| format!("--codec-from {}", source.display()))?;
+    opts.codec = index.codec().kind;
+    opts.trained = Some(tessera_index::Trained::of(&index));
+    Ok(())
+}

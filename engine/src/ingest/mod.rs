@@ -10,6 +10,6 @@ mod documents;
 mod encode;
 
 pub use add::{add_from_input, Added};
-pub use build::{build_from_input, build_from_vectors, work_dir, Built};
+pub use build::{build_from_input, build_from_vectors, share_codec, work_dir, Built};
 pub use documents::{build_from_documents, TextDocument};
 pub use encode::{encode_to_dir, skipped_note, Input, RecordOptions, Rerun};

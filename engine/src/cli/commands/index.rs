@@ -54,7 +54,8 @@ pub enum IndexCommand {
     zcat dump.jsonl.gz | tessera index build --input - --out dump.idx --skip-invalid\n  \
     tessera index build --input collection.tsv.zst --out msmarco.idx --codec residual2\n  \
     tessera index build --embeddings vectors/ --out other.idx\n  \
-    tessera index build --input corpus.jsonl --out small.idx --reduction my-reduction --dim 32\n\n\
+    tessera index build --input corpus.jsonl --out small.idx --reduction my-reduction --dim 32\n  \
+    tessera index build --input part-001.jsonl --out shard-001 --codec-from shard-000\n\n\
     After an interruption, rerun the same command with --resume.")]
 pub struct BuildArgs {
     /// The dump: BEIR corpus.jsonl, any JSONL, or TSV (`id<TAB>text`),
@@ -71,6 +72,11 @@ pub struct BuildArgs {
     /// Vector codec: f32, f16, int8, residual1, residual2, residual4.
     #[arg(long, default_value = "residual2")]
     pub codec: String,
+    /// Code with the centroids, buckets and codec of this index instead of
+    /// training new ones (the shards of one collection share a codec, so
+    /// their scores agree).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["codec", "centroids"])]
+    pub codec_from: Option<PathBuf>,
     /// BM25 text analysis, recorded in the manifest: en (English:
     /// stemming, stop words, ASCII folding) or simple (lower-cased words,
     /// for any language).
@@ -265,6 +271,9 @@ fn build(args: BuildArgs) -> Result<()> {
         seed: args.kmeans_seed,
         ..BuildOptions::default()
     };
+    if let Some(source) = &args.codec_from {
+        tessera_engine::ingest::share_codec(&mut opts, source)?;
+    }
     if args.out.join(tessera_index::manifest::MANIFEST).exists() && !args.overwrite {
         bail!(
             "{}: an index exists already (pass --overwrite to replace it)",

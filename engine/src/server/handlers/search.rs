@@ -168,6 +168,7 @@ pub(crate) async fn search(
     Ok(pb::SearchResponse {
         results,
         generation,
+        ..Default::default()
     })
 }
 
