@@ -533,3 +533,62 @@ fn damaged_files_are_reported_by_name() {
         .to_string()
         .contains("not a Tessera index"));
 }
+
+#[test]
+fn indexes_sharing_a_trained_codec_score_a_document_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = small().documents(0, 300);
+    let queries = small().queries(300, 5);
+    let whole = dir.path().join("whole");
+    build(&whole, docs.clone(), opts("residual2"));
+    let source = Index::open(&whole).unwrap();
+    // Half the documents, coded with the whole index's codec: each keeps
+    // the exact score it has in the whole index.
+    let half = dir.path().join("half");
+    let shared = BuildOptions {
+        trained: Some(Trained::of(&source)),
+        ..opts("residual2")
+    };
+    build(&half, docs[..150].to_vec(), shared);
+    let part = Index::open(&half).unwrap();
+    assert_eq!(part.centroids(), source.centroids());
+    for q in &queries {
+        let all: std::collections::HashMap<String, f32> = source
+            .search(q, &exact(300))
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.id, h.score))
+            .collect();
+        for h in part.search(q, &exact(150)).unwrap() {
+            assert_eq!(h.score, all[&h.id], "{}", h.id);
+        }
+    }
+    // A codec of another kind or width is refused before anything is written.
+    for (codec, trained) in [
+        ("residual4", Trained::of(&source)),
+        ("f32", Trained::of(&source)),
+        (
+            "residual2",
+            Trained {
+                dim: 16,
+                ..Trained::of(&source)
+            },
+        ),
+    ] {
+        let path = dir.path().join(format!("bad-{codec}"));
+        let mut b = IndexBuilder::create(
+            &path,
+            BuildOptions {
+                trained: Some(trained),
+                ..opts(codec)
+            },
+        )
+        .unwrap();
+        for d in docs[..20].iter().cloned() {
+            b.add(d).unwrap();
+        }
+        let e = b.finish(&mut |_| {}).unwrap_err().to_string();
+        assert!(e.contains("trained codec"), "{codec}: {e}");
+        assert!(!path.exists(), "{codec}: a refused build left {path:?}");
+    }
+}

@@ -49,6 +49,35 @@ class ServeError(RuntimeError):
     pass
 
 
+def bind_to_node_address() -> None:
+    """Ray Serve 2.60 starts each replica's inter-deployment gRPC server on
+    every interface (`[::]:0`); bind it to the address Ray advertises for
+    the node instead, so a replica listens nowhere else. Runs where this
+    module is imported: in each replica, when its class is loaded, before
+    that server starts."""
+    try:
+        from ray.serve._private import replica as _replica
+    except ImportError:
+        return
+    add = getattr(_replica, "add_port_to_grpc_server", None)
+    if add is None or getattr(add, "_tessera_bound", False):
+        return
+
+    def bound(server, address):
+        if address.startswith("[::]:"):
+            address = f"{ray.util.get_node_ip_address()}:{address[len('[::]:'):]}"
+        return add(server, address)
+
+    bound._tessera_bound = True
+    _replica.add_port_to_grpc_server = bound
+
+
+bind_to_node_address()
+
+# Ray actor options of every replica this package deploys.
+REPLICA_OPTIONS = {"num_cpus": 0}
+
+
 @ray.remote(num_cpus=0)
 class Registry:
     """Which replicas serve which shard of which generation; which
@@ -56,8 +85,12 @@ class Registry:
 
     def __init__(self):
         self.replicas = {}  # app -> shard -> replica id -> (addr, expiry)
+        self.serve_apps = {}  # app -> its Serve applications (one per shard)
         self.active = None
         self.ingress_app = None
+
+    def deployed(self, app: str, serve_apps: List[str]) -> None:
+        self.serve_apps[app] = list(serve_apps)
 
     def register(self, app: str, shard: int, rid: str, addr: str) -> None:
         self.replicas.setdefault(app, {}).setdefault(shard, {})[rid] = (addr, time.time() + LEASE_S)
@@ -65,8 +98,10 @@ class Registry:
     def unregister(self, app: str, shard: int, rid: str) -> None:
         self.replicas.get(app, {}).get(shard, {}).pop(rid, None)
 
-    def forget_app(self, app: str) -> None:
+    def forget_app(self, app: str) -> List[str]:
+        """Forgets a generation; returns its Serve applications."""
         self.replicas.pop(app, None)
+        return self.serve_apps.pop(app, [])
 
     def replicas_of(self, app: str, shards: int) -> List[List[str]]:
         now = time.time()
@@ -83,10 +118,8 @@ class Registry:
         return dict(self.active, replicas=self.replicas_of(self.active["app"], self.active["shards"]))
 
     def apps(self) -> List[str]:
-        known = set(self.replicas)
-        if self.active:
-            known.add(self.active["app"])
-        return sorted(known)
+        """Every Serve application of every generation deployed."""
+        return sorted(n for names in self.serve_apps.values() for n in names)
 
     def ingress_using(self, app: str) -> None:
         self.ingress_app = app
@@ -124,7 +157,7 @@ def read_shard_set(path) -> ShardSetInfo:
     return ShardSetInfo(str(p), int(doc["generation"]), shards, [int(s["docs"]) for s in doc["shards"]])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=HEALTH_PERIOD_S,
+@serve.deployment(ray_actor_options=REPLICA_OPTIONS, health_check_period_s=HEALTH_PERIOD_S,
                   health_check_timeout_s=10, graceful_shutdown_timeout_s=5)
 class ShardServer:
     """One replica of one shard: a `tessera serve` process."""
@@ -184,18 +217,7 @@ class ShardServer:
                 self.proc.kill()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1)
-class ShardSetRoot:
-    """Holds one generation's shard deployments together as one application."""
-
-    def __init__(self, *shards):
-        self.shards = shards
-
-    def __call__(self) -> int:
-        return len(self.shards)
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1,
+@serve.deployment(ray_actor_options=REPLICA_OPTIONS, num_replicas=1,
                   health_check_period_s=2, health_check_timeout_s=10)
 class Ingress:
     """The gRPC front end (see `tessera_ray.ingress`)."""
@@ -306,19 +328,26 @@ def _wait_replicas(reg, app: str, shards: int, want: int, timeout: float) -> Non
 
 
 def deploy_shard_set(opts: ServeOptions) -> dict:
-    """Deploys one generation's shards; returns its registry record once
-    every shard has its replicas."""
+    """Deploys one generation's shards, each shard its own Serve
+    application; returns the generation's record once every shard has its
+    replicas."""
+    from ray.serve.api import RunTarget
+
     info = read_shard_set(opts.shards)
     tessera = proc.tessera_binary(opts.tessera)
     app = f"tessera-shards-g{info.generation}-{uuid.uuid4().hex[:6]}"
-    deployments = [
-        ShardServer.options(name=shard_name(s), num_replicas=opts.replicas).bind(
-            app, s, path, tessera, list(opts.serve_args))
+    names = [f"{app}-{shard_name(s)}" for s in range(len(info.shards))]
+    reg = registry()
+    ray.get(reg.deployed.remote(app, names))
+    targets = [
+        RunTarget(
+            ShardServer.options(name=shard_name(s), num_replicas=opts.replicas).bind(
+                app, s, path, tessera, list(opts.serve_args)),
+            name=names[s], route_prefix=None)
         for s, path in enumerate(info.shards)
     ]
     log.info("deploying %s: %d shards x %d replicas", app, len(info.shards), opts.replicas)
-    serve.run(ShardSetRoot.bind(*deployments), name=app, route_prefix=None)
-    reg = registry()
+    serve.run_many(targets)
     _wait_replicas(reg, app, len(info.shards), opts.replicas, opts.ready_timeout_s)
     return {"app": app, "generation": info.generation, "path": info.path, "shards": len(info.shards)}
 
@@ -335,7 +364,8 @@ def start(opts: ServeOptions) -> dict:
     ray.get(reg.set_active.remote(active))
     node = ray.util.get_node_ip_address()
     tls = {"cert": opts.tls_cert, "key": opts.tls_key} if opts.tls_cert else None
-    ingress = Ingress.options(ray_actor_options={"num_cpus": 0, "resources": {f"node:{node}": 0.001}})
+    ingress = Ingress.options(
+        ray_actor_options=dict(REPLICA_OPTIONS, resources={f"node:{node}": 0.001}))
     serve.run(ingress.bind(opts.addr, {"max_queries": opts.max_queries, "max_add_mb": opts.max_add_mb},
                            tls), name=INGRESS_APP, route_prefix=None)
     return active
@@ -360,8 +390,8 @@ def rollout(opts: ServeOptions, drain_timeout_s: float = 120.0) -> dict:
                 raise ServeError(f"calls on generation {old['generation']} did not finish "
                                  f"in {drain_timeout_s:.0f} s")
             time.sleep(0.1)
-        serve.delete(old["app"])
-        reg.forget_app.remote(old["app"])
+        for name in ray.get(reg.forget_app.remote(old["app"])):
+            serve.delete(name)
     return new
 
 
