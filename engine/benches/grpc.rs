@@ -430,7 +430,13 @@ async fn load(
                     }
                 };
                 let t = Instant::now();
-                match c.search(pb::SearchRequest { queries: vec![q], ..Default::default() }).await {
+                match c
+                    .search(pb::SearchRequest {
+                        queries: vec![q],
+                        ..Default::default()
+                    })
+                    .await
+                {
                     Ok(r) => {
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
                         let t = r.into_inner().results.remove(0).timings.unwrap_or_default();

@@ -224,9 +224,12 @@ fn main() {
                                 pb::Retriever::Hybrid
                             };
                             let q = text(r);
-                            c.search(long(pb::SearchRequest { queries: vec![q], ..Default::default() }))
-                                .await
-                                .map(|_| ())
+                            c.search(long(pb::SearchRequest {
+                                queries: vec![q],
+                                ..Default::default()
+                            }))
+                            .await
+                            .map(|_| ())
                         }
                         "vectors" => {
                             let q = pb::Query {

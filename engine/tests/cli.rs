@@ -502,7 +502,11 @@ fn a_dump_splits_into_shards_that_make_a_shard_set() {
     std::fs::remove_dir_all(set.join("shard-002")).unwrap();
     let o = build(2, &["--codec-from", "no-such.idx"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("--codec-from no-such.idx"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--codec-from no-such.idx"),
+        "{}",
+        stderr(&o)
+    );
     let shard0 = set.join("shard-000");
     let o = build(2, &["--codec-from", shard0.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));

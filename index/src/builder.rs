@@ -467,11 +467,18 @@ impl IndexBuilder {
         dim: usize,
         codec_kind: CodecKind,
     ) -> Result<(Vec<f32>, Option<Buckets>, bool)> {
-        let bad = |why: String| Err(IndexError::InvalidParameter(format!("trained codec: {why}")));
+        let bad = |why: String| {
+            Err(IndexError::InvalidParameter(format!(
+                "trained codec: {why}"
+            )))
+        };
         if t.dim != dim {
-            return bad(format!("it codes {}-dim vectors; this build's are {dim}-dim", t.dim));
+            return bad(format!(
+                "it codes {}-dim vectors; this build's are {dim}-dim",
+                t.dim
+            ));
         }
-        if t.centroids.is_empty() || t.centroids.len() % dim != 0 {
+        if t.centroids.is_empty() || !t.centroids.len().is_multiple_of(dim) {
             return bad(format!(
                 "{} centroid values are not whole {dim}-dim vectors",
                 t.centroids.len()
@@ -482,7 +489,11 @@ impl IndexBuilder {
             (CodecKind::Residual { nbits }, _) => {
                 return bad(format!("its buckets are not those of residual{nbits}"))
             }
-            (_, Some(_)) => return bad(format!("it has residual buckets; this build is {codec_kind:?}")),
+            (_, Some(_)) => {
+                return bad(format!(
+                    "it has residual buckets; this build is {codec_kind:?}"
+                ))
+            }
             (_, None) => {}
         }
         tracing::info!(k = t.centroids.len() / dim, "centroids given");

@@ -192,7 +192,10 @@ pub fn text_query(text: &str, k: u32) -> pb::Query {
 }
 
 pub fn search_req(queries: Vec<pb::Query>) -> pb::SearchRequest {
-    pb::SearchRequest { queries, ..Default::default() }
+    pb::SearchRequest {
+        queries,
+        ..Default::default()
+    }
 }
 
 pub fn ids(r: &pb::QueryResult) -> Vec<String> {

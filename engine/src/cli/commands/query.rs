@@ -198,7 +198,10 @@ async fn query(args: QueryArgs) -> Result<()> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     let bearer = api_key(args.api_key_file.as_deref())?;
     let call = |queries: Vec<pb::Query>| {
-        let mut req = tonic::Request::new(pb::SearchRequest { queries, ..Default::default() });
+        let mut req = tonic::Request::new(pb::SearchRequest {
+            queries,
+            ..Default::default()
+        });
         req.set_timeout(timeout);
         if let Some(b) = &bearer {
             req.metadata_mut().insert("authorization", b.clone());
