@@ -141,7 +141,7 @@ def _connect(args):
 
 
 def _build(args) -> int:
-    from .build import BuildOptions, build
+    from .build import BuildError, BuildOptions, build, expand_inputs
 
     index_args = []
     for flag in ("model", "codec", "reduction", "dim", "analyzer", "precision", "batch_size"):
@@ -162,6 +162,11 @@ def _build(args) -> int:
         tessera=args.tessera, index_args=index_args, record_args=record_args,
         codec_mode=args.codec_mode, gpus_per_shard=args.gpus_per_shard, cpus_per_shard=args.cpus_per_shard,
         retries=args.retries)
+    # Bad inputs are reported before a cluster is joined or started.
+    if opts.embeddings is None:
+        expand_inputs(opts.inputs)
+    elif not opts.embeddings.is_dir():
+        raise BuildError(f"--embeddings {opts.embeddings}: not a folder")
     _connect(args)
     summary = build(opts)
     print(summary.line())
@@ -184,6 +189,7 @@ def _serve(args) -> int:
 
     opts = _serve_opts(args)
     sv.check_exposure(opts)
+    sv.read_shard_set(opts.shards)
     _connect(args)
     active = sv.start(opts)
     print(f"serving {active['path']} (generation {active['generation']}, {active['shards']} "
@@ -211,8 +217,10 @@ def _serve(args) -> int:
 def _rollout(args) -> int:
     from . import serve as sv
 
+    opts = _serve_opts(args)
+    sv.read_shard_set(opts.shards)
     _connect(args)
-    new = sv.rollout(_serve_opts(args))
+    new = sv.rollout(opts)
     print(f"now serving {new['path']} (generation {new['generation']}, {new['shards']} shards)")
     return 0
 

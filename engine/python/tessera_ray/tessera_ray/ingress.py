@@ -22,6 +22,7 @@ comes from a `view()` callable, so the same servicer runs under Ray Serve
 """
 
 import concurrent.futures
+import functools
 import json
 import logging
 import random
@@ -93,6 +94,24 @@ class Call:
     allow_partial: bool = False
     reports: Dict[int, Report] = field(default_factory=dict)
     missing: set = field(default_factory=set)
+
+
+def rpc(handler):
+    """Wraps a unary handler `handler(self, request, context, view, call)`:
+    the call is counted on its generation, and a shard's failure ends it
+    with that shard's status."""
+
+    @functools.wraps(handler)
+    def wrapper(self, request, context):
+        view, call = self._enter(context)
+        try:
+            return handler(self, request, context, view, call)
+        except ShardFailed as e:
+            self._abort(context, e)
+        finally:
+            self._leave(view)
+
+    return wrapper
 
 
 class Servicer:
@@ -217,22 +236,16 @@ class Servicer:
 
     # ----- search ---------------------------------------------------------
 
-    def Search(self, request, context):
-        pb = self.pb2
+    @rpc
+    def Search(self, request, context, view, call):
         if not request.queries:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "queries: give at least one query")
         if len(request.queries) > self.limits.max_queries:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"queries: {len(request.queries)} is over the limit of "
                           f"{self.limits.max_queries} per call")
-        view, call = self._enter(context)
         call.allow_partial = request.allow_partial
-        try:
-            return self._search(view, call, request)
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        return self._search(view, call, request)
 
     def _retriever(self, q):
         pb = self.pb2
@@ -349,31 +362,26 @@ class Servicer:
         return [self.pb2.ShardReport(shard=shard_name(s), total_ms=r.ms, hits=r.hits, replica=r.replica)
                 for s, r in sorted(call.reports.items())]
 
-    def Prepare(self, request, context):
+    @rpc
+    def Prepare(self, request, context, view, call):
         pb = self.pb2
-        view, call = self._enter(context)
-        try:
-            reqs = {s: pb.PrepareRequest(texts=request.texts, bm25_stats=True)
-                    for s in range(view.shards)} if request.bm25_stats else {}
-            enc = random.randrange(view.shards)
-            if request.vectors or not reqs:
-                reqs[enc] = pb.PrepareRequest(texts=request.texts, vectors=request.vectors,
-                                              bm25_stats=request.bm25_stats)
-            got = self.fan_out(view, call, reqs, "Prepare")
-            out = []
-            for n in range(len(request.texts)):
-                p = pb.Prepared()
-                if request.vectors:
-                    p.vectors.CopyFrom(got[enc].results[n].vectors)
-                if request.bm25_stats:
-                    summed = mg.sum_stats([got[s].results[n].bm25_stats for s in got])
-                    p.bm25_stats.CopyFrom(pb.Bm25Stats(**summed))
-                out.append(p)
-            return pb.PrepareResponse(results=out)
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        reqs = {s: pb.PrepareRequest(texts=request.texts, bm25_stats=True)
+                for s in range(view.shards)} if request.bm25_stats else {}
+        enc = random.randrange(view.shards)
+        if request.vectors or not reqs:
+            reqs[enc] = pb.PrepareRequest(texts=request.texts, vectors=request.vectors,
+                                          bm25_stats=request.bm25_stats)
+        got = self.fan_out(view, call, reqs, "Prepare")
+        out = []
+        for n in range(len(request.texts)):
+            p = pb.Prepared()
+            if request.vectors:
+                p.vectors.CopyFrom(got[enc].results[n].vectors)
+            if request.bm25_stats:
+                summed = mg.sum_stats([got[s].results[n].bm25_stats for s in got])
+                p.bm25_stats.CopyFrom(pb.Bm25Stats(**summed))
+            out.append(p)
+        return pb.PrepareResponse(results=out)
 
     # ----- documents ------------------------------------------------------
 
@@ -383,120 +391,95 @@ class Servicer:
             out.setdefault(shard_of(i, view.shards), []).append(i)
         return out
 
-    def GetDocuments(self, request, context):
+    @rpc
+    def GetDocuments(self, request, context, view, call):
         pb = self.pb2
-        view, call = self._enter(context)
-        try:
-            groups = self._by_shard(view, request.ids)
-            got = self.fan_out(view, call, {s: pb.GetDocumentsRequest(ids=ids)
-                                            for s, ids in groups.items()}, "GetDocuments")
-            found = {}
-            for resp in got.values():
-                for r in resp.results:
-                    found[r.id] = r
-            return pb.GetDocumentsResponse(results=[found[i] for i in request.ids])
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        groups = self._by_shard(view, request.ids)
+        got = self.fan_out(view, call, {s: pb.GetDocumentsRequest(ids=ids)
+                                        for s, ids in groups.items()}, "GetDocuments")
+        found = {}
+        for resp in got.values():
+            for r in resp.results:
+                found[r.id] = r
+        return pb.GetDocumentsResponse(results=[found[i] for i in request.ids])
 
-    def AddDocuments(self, request_iterator, context):
+    @rpc
+    def AddDocuments(self, request_iterator, context, view, call):
         pb = self.pb2
-        view, call = self._enter(context)
-        try:
-            cap = self.limits.max_add_mb << 20
-            size, skip, groups = 0, False, {}
-            for n, msg in enumerate(request_iterator):
-                size += msg.ByteSize()
-                if size > cap:
-                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                  f"AddDocuments: the stream is over the limit of "
-                                  f"{self.limits.max_add_mb} MiB (message {n + 1})")
-                skip = skip or msg.skip_existing
-                for d in msg.documents:
-                    groups.setdefault(shard_of(d.id, view.shards), []).append(d)
-            added, skipped, generation, done = 0, [], 0, []
-            # Shard by shard, so a failure says which shards committed.
-            for s in sorted(groups):
-                docs = groups[s]
-                msgs = [pb.AddDocumentsRequest(documents=docs[i:i + 256], skip_existing=skip)
-                        for i in range(0, len(docs), 256)]
-                try:
-                    r = self.call_shard(view, call, s, "AddDocuments", iter(msgs))
-                except ShardFailed as e:
-                    note = (f"; shards {', '.join(shard_name(d) for d in done)} committed theirs"
-                            if done else "")
-                    raise ShardFailed(s, e.code, e.detail + note)
-                added += r.added
-                skipped.extend(r.skipped_ids)
-                generation = max(generation, r.generation)
-                done.append(s)
-            return pb.AddDocumentsResponse(added=added, skipped_ids=skipped, generation=generation)
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        cap = self.limits.max_add_mb << 20
+        size, skip, groups = 0, False, {}
+        for n, msg in enumerate(request_iterator):
+            size += msg.ByteSize()
+            if size > cap:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"AddDocuments: the stream is over the limit of "
+                              f"{self.limits.max_add_mb} MiB (message {n + 1})")
+            skip = skip or msg.skip_existing
+            for d in msg.documents:
+                groups.setdefault(shard_of(d.id, view.shards), []).append(d)
+        added, skipped, generation, done = 0, [], 0, []
+        # Shard by shard, so a failure says which shards committed.
+        for s in sorted(groups):
+            docs = groups[s]
+            msgs = [pb.AddDocumentsRequest(documents=docs[i:i + 256], skip_existing=skip)
+                    for i in range(0, len(docs), 256)]
+            try:
+                r = self.call_shard(view, call, s, "AddDocuments", iter(msgs))
+            except ShardFailed as e:
+                note = (f"; shards {', '.join(shard_name(d) for d in done)} committed theirs"
+                        if done else "")
+                raise ShardFailed(s, e.code, e.detail + note)
+            added += r.added
+            skipped.extend(r.skipped_ids)
+            generation = max(generation, r.generation)
+            done.append(s)
+        return pb.AddDocumentsResponse(added=added, skipped_ids=skipped, generation=generation)
 
-    def DeleteDocuments(self, request, context):
+    @rpc
+    def DeleteDocuments(self, request, context, view, call):
         pb = self.pb2
-        view, call = self._enter(context)
-        try:
-            groups = self._by_shard(view, request.ids)
-            got = self.fan_out(view, call, {s: pb.DeleteDocumentsRequest(ids=ids)
-                                            for s, ids in groups.items()}, "DeleteDocuments")
-            return pb.DeleteDocumentsResponse(
-                deleted=sum(r.deleted for r in got.values()),
-                unknown_ids=[i for r in got.values() for i in r.unknown_ids],
-                generation=max((r.generation for r in got.values()), default=0))
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        groups = self._by_shard(view, request.ids)
+        got = self.fan_out(view, call, {s: pb.DeleteDocumentsRequest(ids=ids)
+                                        for s, ids in groups.items()}, "DeleteDocuments")
+        return pb.DeleteDocumentsResponse(
+            deleted=sum(r.deleted for r in got.values()),
+            unknown_ids=[i for r in got.values() for i in r.unknown_ids],
+            generation=max((r.generation for r in got.values()), default=0))
 
-    def Compact(self, request, context):
+    @rpc
+    def Compact(self, request, context, view, call):
         pb = self.pb2
-        view, call = self._enter(context)
-        try:
-            got = self.fan_out(view, call, {s: pb.CompactRequest() for s in range(view.shards)},
-                               "Compact")
-            return pb.CompactResponse(
-                generation=max(r.generation for r in got.values()),
-                segments_before=sum(r.segments_before for r in got.values()),
-                segments_after=sum(r.segments_after for r in got.values()))
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        got = self.fan_out(view, call, {s: pb.CompactRequest() for s in range(view.shards)},
+                           "Compact")
+        return pb.CompactResponse(
+            generation=max(r.generation for r in got.values()),
+            segments_before=sum(r.segments_before for r in got.values()),
+            segments_after=sum(r.segments_after for r in got.values()))
 
-    def IndexInfo(self, request, context):
+    @rpc
+    def IndexInfo(self, request, context, view, call):
         pb = self.pb2
-        view, call = self._enter(context)
-        try:
-            got = self.fan_out(view, call, {s: pb.IndexInfoRequest() for s in range(view.shards)},
-                               "IndexInfo")
-            first = got[min(got)]
-            info = pb.IndexInfoResponse()
-            info.CopyFrom(first)
-            info.path = view.path
-            info.generation = view.generation
-            info.num_docs = sum(r.num_docs for r in got.values())
-            info.num_tokens = sum(r.num_tokens for r in got.values())
-            info.bytes_on_disk = sum(r.bytes_on_disk for r in got.values())
-            info.num_centroids = sum(r.num_centroids for r in got.values())
-            del info.segments[:]
-            for s in sorted(got):
-                for seg in got[s].segments:
-                    info.segments.add(name=f"{shard_name(s)}/{seg.name}", docs=seg.docs,
-                                      deleted=seg.deleted, tokens=seg.tokens)
-            info.build_info_json = json.dumps({
-                "shard_set": view.path, "shards": view.shards,
-                "shard_docs": {shard_name(s): got[s].num_docs for s in sorted(got)},
-            })
-            return info
-        except ShardFailed as e:
-            self._abort(context, e)
-        finally:
-            self._leave(view)
+        got = self.fan_out(view, call, {s: pb.IndexInfoRequest() for s in range(view.shards)},
+                           "IndexInfo")
+        first = got[min(got)]
+        info = pb.IndexInfoResponse()
+        info.CopyFrom(first)
+        info.path = view.path
+        info.generation = view.generation
+        info.num_docs = sum(r.num_docs for r in got.values())
+        info.num_tokens = sum(r.num_tokens for r in got.values())
+        info.bytes_on_disk = sum(r.bytes_on_disk for r in got.values())
+        info.num_centroids = sum(r.num_centroids for r in got.values())
+        del info.segments[:]
+        for s in sorted(got):
+            for seg in got[s].segments:
+                info.segments.add(name=f"{shard_name(s)}/{seg.name}", docs=seg.docs,
+                                  deleted=seg.deleted, tokens=seg.tokens)
+        info.build_info_json = json.dumps({
+            "shard_set": view.path, "shards": view.shards,
+            "shard_docs": {shard_name(s): got[s].num_docs for s in sorted(got)},
+        })
+        return info
 
 
 def _rescored(hit, score):

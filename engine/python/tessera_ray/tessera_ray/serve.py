@@ -20,7 +20,6 @@
 
 import json
 import logging
-import os
 import pathlib
 import threading
 import time
@@ -153,8 +152,12 @@ def read_shard_set(path) -> ShardSetInfo:
         raise ServeError(f"{m}: not JSON ({e})") from None
     if doc.get("format") != "tessera-shards":
         raise ServeError(f"{m}: format {doc.get('format')!r} is not tessera-shards")
-    shards = [str((p / s["path"]).resolve()) for s in doc["shards"]]
-    return ShardSetInfo(str(p), int(doc["generation"]), shards, [int(s["docs"]) for s in doc["shards"]])
+    try:
+        shards = [str((p / s["path"]).resolve()) for s in doc["shards"]]
+        return ShardSetInfo(str(p), int(doc["generation"]), shards,
+                            [int(s["docs"]) for s in doc["shards"]])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ServeError(f"{m}: not a shard-set manifest (bad or missing field {e})") from None
 
 
 @serve.deployment(ray_actor_options=REPLICA_OPTIONS, health_check_period_s=HEALTH_PERIOD_S,

@@ -69,6 +69,20 @@ class Options(unittest.TestCase):
             check_exposure(ServeOptions(shards=pathlib.Path("x"), addr="10.0.0.5:50051"))
         check_exposure(ServeOptions(shards=pathlib.Path("x"), addr="10.0.0.5:50051", insecure=True))
 
+    def test_a_bad_shard_set_manifest_is_named(self):
+        from tessera_ray.serve import ServeError, read_shard_set
+
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaisesRegex(ServeError, "no shard-set manifest"):
+                read_shard_set(d)
+            m = pathlib.Path(d) / "shards.json"
+            m.write_text("{not json")
+            with self.assertRaisesRegex(ServeError, "shards.json: not JSON"):
+                read_shard_set(d)
+            m.write_text('{"format": "tessera-shards", "shards": [{"docs": 1}]}')
+            with self.assertRaisesRegex(ServeError, "missing field 'path'"):
+                read_shard_set(d)
+
 
 if __name__ == "__main__":
     unittest.main()
