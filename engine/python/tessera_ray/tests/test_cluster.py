@@ -284,6 +284,12 @@ class ShardedCluster(unittest.TestCase):
         self.assert_same_ranking(got, want, 1e-4, "vectors")
         info = cluster.IndexInfo(pb.IndexInfoRequest())
         self.assertEqual(info.num_docs, DOCS)
+        # The CLI client works unchanged and shows each shard's part.
+        out = json.loads(sh(self.bin, "query", "--addr", self.ingress_addr, "--json", "-k", "5",
+                            self.queries[0]).stdout)
+        self.assertEqual(len(out["results"]), 5)
+        self.assertEqual([s["shard"] for s in out["shards"]], [shard_name(s) for s in range(SHARDS)])
+        self.assertEqual(out["missing_shards"], [])
 
     def test_4_a_killed_replica_with_two_replicas_fails_no_call(self):
         load = Load(self.cluster_stub, self.queries, calls=300, seconds=40)

@@ -20,6 +20,7 @@ use crate::cli::print::write_hit;
 #[command(after_help = "Examples:\n  \
     tessera query --addr 127.0.0.1:50051 \"coffee reduces the risk of diabetes\"\n  \
     tessera query --addr 127.0.0.1:50051 --retriever hybrid -k 5 --json \"vitamin D and bone density\"\n  \
+    tessera query --addr 127.0.0.1:50051 --allow-partial \"statins and muscle pain\"\n  \
     tessera query --queries queries.jsonl --run-out run.trec -k 100\n  \
     TESSERA_API_KEY=r-0123456789abcdef tessera query --addr search.example.com:50051 --tls-ca ca.pem \"dietary fibre\"\n  \
     tessera eval --run run.trec --qrels qrels/dev.tsv")]
@@ -49,6 +50,11 @@ pub struct QueryArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Against a front end over shards (python -m tessera_ray serve):
+    /// answer from the shards that are up, naming the missing ones on
+    /// stderr, instead of failing with UNAVAILABLE.
+    #[arg(long)]
+    pub allow_partial: bool,
     /// A file holding the API key to send (`authorization: Bearer KEY`), for
     /// a server started with --api-keys. Default: $TESSERA_API_KEY.
     #[arg(long, value_name = "FILE")]
@@ -200,7 +206,7 @@ async fn query(args: QueryArgs) -> Result<()> {
     let call = |queries: Vec<pb::Query>| {
         let mut req = tonic::Request::new(pb::SearchRequest {
             queries,
-            ..Default::default()
+            allow_partial: args.allow_partial,
         });
         req.set_timeout(timeout);
         if let Some(b) = &bearer {
@@ -223,6 +229,7 @@ async fn query(args: QueryArgs) -> Result<()> {
                 .await
                 .map_err(|s| status_error(s, &args.addr))?
                 .into_inner();
+            warn_missing(&resp.missing_shards);
             for r in resp.results {
                 run.results.insert(
                     r.id,
@@ -246,6 +253,12 @@ async fn query(args: QueryArgs) -> Result<()> {
         .map_err(|s| status_error(s, &args.addr))?
         .into_inner();
     let took = t.elapsed().as_secs_f64() * 1e3;
+    warn_missing(&resp.missing_shards);
+    let shards: Vec<_> = resp
+        .shards
+        .iter()
+        .map(|s| serde_json::json!({"shard": s.shard, "ms": s.total_ms, "hits": s.hits, "replica": s.replica}))
+        .collect();
     let result = resp
         .results
         .into_iter()
@@ -272,6 +285,7 @@ async fn query(args: QueryArgs) -> Result<()> {
             &mut w,
             &serde_json::json!({"query": text, "retriever": tessera_engine::Retriever::from(args.retriever), "took_ms": took,
                 "generation": resp.generation,
+                "shards": shards, "missing_shards": resp.missing_shards,
                 "server_ms": {"queue": timings.queue_ms, "encode": timings.encode_ms,
                     "candidates": timings.candidates_ms, "rerank": timings.rerank_ms,
                     "total": timings.total_ms},
@@ -304,4 +318,15 @@ async fn query(args: QueryArgs) -> Result<()> {
         timings.rerank_ms
     )?;
     Ok(())
+}
+
+/// Names, on stderr, the shards a partial answer lacks.
+fn warn_missing(missing: &[String]) {
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: partial answer: shard{} {} did not answer",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        );
+    }
 }
