@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import grpc  # noqa: E402
 
 from tessera_ray import proc  # noqa: E402
+from tessera_ray.health import Probe  # noqa: E402
 from tessera_ray.stubs import load  # noqa: E402
 
 pb, pb_grpc = load()
@@ -101,19 +102,8 @@ def build_rate(a, work):
 
 
 def wait_serving(addr, timeout=600):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if stub.Check(health_pb2.HealthCheckRequest(service="tessera.v1.Tessera"),
-                          timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.3)
-    sys.exit(f"{addr} did not start")
+    if not Probe(addr).wait(timeout):
+        sys.exit(f"{addr} did not start")
 
 
 def load_run(stub, queries, calls, clients):

@@ -45,6 +45,13 @@ usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# The version of package $1 installed in the venv (empty if none).
+venv_version() {
+  "$VENV/bin/python" -c "import importlib.metadata as m
+try: print(m.version('$1'))
+except m.PackageNotFoundError: print('')"
+}
+
 # Creates the venv if needed and installs the pinned runtime packages
 # (--no-deps: only the libraries libtorch needs, not PyTorch's 3 GB of CUDA).
 ensure_venv() {
@@ -65,9 +72,7 @@ ensure_venv() {
   local spec name version
   for spec in "${PY_RUNTIME[@]}"; do
     name="${spec%%==*}"; version="${spec##*==}"
-    if [ "$("$VENV/bin/python" -c "import importlib.metadata as m
-try: print(m.version('$name'))
-except m.PackageNotFoundError: print('')")" != "$version" ]; then
+    if [ "$(venv_version "$name")" != "$version" ]; then
       missing+=("$spec")
     fi
   done
@@ -95,9 +100,7 @@ except m.PackageNotFoundError: print('')")" != "$version" ]; then
 # Ray (Data and Serve) and the tessera_ray package, installed editable from
 # this checkout (reinstalled when the venv is shared with another clone).
 ensure_ray() {
-  if [ "$("$VENV/bin/python" -c "import importlib.metadata as m
-try: print(m.version('ray'))
-except m.PackageNotFoundError: print('')")" != "$RAY_VERSION" ]; then
+  if [ "$(venv_version ray)" != "$RAY_VERSION" ]; then
     say "installing ray[data,serve]==$RAY_VERSION"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check "ray[data,serve]==$RAY_VERSION"
   fi

@@ -174,14 +174,14 @@ def _build(args) -> int:
 
 
 def _serve_opts(args):
+    """ServeOptions from `serve` or `rollout` arguments (the options
+    `rollout` lacks keep ServeOptions' defaults)."""
     from .serve import ServeOptions
 
-    return ServeOptions(
-        shards=args.shards, replicas=args.replicas, addr=getattr(args, "addr", "127.0.0.1:50051"),
-        tessera=args.tessera, serve_args=args.serve_arg,
-        max_queries=getattr(args, "max_queries", 64), max_add_mb=getattr(args, "max_add_mb", 64),
-        tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
-        insecure=getattr(args, "insecure", False))
+    given = {k: getattr(args, k) for k in ("addr", "max_queries", "max_add_mb", "tls_cert",
+                                            "tls_key", "insecure") if hasattr(args, k)}
+    return ServeOptions(shards=args.shards, replicas=args.replicas, tessera=args.tessera,
+                        serve_args=args.serve_arg, **given)
 
 
 def _serve(args) -> int:

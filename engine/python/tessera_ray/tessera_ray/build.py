@@ -141,11 +141,11 @@ def route(opts: BuildOptions, tessera: str) -> List[pathlib.Path]:
     from the same inputs (paths, sizes, times) and shard count."""
     parts_dir = opts.out / PARTS
     if opts.embeddings is not None:
-        files = [opts.embeddings.resolve()]
-        for name in ("embeddings.npy", "ids.txt"):
-            if not (files[0] / name).is_file():
-                raise BuildError(f"--embeddings {opts.embeddings}: no {name}")
-        files = [files[0] / "embeddings.npy", files[0] / "ids.txt"]
+        src = opts.embeddings.resolve()
+        files = [src / "embeddings.npy", src / "ids.txt"]
+        for f in files:
+            if not f.is_file():
+                raise BuildError(f"--embeddings {opts.embeddings}: no {f.name}")
     else:
         files = expand_inputs(opts.inputs)
     want = _fingerprint(files, opts)

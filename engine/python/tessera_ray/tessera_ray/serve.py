@@ -31,6 +31,7 @@ import ray
 from ray import serve
 
 from . import proc
+from .health import Probe
 from .ingress import Limits, Servicer, View, serve_grpc
 from .routing import shard_name
 
@@ -86,7 +87,6 @@ class Registry:
         self.replicas = {}  # app -> shard -> replica id -> (addr, expiry)
         self.serve_apps = {}  # app -> its Serve applications (one per shard)
         self.active = None
-        self.ingress_app = None
 
     def deployed(self, app: str, serve_apps: List[str]) -> None:
         self.serve_apps[app] = list(serve_apps)
@@ -120,12 +120,6 @@ class Registry:
         """Every Serve application of every generation deployed."""
         return sorted(n for names in self.serve_apps.values() for n in names)
 
-    def ingress_using(self, app: str) -> None:
-        self.ingress_app = app
-
-    def ingress_app_in_use(self) -> Optional[str]:
-        return self.ingress_app
-
 
 def registry():
     return Registry.options(name=REGISTRY, namespace=NAMESPACE, lifetime="detached",
@@ -137,7 +131,6 @@ class ShardSetInfo:
     path: str
     generation: int
     shards: List[str]  # absolute shard paths, in shard order
-    docs: List[int]
 
 
 def read_shard_set(path) -> ShardSetInfo:
@@ -154,8 +147,7 @@ def read_shard_set(path) -> ShardSetInfo:
         raise ServeError(f"{m}: format {doc.get('format')!r} is not tessera-shards")
     try:
         shards = [str((p / s["path"]).resolve()) for s in doc["shards"]]
-        return ShardSetInfo(str(p), int(doc["generation"]), shards,
-                            [int(s["docs"]) for s in doc["shards"]])
+        return ShardSetInfo(str(p), int(doc["generation"]), shards)
     except (KeyError, TypeError, ValueError) as e:
         raise ServeError(f"{m}: not a shard-set manifest (bad or missing field {e})") from None
 
@@ -166,46 +158,23 @@ class ShardServer:
     """One replica of one shard: a `tessera serve` process."""
 
     def __init__(self, app: str, shard: int, index: str, tessera: str, serve_args: List[str]):
-        import grpc
-        from grpc_health.v1 import health_pb2_grpc
-
         self.app, self.shard, self.rid = app, shard, uuid.uuid4().hex
         host = ray.util.get_node_ip_address()
-        port = proc.free_port(host)
-        self.addr = f"{host}:{port}"
+        self.addr = f"{host}:{proc.free_port(host)}"
         self.proc = proc.spawn([tessera, "serve", "--index", index, "--addr", self.addr, *serve_args])
-        self.channel = grpc.insecure_channel(self.addr)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.time() + 300
-        while not self._serving():
+        self.probe = Probe(self.addr)
+        if not self.probe.wait(300, alive=lambda: self.proc.poll() is None):
             if self.proc.poll() is not None:
                 raise ServeError(f"{shard_name(shard)}: tessera serve exited with {self.proc.returncode}")
-            if time.time() > deadline:
-                raise ServeError(f"{shard_name(shard)}: tessera serve did not start in 300 s")
-            time.sleep(0.2)
+            raise ServeError(f"{shard_name(shard)}: tessera serve did not start in 300 s")
         self.registry = registry()
         ray.get(self.registry.register.remote(app, shard, self.rid, self.addr))
 
-    def _serving(self) -> bool:
-        from grpc_health.v1 import health_pb2
-
-        try:
-            r = self.health.Check(health_pb2.HealthCheckRequest(service="tessera.v1.Tessera"), timeout=2)
-            return r.status == health_pb2.HealthCheckResponse.SERVING
-        except Exception:
-            return False
-
     def check_health(self):
-        if self.proc.poll() is not None or not self._serving():
+        if self.proc.poll() is not None or not self.probe.serving():
             self.registry.unregister.remote(self.app, self.shard, self.rid)
             raise ServeError(f"{shard_name(self.shard)}: tessera serve at {self.addr} is down")
         self.registry.register.remote(self.app, self.shard, self.rid, self.addr)
-
-    def address(self) -> str:
-        return self.addr
-
-    def pid(self) -> int:
-        return self.proc.pid
 
     def __del__(self):
         try:
@@ -260,7 +229,6 @@ class Ingress:
             self.current = None
         else:
             self.current = View(v["app"], v["generation"], v["path"], v["replicas"])
-            self.registry.ingress_using.remote(v["app"])
         up = self.current is not None and all(self.current.replicas)
         status = self.serving if up else self.not_serving
         self.health.set("", status)

@@ -26,6 +26,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import grpc  # noqa: E402
 
 from tessera_ray import proc  # noqa: E402
+from tessera_ray.health import Probe  # noqa: E402
 from tessera_ray.routing import shard_name, shard_of  # noqa: E402
 from tessera_ray.stubs import load  # noqa: E402
 
@@ -46,19 +47,8 @@ def sh(*args, **kw):
 
 
 def wait_serving(addr, timeout=300):
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(addr))
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            r = stub.Check(health_pb2.HealthCheckRequest(service="tessera.v1.Tessera"), timeout=2)
-            if r.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{addr} did not become SERVING in {timeout} s")
+    if not Probe(addr).wait(timeout):
+        raise AssertionError(f"{addr} did not become SERVING in {timeout} s")
 
 
 class Load:
